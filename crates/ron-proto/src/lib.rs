@@ -1,0 +1,22 @@
+//! Shared types of RustyOnions: content addresses, the OAP/1 wire codec and the error kinds
+//! every service maps its failures to. This crate does no I/O.
+//!
+//! ```
+//! use ron_proto::Address;
+//!
+//! let addr = Address::of(b"hello world");
+//! assert_eq!(
+//!     addr.to_string(),
+//!     "b3:d74981efa70a0c880b8d8c1985d075dbcbf679b99a5f9914e5aaf96b831a9e24"
+//! );
+//! assert_eq!(addr.to_string().parse::<Address>().unwrap(), addr);
+//! assert!("B3:D749".parse::<Address>().is_err());
+//! ```
+#![forbid(unsafe_code)]
+
+mod address;
+mod error;
+pub mod oap;
+
+pub use address::{Address, AddressError, AddressPrefix};
+pub use error::{ErrorBody, ErrorKind};
