@@ -1,0 +1,97 @@
+//! The config file watcher: notices edits (including editors' write-and-rename), waits for a
+//! quiet moment, reloads, and announces an applied change on the bus.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::{Config, Reload};
+use crate::{Bus, KernelEvent};
+
+/// Why the watcher stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WatchError {
+    /// The operating system's file watching failed.
+    #[error("cannot watch {}: {source}", dir.display())]
+    Notify {
+        /// The directory watched.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: notify::Error,
+    },
+    /// The watcher's event source went away.
+    #[error("config watcher stopped delivering events")]
+    Closed,
+}
+
+impl Config {
+    /// Watches the config file until the returned future is dropped: after each burst of
+    /// changes (quiet for `debounce`) it reloads; an applied change is published as
+    /// `ConfigUpdated { version }`, a refused one is logged by field name and counted.
+    /// Without a file it waits forever.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping it stops watching; a reload in progress completes first because
+    /// reloads are synchronous.
+    pub async fn watch(&self, bus: &Bus, debounce: Duration) -> Result<(), WatchError> {
+        let Some(path) = self.path().map(Path::to_path_buf) else {
+            std::future::pending::<()>().await;
+            return Ok(());
+        };
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = path.file_name().map(|n| n.to_os_string());
+        // One pending signal is enough: any number of events means "look again".
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res
+                && event.paths.iter().any(|p| p.file_name() == name.as_deref())
+            {
+                let _ = tx.try_send(());
+            }
+        })
+        .map_err(|source| WatchError::Notify {
+            dir: dir.clone(),
+            source,
+        })?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(|source| WatchError::Notify {
+                dir: dir.clone(),
+                source,
+            })?;
+        tracing::info!(path = %path.display(), "watching config file");
+        loop {
+            rx.recv().await.ok_or(WatchError::Closed)?;
+            // Debounce: wait until the file has been quiet for `debounce`.
+            loop {
+                match tokio::time::timeout(debounce, rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return Err(WatchError::Closed),
+                    Err(_quiet) => break,
+                }
+            }
+            match self.reload() {
+                Ok(Reload::Applied { version }) => {
+                    tracing::info!(version, "config reloaded");
+                    bus.publish(KernelEvent::ConfigUpdated { version });
+                }
+                Ok(Reload::Unchanged { version }) => {
+                    tracing::debug!(version, "config file touched; nothing changed");
+                }
+                Err(e) => tracing::warn!(
+                    field = e.field().unwrap_or("<file>"),
+                    error = %e,
+                    version = self.version(),
+                    "config reload refused; keeping the running config"
+                ),
+            }
+        }
+    }
+}
