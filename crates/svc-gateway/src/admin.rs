@@ -1,0 +1,297 @@
+//! Admin endpoints: liveness, readiness, metrics and status.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use ron_kernel::{Config, HealthState, Metrics};
+use ron_proto::{ErrorBody, ErrorKind};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::{error_response, json_error};
+use crate::middleware::observe;
+
+/// Facts about the node that `/status` reports beside the kernel's own.
+#[derive(Debug, Clone)]
+pub struct StatusExtra {
+    /// Software version.
+    pub version: &'static str,
+    /// The gateway's bound address.
+    pub gateway: SocketAddr,
+}
+
+/// What the gateway's handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The node's metrics.
+    pub metrics: Metrics,
+    /// The node's health registry.
+    pub health: HealthState,
+    /// The node's configuration.
+    pub config: Config,
+    /// When the node started.
+    pub started: Instant,
+    /// Facts for `/status`.
+    pub extra: StatusExtra,
+}
+
+/// The gateway's routes with their middleware.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// 200 for as long as the process can answer.
+async fn healthz() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "ok\n",
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadyQuery {
+    writes: Option<String>,
+}
+
+/// 200 while reads can be served; with `?writes=1`, 200 only while writes are accepted too.
+/// The body is `{"reads":bool,"writes":bool}` either way.
+async fn readyz(State(state): State<AppState>, Query(q): Query<ReadyQuery>) -> Response {
+    let ready = state.health.readiness();
+    let want_writes = q
+        .writes
+        .as_deref()
+        .is_some_and(|v| matches!(v, "1" | "true" | "yes"));
+    let ok = ready.reads && (!want_writes || ready.writes);
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(ready)).into_response()
+}
+
+/// Prometheus / OpenMetrics text.
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Version, uptime, config version and every service's health.
+async fn status(State(state): State<AppState>) -> Response {
+    let config = &state.config;
+    Json(json!({
+        "version": state.extra.version,
+        "uptime_s": state.started.elapsed().as_secs(),
+        "gateway": format!("http://{}", state.extra.gateway),
+        "config": {
+            "version": config.version(),
+            "path": config.path().map(|p| p.display().to_string()),
+            "last_error": config.last_error(),
+        },
+        "ready": state.health.readiness(),
+        "services": state.health.services(),
+    }))
+    .into_response()
+}
+
+async fn not_found() -> Response {
+    error_response(
+        ErrorKind::NotFound,
+        &ErrorBody::new(ErrorKind::NotFound, "no such route"),
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &ErrorBody::with_code("method_not_allowed", "method not allowed on this route"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::{Body, to_bytes};
+    use axum::http::Request;
+    use ron_kernel::health::{Duty, ServiceState};
+    use tower::ServiceExt;
+
+    fn state() -> AppState {
+        AppState {
+            metrics: Metrics::new(),
+            health: HealthState::new(),
+            config: Config::builder()
+                .register::<crate::GatewaySection>()
+                .build()
+                .unwrap(),
+            started: Instant::now(),
+            extra: StatusExtra {
+                version: "test",
+                gateway: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            },
+        }
+    }
+
+    async fn get(app: &Router, uri: &str) -> (StatusCode, String, axum::http::HeaderMap) {
+        let res = app
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap(), headers)
+    }
+
+    #[tokio::test]
+    async fn readiness_tells_reads_from_writes() {
+        let st = state();
+        let app = router(st.clone());
+        assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
+        let (code, body, _) = get(&app, "/readyz").await;
+        assert_eq!(
+            (code, body.as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"reads":false,"writes":false}"#
+            )
+        );
+
+        st.health.register("store", Duty::ReadsAndWrites);
+        st.health.set_state("store", ServiceState::Running);
+        st.health.mark_started();
+        assert_eq!(get(&app, "/readyz?writes=1").await.0, StatusCode::OK);
+        st.health.shed_writes(true);
+        let (code, body, _) = get(&app, "/readyz").await;
+        assert_eq!(
+            (code, body.as_str()),
+            (StatusCode::OK, r#"{"reads":true,"writes":false}"#)
+        );
+        assert_eq!(
+            get(&app, "/readyz?writes=1").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_get_the_json_error_shape() {
+        let app = router(state());
+        let (code, body, headers) = get(&app, "/nope").await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        assert_eq!(body, r#"{"code":"not_found","message":"no such route"}"#);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert!(headers.contains_key("x-request-id"));
+
+        let res = app
+            .clone()
+            .oneshot(Request::post("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn request_ids_are_echoed_and_latency_is_recorded_by_route() {
+        let st = state();
+        let app = router(st.clone());
+        let res = app
+            .clone()
+            .oneshot(
+                Request::get("/status")
+                    .header("x-request-id", "abc-123")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["x-request-id"], "abc-123");
+        let body = to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status["config"]["version"], 1);
+        assert_eq!(status["version"], "test");
+
+        let _ = get(&app, "/does/not/exist").await;
+        let (_, text, headers) = get(&app, "/metrics").await;
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("application/openmetrics-text")
+        );
+        assert!(
+            text.contains(
+                r#"request_latency_seconds_count{route="/status",method="GET",status="2xx"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"route="<unmatched>",method="GET",status="4xx""#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn hostile_request_ids_are_replaced() {
+        let app = router(state());
+        let long = "x".repeat(500);
+        let res = app
+            .clone()
+            .oneshot(
+                Request::get("/healthz")
+                    .header("x-request-id", long.as_str())
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let id = res.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(id.len(), 16);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_live_request_deadline_answers_504_in_the_json_shape() {
+        let st = state();
+        let slow = Router::new()
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                    "late"
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(st.clone(), observe))
+            .with_state(st.clone());
+        let (code, body, _) = get(&slow, "/slow").await;
+        assert_eq!(code, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            body,
+            r#"{"code":"timeout","message":"request deadline passed"}"#
+        );
+        assert!(
+            st.metrics
+                .encode()
+                .contains(r#"rejected_total{reason="timeout"} 1"#)
+        );
+    }
+}

@@ -1,0 +1,36 @@
+//! The HTTP face of a RustyOnions node. Today it serves the admin endpoints — `/healthz`,
+//! `/readyz`, `/metrics`, `/status` — with per-request deadlines, request ids and latency
+//! metrics; object routes build on the same router. Every error leaves through one function,
+//! [`error_response`], in the shared JSON shape `{"code","message","retry_after_ms"?}`.
+//!
+//! ```no_run
+//! # async fn run(state: svc_gateway::AppState) -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7700").await?;
+//! svc_gateway::serve(listener, state, tokio_util::sync::CancellationToken::new()).await
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+mod admin;
+mod config;
+mod error;
+mod middleware;
+
+pub use admin::{AppState, StatusExtra, router};
+pub use config::GatewaySection;
+pub use error::error_response;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Serves the gateway on `listener` until `shutdown` is cancelled, then stops accepting and
+/// lets requests in flight finish (the caller bounds that with its own deadline).
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

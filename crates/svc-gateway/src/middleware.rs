@@ -1,0 +1,71 @@
+//! Per-request plumbing: a request id (taken from `x-request-id` when sane, else made up),
+//! a tracing span carrying it, the live request deadline, and latency by route pattern.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use ron_kernel::metrics::{ReasonLabel, RequestLabels};
+use ron_proto::{ErrorBody, ErrorKind};
+use tracing::Instrument;
+
+use crate::{AppState, GatewaySection, error_response};
+
+const REQUEST_ID: &str = "x-request-id";
+
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| format!("{:016x}", fastrand::u64(..)), str::to_owned)
+}
+
+pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id(&req);
+    // Label by route pattern, never by raw path: bounded cardinality.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("<unmatched>", MatchedPath::as_str)
+        .to_owned();
+    let method = req.method().as_str().to_owned();
+    let deadline = Duration::from_millis(state.config.get::<GatewaySection>().request_timeout_ms);
+    let span = tracing::info_span!("request", %method, %route, request_id = %id);
+
+    let mut response =
+        match tokio::time::timeout(deadline, next.run(req).instrument(span.clone())).await {
+            Ok(response) => response,
+            Err(_) => {
+                state
+                    .metrics
+                    .rejected()
+                    .get_or_create(&ReasonLabel {
+                        reason: "timeout".to_owned(),
+                    })
+                    .inc();
+                span.in_scope(|| tracing::warn!(?deadline, "request deadline passed"));
+                error_response(
+                    ErrorKind::Timeout,
+                    &ErrorBody::new(ErrorKind::Timeout, "request deadline passed"),
+                )
+            }
+        };
+    let status = response.status().as_u16();
+    state
+        .metrics
+        .request_latency()
+        .get_or_create(&RequestLabels {
+            route,
+            method,
+            status: format!("{}xx", status / 100),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
