@@ -1,4 +1,5 @@
 //! The supervisor's restart behaviour, deterministic on paused tokio time.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,0 +1,169 @@
+//! `ron node`: builds the kernel (config, metrics, bus, health), starts the services under the
+//! supervisor, serves the gateway, and shuts down cleanly on Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use ron_kernel::config::{FieldError, KernelSection, Section};
+use ron_kernel::health::Duty;
+use ron_kernel::{Bus, Config, HealthState, KernelEvent, Metrics, wait_for_ctrl_c};
+use serde::{Deserialize, Serialize};
+use supervisor::{Policy, Supervisor};
+use svc_gateway::{AppState, GatewaySection, StatusExtra};
+
+use crate::logging::{self, LogSection};
+
+/// A quiet moment after the last change to the config file before it is reloaded.
+const CONFIG_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// `ron node` flags. Flags override the config file.
+#[derive(Debug, Args)]
+pub(crate) struct NodeArgs {
+    /// Address of the HTTP gateway [config: gateway.listen; default 127.0.0.1:7700].
+    #[arg(long, value_name = "ADDR")]
+    gateway: Option<SocketAddr>,
+    /// Where the node keeps its data; `ron.toml` here is read when present.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "RON_DATA_DIR",
+        default_value = "./ron-data"
+    )]
+    data_dir: PathBuf,
+    /// Config file to read instead of `<data dir>/ron.toml` (it must exist).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct NodeSection {
+    /// How long shutdown waits for services to drain, in milliseconds (default 10000,
+    /// 100 to 600000). Live.
+    pub(crate) shutdown_deadline_ms: u64,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            shutdown_deadline_ms: 10_000,
+        }
+    }
+}
+
+impl Section for NodeSection {
+    const NAME: &'static str = "node";
+
+    fn validate(&self) -> Result<(), FieldError> {
+        if !(100..=600_000).contains(&self.shutdown_deadline_ms) {
+            return Err(FieldError::new(
+                "shutdown_deadline_ms",
+                "must be between 100 and 600000",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn build_config(args: &NodeArgs, metrics: &Metrics) -> anyhow::Result<Config> {
+    let mut builder = match &args.config {
+        Some(file) => Config::builder().file(file),
+        None => Config::builder().optional_file(args.data_dir.join("ron.toml")),
+    };
+    if let Some(addr) = args.gateway {
+        builder = builder.set("gateway.listen", addr.to_string());
+    }
+    Ok(builder
+        .register::<KernelSection>()
+        .register::<GatewaySection>()
+        .register::<LogSection>()
+        .register::<NodeSection>()
+        .metrics(metrics)
+        .build()?)
+}
+
+/// Runs a node until Ctrl-C or SIGTERM.
+pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let metrics = Metrics::new();
+    let config = build_config(&args, &metrics)?;
+    let log = Arc::new(logging::init(&config.get::<LogSection>())?);
+
+    let bus = Bus::new(config.get::<KernelSection>().bus_capacity);
+    bus.register_metrics(&metrics);
+    let health = HealthState::new();
+
+    // Bind before anything runs, so a taken port is a clear start-up error.
+    let listen = config.get::<GatewaySection>().listen;
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    listener.set_nonblocking(true)?;
+    let gateway = listener.local_addr()?;
+
+    let mut sup = Supervisor::new(
+        bus.clone(),
+        metrics.clone(),
+        health.clone(),
+        Policy::default(),
+    );
+    {
+        let (config, bus, log) = (config.clone(), bus.clone(), log.clone());
+        sup.spawn("config", Duty::Background, move |ctx| {
+            let (config, bus, log) = (config.clone(), bus.clone(), log.clone());
+            async move {
+                let mut events = bus.subscribe();
+                let apply_log_levels = async {
+                    while let Some(event) = events.recv().await {
+                        if let KernelEvent::ConfigUpdated { .. } = event {
+                            log.apply(&config.get::<LogSection>());
+                        }
+                    }
+                };
+                tokio::select! {
+                    watched = config.watch(&bus, CONFIG_DEBOUNCE) => watched.map_err(|e| e.to_string()),
+                    () = apply_log_levels => Ok(()),
+                    () = ctx.shutdown.cancelled() => Ok(()),
+                }
+            }
+        });
+    }
+    {
+        let state = AppState {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            config: config.clone(),
+            started,
+            extra: StatusExtra {
+                version: env!("CARGO_PKG_VERSION"),
+                gateway,
+            },
+        };
+        sup.spawn("gateway", Duty::ReadsAndWrites, move |ctx| {
+            let (listener, state) = (listener.try_clone(), state.clone());
+            async move {
+                let listener = tokio::net::TcpListener::from_std(listener?)?;
+                svc_gateway::serve(listener, state, ctx.shutdown.clone()).await
+            }
+        });
+    }
+    health.mark_started();
+    tracing::info!(%gateway, data_dir = %args.data_dir.display(), config_version = config.version(), "node started");
+    // The one line a script (or a test) reads to find the node.
+    println!("ron node: gateway http://{gateway}");
+
+    wait_for_ctrl_c().await;
+    tracing::info!("shutting down: no new requests, draining");
+    health.mark_stopping();
+    let deadline = Duration::from_millis(config.get::<NodeSection>().shutdown_deadline_ms);
+    let drained = sup.shutdown(deadline).await;
+    bus.publish(KernelEvent::Shutdown);
+    tracing::info!(drained, "node stopped");
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! `ron node` as a user runs it: a real process on 127.0.0.1, probed over HTTP.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, sleep, timeout};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ron");
+
+struct Node {
+    child: Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Node {
+    async fn start(data_dir: &Path, extra: &[&str]) -> Node {
+        let mut child = Command::new(BIN)
+            .args(["node", "--gateway", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn ron node");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("node printed its address in time")
+            .unwrap()
+            .expect("a line on stdout");
+        let url = line
+            .strip_prefix("ron node: gateway ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Node {
+            child,
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    }
+
+    async fn status(&self) -> Value {
+        serde_json::from_str(&self.get("/status").await.1).unwrap()
+    }
+
+    /// Polls `/status` until `pred` holds (bounded: 20 s).
+    async fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.status().await;
+            if pred(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {status}"
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn terminate(&self) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+#[tokio::test]
+async fn admin_endpoints_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]).await;
+
+    assert_eq!(node.get("/healthz").await, (200, "ok\n".to_owned()));
+    let status = node
+        .wait_status("services running", |s| {
+            s["services"]["gateway"]["state"] == "running"
+                && s["services"]["config"]["state"] == "running"
+        })
+        .await;
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["config"]["version"], 1);
+    assert!(status["uptime_s"].is_u64());
+
+    assert_eq!(
+        node.get("/readyz").await,
+        (200, r#"{"reads":true,"writes":true}"#.to_owned())
+    );
+    assert_eq!(node.get("/readyz?writes=1").await.0, 200);
+
+    let (code, metrics) = node.get("/metrics").await;
+    assert_eq!(code, 200);
+    for name in [
+        "bus_lagged_total 0",
+        "bus_overflow_dropped_total 0",
+        "config_version 1",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    // Every family has HELP and TYPE.
+    let types: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    for family in &types {
+        assert!(
+            metrics.contains(&format!("# HELP {family} ")),
+            "no HELP for {family}"
+        );
+    }
+    for family in [
+        "bus_lagged",
+        "bus_overflow_dropped",
+        "service_restarts",
+        "request_latency_seconds",
+        "rejected",
+    ] {
+        assert!(types.contains(&family), "{family} not exported: {types:?}");
+    }
+
+    let (code, body) = node.get("/o/nothing-here").await;
+    assert_eq!(code, 404);
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["code"], "not_found");
+}
+
+#[tokio::test]
+async fn config_edits_apply_live_and_bad_ones_keep_the_running_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let file: PathBuf = dir.path().join("ron.toml");
+    std::fs::write(&file, "[gateway]\nrequest_timeout_ms = 5000\n").unwrap();
+    let node = Node::start(dir.path(), &[]).await;
+    node.wait_status("config service running", |s| {
+        s["services"]["config"]["state"] == "running"
+    })
+    .await;
+
+    // A valid edit bumps the version. The watcher may still be starting: rewrite until seen.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut timeout_ms = 6000;
+    loop {
+        std::fs::write(
+            &file,
+            format!("[gateway]\nrequest_timeout_ms = {timeout_ms}\n[log]\nlevel = \"debug\"\n"),
+        )
+        .unwrap();
+        sleep(Duration::from_millis(500)).await;
+        if node.status().await["config"]["version"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "config edit never applied");
+        timeout_ms += 1;
+    }
+
+    // An invalid value: refused by field name, version unchanged, node alive.
+    std::fs::write(&file, "[gateway]\nrequest_timeout_ms = \"soon\"\n").unwrap();
+    let s = node
+        .wait_status("rejection", |s| {
+            s["config"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("gateway.request_timeout_ms"))
+        })
+        .await;
+    assert_eq!(s["config"]["version"], 2);
+    assert_eq!(node.get("/healthz").await.0, 200);
+
+    // An unknown section is refused too.
+    std::fs::write(&file, "[gatewya]\nrequest_timeout_ms = 1\n").unwrap();
+    node.wait_status("unknown section", |s| {
+        s["config"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("gatewya"))
+    })
+    .await;
+
+    // A setting that cannot change live is refused by name.
+    std::fs::write(&file, "[kernel]\nbus_capacity = 16\n").unwrap();
+    let s = node
+        .wait_status("not-live refusal", |s| {
+            s["config"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("kernel.bus_capacity"))
+        })
+        .await;
+    assert_eq!(s["config"]["version"], 2);
+
+    // Fixing the file applies it.
+    std::fs::write(&file, "[gateway]\nrequest_timeout_ms = 7000\n").unwrap();
+    node.wait_status("version 3", |s| {
+        s["config"]["version"] == 3 && s["config"]["last_error"].is_null()
+    })
+    .await;
+    let (_, metrics) = node.get("/metrics").await;
+    assert!(metrics.contains("config_version 3"), "{metrics}");
+    assert!(
+        metrics.contains(r#"config_rejected_total{field="gateway.request_timeout_ms"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path(), &[]).await;
+    node.wait_status("running", |s| {
+        s["services"]["gateway"]["state"] == "running"
+    })
+    .await;
+    node.terminate();
+    let status = timeout(Duration::from_secs(30), node.child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    // Stopped accepting: the port no longer answers.
+    assert!(reqwest::get(format!("{}/healthz", node.url)).await.is_err());
+}
+
+async fn run_fail(args: &[&str], dir: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[tokio::test]
+async fn bad_start_up_fails_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[gateway]\nrequest_timeout_ms = 0\n").unwrap();
+    let d = dir.path().join("data");
+    let d = d.to_str().unwrap();
+
+    let err = run_fail(
+        &[
+            "node",
+            "--gateway",
+            "127.0.0.1:0",
+            "--data-dir",
+            d,
+            "--config",
+            bad.to_str().unwrap(),
+        ],
+        dir.path(),
+    )
+    .await;
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("ron: error: ") && err.contains("gateway.request_timeout_ms"),
+        "{err}"
+    );
+
+    let err = run_fail(
+        &[
+            "node",
+            "--gateway",
+            "127.0.0.1:0",
+            "--data-dir",
+            d,
+            "--config",
+            "/nonexistent/ron.toml",
+        ],
+        dir.path(),
+    )
+    .await;
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/ron.toml"), "{err}");
+
+    // A port already taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = run_fail(&["node", "--gateway", &addr, "--data-dir", d], dir.path()).await;
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot listen on"), "{err}");
+}
+
+#[tokio::test]
+async fn version_and_help() {
+    let out = Command::new(BIN).arg("--version").output().await.unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("ron {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = Command::new(BIN)
+        .args(["node", "--help"])
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in ["--gateway", "--data-dir", "--config"] {
+        assert!(help.contains(flag), "{help}");
+    }
+}
