@@ -16,7 +16,12 @@
 
 mod address;
 mod error;
+mod manifest;
 pub mod oap;
 
 pub use address::{Address, AddressError, AddressPrefix};
 pub use error::{ErrorBody, ErrorKind};
+pub use manifest::{
+    CHUNK_AVG_BYTES, CHUNK_MAX_BYTES, CHUNK_MIN_BYTES, ChunkRef, MANIFEST_VERSION, Manifest,
+    ManifestError,
+};
