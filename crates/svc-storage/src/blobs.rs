@@ -1,0 +1,231 @@
+//! Where chunk and outboard bytes live: files under the data dir, or RAM (amnesia).
+//!
+//! Disk layout: `chunks/ab/<hex>` and `outboards/ab/<hex>.obao` (`ab` = first byte of the
+//! address), `tmp/` for writes in progress. Every file is written to `tmp/`, fsynced, renamed
+//! into place, and its directory fsynced.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use positioned_io::ReadAt;
+use ron_proto::Address;
+
+use crate::StoreError;
+
+/// Which kind of blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    Chunk,
+    Outboard,
+}
+
+impl Kind {
+    fn dir(self) -> &'static str {
+        match self {
+            Self::Chunk => "chunks",
+            Self::Outboard => "outboards",
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Self::Chunk => "",
+            Self::Outboard => ".obao",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Blobs {
+    Disk { root: PathBuf },
+    Memory(Mutex<HashMap<(Kind, Address), Bytes>>),
+}
+
+/// Random-access bytes of a blob.
+#[derive(Debug)]
+pub(crate) enum BlobData {
+    File(File),
+    Memory(Bytes),
+}
+
+impl ReadAt for BlobData {
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::File(f) => f.read_at(pos, buf),
+            Self::Memory(b) => b.as_ref().read_at(pos, buf),
+        }
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io(format!("fsync {}", dir.display())))
+}
+
+impl Blobs {
+    /// Opens (creating) the disk layout under `root`, emptying `tmp/`.
+    pub(crate) fn open_disk(root: &Path) -> Result<Self, StoreError> {
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(StoreError::io(format!("clear {}", tmp.display())))?;
+        }
+        fs::create_dir_all(&tmp).map_err(StoreError::io(format!("create {}", tmp.display())))?;
+        for kind in [Kind::Chunk, Kind::Outboard] {
+            let base = root.join(kind.dir());
+            for b in 0..=255u8 {
+                let dir = base.join(format!("{b:02x}"));
+                if !dir.exists() {
+                    fs::create_dir_all(&dir)
+                        .map_err(StoreError::io(format!("create {}", dir.display())))?;
+                }
+            }
+            fsync_dir(&base)?;
+        }
+        fsync_dir(root)?;
+        Ok(Self::Disk {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub(crate) fn memory() -> Self {
+        Self::Memory(Mutex::new(HashMap::new()))
+    }
+
+    fn path(root: &Path, kind: Kind, addr: &Address) -> PathBuf {
+        let hex = hex::encode(addr.as_bytes());
+        root.join(kind.dir())
+            .join(&hex[..2])
+            .join(format!("{hex}{}", kind.suffix()))
+    }
+
+    fn map(
+        m: &Mutex<HashMap<(Kind, Address), Bytes>>,
+    ) -> std::sync::MutexGuard<'_, HashMap<(Kind, Address), Bytes>> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn contains(&self, kind: Kind, addr: &Address) -> bool {
+        match self {
+            Self::Disk { root } => Self::path(root, kind, addr).exists(),
+            Self::Memory(m) => Self::map(m).contains_key(&(kind, *addr)),
+        }
+    }
+
+    /// Stores `bytes` durably under `addr`.
+    pub(crate) fn put(&self, kind: Kind, addr: &Address, bytes: &[u8]) -> Result<(), StoreError> {
+        match self {
+            Self::Disk { root } => {
+                let tmp = root.join("tmp").join(format!("{:016x}", fastrand::u64(..)));
+                let write = || -> std::io::Result<()> {
+                    let mut f = File::create(&tmp)?;
+                    f.write_all(bytes)?;
+                    f.sync_all()
+                };
+                write().map_err(StoreError::io(format!("write {}", tmp.display())))?;
+                self.place(kind, addr, &tmp)
+            }
+            Self::Memory(m) => {
+                Self::map(m).insert((kind, *addr), Bytes::copy_from_slice(bytes));
+                Ok(())
+            }
+        }
+    }
+
+    /// A fresh temporary file for a blob whose address is not known yet (disk only).
+    pub(crate) fn temp_file(&self) -> Result<Option<(PathBuf, File)>, StoreError> {
+        match self {
+            Self::Disk { root } => {
+                let path = root.join("tmp").join(format!("{:016x}", fastrand::u64(..)));
+                let file = File::create(&path)
+                    .map_err(StoreError::io(format!("create {}", path.display())))?;
+                Ok(Some((path, file)))
+            }
+            Self::Memory(_) => Ok(None),
+        }
+    }
+
+    /// Renames a fsynced temporary file into place under `addr` and fsyncs the directory.
+    pub(crate) fn place(&self, kind: Kind, addr: &Address, tmp: &Path) -> Result<(), StoreError> {
+        let Self::Disk { root } = self else {
+            return Err(StoreError::Internal(
+                "temporary files exist only on disk".into(),
+            ));
+        };
+        let dest = Self::path(root, kind, addr);
+        fs::rename(tmp, &dest)
+            .map_err(StoreError::io(format!("rename into {}", dest.display())))?;
+        match dest.parent() {
+            Some(dir) => fsync_dir(dir),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn open(&self, kind: Kind, addr: &Address) -> Result<Option<BlobData>, StoreError> {
+        match self {
+            Self::Disk { root } => {
+                let path = Self::path(root, kind, addr);
+                match File::open(&path) {
+                    Ok(f) => Ok(Some(BlobData::File(f))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(StoreError::io(format!("open {}", path.display()))(e)),
+                }
+            }
+            Self::Memory(m) => Ok(Self::map(m)
+                .get(&(kind, *addr))
+                .cloned()
+                .map(BlobData::Memory)),
+        }
+    }
+
+    pub(crate) fn remove(&self, kind: Kind, addr: &Address) -> Result<(), StoreError> {
+        match self {
+            Self::Disk { root } => {
+                let path = Self::path(root, kind, addr);
+                match fs::remove_file(&path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(StoreError::io(format!("remove {}", path.display()))(e)),
+                }
+            }
+            Self::Memory(m) => {
+                Self::map(m).remove(&(kind, *addr));
+                Ok(())
+            }
+        }
+    }
+
+    /// Every stored address of `kind` (for sweeping orphans).
+    pub(crate) fn list(&self, kind: Kind) -> Result<Vec<Address>, StoreError> {
+        match self {
+            Self::Disk { root } => {
+                let mut out = Vec::new();
+                let base = root.join(kind.dir());
+                for sub in fs::read_dir(&base)
+                    .map_err(StoreError::io(format!("list {}", base.display())))?
+                {
+                    let sub = sub.map_err(StoreError::io(format!("list {}", base.display())))?;
+                    for entry in fs::read_dir(sub.path()).map_err(StoreError::io("list blobs"))? {
+                        let entry = entry.map_err(StoreError::io("list blobs"))?;
+                        let name = entry.file_name();
+                        let name = name.to_string_lossy();
+                        let hex = name.strip_suffix(kind.suffix()).unwrap_or(&name);
+                        if let Ok(addr) = format!("b3:{hex}").parse::<Address>() {
+                            out.push(addr);
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            Self::Memory(m) => Ok(Self::map(m)
+                .keys()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, a)| *a)
+                .collect()),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The metadata tables in redb.
+
+use redb::TableDefinition;
+
+/// Object address -> DAG-CBOR manifest.
+pub(crate) const OBJECTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("objects");
+/// Chunk address -> (number of objects referencing it, its length).
+pub(crate) const CHUNKS: TableDefinition<&[u8; 32], (u64, u64)> = TableDefinition::new("chunks");
+/// Pinned object addresses.
+pub(crate) const PINS: TableDefinition<&[u8; 32], ()> = TableDefinition::new("pins");
+/// Running totals: `bytes_stored` (unique chunk bytes), `bytes_logical` (object bytes).
+pub(crate) const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
+
+pub(crate) const BYTES_STORED: &str = "bytes_stored";
+pub(crate) const BYTES_LOGICAL: &str = "bytes_logical";

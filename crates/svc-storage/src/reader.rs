@@ -1,0 +1,207 @@
+//! Verified reads: bytes are read in windows aligned to 16 KiB groups and checked against the
+//! object's BLAKE3 outboard (whose root is the object's address) before they are returned.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bao_tree::io::outboard::PostOrderOutboard;
+use bao_tree::{BaoTree, ChunkNum, ChunkRanges};
+use bytes::Bytes;
+use positioned_io::ReadAt;
+use ron_proto::{Address, Manifest};
+
+use crate::blobs::{BlobData, Kind};
+use crate::store::Inner;
+use crate::writer::BLOCK;
+use crate::{ReadError, StoreError};
+
+/// Verification granularity: a damaged byte fails the 16 KiB group around it.
+pub const GROUP_BYTES: u64 = 16 * 1024;
+/// BLAKE3's own chunk size, the unit of bao-tree ranges.
+const BLAKE3_CHUNK: u64 = 1024;
+/// The largest window [`ObjectReader::read_verified`] reads at once.
+pub const MAX_WINDOW: u64 = 4 << 20;
+
+/// Reads one object, verifying every byte. Cheap to clone.
+#[derive(Clone)]
+pub struct ObjectReader {
+    inner: Arc<Inner>,
+    manifest: Arc<Manifest>,
+    outboard: Arc<PostOrderOutboard<BlobData>>,
+}
+
+impl std::fmt::Debug for ObjectReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectReader")
+            .field("address", &self.manifest.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bytes of one window, addressed in object coordinates.
+struct Window<'a> {
+    offset: u64,
+    bytes: &'a [u8],
+}
+
+impl ReadAt for Window<'_> {
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rel = pos
+            .checked_sub(self.offset)
+            .ok_or_else(|| std::io::Error::other("read before the verification window"))?;
+        let rel = usize::try_from(rel).unwrap_or(usize::MAX);
+        if rel >= self.bytes.len() {
+            return Ok(0);
+        }
+        let n = buf.len().min(self.bytes.len() - rel);
+        buf[..n].copy_from_slice(&self.bytes[rel..rel + n]);
+        Ok(n)
+    }
+}
+
+impl ObjectReader {
+    pub(crate) fn open(inner: Arc<Inner>, manifest: Manifest) -> Result<Self, ReadError> {
+        let address = manifest.address;
+        let data = inner
+            .blobs
+            .open(Kind::Outboard, &address)?
+            .ok_or(ReadError::MissingChunk {
+                address,
+                chunk: address,
+            })?;
+        let outboard = PostOrderOutboard {
+            root: bao_tree::blake3::Hash::from_bytes(*address.as_bytes()),
+            tree: BaoTree::new(manifest.size, BLOCK),
+            data,
+        };
+        Ok(Self {
+            inner,
+            manifest: Arc::new(manifest),
+            outboard: Arc::new(outboard),
+        })
+    }
+
+    /// The object's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The object's address.
+    pub fn address(&self) -> Address {
+        self.manifest.address
+    }
+
+    /// The object's size.
+    pub fn size(&self) -> u64 {
+        self.manifest.size
+    }
+
+    /// Bytes `start..end` (clamped to the object, at most [`MAX_WINDOW`]), verified.
+    pub async fn read_verified(&self, start: u64, end: u64) -> Result<Bytes, ReadError> {
+        let end = end.min(self.size()).min(start.saturating_add(MAX_WINDOW));
+        if start >= end {
+            return Ok(Bytes::new());
+        }
+        let this = self.clone();
+        self.inner
+            .pool
+            .run(move || this.read_window(start, end))
+            .await?
+    }
+
+    /// Verifies every stored byte of the object.
+    pub async fn verify_all(&self) -> Result<(), ReadError> {
+        let mut offset = 0;
+        loop {
+            let end = (offset + MAX_WINDOW).min(self.size());
+            self.read_verified(offset, end).await?;
+            if end >= self.size() {
+                return Ok(());
+            }
+            offset = end;
+        }
+    }
+
+    /// Reads raw stored bytes `start..start+buf.len()` from the chunk files.
+    fn read_raw(&self, start: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        let address = self.address();
+        let (mut index, mut chunk_start) = self
+            .manifest
+            .locate(start)
+            .ok_or_else(|| ReadError::Store(StoreError::Internal("read past the end".into())))?;
+        let mut filled = 0usize;
+        while filled < buf.len() {
+            let chunk = self.manifest.chunks[index];
+            let data = self.inner.blobs.open(Kind::Chunk, &chunk.address)?.ok_or(
+                ReadError::MissingChunk {
+                    address,
+                    chunk: chunk.address,
+                },
+            )?;
+            let mut at = start + filled as u64 - chunk_start;
+            while at < chunk.len && filled < buf.len() {
+                let want = usize::try_from(chunk.len - at)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len() - filled);
+                let n = data
+                    .read_at(at, &mut buf[filled..filled + want])
+                    .map_err(StoreError::io(format!("read chunk {}", chunk.address)))?;
+                if n == 0 {
+                    return Err(ReadError::MissingChunk {
+                        address,
+                        chunk: chunk.address,
+                    });
+                }
+                filled += n;
+                at += n as u64;
+            }
+            chunk_start += chunk.len;
+            index += 1;
+        }
+        Ok(())
+    }
+
+    fn read_window(&self, start: u64, end: u64) -> Result<Bytes, ReadError> {
+        let ws = start / GROUP_BYTES * GROUP_BYTES;
+        let we = end
+            .div_ceil(GROUP_BYTES)
+            .saturating_mul(GROUP_BYTES)
+            .min(self.size());
+        let len = usize::try_from(we - ws)
+            .map_err(|_| StoreError::Internal("window too large".into()))?;
+        let mut buf = vec![0u8; len];
+        self.read_raw(ws, &mut buf)?;
+
+        let wanted = ChunkNum(ws / BLAKE3_CHUNK)..ChunkNum(we.div_ceil(BLAKE3_CHUNK));
+        let window = Window {
+            offset: ws,
+            bytes: &buf,
+        };
+        let mut valid: Vec<Range<ChunkNum>> = Vec::new();
+        for range in bao_tree::io::sync::valid_ranges(
+            self.outboard.as_ref(),
+            window,
+            &ChunkRanges::from(wanted.clone()),
+        ) {
+            valid.push(range.map_err(StoreError::io("read outboard"))?);
+        }
+        valid.sort_by_key(|r| r.start);
+        let mut covered = wanted.start;
+        for r in &valid {
+            if r.start <= covered && r.end > covered {
+                covered = r.end;
+            }
+        }
+        if covered < wanted.end {
+            let bad = (covered.0 * BLAKE3_CHUNK).max(ws);
+            tracing::error!(address = %self.address(), offset = bad, "stored bytes fail verification");
+            return Err(ReadError::Damaged {
+                address: self.address(),
+                offset: bad,
+                end: we,
+            });
+        }
+        let buf = Bytes::from(buf);
+        Ok(buf.slice((start - ws) as usize..(end - ws) as usize))
+    }
+}

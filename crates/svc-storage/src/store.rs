@@ -1,0 +1,451 @@
+//! The store: metadata in redb, bytes in [`Blobs`], and the in-flight registry that keeps
+//! garbage collection and concurrent uploads from stepping on each other.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use ron_proto::{Address, Manifest};
+use serde::Serialize;
+
+use crate::blobs::{Blobs, Kind};
+use crate::meta::{BYTES_LOGICAL, BYTES_STORED, CHUNKS, OBJECTS, PINS, TOTALS};
+use crate::{CpuPool, ObjectReader, ObjectWriter, PutOptions, ReadError, StoreError};
+
+pub(crate) struct Inner {
+    pub(crate) db: Database,
+    pub(crate) blobs: Arc<Blobs>,
+    pub(crate) pool: CpuPool,
+    inflight: Mutex<HashMap<(Kind, Address), usize>>,
+}
+
+/// A cheap-to-clone handle on one node's store.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("blobs", &self.inner.blobs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `/stat` reports about an object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObjectStat {
+    /// The object's address.
+    pub address: Address,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type, if one was given.
+    pub media_type: Option<String>,
+    /// How many chunks it has.
+    pub chunks: usize,
+    /// Whether it is pinned (kept by garbage collection).
+    pub pinned: bool,
+    /// Whether its stored bytes fail verification or are missing.
+    pub damaged: bool,
+}
+
+/// Store-wide figures for `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    /// Objects stored.
+    pub objects: u64,
+    /// Distinct chunks stored.
+    pub chunks: u64,
+    /// Bytes of distinct chunks on disk.
+    pub bytes_stored: u64,
+    /// Bytes of all objects, as if each were stored whole.
+    pub bytes_logical: u64,
+    /// Bytes saved by deduplication (`bytes_logical - bytes_stored`).
+    pub bytes_saved: u64,
+}
+
+/// What a garbage collection removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    /// Unpinned objects removed.
+    pub objects: u64,
+    /// Chunks no object referenced any more, removed.
+    pub chunks: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Registration of a blob an upload is working with. While one exists, garbage collection
+/// leaves the blob's file alone; when the last one for a blob goes away and no committed
+/// metadata references the blob, its file is removed (so an abandoned upload leaves nothing).
+pub(crate) struct Inflight {
+    inner: Arc<Inner>,
+    key: (Kind, Address),
+}
+
+impl Inflight {
+    pub(crate) fn new(inner: &Arc<Inner>, kind: Kind, addr: Address) -> Self {
+        *inner.inflight().entry((kind, addr)).or_insert(0) += 1;
+        Self {
+            inner: inner.clone(),
+            key: (kind, addr),
+        }
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        let mut inflight = self.inner.inflight();
+        let last = match inflight.get_mut(&self.key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                inflight.remove(&self.key);
+                true
+            }
+        };
+        if last {
+            let (kind, addr) = self.key;
+            match self.inner.referenced(kind, &addr) {
+                Ok(false) => {
+                    if let Err(e) = self.inner.blobs.remove(kind, &addr) {
+                        tracing::warn!(%addr, error = %e, "cannot remove an abandoned blob; it will be swept later");
+                    }
+                }
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "cannot check an abandoned blob; it will be swept later")
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn inflight(&self) -> MutexGuard<'_, HashMap<(Kind, Address), usize>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether committed metadata references the blob.
+    fn referenced(&self, kind: Kind, addr: &Address) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(match kind {
+            Kind::Chunk => txn.open_table(CHUNKS)?.get(addr.as_bytes())?.is_some(),
+            Kind::Outboard => txn.open_table(OBJECTS)?.get(addr.as_bytes())?.is_some(),
+        })
+    }
+
+    pub(crate) fn manifest(&self, addr: &Address) -> Result<Option<Manifest>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let objects = txn.open_table(OBJECTS)?;
+        let Some(bytes) = objects.get(addr.as_bytes())? else {
+            return Ok(None);
+        };
+        Manifest::decode(bytes.value())
+            .map(Some)
+            .map_err(|source| StoreError::Manifest {
+                address: *addr,
+                source,
+            })
+    }
+
+    /// Removes blob files no metadata references and no upload is using.
+    fn sweep(&self) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for kind in [Kind::Chunk, Kind::Outboard] {
+            for addr in self.blobs.list(kind)? {
+                let inflight = self.inflight();
+                if !inflight.contains_key(&(kind, addr)) && !self.referenced(kind, &addr)? {
+                    self.blobs.remove(kind, &addr)?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn create_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(OBJECTS)?;
+        txn.open_table(CHUNKS)?;
+        txn.open_table(PINS)?;
+        txn.open_table(TOTALS)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating) the store under `dir`: `meta.redb`, `chunks/`, `outboards/`. Files left
+    /// by uploads that never committed (a crash) are swept.
+    pub fn open(dir: &Path, pool: CpuPool) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(StoreError::io(format!("create {}", dir.display())))?;
+        let blobs = Blobs::open_disk(dir)?;
+        let db = Database::create(dir.join("meta.redb"))?;
+        create_tables(&db)?;
+        let store = Self::from_parts(db, blobs, pool);
+        let swept = store.inner.sweep()?;
+        if swept > 0 {
+            tracing::info!(swept, "removed files of uploads that never committed");
+        }
+        Ok(store)
+    }
+
+    /// A store held entirely in memory (amnesia mode): nothing touches the disk.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::in_memory_with(CpuPool::default())
+    }
+
+    /// [`Store::in_memory`] with a given pool.
+    pub fn in_memory_with(pool: CpuPool) -> Result<Self, StoreError> {
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        create_tables(&db)?;
+        Ok(Self::from_parts(db, Blobs::memory(), pool))
+    }
+
+    fn from_parts(db: Database, blobs: Blobs, pool: CpuPool) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                blobs: Arc::new(blobs),
+                pool,
+                inflight: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The pool this store runs its blocking work on.
+    pub fn pool(&self) -> &CpuPool {
+        &self.inner.pool
+    }
+
+    /// Starts an upload.
+    pub fn writer(&self, options: PutOptions) -> ObjectWriter {
+        ObjectWriter::new(self.inner.clone(), options)
+    }
+
+    /// The manifest of `addr`, if stored.
+    pub async fn manifest(&self, addr: &Address) -> Result<Option<Manifest>, StoreError> {
+        let (inner, addr) = (self.inner.clone(), *addr);
+        self.inner.pool.run(move || inner.manifest(&addr)).await?
+    }
+
+    /// A verified reader of `addr`, if stored. Fails when its outboard is missing.
+    pub async fn reader(&self, addr: &Address) -> Result<Option<ObjectReader>, ReadError> {
+        let (inner, addr) = (self.inner.clone(), *addr);
+        self.inner
+            .pool
+            .run(move || -> Result<Option<ObjectReader>, ReadError> {
+                let Some(manifest) = inner.manifest(&addr)? else {
+                    return Ok(None);
+                };
+                ObjectReader::open(inner.clone(), manifest).map(Some)
+            })
+            .await?
+    }
+
+    /// Size, media type, chunks, pin, and whether every stored byte still verifies (this reads
+    /// and hashes the whole object).
+    pub async fn stat(&self, addr: &Address) -> Result<Option<ObjectStat>, StoreError> {
+        let Some(manifest) = self.manifest(addr).await? else {
+            return Ok(None);
+        };
+        let pinned = self.is_pinned(addr).await?;
+        let damaged = match ObjectReader::open(self.inner.clone(), manifest.clone()) {
+            Ok(reader) => match reader.verify_all().await {
+                Ok(()) => false,
+                Err(ReadError::Store(e)) => return Err(e),
+                Err(_) => true,
+            },
+            Err(ReadError::Store(e)) => return Err(e),
+            Err(_) => true,
+        };
+        Ok(Some(ObjectStat {
+            address: manifest.address,
+            size: manifest.size,
+            media_type: manifest.media_type.clone(),
+            chunks: manifest.chunks.len(),
+            pinned,
+            damaged,
+        }))
+    }
+
+    async fn is_pinned(&self, addr: &Address) -> Result<bool, StoreError> {
+        let (inner, addr) = (self.inner.clone(), *addr);
+        self.inner
+            .pool
+            .run(move || -> Result<bool, StoreError> {
+                let txn = inner.db.begin_read()?;
+                Ok(txn.open_table(PINS)?.get(addr.as_bytes())?.is_some())
+            })
+            .await?
+    }
+
+    /// Pins (`true`) or unpins a stored object; `Ok(false)` when the object is not stored.
+    pub async fn set_pinned(&self, addr: &Address, pinned: bool) -> Result<bool, StoreError> {
+        let (inner, addr) = (self.inner.clone(), *addr);
+        self.inner
+            .pool
+            .run(move || -> Result<bool, StoreError> {
+                let txn = inner.db.begin_write()?;
+                let found = {
+                    let objects = txn.open_table(OBJECTS)?;
+                    let mut pins = txn.open_table(PINS)?;
+                    let found = objects.get(addr.as_bytes())?.is_some();
+                    if found && pinned {
+                        pins.insert(addr.as_bytes(), ())?;
+                    } else if found {
+                        pins.remove(addr.as_bytes())?;
+                    }
+                    found
+                };
+                txn.commit()?;
+                Ok(found)
+            })
+            .await?
+    }
+
+    /// Removes every unpinned object, then every chunk no remaining object references, then
+    /// any file no metadata references. Never removes a chunk a stored object (or an upload in
+    /// progress) uses.
+    pub async fn gc(&self) -> Result<GcReport, StoreError> {
+        let inner = self.inner.clone();
+        self.inner.pool.run(move || gc(&inner)).await?
+    }
+
+    /// Store-wide figures.
+    pub async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<StoreStats, StoreError> {
+                let txn = inner.db.begin_read()?;
+                let totals = txn.open_table(TOTALS)?;
+                let get = |k: &str| -> Result<u64, StoreError> {
+                    Ok(totals.get(k)?.map_or(0, |v| v.value()))
+                };
+                let (bytes_stored, bytes_logical) = (get(BYTES_STORED)?, get(BYTES_LOGICAL)?);
+                Ok(StoreStats {
+                    objects: txn.open_table(OBJECTS)?.len()?,
+                    chunks: txn.open_table(CHUNKS)?.len()?,
+                    bytes_stored,
+                    bytes_logical,
+                    bytes_saved: bytes_logical.saturating_sub(bytes_stored),
+                })
+            })
+            .await?
+    }
+}
+
+fn add(totals: &mut redb::Table<'_, &str, u64>, key: &str, delta: i128) -> Result<(), StoreError> {
+    let now = totals.get(key)?.map_or(0, |v| v.value());
+    let next = u64::try_from((i128::from(now) + delta).max(0)).unwrap_or(u64::MAX);
+    totals.insert(key, next)?;
+    Ok(())
+}
+
+/// Records a new object (or re-pins an existing one) in one transaction.
+pub(crate) fn commit_object(
+    inner: &Inner,
+    manifest: &Manifest,
+    encoded: &[u8],
+    pin: bool,
+) -> Result<bool, StoreError> {
+    let key = manifest.address.as_bytes();
+    let txn = inner.db.begin_write()?;
+    let created = {
+        let mut objects = txn.open_table(OBJECTS)?;
+        let mut chunks = txn.open_table(CHUNKS)?;
+        let mut pins = txn.open_table(PINS)?;
+        let mut totals = txn.open_table(TOTALS)?;
+        let created = objects.get(key)?.is_none();
+        if created {
+            objects.insert(key, encoded)?;
+            let unique: BTreeSet<_> = manifest.chunks.iter().map(|c| (c.address, c.len)).collect();
+            for (addr, len) in unique {
+                let existing = chunks.get(addr.as_bytes())?.map(|v| v.value());
+                match existing {
+                    Some((refs, len)) => chunks.insert(addr.as_bytes(), (refs + 1, len))?,
+                    None => {
+                        add(&mut totals, BYTES_STORED, i128::from(len))?;
+                        chunks.insert(addr.as_bytes(), (1, len))?
+                    }
+                };
+            }
+            add(&mut totals, BYTES_LOGICAL, i128::from(manifest.size))?;
+        }
+        if pin {
+            pins.insert(key, ())?;
+        }
+        created
+    };
+    txn.commit()?;
+    Ok(created)
+}
+
+fn gc(inner: &Arc<Inner>) -> Result<GcReport, StoreError> {
+    let mut report = GcReport::default();
+    let mut dead_chunks = Vec::new();
+    let mut dead_objects = Vec::new();
+    let txn = inner.db.begin_write()?;
+    {
+        let mut objects = txn.open_table(OBJECTS)?;
+        let mut chunks = txn.open_table(CHUNKS)?;
+        let pins = txn.open_table(PINS)?;
+        let mut totals = txn.open_table(TOTALS)?;
+        let mut unpinned = Vec::new();
+        for entry in objects.iter()? {
+            let (key, value) = entry?;
+            if pins.get(key.value())?.is_none() {
+                unpinned.push((*key.value(), value.value().to_vec()));
+            }
+        }
+        for (key, encoded) in unpinned {
+            let address = Address::from_bytes(key);
+            let manifest = Manifest::decode(&encoded)
+                .map_err(|source| StoreError::Manifest { address, source })?;
+            objects.remove(&key)?;
+            add(&mut totals, BYTES_LOGICAL, -i128::from(manifest.size))?;
+            let unique: BTreeSet<_> = manifest.chunks.iter().map(|c| c.address).collect();
+            for chunk in unique {
+                let Some((refs, len)) = chunks.get(chunk.as_bytes())?.map(|v| v.value()) else {
+                    continue;
+                };
+                if refs <= 1 {
+                    chunks.remove(chunk.as_bytes())?;
+                    add(&mut totals, BYTES_STORED, -i128::from(len))?;
+                    dead_chunks.push(chunk);
+                    report.chunks += 1;
+                    report.bytes += len;
+                } else {
+                    chunks.insert(chunk.as_bytes(), (refs - 1, len))?;
+                }
+            }
+            dead_objects.push(address);
+            report.objects += 1;
+        }
+    }
+    txn.commit()?;
+    {
+        let inflight = inner.inflight();
+        for chunk in dead_chunks {
+            if !inflight.contains_key(&(Kind::Chunk, chunk)) {
+                inner.blobs.remove(Kind::Chunk, &chunk)?;
+            }
+        }
+        for object in dead_objects {
+            if !inflight.contains_key(&(Kind::Outboard, object)) {
+                inner.blobs.remove(Kind::Outboard, &object)?;
+            }
+        }
+    }
+    inner.sweep()?;
+    Ok(report)
+}

@@ -1,0 +1,296 @@
+//! Streaming upload: bytes in, chunks cut and stored durably as they become certain, then the
+//! object's outboard (whose root is its address) and one metadata commit.
+
+use std::io::{BufWriter, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bao_tree::{BaoTree, BlockSize};
+use bytes::Bytes;
+use positioned_io::ReadAt;
+use ron_proto::{Address, ChunkRef, MANIFEST_VERSION, Manifest, ManifestError};
+
+use crate::blobs::{BlobData, Blobs, Kind};
+use crate::store::{Inflight, Inner, commit_object};
+use crate::{Chunker, PutError, StoreError};
+
+/// BLAKE3 outboard granularity: 16 KiB chunk groups.
+pub(crate) const BLOCK: BlockSize = BlockSize::from_chunk_log(4);
+
+/// How to store an upload.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// The object's media type.
+    pub media_type: Option<String>,
+    /// The address the client expects; on mismatch nothing is stored.
+    pub expect: Option<Address>,
+    /// Refuse uploads larger than this.
+    pub max_bytes: Option<u64>,
+    /// Store without pinning (a cache copy garbage collection may drop).
+    pub unpinned: bool,
+}
+
+/// A stored upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The object's address.
+    pub address: Address,
+    /// Its size.
+    pub size: u64,
+    /// Whether this upload created it (`false`: it was already stored).
+    pub created: bool,
+}
+
+/// An upload in progress. Dropping it before [`ObjectWriter::finish`] succeeds leaves nothing
+/// behind: chunk files it created that nothing references are removed.
+pub struct ObjectWriter {
+    inner: Arc<Inner>,
+    options: PutOptions,
+    chunker: Chunker,
+    chunks: Vec<ChunkRef>,
+    size: u64,
+    guards: Vec<Inflight>,
+}
+
+impl std::fmt::Debug for ObjectWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectWriter")
+            .field("size", &self.size)
+            .field("chunks", &self.chunks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sequential reader over an object's chunks as stored.
+struct ChunkChain {
+    blobs: Arc<Blobs>,
+    chunks: Vec<ChunkRef>,
+    index: usize,
+    current: Option<BlobData>,
+    offset: u64,
+}
+
+impl Read for ChunkChain {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let Some(chunk) = self.chunks.get(self.index).copied() else {
+                return Ok(0);
+            };
+            if self.offset == chunk.len {
+                self.index += 1;
+                self.offset = 0;
+                self.current = None;
+                continue;
+            }
+            if self.current.is_none() {
+                self.current = self
+                    .blobs
+                    .open(Kind::Chunk, &chunk.address)
+                    .map_err(std::io::Error::other)?;
+            }
+            let Some(data) = &self.current else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("chunk {} is missing", chunk.address),
+                ));
+            };
+            let want = usize::try_from(chunk.len - self.offset)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            let n = data.read_at(self.offset, &mut buf[..want])?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("chunk {} is truncated", chunk.address),
+                ));
+            }
+            self.offset += n as u64;
+            return Ok(n);
+        }
+    }
+}
+
+/// An outboard computed but not yet in place.
+enum PendingOutboard {
+    File(PathBuf),
+    Memory(Vec<u8>),
+}
+
+fn compute_outboard(
+    inner: &Inner,
+    chunks: Vec<ChunkRef>,
+    size: u64,
+) -> Result<(Address, PendingOutboard), StoreError> {
+    let data = ChunkChain {
+        blobs: inner.blobs.clone(),
+        chunks,
+        index: 0,
+        current: None,
+        offset: 0,
+    };
+    let tree = BaoTree::new(size, BLOCK);
+    // 1 MiB of reads at a time from the chunk files (page cache, just written).
+    let data = std::io::BufReader::with_capacity(1 << 20, data);
+    match inner.blobs.temp_file()? {
+        Some((path, file)) => {
+            let mut out = BufWriter::new(file);
+            let root = bao_tree::io::sync::outboard_post_order(data, tree, &mut out)
+                .map_err(StoreError::io("hash stored chunks"))?;
+            let file = out
+                .into_inner()
+                .map_err(|e| StoreError::io("write outboard")(e.into_error()))?;
+            file.sync_all()
+                .map_err(StoreError::io(format!("fsync {}", path.display())))?;
+            Ok((
+                Address::from_bytes(*root.as_bytes()),
+                PendingOutboard::File(path),
+            ))
+        }
+        None => {
+            let mut out = Vec::new();
+            let root = bao_tree::io::sync::outboard_post_order(data, tree, &mut out)
+                .map_err(StoreError::io("hash stored chunks"))?;
+            Ok((
+                Address::from_bytes(*root.as_bytes()),
+                PendingOutboard::Memory(out),
+            ))
+        }
+    }
+}
+
+impl ObjectWriter {
+    pub(crate) fn new(inner: Arc<Inner>, options: PutOptions) -> Self {
+        Self {
+            inner,
+            options,
+            chunker: Chunker::default(),
+            chunks: Vec::new(),
+            size: 0,
+            guards: Vec::new(),
+        }
+    }
+
+    /// Bytes received so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Takes the next piece of the upload. Completed chunks are stored before this returns.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe in the sense of resuming: after cancellation drop the writer (which
+    /// cleans up) rather than writing more.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), PutError> {
+        self.size += data.len() as u64;
+        if let Some(limit) = self.options.max_bytes
+            && self.size > limit
+        {
+            return Err(PutError::TooLarge { limit });
+        }
+        self.chunker.push(data);
+        while let Some(chunk) = self.chunker.next_chunk(false) {
+            self.store_chunk(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn store_chunk(&mut self, chunk: Bytes) -> Result<(), PutError> {
+        let inner = self.inner.clone();
+        let len = chunk.len() as u64;
+        let (address, guard) = self
+            .inner
+            .pool
+            .run(move || -> Result<(Address, Inflight), StoreError> {
+                let address = Address::of(&chunk);
+                // Registered before looking, so garbage collection cannot remove a file we
+                // are about to rely on.
+                let guard = Inflight::new(&inner, Kind::Chunk, address);
+                if !inner.blobs.contains(Kind::Chunk, &address) {
+                    inner.blobs.put(Kind::Chunk, &address, &chunk)?;
+                }
+                Ok((address, guard))
+            })
+            .await??;
+        self.guards.push(guard);
+        self.chunks.push(ChunkRef { address, len });
+        Ok(())
+    }
+
+    /// Ends the upload: stores the last chunks, computes the outboard from the stored bytes
+    /// (its root is the address), checks the expected address, and commits. The object is
+    /// durable and visible when this returns `Ok`.
+    pub async fn finish(mut self) -> Result<Stored, PutError> {
+        while let Some(chunk) = self.chunker.next_chunk(true) {
+            self.store_chunk(chunk).await?;
+        }
+        let inner = self.inner.clone();
+        let (chunks, size) = (self.chunks.clone(), self.size);
+        let (address, pending) = self
+            .inner
+            .pool
+            .run(move || compute_outboard(&inner, chunks, size))
+            .await??;
+
+        let discard = |pending: PendingOutboard| {
+            if let PendingOutboard::File(path) = pending {
+                let _ = std::fs::remove_file(path);
+            }
+        };
+        if let Some(expected) = self.options.expect
+            && expected != address
+        {
+            discard(pending);
+            return Err(PutError::Mismatch {
+                expected,
+                actual: address,
+            });
+        }
+        let manifest = Manifest {
+            version: MANIFEST_VERSION,
+            address,
+            size,
+            chunks: self.chunks.clone(),
+            media_type: self.options.media_type.clone(),
+        };
+        let encoded = match manifest.encode() {
+            Ok(bytes) => bytes,
+            Err(ManifestError::MediaType(mt)) => {
+                discard(pending);
+                return Err(PutError::MediaType(mt));
+            }
+            Err(e) => {
+                discard(pending);
+                return Err(StoreError::Internal(format!("manifest: {e}")).into());
+            }
+        };
+
+        let inner = self.inner.clone();
+        let pin = !self.options.unpinned;
+        let created = self
+            .inner
+            .pool
+            .run(move || -> Result<bool, StoreError> {
+                let _outboard = Inflight::new(&inner, Kind::Outboard, address);
+                match pending {
+                    PendingOutboard::File(path)
+                        if inner.blobs.contains(Kind::Outboard, &address) =>
+                    {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    PendingOutboard::File(path) => {
+                        inner.blobs.place(Kind::Outboard, &address, &path)?
+                    }
+                    PendingOutboard::Memory(bytes) => {
+                        inner.blobs.put(Kind::Outboard, &address, &bytes)?
+                    }
+                }
+                commit_object(&inner, &manifest, &encoded, pin)
+            })
+            .await??;
+        Ok(Stored {
+            address,
+            size,
+            created,
+        })
+    }
+}

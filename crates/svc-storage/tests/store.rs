@@ -1,0 +1,296 @@
+//! The store through its public API: round trips, dedup, pins and GC, damage, cleanup.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
+
+use std::path::{Path, PathBuf};
+
+use ron_proto::Address;
+use svc_storage::{CpuPool, PutError, PutOptions, ReadError, Store};
+
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..len).map(|_| rng.u8(..)).collect()
+}
+
+async fn put(
+    store: &Store,
+    bytes: &[u8],
+    options: PutOptions,
+) -> Result<svc_storage::Stored, PutError> {
+    let mut w = store.writer(options);
+    // Arrive in uneven pieces, as a network would deliver them.
+    for piece in bytes.chunks(100_003) {
+        w.write(piece).await?;
+    }
+    w.finish().await
+}
+
+async fn read_all(store: &Store, addr: &Address) -> Result<Vec<u8>, ReadError> {
+    let reader = store.reader(addr).await?.expect("object present");
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < reader.size() {
+        let piece = reader.read_verified(at, at + (1 << 20)).await?;
+        at += piece.len() as u64;
+        out.extend_from_slice(&piece);
+    }
+    Ok(out)
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn chunk_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(&dir.join("chunks"))
+}
+
+#[tokio::test]
+async fn round_trips_at_the_boundaries_on_disk_and_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Store::open(dir.path(), CpuPool::new(2)).unwrap();
+    let mem = Store::in_memory().unwrap();
+    const MIB: usize = 1 << 20;
+    for (i, len) in [
+        0,
+        1,
+        1023,
+        16 * 1024,
+        16 * 1024 + 1,
+        MIB - 1,
+        MIB,
+        MIB + 1,
+        5 * MIB,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let bytes = data(len, i as u64);
+        for store in [&disk, &mem] {
+            let stored = put(store, &bytes, PutOptions::default()).await.unwrap();
+            assert_eq!(stored.address, Address::of(&bytes), "len {len}");
+            assert_eq!(stored.size, len as u64);
+            assert!(stored.created);
+            assert_eq!(
+                read_all(store, &stored.address).await.unwrap(),
+                bytes,
+                "len {len}"
+            );
+            // Unaligned ranges match the slice.
+            let reader = store.reader(&stored.address).await.unwrap().unwrap();
+            for (a, b) in [(0, 1), (len / 3, len / 2 + 7), (len.saturating_sub(5), len)] {
+                let got = reader.read_verified(a as u64, b as u64).await.unwrap();
+                assert_eq!(
+                    &got[..],
+                    &bytes[a.min(len)..b.min(len).max(a.min(len))],
+                    "len {len} range {a}..{b}"
+                );
+            }
+            // Same bytes again: same address, not created twice.
+            assert!(
+                !put(store, &bytes, PutOptions::default())
+                    .await
+                    .unwrap()
+                    .created
+            );
+        }
+    }
+    let stats = disk.stats().await.unwrap();
+    assert_eq!(
+        stats.objects, 9,
+        "the empty object is an object too: {stats:?}"
+    );
+    assert_eq!(chunk_files(dir.path()).len() as u64, stats.chunks);
+    assert_eq!(
+        stats.bytes_stored, stats.bytes_logical,
+        "nothing shared: {stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn shared_chunks_are_stored_once_and_survive_gc_of_one_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), CpuPool::new(2)).unwrap();
+    let a = data(12 << 20, 7);
+    let mut b = a.clone();
+    b.extend_from_slice(&data(3 << 20, 8));
+    let sa = put(&store, &a, PutOptions::default()).await.unwrap();
+    let sb = put(&store, &b, PutOptions::default()).await.unwrap();
+    let stats = store.stats().await.unwrap();
+    assert!(stats.bytes_saved >= 8 << 20, "{stats:?}");
+    assert_eq!(stats.bytes_logical, (27 << 20) as u64);
+    assert_eq!(chunk_files(dir.path()).len() as u64, stats.chunks);
+
+    // Unpin A and collect: A goes, B and every chunk B uses stay.
+    assert!(store.set_pinned(&sa.address, false).await.unwrap());
+    let report = store.gc().await.unwrap();
+    assert_eq!(report.objects, 1);
+    assert!(store.manifest(&sa.address).await.unwrap().is_none());
+    assert_eq!(read_all(&store, &sb.address).await.unwrap(), b);
+    let after = store.stats().await.unwrap();
+    assert_eq!(after.bytes_logical, b.len() as u64);
+    assert_eq!(chunk_files(dir.path()).len() as u64, after.chunks);
+
+    // Pinned objects are never collected.
+    assert_eq!(store.gc().await.unwrap().objects, 0);
+    assert!(
+        !store
+            .set_pinned(&Address::of(b"unknown"), true)
+            .await
+            .unwrap()
+    );
+
+    // Unpin B too: everything goes.
+    store.set_pinned(&sb.address, false).await.unwrap();
+    store.gc().await.unwrap();
+    assert!(chunk_files(dir.path()).is_empty());
+    assert_eq!(store.stats().await.unwrap().bytes_stored, 0);
+}
+
+#[tokio::test]
+async fn a_flipped_byte_is_caught_in_its_group_and_reported_by_stat() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), CpuPool::new(2)).unwrap();
+    let bytes = data(3 << 20, 9);
+    let stored = put(&store, &bytes, PutOptions::default()).await.unwrap();
+    assert!(!store.stat(&stored.address).await.unwrap().unwrap().damaged);
+
+    let manifest = store.manifest(&stored.address).await.unwrap().unwrap();
+    let first = manifest.chunks[0].address.to_string();
+    let path = chunk_files(dir.path())
+        .into_iter()
+        .find(|p| p.ends_with(&first[3..]))
+        .unwrap();
+    let mut raw = std::fs::read(&path).unwrap();
+    raw[100_000] ^= 0x01;
+    std::fs::write(&path, raw).unwrap();
+
+    let reader = store.reader(&stored.address).await.unwrap().unwrap();
+    let err = reader.read_verified(99_000, 101_000).await.unwrap_err();
+    assert!(
+        matches!(err, ReadError::Damaged { offset: 98_304, .. }),
+        "{err:?}"
+    );
+    // Bytes in other groups still verify and are served.
+    assert_eq!(
+        &reader.read_verified(0, 4096).await.unwrap()[..],
+        &bytes[..4096]
+    );
+    assert_eq!(
+        &reader.read_verified(200_000, 300_000).await.unwrap()[..],
+        &bytes[200_000..300_000]
+    );
+    assert!(store.stat(&stored.address).await.unwrap().unwrap().damaged);
+}
+
+#[tokio::test]
+async fn a_deleted_chunk_file_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), CpuPool::new(2)).unwrap();
+    let bytes = data(2 << 20, 10);
+    let stored = put(&store, &bytes, PutOptions::default()).await.unwrap();
+    for f in chunk_files(dir.path()) {
+        std::fs::remove_file(f).unwrap();
+    }
+    assert!(matches!(
+        read_all(&store, &stored.address).await,
+        Err(ReadError::MissingChunk { .. })
+    ));
+    let stat = store.stat(&stored.address).await.unwrap().unwrap();
+    assert!(stat.damaged);
+}
+
+#[tokio::test]
+async fn refused_and_abandoned_uploads_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), CpuPool::new(2)).unwrap();
+    let bytes = data(9 << 20, 11);
+
+    let wrong = PutOptions {
+        expect: Some(Address::of(b"something else")),
+        ..PutOptions::default()
+    };
+    assert!(matches!(
+        put(&store, &bytes, wrong).await,
+        Err(PutError::Mismatch { .. })
+    ));
+
+    let small = PutOptions {
+        max_bytes: Some(5 << 20),
+        ..PutOptions::default()
+    };
+    assert!(
+        matches!(put(&store, &bytes, small).await, Err(PutError::TooLarge { limit }) if limit == 5 << 20)
+    );
+
+    let mut w = store.writer(PutOptions::default());
+    w.write(&bytes[..7 << 20]).await.unwrap();
+    drop(w); // the client went away
+
+    let bad_type = PutOptions {
+        media_type: Some("not a type".into()),
+        ..PutOptions::default()
+    };
+    assert!(matches!(
+        put(&store, b"x", bad_type).await,
+        Err(PutError::MediaType(_))
+    ));
+
+    assert!(
+        chunk_files(dir.path()).is_empty(),
+        "{:?}",
+        chunk_files(dir.path())
+    );
+    assert!(files_under(&dir.path().join("outboards")).is_empty());
+    assert!(files_under(&dir.path().join("tmp")).is_empty());
+    assert_eq!(store.stats().await.unwrap().objects, 0);
+
+    let right = PutOptions {
+        expect: Some(Address::of(&bytes)),
+        ..PutOptions::default()
+    };
+    assert!(put(&store, &bytes, right).await.unwrap().created);
+}
+
+#[tokio::test]
+async fn objects_survive_reopening_and_orphans_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(2 << 20, 12);
+    let addr = {
+        let store = Store::open(dir.path(), CpuPool::new(2)).unwrap();
+        put(
+            &store,
+            &bytes,
+            PutOptions {
+                media_type: Some("application/x-test".into()),
+                ..PutOptions::default()
+            },
+        )
+        .await
+        .unwrap()
+        .address
+    };
+    // A chunk file no metadata knows, as a crash between write and commit would leave.
+    let orphan = Address::of(b"orphan").to_string();
+    let orphan_path = dir
+        .path()
+        .join("chunks")
+        .join(&orphan[3..5])
+        .join(&orphan[3..]);
+    std::fs::write(&orphan_path, b"orphan").unwrap();
+
+    let store = Store::open(dir.path(), CpuPool::new(2)).unwrap();
+    assert!(!orphan_path.exists(), "orphan swept on open");
+    assert_eq!(read_all(&store, &addr).await.unwrap(), bytes);
+    let stat = store.stat(&addr).await.unwrap().unwrap();
+    assert_eq!(stat.media_type.as_deref(), Some("application/x-test"));
+    assert!(stat.pinned && !stat.damaged);
+}
