@@ -14,6 +14,7 @@ use ron_kernel::{Bus, Config, HealthState, KernelEvent, Metrics, wait_for_ctrl_c
 use serde::{Deserialize, Serialize};
 use supervisor::{Policy, Supervisor};
 use svc_gateway::{AppState, GatewaySection, StatusExtra};
+use svc_storage::{CpuPool, StorageSection, Store};
 
 use crate::logging::{self, LogSection};
 
@@ -37,6 +38,9 @@ pub(crate) struct NodeArgs {
     /// Config file to read instead of `<data dir>/ron.toml` (it must exist).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Keep everything in memory and write nothing to disk; all data is lost at exit.
+    #[arg(long)]
+    amnesia: bool,
 }
 
 /// `[node]`.
@@ -83,6 +87,7 @@ fn build_config(args: &NodeArgs, metrics: &Metrics) -> anyhow::Result<Config> {
         .register::<GatewaySection>()
         .register::<LogSection>()
         .register::<NodeSection>()
+        .register::<StorageSection>()
         .metrics(metrics)
         .build()?)
 }
@@ -90,8 +95,10 @@ fn build_config(args: &NodeArgs, metrics: &Metrics) -> anyhow::Result<Config> {
 /// Runs a node until Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    if !args.amnesia {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    }
     let metrics = Metrics::new();
     let config = build_config(&args, &metrics)?;
     let log = Arc::new(logging::init(&config.get::<LogSection>())?);
@@ -99,6 +106,14 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let bus = Bus::new(config.get::<KernelSection>().bus_capacity);
     bus.register_metrics(&metrics);
     let health = HealthState::new();
+    let store = if args.amnesia {
+        tracing::info!("amnesia: everything stays in memory and is lost at exit");
+        Store::in_memory_with(CpuPool::default())?
+    } else {
+        let dir = args.data_dir.join("store");
+        Store::open(&dir, CpuPool::default())
+            .with_context(|| format!("cannot open the store in {}", dir.display()))?
+    };
 
     // Bind before anything runs, so a taken port is a clear start-up error.
     let listen = config.get::<GatewaySection>().listen;
@@ -135,6 +150,25 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         });
     }
     {
+        let (store, config) = (store.clone(), config.clone());
+        sup.spawn("storage-gc", Duty::Background, move |ctx| {
+            let (store, config) = (store.clone(), config.clone());
+            async move {
+                loop {
+                    let every = Duration::from_secs(config.get::<StorageSection>().gc_interval_s);
+                    tokio::select! {
+                        () = tokio::time::sleep(every) => {}
+                        () = ctx.shutdown.cancelled() => return Ok::<(), String>(()),
+                    }
+                    let report = store.gc().await.map_err(|e| e.to_string())?;
+                    if report.objects > 0 || report.chunks > 0 {
+                        tracing::info!(?report, "garbage collected");
+                    }
+                }
+            }
+        });
+    }
+    {
         let state = AppState {
             metrics: metrics.clone(),
             health: health.clone(),
@@ -144,6 +178,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 version: env!("CARGO_PKG_VERSION"),
                 gateway,
             },
+            store,
         };
         sup.spawn("gateway", Duty::ReadsAndWrites, move |ctx| {
             let (listener, state) = (listener.try_clone(), state.clone());

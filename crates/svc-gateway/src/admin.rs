@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use ron_kernel::{Config, HealthState, Metrics};
 use ron_proto::{ErrorBody, ErrorKind};
 use serde::Deserialize;
@@ -38,6 +38,8 @@ pub struct AppState {
     pub started: Instant,
     /// Facts for `/status`.
     pub extra: StatusExtra,
+    /// The object store.
+    pub store: svc_storage::Store,
 }
 
 /// The gateway's routes with their middleware.
@@ -47,6 +49,13 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/put", post(crate::objects::put))
+        .route("/o/{addr}", get(crate::objects::get))
+        .route("/stat/{addr}", get(crate::objects::stat))
+        .route(
+            "/pin/{addr}",
+            post(crate::objects::pin).delete(crate::objects::unpin),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
@@ -99,7 +108,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// Version, uptime, config version and every service's health.
 async fn status(State(state): State<AppState>) -> Response {
     let config = &state.config;
+    let storage = match state.store.stats().await {
+        Ok(stats) => json!(stats),
+        Err(e) => json!({"error": e.to_string()}),
+    };
     Json(json!({
+        "storage": storage,
         "version": state.extra.version,
         "uptime_s": state.started.elapsed().as_secs(),
         "gateway": format!("http://{}", state.extra.gateway),
@@ -149,6 +163,7 @@ mod tests {
                 version: "test",
                 gateway: SocketAddr::from(([127, 0, 0, 1], 7700)),
             },
+            store: svc_storage::Store::in_memory().unwrap(),
         }
     }
 

@@ -1,6 +1,7 @@
-//! The HTTP face of a RustyOnions node. Today it serves the admin endpoints — `/healthz`,
-//! `/readyz`, `/metrics`, `/status` — with per-request deadlines, request ids and latency
-//! metrics; object routes build on the same router. Every error leaves through one function,
+//! The HTTP face of a RustyOnions node: objects (`POST /put`, `GET|HEAD /o/{addr}` with
+//! ranges, `GET /stat/{addr}`, `POST|DELETE /pin/{addr}`) and the admin endpoints (`/healthz`,
+//! `/readyz`, `/metrics`, `/status`), with request ids and latency metrics on every route.
+//! Every error leaves through one function,
 //! [`error_response`], in the shared JSON shape `{"code","message","retry_after_ms"?}`.
 //!
 //! ```no_run
@@ -15,10 +16,12 @@ mod admin;
 mod config;
 mod error;
 mod middleware;
+mod objects;
 
 pub use admin::{AppState, StatusExtra, router};
 pub use config::GatewaySection;
 pub use error::error_response;
+pub use objects::EXPECT_ADDRESS;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -33,7 +33,14 @@ pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: N
         .map_or("<unmatched>", MatchedPath::as_str)
         .to_owned();
     let method = req.method().as_str().to_owned();
-    let deadline = Duration::from_millis(state.config.get::<GatewaySection>().request_timeout_ms);
+    // Object transfers stream for as long as they move (idle and write limits bound them);
+    // every other route has a whole-request deadline.
+    let streaming = matches!(route.as_str(), "/put" | "/o/{addr}");
+    let deadline = if streaming {
+        Duration::MAX
+    } else {
+        Duration::from_millis(state.config.get::<GatewaySection>().request_timeout_ms)
+    };
     let span = tracing::info_span!("request", %method, %route, request_id = %id);
 
     let mut response =

@@ -26,6 +26,7 @@
 
 mod blobs;
 mod chunker;
+mod config;
 mod error;
 mod meta;
 mod pool;
@@ -34,6 +35,7 @@ mod store;
 mod writer;
 
 pub use chunker::Chunker;
+pub use config::StorageSection;
 pub use error::{PutError, ReadError, StoreError};
 pub use pool::CpuPool;
 pub use reader::{GROUP_BYTES, MAX_WINDOW, ObjectReader};

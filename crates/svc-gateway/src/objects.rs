@@ -1,0 +1,407 @@
+//! Object routes: `POST /put` (streamed), `GET|HEAD /o/{addr}` (verified streaming, ranges,
+//! conditional requests), `GET /stat/{addr}`, `POST|DELETE /pin/{addr}`.
+
+use std::ops::RangeInclusive;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use ron_kernel::metrics::ReasonLabel;
+use ron_proto::{Address, ErrorBody, ErrorKind};
+use serde_json::json;
+use svc_storage::{ObjectReader, PutError, PutOptions, ReadError, StoreError};
+
+use crate::{AppState, GatewaySection, error_response};
+
+/// Header naming the address an upload must have.
+pub const EXPECT_ADDRESS: &str = "x-ron-expect-address";
+/// Most ranges one request may ask for.
+const MAX_RANGES: usize = 64;
+/// Bytes verified and sent per step of a response.
+const WINDOW: u64 = 1 << 20;
+/// Windows verified ahead of the one being sent.
+const READ_AHEAD: usize = 2;
+
+fn bad(kind: ErrorKind, message: impl Into<String>) -> Response {
+    error_response(kind, &ErrorBody::new(kind, message))
+}
+
+/// A `b3:` address from the path; anything else is a 400 in the shared error shape.
+pub(crate) struct Addr(Address);
+
+impl<S: Send + Sync> FromRequestParts<S> for Addr {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| bad(ErrorKind::BadInput, e.body_text()))?;
+        text.parse::<Address>()
+            .map(Addr)
+            .map_err(|e| bad(ErrorKind::BadInput, format!("malformed address: {e}")))
+    }
+}
+
+/// Logs an internal failure in full and answers with a safe message.
+fn internal(state: &AppState, what: &str, e: &dyn std::fmt::Display, kind: ErrorKind) -> Response {
+    tracing::error!(error = %e, "{what}");
+    state
+        .metrics
+        .rejected()
+        .get_or_create(&ReasonLabel {
+            reason: kind.code().to_owned(),
+        })
+        .inc();
+    let message = if kind == ErrorKind::Internal {
+        "internal error".to_owned()
+    } else {
+        e.to_string()
+    };
+    bad(kind, message)
+}
+
+fn etag(addr: &Address) -> String {
+    format!("\"{addr}\"")
+}
+
+/// `POST /put`: the raw body, streamed into the store.
+pub(crate) async fn put(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let limit = state.config.get::<GatewaySection>().max_put_bytes;
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        state
+            .metrics
+            .rejected()
+            .get_or_create(&ReasonLabel {
+                reason: "too_large".into(),
+            })
+            .inc();
+        return bad(
+            ErrorKind::TooLarge,
+            format!("upload exceeds the limit of {limit} bytes"),
+        );
+    }
+    let expect = match headers.get(EXPECT_ADDRESS).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(text)) => match text.parse::<Address>() {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                return bad(
+                    ErrorKind::BadInput,
+                    format!("malformed x-ron-expect-address: {e}"),
+                );
+            }
+        },
+        Some(Err(_)) => return bad(ErrorKind::BadInput, "malformed x-ron-expect-address"),
+    };
+    let media_type = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(mt)) => Some(mt.to_owned()),
+        Some(Err(_)) => return bad(ErrorKind::BadInput, "content-type is not visible ASCII"),
+    };
+    let options = PutOptions {
+        media_type,
+        expect,
+        max_bytes: Some(limit),
+        unpinned: false,
+    };
+    let mut writer = state.store.writer(options);
+    let mut body = body.into_data_stream();
+    while let Some(piece) = body.next().await {
+        let piece = match piece {
+            Ok(piece) => piece,
+            // The client went away or broke the framing: nothing is stored (the writer's drop
+            // removes what it wrote).
+            Err(e) => {
+                tracing::info!(error = %e, "upload aborted by the client");
+                return bad(ErrorKind::BadInput, "upload body was cut short");
+            }
+        };
+        if let Err(e) = writer.write(&piece).await {
+            return put_error(&state, e);
+        }
+    }
+    match writer.finish().await {
+        Ok(stored) => {
+            let status = if stored.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let location = format!("/o/{}", stored.address);
+            let mut response = (
+                status,
+                Json(json!({"address": stored.address, "size": stored.size})),
+            )
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, v);
+            }
+            response
+        }
+        Err(e) => put_error(&state, e),
+    }
+}
+
+fn put_error(state: &AppState, e: PutError) -> Response {
+    let kind = e.kind();
+    match e {
+        PutError::Store(e) => internal(state, "upload failed", &e, kind),
+        other => {
+            state
+                .metrics
+                .rejected()
+                .get_or_create(&ReasonLabel {
+                    reason: kind.code().to_owned(),
+                })
+                .inc();
+            bad(kind, other.to_string())
+        }
+    }
+}
+
+fn read_error(state: &AppState, e: &ReadError) -> Response {
+    state
+        .metrics
+        .rejected()
+        .get_or_create(&ReasonLabel {
+            reason: "damaged".into(),
+        })
+        .inc();
+    internal(state, "stored object cannot be read", e, e.kind())
+}
+
+fn not_found(addr: &Address) -> Response {
+    bad(ErrorKind::NotFound, format!("no object {addr}"))
+}
+
+/// What a GET will send.
+enum Plan {
+    Full,
+    Single(RangeInclusive<u64>),
+    Multi(Vec<RangeInclusive<u64>>),
+    Unsatisfiable(String),
+}
+
+fn plan(headers: &HeaderMap, size: u64, tag: &str) -> Plan {
+    let Some(range) = headers.get(header::RANGE) else {
+        return Plan::Full;
+    };
+    // If-Range with another validator: send the whole object.
+    if let Some(if_range) = headers.get(header::IF_RANGE)
+        && if_range.as_bytes() != tag.as_bytes()
+    {
+        return Plan::Full;
+    }
+    let Ok(text) = range.to_str() else {
+        return Plan::Unsatisfiable("range header is not ASCII".into());
+    };
+    use http_range_header::{RangeInvalid, RangeUnsatisfiableError};
+    let max = std::num::NonZeroUsize::new(MAX_RANGES).unwrap_or(std::num::NonZeroUsize::MIN);
+    let parsed = http_range_header::parse_range_header_with_max_ranges(text, max)
+        .and_then(|p| p.validate(size));
+    match parsed {
+        Ok(ranges) if ranges.is_empty() => Plan::Full,
+        Ok(mut ranges) if ranges.len() == 1 => Plan::Single(ranges.remove(0)),
+        Ok(ranges) => Plan::Multi(ranges),
+        // Not a bytes range: RFC 9110 says ignore it.
+        Err(RangeUnsatisfiableError::Invalid(RangeInvalid::DoesNotStartWithToken)) => Plan::Full,
+        Err(e) => Plan::Unsatisfiable(e.to_string()),
+    }
+}
+
+/// One piece of a response body.
+enum Part {
+    Static(Bytes),
+    Span(u64, u64),
+}
+
+/// The body: static parts as they are, spans read and verified a window at a time, a few
+/// windows ahead. A window that fails verification ends the stream with an error, so the
+/// response is cut short instead of carrying wrong bytes.
+fn body(reader: ObjectReader, parts: Vec<Part>, state: AppState) -> Body {
+    let steps = parts.into_iter().flat_map(|part| -> Vec<Part> {
+        match part {
+            Part::Static(b) => vec![Part::Static(b)],
+            Part::Span(start, end) => {
+                let mut out = Vec::new();
+                let mut at = start;
+                while at < end {
+                    let next = (at / WINDOW + 1) * WINDOW;
+                    out.push(Part::Span(at, next.min(end)));
+                    at = next.min(end);
+                }
+                out
+            }
+        }
+    });
+    let pieces = stream::iter(steps)
+        .map(move |step| {
+            let reader = reader.clone();
+            async move {
+                match step {
+                    Part::Static(b) => Ok(b),
+                    Part::Span(a, b) => reader.read_verified(a, b).await,
+                }
+            }
+        })
+        .buffered(READ_AHEAD)
+        .map(move |r| {
+            r.map_err(|e| {
+                state
+                    .metrics
+                    .rejected()
+                    .get_or_create(&ReasonLabel {
+                        reason: "damaged".into(),
+                    })
+                    .inc();
+                tracing::error!(error = %e, "aborting a response: stored bytes fail verification");
+                std::io::Error::other(e.to_string())
+            })
+        });
+    Body::from_stream(pieces)
+}
+
+/// `GET|HEAD /o/{addr}`.
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    method: Method,
+    Addr(addr): Addr,
+    headers: HeaderMap,
+) -> Response {
+    let reader = match state.store.reader(&addr).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return not_found(&addr),
+        Err(e) => return read_error(&state, &e),
+    };
+    let size = reader.size();
+    let tag = etag(&addr);
+    let media_type = reader
+        .manifest()
+        .media_type
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".into());
+
+    let mut base = HeaderMap::new();
+    let put = |h: &mut HeaderMap, k: header::HeaderName, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    };
+    put(&mut base, header::ETAG, &tag);
+    put(
+        &mut base,
+        header::CACHE_CONTROL,
+        "public, max-age=31536000, immutable",
+    );
+    put(&mut base, header::ACCEPT_RANGES, "bytes");
+    put(&mut base, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        && inm
+            .split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == tag || t == "*")
+    {
+        return (StatusCode::NOT_MODIFIED, base).into_response();
+    }
+
+    let (status, parts, length) = match plan(&headers, size, &tag) {
+        Plan::Full => {
+            put(&mut base, header::CONTENT_TYPE, &media_type);
+            (StatusCode::OK, vec![Part::Span(0, size)], size)
+        }
+        Plan::Single(r) => {
+            put(&mut base, header::CONTENT_TYPE, &media_type);
+            put(
+                &mut base,
+                header::CONTENT_RANGE,
+                &format!("bytes {}-{}/{size}", r.start(), r.end()),
+            );
+            (
+                StatusCode::PARTIAL_CONTENT,
+                vec![Part::Span(*r.start(), r.end() + 1)],
+                r.end() + 1 - r.start(),
+            )
+        }
+        Plan::Multi(ranges) => {
+            let boundary = format!("ron-{:016x}", fastrand::u64(..));
+            put(
+                &mut base,
+                header::CONTENT_TYPE,
+                &format!("multipart/byteranges; boundary={boundary}"),
+            );
+            let mut parts = Vec::with_capacity(ranges.len() * 2 + 1);
+            let mut length = 0u64;
+            for r in &ranges {
+                let head = format!(
+                    "--{boundary}\r\nContent-Type: {media_type}\r\nContent-Range: bytes {}-{}/{size}\r\n\r\n",
+                    r.start(),
+                    r.end()
+                );
+                length += head.len() as u64 + (r.end() + 1 - r.start()) + 2;
+                parts.push(Part::Static(Bytes::from(head)));
+                parts.push(Part::Span(*r.start(), r.end() + 1));
+                parts.push(Part::Static(Bytes::from_static(b"\r\n")));
+            }
+            let tail = format!("--{boundary}--\r\n");
+            length += tail.len() as u64;
+            parts.push(Part::Static(Bytes::from(tail)));
+            (StatusCode::PARTIAL_CONTENT, parts, length)
+        }
+        Plan::Unsatisfiable(why) => {
+            let mut response = bad(ErrorKind::RangeNotSatisfiable, why);
+            put(
+                response.headers_mut(),
+                header::CONTENT_RANGE,
+                &format!("bytes */{size}"),
+            );
+            return response;
+        }
+    };
+    put(&mut base, header::CONTENT_LENGTH, &length.to_string());
+    if method == Method::HEAD {
+        return (status, base).into_response();
+    }
+    (status, base, body(reader, parts, state)).into_response()
+}
+
+/// `GET /stat/{addr}`.
+pub(crate) async fn stat(State(state): State<AppState>, Addr(addr): Addr) -> Response {
+    match state.store.stat(&addr).await {
+        Ok(Some(stat)) => Json(stat).into_response(),
+        Ok(None) => not_found(&addr),
+        Err(e) => store_error(&state, &e),
+    }
+}
+
+fn store_error(state: &AppState, e: &StoreError) -> Response {
+    internal(state, "storage failed", e, e.kind())
+}
+
+async fn set_pin(state: AppState, addr: Address, pinned: bool) -> Response {
+    match state.store.set_pinned(&addr, pinned).await {
+        Ok(true) => Json(json!({"address": addr, "pinned": pinned})).into_response(),
+        Ok(false) => not_found(&addr),
+        Err(e) => store_error(&state, &e),
+    }
+}
+
+/// `POST /pin/{addr}`.
+pub(crate) async fn pin(State(state): State<AppState>, Addr(addr): Addr) -> Response {
+    set_pin(state, addr, true).await
+}
+
+/// `DELETE /pin/{addr}`.
+pub(crate) async fn unpin(State(state): State<AppState>, Addr(addr): Addr) -> Response {
+    set_pin(state, addr, false).await
+}
