@@ -141,10 +141,14 @@ async fn admin_endpoints_answer() {
         assert!(types.contains(&family), "{family} not exported: {types:?}");
     }
 
-    let (code, body) = node.get("/o/nothing-here").await;
+    let (code, body) = node.get("/no/such/route").await;
     assert_eq!(code, 404);
     let err: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(err["code"], "not_found");
+    let (code, body) = node.get("/o/nothing-here").await;
+    assert_eq!(code, 400);
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["code"], "bad_input");
 }
 
 #[tokio::test]
