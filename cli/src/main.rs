@@ -1,9 +1,11 @@
 //! `ron`: run a RustyOnions node, and talk to one.
 #![forbid(unsafe_code)]
 
+mod client;
 mod logging;
 mod node;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -14,12 +16,45 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    node: client::NodeUrl,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node: the kernel, its services and the HTTP gateway.
     Node(node::NodeArgs),
+    /// Store a file (or `-` for standard input) on the node; prints its address.
+    Put {
+        /// The file, or `-`.
+        file: PathBuf,
+        /// Media type to store with it.
+        #[arg(long = "type", value_name = "MEDIA_TYPE")]
+        media_type: Option<String>,
+    },
+    /// Fetch an object by address, verifying it as it arrives.
+    Get {
+        /// `b3:<hex>`.
+        address: String,
+        /// Write here (atomically) instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Show an object's size, media type, chunks, pin and damage, as JSON.
+    Stat {
+        /// `b3:<hex>`.
+        address: String,
+    },
+    /// Keep an object through garbage collection.
+    Pin {
+        /// `b3:<hex>`.
+        address: String,
+    },
+    /// Let garbage collection remove an object.
+    Unpin {
+        /// `b3:<hex>`.
+        address: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -35,8 +70,14 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let node = &cli.node;
         match cli.command {
             Command::Node(args) => node::run(args).await,
+            Command::Put { file, media_type } => client::put(node, &file, media_type).await,
+            Command::Get { address, output } => client::get(node, &address, output.as_ref()).await,
+            Command::Stat { address } => client::stat(node, &address).await,
+            Command::Pin { address } => client::pin(node, &address, true).await,
+            Command::Unpin { address } => client::pin(node, &address, false).await,
         }
     });
     match result {

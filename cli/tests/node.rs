@@ -1,92 +1,16 @@
 //! `ron node` as a user runs it: a real process on 127.0.0.1, probed over HTTP.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
 
+#[path = "support/node.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use support::{BIN, Node};
+use tokio::process::Command;
 use tokio::time::{Instant, sleep, timeout};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ron");
-
-struct Node {
-    child: Child,
-    url: String,
-    http: reqwest::Client,
-}
-
-impl Node {
-    async fn start(data_dir: &Path, extra: &[&str]) -> Node {
-        let mut child = Command::new(BIN)
-            .args(["node", "--gateway", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn ron node");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("node printed its address in time")
-            .unwrap()
-            .expect("a line on stdout");
-        let url = line
-            .strip_prefix("ron node: gateway ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Node {
-            child,
-            url,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        let res = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
-        (res.status().as_u16(), res.text().await.unwrap())
-    }
-
-    async fn status(&self) -> Value {
-        serde_json::from_str(&self.get("/status").await.1).unwrap()
-    }
-
-    /// Polls `/status` until `pred` holds (bounded: 20 s).
-    async fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let status = self.status().await;
-            if pred(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {status}"
-            );
-            sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn terminate(&self) {
-        let pid = self.child.id().expect("running").to_string();
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-}
 
 #[tokio::test]
 async fn admin_endpoints_answer() {
@@ -233,7 +157,7 @@ async fn sigterm_drains_and_exits_zero() {
         s["services"]["gateway"]["state"] == "running"
     })
     .await;
-    node.terminate();
+    node.signal("-TERM");
     let status = timeout(Duration::from_secs(30), node.child.wait())
         .await
         .expect("exits in time")

@@ -1,0 +1,526 @@
+//! Objects through a real node: the CLI and plain HTTP, checked against `b3sum`.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
+
+#[path = "support/node.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Node, b3sum, data};
+use tokio::io::AsyncWriteExt;
+use tokio::time::{Instant, sleep};
+
+const MIB: usize = 1 << 20;
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p))
+        } else {
+            out.push(p)
+        }
+    }
+    out
+}
+
+async fn get_with(node: &Node, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = node.http.get(format!("{}{path}", node.url));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+async fn error_code(res: reqwest::Response) -> (u16, String) {
+    let status = res.status().as_u16();
+    let body: Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+    (status, body["code"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn round_trips_through_the_cli_and_http_match_b3sum() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("data"), &[]).await;
+    for (i, len) in [0, 1, 1023, MIB - 1, MIB, MIB + 1, 5 * MIB, 64 * MIB]
+        .into_iter()
+        .enumerate()
+    {
+        let bytes = data(len, i as u64);
+        let file = dir.path().join(format!("in-{len}"));
+        std::fs::write(&file, &bytes).unwrap();
+        let expected = b3sum(&file);
+
+        let out = node.cli(&["put", file.to_str().unwrap()]).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("{expected}\n"),
+            "len {len}"
+        );
+
+        let back = dir.path().join(format!("out-{len}"));
+        let out = node
+            .cli(&["get", &expected, "-o", back.to_str().unwrap()])
+            .await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(std::fs::read(&back).unwrap() == bytes, "cli get, len {len}");
+
+        let res = get_with(&node, &format!("/o/{expected}"), &[]).await;
+        assert_eq!(res.status(), 200);
+        assert!(res.bytes().await.unwrap() == bytes, "http get, len {len}");
+
+        // Ranges: a few slices, checked against the file.
+        if len > 0 {
+            let mut rng = fastrand::Rng::with_seed(len as u64);
+            for _ in 0..4 {
+                let a = rng.usize(0..len);
+                let b = rng.usize(a..len);
+                let res = get_with(
+                    &node,
+                    &format!("/o/{expected}"),
+                    &[("range", &format!("bytes={a}-{b}"))],
+                )
+                .await;
+                assert_eq!(res.status(), 206);
+                assert_eq!(
+                    res.headers()["content-range"],
+                    format!("bytes {a}-{b}/{len}").as_str()
+                );
+                assert!(
+                    res.bytes().await.unwrap() == bytes[a..=b],
+                    "range {a}-{b} of {len}"
+                );
+            }
+            let tail = len.min(100);
+            let res = get_with(
+                &node,
+                &format!("/o/{expected}"),
+                &[("range", &format!("bytes=-{tail}"))],
+            )
+            .await;
+            assert!(res.bytes().await.unwrap() == bytes[len - tail..]);
+        }
+
+        // Uploading the same bytes over HTTP: 200, same address.
+        let res = node
+            .http
+            .post(format!("{}/put", node.url))
+            .body(bytes.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "second upload of len {len}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["address"], expected.as_str());
+        assert_eq!(body["size"], len as u64);
+    }
+    let status = node.status().await;
+    assert_eq!(status["storage"]["objects"], 8);
+}
+
+#[tokio::test]
+async fn headers_conditional_requests_and_multiple_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("data"), &[]).await;
+    let bytes = data(3 * MIB, 42);
+    let res = node
+        .http
+        .post(format!("{}/put", node.url))
+        .header("content-type", "image/png")
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let addr = res.json::<Value>().await.unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/o/{addr}");
+
+    let res = node
+        .http
+        .head(format!("{}{path}", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let h = res.headers();
+    assert_eq!(h["etag"], format!("\"{addr}\"").as_str());
+    assert_eq!(h["cache-control"], "public, max-age=31536000, immutable");
+    assert_eq!(h["accept-ranges"], "bytes");
+    assert_eq!(h["content-type"], "image/png");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["content-length"], (3 * MIB).to_string().as_str());
+
+    let res = get_with(&node, &path, &[("if-none-match", &format!("\"{addr}\""))]).await;
+    assert_eq!(res.status(), 304);
+    let res = get_with(&node, &path, &[("if-none-match", "\"b3:something-else\"")]).await;
+    assert_eq!(res.status(), 200);
+
+    let res = get_with(&node, &path, &[("range", "bytes=0-9,2000000-2000009,-5")]).await;
+    assert_eq!(res.status(), 206);
+    let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
+    let boundary = ct
+        .strip_prefix("multipart/byteranges; boundary=")
+        .unwrap()
+        .to_owned();
+    let declared: usize = res.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = res.bytes().await.unwrap();
+    assert_eq!(body.len(), declared);
+    let mut expected = Vec::new();
+    for (a, b) in [
+        (0usize, 9usize),
+        (2_000_000, 2_000_009),
+        (3 * MIB - 5, 3 * MIB - 1),
+    ] {
+        expected.extend_from_slice(format!("--{boundary}\r\nContent-Type: image/png\r\nContent-Range: bytes {a}-{b}/{}\r\n\r\n", 3 * MIB).as_bytes());
+        expected.extend_from_slice(&bytes[a..=b]);
+        expected.extend_from_slice(b"\r\n");
+    }
+    expected.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    assert!(body[..] == expected[..]);
+
+    // A non-bytes unit is ignored (RFC 9110): the whole object.
+    let res = get_with(&node, &path, &[("range", "items=0-1")]).await;
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("data"), &[]).await;
+    let bytes = data(MIB + 17, 5);
+    let res = node
+        .http
+        .post(format!("{}/put", node.url))
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    let addr = res.json::<Value>().await.unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hex = addr.strip_prefix("b3:").unwrap();
+
+    let long = format!("b3:{}", "a".repeat(10_000));
+    let malformed = [
+        addr.to_uppercase(),
+        format!("b3:{}", &hex[..63]),
+        "b3:".to_owned(),
+        format!("sha256:{hex}"),
+        format!("b3:%7a%7a{}", &hex[4..]),
+        "b3:%ff%fe".to_owned(),
+        long,
+    ];
+    for bad in &malformed {
+        for route in ["/o/", "/stat/"] {
+            let (status, code) =
+                error_code(get_with(&node, &format!("{route}{bad}"), &[]).await).await;
+            assert_eq!(
+                (status, code.as_str()),
+                (400, "bad_input"),
+                "{route}{bad:.80}"
+            );
+        }
+    }
+    let unknown = format!("/o/b3:{}", "0".repeat(64));
+    assert_eq!(
+        error_code(get_with(&node, &unknown, &[]).await).await,
+        (404, "not_found".into())
+    );
+
+    let path = format!("/o/{addr}");
+    let too_many: String = (0..200)
+        .map(|i| format!("{}-{}", i * 10, i * 10 + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    for range in [
+        "bytes=-0",
+        "bytes=5-1",
+        "bytes=99999999999999999999999-",
+        "bytes=2000000-",
+        &format!("bytes={too_many}"),
+    ] {
+        let res = get_with(&node, &path, &[("range", range)]).await;
+        assert_eq!(
+            res.headers()["content-range"],
+            format!("bytes */{}", MIB + 17).as_str(),
+            "{range:.40}"
+        );
+        assert_eq!(
+            error_code(res).await,
+            (416, "range_not_satisfiable".into()),
+            "{range:.40}"
+        );
+    }
+
+    // Expected-address mismatch: 422, and the content is not stored.
+    let other = data(1000, 99);
+    let res = node
+        .http
+        .post(format!("{}/put", node.url))
+        .header("x-ron-expect-address", addr.as_str())
+        .body(other.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(res).await, (422, "content_mismatch".into()));
+    let other_addr = ron_proto::Address::of(&other);
+    assert_eq!(
+        get_with(&node, &format!("/stat/{other_addr}"), &[])
+            .await
+            .status(),
+        404
+    );
+    let res = node
+        .http
+        .post(format!("{}/put", node.url))
+        .header("x-ron-expect-address", "b3:nope")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(res).await, (400, "bad_input".into()));
+
+    // Pins of unknown objects are 404; of known ones, 200.
+    let res = node
+        .http
+        .post(format!("{}/pin/{other_addr}", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = node
+        .http
+        .delete(format!("{}/pin/{addr}", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        node.get(&format!("/stat/{addr}"))
+            .await
+            .1
+            .contains("\"pinned\":false")
+    );
+}
+
+#[tokio::test]
+async fn uploads_over_the_limit_are_refused_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::write(
+        data_dir.join("ron.toml"),
+        "[gateway]\nmax_put_bytes = 1000000\n",
+    )
+    .unwrap();
+    let node = Node::start(&data_dir, &[]).await;
+    // Announced too large: refused before the body is read.
+    let res = node
+        .http
+        .post(format!("{}/put", node.url))
+        .body(vec![0u8; 2_000_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(res).await, (413, "too_large".into()));
+    // Chunked, no length: refused as soon as the stream passes the limit.
+    let host = node.url.strip_prefix("http://").unwrap();
+    let mut conn = tokio::net::TcpStream::connect(host).await.unwrap();
+    let mut request = format!("POST /put HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n").into_bytes();
+    for _ in 0..11 {
+        request.extend_from_slice(format!("{:x}\r\n", 100_000).as_bytes());
+        request.extend_from_slice(&[1u8; 100_000]);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let _ = conn.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:.200}");
+    assert!(answer.contains("\"code\":\"too_large\""), "{answer:.400}");
+    assert!(
+        node.get("/metrics")
+            .await
+            .1
+            .contains("rejected_total{reason=\"too_large\"} 2")
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let node = Node::start(&data_dir, &[]).await;
+    let host = node.url.strip_prefix("http://").unwrap();
+    let mut conn = tokio::net::TcpStream::connect(host).await.unwrap();
+    conn.write_all(
+        format!(
+            "POST /put HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n\r\n",
+            20 * MIB
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    conn.write_all(&data(9 * MIB, 3)).await.unwrap();
+    // Wait until the node has cut and stored at least one chunk, then vanish.
+    let chunks = data_dir.join("store").join("chunks");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while files_under(&chunks).is_empty() {
+        assert!(Instant::now() < deadline, "no chunk was ever written");
+        sleep(Duration::from_millis(20)).await;
+    }
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !files_under(&chunks).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "abandoned chunks left behind: {:?}",
+            files_under(&chunks)
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert!(files_under(&data_dir.join("store").join("tmp")).is_empty());
+    assert_eq!(node.status().await["storage"]["objects"], 0);
+}
+
+#[tokio::test]
+async fn damaged_bytes_are_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let node = Node::start(&data_dir, &[]).await;
+    let bytes = data(6 * MIB, 77);
+    let res = node
+        .http
+        .post(format!("{}/put", node.url))
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    let addr = res.json::<Value>().await.unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Flip one byte in the middle of the last chunk file.
+    let manifest_chunks = files_under(&data_dir.join("store").join("chunks"));
+    let victim = manifest_chunks
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut raw = std::fs::read(victim).unwrap();
+    let mid = raw.len() / 2;
+    raw[mid] ^= 0x80;
+    std::fs::write(victim, raw).unwrap();
+
+    // Plain HTTP: the response never completes with wrong bytes.
+    let res = get_with(&node, &format!("/o/{addr}"), &[]).await;
+    // Either aborted mid-body (an error) or cut short; never whole.
+    if let Ok(body) = res.bytes().await {
+        assert!(
+            body.len() < bytes.len(),
+            "a damaged object must not be served whole"
+        );
+    }
+    // The CLI fails and leaves no output file.
+    let out_file = dir.path().join("out");
+    let out = node
+        .cli(&["get", &addr, "-o", out_file.to_str().unwrap()])
+        .await;
+    assert!(!out.status.success());
+    assert!(!out_file.exists());
+    assert_eq!(String::from_utf8(out.stderr).unwrap().lines().count(), 1);
+    // STAT says damaged; the damage is counted.
+    let stat: Value = serde_json::from_str(&node.get(&format!("/stat/{addr}")).await.1).unwrap();
+    assert_eq!(stat["damaged"], true);
+    assert!(
+        node.get("/metrics")
+            .await
+            .1
+            .contains("rejected_total{reason=\"damaged\"}")
+    );
+
+    // A deleted chunk file: GET aborts, STAT reports damage, nothing panics.
+    std::fs::remove_file(victim).unwrap();
+    let res = get_with(&node, &format!("/o/{addr}"), &[]).await;
+    if let Ok(body) = res.bytes().await {
+        assert!(body.len() < bytes.len());
+    }
+    let stat: Value = serde_json::from_str(&node.get(&format!("/stat/{addr}")).await.1).unwrap();
+    assert_eq!(stat["damaged"], true);
+    assert_eq!(node.get("/healthz").await.0, 200);
+}
+
+#[tokio::test]
+async fn amnesia_writes_nothing_anywhere() {
+    let root = tempfile::tempdir().unwrap();
+    let (home, tmp, cwd, data_dir) = (
+        root.path().join("home"),
+        root.path().join("tmp"),
+        root.path().join("cwd"),
+        root.path().join("data"),
+    );
+    for d in [&home, &tmp, &cwd, &data_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let node = Node::start_with(&data_dir, &["--amnesia"], |cmd| {
+        cmd.env("HOME", &home).env("TMPDIR", &tmp).current_dir(&cwd);
+    })
+    .await;
+    let bytes = data(5 * MIB, 8);
+    let res = node
+        .http
+        .post(format!("{}/put", node.url))
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let addr = res.json::<Value>().await.unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        get_with(&node, &format!("/o/{addr}"), &[])
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            == bytes
+    );
+    for d in [&home, &tmp, &cwd, &data_dir] {
+        assert!(
+            std::fs::read_dir(d).unwrap().next().is_none(),
+            "{} is not empty",
+            d.display()
+        );
+    }
+}

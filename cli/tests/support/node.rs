@@ -1,0 +1,131 @@
+//! A `ron node` child process on 127.0.0.1 for tests.
+#![allow(dead_code, unreachable_pub)] // each test crate uses its own subset
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, sleep, timeout};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ron");
+
+pub struct Node {
+    pub child: Child,
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl Node {
+    /// Starts a node on a free port with `data_dir`, plus `extra` flags.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Node {
+        Self::start_with(data_dir, extra, |_| {}).await
+    }
+
+    /// Like [`Node::start`], letting the caller adjust the command (environment, cwd).
+    pub async fn start_with(
+        data_dir: &Path,
+        extra: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Node {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["node", "--gateway", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn ron node");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("node printed its address in time")
+            .expect("stdout readable")
+            .expect("a line on stdout");
+        let url = line
+            .strip_prefix("ron node: gateway ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Node {
+            child,
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("request");
+        (res.status().as_u16(), res.text().await.expect("body"))
+    }
+
+    pub async fn status(&self) -> Value {
+        serde_json::from_str(&self.get("/status").await.1).expect("status JSON")
+    }
+
+    /// Polls `/status` until `pred` holds (bounded: 20 s).
+    pub async fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.status().await;
+            if pred(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {status}"
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// Runs the `ron` CLI against this node.
+    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .env("RON_NODE", &self.url)
+            .output()
+            .await
+            .expect("run ron")
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut out = vec![0u8; len];
+    rng.fill(&mut out);
+    out
+}
+
+/// What the reference tool says: `b3sum FILE`.
+pub fn b3sum(path: &Path) -> String {
+    let out = std::process::Command::new("b3sum")
+        .arg("--no-names")
+        .arg(path)
+        .output()
+        .expect("b3sum is installed (apt-get install b3sum; .ci/run does it)");
+    assert!(out.status.success());
+    format!(
+        "b3:{}",
+        String::from_utf8(out.stdout).expect("utf-8").trim()
+    )
+}
