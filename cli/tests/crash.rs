@@ -149,12 +149,13 @@ async fn acknowledged_uploads_survive_sigkill() {
     }
 
     let node = Node::start(&data_dir, &[]).await;
-    let ledger = ledger.lock().unwrap();
-    let summary = Ledger {
-        acked: ledger.acked.clone(),
-        attempted: ledger.attempted.clone(),
+    let summary = {
+        let l = ledger.lock().unwrap();
+        Ledger {
+            acked: l.acked.clone(),
+            attempted: l.attempted.clone(),
+        }
     };
-    drop(ledger);
     assert!(
         summary.acked.len() as u32 >= cycles,
         "too little load to mean anything: {} acked",
