@@ -251,6 +251,17 @@ impl Store {
             .await?
     }
 
+    /// A verified reader for an object whose manifest the caller already has (from a cache).
+    /// Fails with [`ReadError::MissingChunk`] naming the object itself when its outboard is
+    /// gone (the object was collected).
+    pub async fn reader_for(&self, manifest: &Manifest) -> Result<ObjectReader, ReadError> {
+        let (inner, manifest) = (self.inner.clone(), manifest.clone());
+        self.inner
+            .pool
+            .run(move || ObjectReader::open(inner, manifest))
+            .await?
+    }
+
     /// Size, media type, chunks, pin, and whether every stored byte still verifies (this reads
     /// and hashes the whole object).
     pub async fn stat(&self, addr: &Address) -> Result<Option<ObjectStat>, StoreError> {

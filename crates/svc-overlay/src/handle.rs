@@ -1,0 +1,173 @@
+//! The handle callers hold, and the commands it sends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ron_proto::{Address, ErrorKind};
+use svc_index::Index;
+use svc_storage::{
+    GcReport, ObjectReader, ObjectStat, ObjectWriter, PutOptions, ReadError, Store, StoreError,
+    StoreStats,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+/// How long a caller waits for room in a full queue before giving up with
+/// [`OverlayError::Busy`].
+const ENQUEUE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Why an overlay operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OverlayError {
+    /// The overlay is down (restarting, quarantined or stopped); the command was not run, or
+    /// was lost with the incarnation that was running it.
+    #[error("object service unavailable")]
+    Unavailable,
+    /// Too many operations are waiting; retry later.
+    #[error("object service busy")]
+    Busy,
+    /// Reading failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl OverlayError {
+    /// The shared error kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Unavailable | Self::Busy => ErrorKind::Overloaded,
+            Self::Read(e) => e.kind(),
+            Self::Store(e) => e.kind(),
+        }
+    }
+}
+
+/// A command for the overlay actor.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Command {
+    /// Open a verified reader.
+    Open {
+        /// The object.
+        address: Address,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<Option<ObjectReader>, OverlayError>>,
+    },
+    /// Stat an object (verifies every stored byte).
+    Stat {
+        /// The object.
+        address: Address,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<Option<ObjectStat>, OverlayError>>,
+    },
+    /// Pin or unpin.
+    SetPinned {
+        /// The object.
+        address: Address,
+        /// Pin (`true`) or unpin.
+        pinned: bool,
+        /// `Ok(false)` when the object is not stored.
+        reply: oneshot::Sender<Result<bool, OverlayError>>,
+    },
+    /// Collect garbage.
+    Gc {
+        /// What was removed.
+        reply: oneshot::Sender<Result<GcReport, OverlayError>>,
+    },
+}
+
+/// An admitted upload: the store's writer plus the permit that counts it.
+#[derive(Debug)]
+pub struct Upload {
+    /// The writer; see [`ObjectWriter`].
+    pub writer: ObjectWriter,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A cheap-to-clone handle on the overlay.
+#[derive(Debug, Clone)]
+pub struct OverlayHandle {
+    tx: mpsc::Sender<Command>,
+    store: Store,
+    index: Index,
+    uploads: Arc<Semaphore>,
+}
+
+impl OverlayHandle {
+    /// A handle sending to `tx` (the mailbox's sender), admitting `max_uploads` at once.
+    pub fn new(tx: mpsc::Sender<Command>, store: Store, index: Index, max_uploads: usize) -> Self {
+        Self {
+            tx,
+            store,
+            index,
+            uploads: Arc::new(Semaphore::new(max_uploads.max(1))),
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, OverlayError>>) -> Command,
+    ) -> Result<T, OverlayError> {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.send_timeout(make(reply), ENQUEUE_DEADLINE).await {
+            Ok(()) => {}
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => return Err(OverlayError::Busy),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(OverlayError::Unavailable),
+        }
+        rx.await.map_err(|_| OverlayError::Unavailable)?
+    }
+
+    /// A verified reader of `address`, or `None` if it is not stored.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call's answer is discarded.
+    pub async fn open(&self, address: Address) -> Result<Option<ObjectReader>, OverlayError> {
+        self.ask(|reply| Command::Open { address, reply }).await
+    }
+
+    /// Size, media type, chunks, pin and damage of `address`.
+    pub async fn stat(&self, address: Address) -> Result<Option<ObjectStat>, OverlayError> {
+        self.ask(|reply| Command::Stat { address, reply }).await
+    }
+
+    /// Pins or unpins; `Ok(false)` when the object is not stored.
+    pub async fn set_pinned(&self, address: Address, pinned: bool) -> Result<bool, OverlayError> {
+        self.ask(|reply| Command::SetPinned {
+            address,
+            pinned,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes unpinned objects and unreferenced chunks.
+    pub async fn gc(&self) -> Result<GcReport, OverlayError> {
+        self.ask(|reply| Command::Gc { reply }).await
+    }
+
+    /// Starts an upload if fewer than `max_uploads` are running, else [`OverlayError::Busy`].
+    pub fn writer(&self, options: PutOptions) -> Result<Upload, OverlayError> {
+        let permit = self
+            .uploads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| OverlayError::Busy)?;
+        Ok(Upload {
+            writer: self.store.writer(options),
+            _permit: permit,
+        })
+    }
+
+    /// Store-wide figures.
+    pub async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.store.stats().await
+    }
+
+    /// The resolver's cache counters.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+}
