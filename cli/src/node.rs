@@ -14,9 +14,20 @@ use ron_kernel::{Bus, Config, HealthState, KernelEvent, Metrics, wait_for_ctrl_c
 use serde::{Deserialize, Serialize};
 use supervisor::{Policy, Supervisor};
 use svc_gateway::{AppState, GatewaySection, StatusExtra};
+use svc_index::Index;
+use svc_overlay::OverlayHandle;
 use svc_storage::{CpuPool, StorageSection, Store};
 
 use crate::logging::{self, LogSection};
+
+/// Manifests the index keeps in memory.
+const INDEX_CACHE: usize = 4096;
+/// Commands that may wait for the overlay.
+const OVERLAY_QUEUE: usize = 128;
+/// Overlay commands run at once.
+const OVERLAY_IN_FLIGHT: usize = 256;
+/// Uploads accepted at once.
+const MAX_UPLOADS: usize = 64;
 
 /// A quiet moment after the last change to the config file before it is reloaded.
 const CONFIG_DEBOUNCE: Duration = Duration::from_millis(200);
@@ -149,10 +160,27 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
             }
         });
     }
+    let index = Index::new(store.clone(), INDEX_CACHE);
+    let (overlay_tx, overlay_mailbox) = supervisor::mailbox(OVERLAY_QUEUE);
+    let overlay = OverlayHandle::new(overlay_tx, store.clone(), index.clone(), MAX_UPLOADS);
+    sup.spawn_actor(
+        "overlay",
+        Duty::ReadsAndWrites,
+        overlay_mailbox,
+        move |ctx, mailbox| {
+            svc_overlay::run(
+                ctx.shutdown,
+                mailbox,
+                store.clone(),
+                index.clone(),
+                OVERLAY_IN_FLIGHT,
+            )
+        },
+    );
     {
-        let (store, config) = (store.clone(), config.clone());
+        let (overlay, config) = (overlay.clone(), config.clone());
         sup.spawn("storage-gc", Duty::Background, move |ctx| {
-            let (store, config) = (store.clone(), config.clone());
+            let (overlay, config) = (overlay.clone(), config.clone());
             async move {
                 loop {
                     let every = Duration::from_secs(config.get::<StorageSection>().gc_interval_s);
@@ -160,7 +188,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
                         () = tokio::time::sleep(every) => {}
                         () = ctx.shutdown.cancelled() => return Ok::<(), String>(()),
                     }
-                    let report = store.gc().await.map_err(|e| e.to_string())?;
+                    let report = overlay.gc().await.map_err(|e| e.to_string())?;
                     if report.objects > 0 || report.chunks > 0 {
                         tracing::info!(?report, "garbage collected");
                     }
@@ -178,7 +206,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 version: env!("CARGO_PKG_VERSION"),
                 gateway,
             },
-            store,
+            overlay,
         };
         sup.spawn("gateway", Duty::ReadsAndWrites, move |ctx| {
             let (listener, state) = (listener.try_clone(), state.clone());

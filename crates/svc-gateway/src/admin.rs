@@ -38,8 +38,8 @@ pub struct AppState {
     pub started: Instant,
     /// Facts for `/status`.
     pub extra: StatusExtra,
-    /// The object store.
-    pub store: svc_storage::Store,
+    /// The object service.
+    pub overlay: svc_overlay::OverlayHandle,
 }
 
 /// The gateway's routes with their middleware.
@@ -108,12 +108,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// Version, uptime, config version and every service's health.
 async fn status(State(state): State<AppState>) -> Response {
     let config = &state.config;
-    let storage = match state.store.stats().await {
+    let storage = match state.overlay.stats().await {
         Ok(stats) => json!(stats),
         Err(e) => json!({"error": e.to_string()}),
     };
+    let index = state.overlay.index().stats();
     Json(json!({
         "storage": storage,
+        "index": {"hits": index.hits, "misses": index.misses, "cached": index.cached},
         "version": state.extra.version,
         "uptime_s": state.started.elapsed().as_secs(),
         "gateway": format!("http://{}", state.extra.gateway),
@@ -150,6 +152,22 @@ mod tests {
     use ron_kernel::health::{Duty, ServiceState};
     use tower::ServiceExt;
 
+    /// An in-memory overlay whose actor runs on the test's runtime.
+    fn test_overlay() -> svc_overlay::OverlayHandle {
+        let store = svc_storage::Store::in_memory().unwrap();
+        let index = svc_index::Index::new(store.clone(), 64);
+        let (tx, mailbox) = supervisor::mailbox(16);
+        let token = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(svc_overlay::run(
+            token,
+            mailbox,
+            store.clone(),
+            index.clone(),
+            8,
+        ));
+        svc_overlay::OverlayHandle::new(tx, store, index, 8)
+    }
+
     fn state() -> AppState {
         AppState {
             metrics: Metrics::new(),
@@ -163,7 +181,7 @@ mod tests {
                 version: "test",
                 gateway: SocketAddr::from(([127, 0, 0, 1], 7700)),
             },
-            store: svc_storage::Store::in_memory().unwrap(),
+            overlay: test_overlay(),
         }
     }
 

@@ -13,7 +13,8 @@ use futures_util::{StreamExt, stream};
 use ron_kernel::metrics::ReasonLabel;
 use ron_proto::{Address, ErrorBody, ErrorKind};
 use serde_json::json;
-use svc_storage::{ObjectReader, PutError, PutOptions, ReadError, StoreError};
+use svc_overlay::OverlayError;
+use svc_storage::{ObjectReader, PutError, PutOptions};
 
 use crate::{AppState, GatewaySection, error_response};
 
@@ -112,7 +113,10 @@ pub(crate) async fn put(State(state): State<AppState>, headers: HeaderMap, body:
         max_bytes: Some(limit),
         unpinned: false,
     };
-    let mut writer = state.store.writer(options);
+    let mut writer = match state.overlay.writer(options) {
+        Ok(upload) => upload,
+        Err(e) => return overlay_error(&state, &e),
+    };
     let mut body = body.into_data_stream();
     while let Some(piece) = body.next().await {
         let piece = match piece {
@@ -124,11 +128,11 @@ pub(crate) async fn put(State(state): State<AppState>, headers: HeaderMap, body:
                 return bad(ErrorKind::BadInput, "upload body was cut short");
             }
         };
-        if let Err(e) = writer.write(&piece).await {
+        if let Err(e) = writer.writer.write(&piece).await {
             return put_error(&state, e);
         }
     }
-    match writer.finish().await {
+    match writer.writer.finish().await {
         Ok(stored) => {
             let status = if stored.created {
                 StatusCode::CREATED
@@ -167,15 +171,39 @@ fn put_error(state: &AppState, e: PutError) -> Response {
     }
 }
 
-fn read_error(state: &AppState, e: &ReadError) -> Response {
+/// Busy or down: 503 with a randomized retry hint (1-5 s); anything else is ours.
+fn overlay_error(state: &AppState, e: &OverlayError) -> Response {
+    let kind = e.kind();
+    let reason = match e {
+        OverlayError::Busy | OverlayError::Unavailable => "overloaded",
+        OverlayError::Read(_) => "damaged",
+        _ => kind.code(),
+    };
     state
         .metrics
         .rejected()
         .get_or_create(&ReasonLabel {
-            reason: "damaged".into(),
+            reason: reason.into(),
         })
         .inc();
-    internal(state, "stored object cannot be read", e, e.kind())
+    match e {
+        OverlayError::Busy | OverlayError::Unavailable => {
+            let body =
+                ErrorBody::new(kind, e.to_string()).retry_after_ms(fastrand::u64(1000..=5000));
+            error_response(kind, &body)
+        }
+        _ => {
+            tracing::error!(error = %e, "object operation failed");
+            bad(
+                kind,
+                if kind == ErrorKind::Internal {
+                    "internal error".to_owned()
+                } else {
+                    e.to_string()
+                },
+            )
+        }
+    }
 }
 
 fn not_found(addr: &Address) -> Response {
@@ -276,10 +304,10 @@ pub(crate) async fn get(
     Addr(addr): Addr,
     headers: HeaderMap,
 ) -> Response {
-    let reader = match state.store.reader(&addr).await {
+    let reader = match state.overlay.open(addr).await {
         Ok(Some(r)) => r,
         Ok(None) => return not_found(&addr),
-        Err(e) => return read_error(&state, &e),
+        Err(e) => return overlay_error(&state, &e),
     };
     let size = reader.size();
     let tag = etag(&addr);
@@ -372,27 +400,33 @@ pub(crate) async fn get(
     if method == Method::HEAD {
         return (status, base).into_response();
     }
+    // A small single-span answer is read and verified before anything is sent: one write,
+    // and damage becomes a clean error response instead of a cut-off body.
+    if let [Part::Span(a, b)] = parts[..]
+        && b - a <= WINDOW
+    {
+        return match reader.read_verified(a, b).await {
+            Ok(bytes) => (status, base, bytes).into_response(),
+            Err(e) => overlay_error(&state, &OverlayError::Read(e)),
+        };
+    }
     (status, base, body(reader, parts, state)).into_response()
 }
 
 /// `GET /stat/{addr}`.
 pub(crate) async fn stat(State(state): State<AppState>, Addr(addr): Addr) -> Response {
-    match state.store.stat(&addr).await {
+    match state.overlay.stat(addr).await {
         Ok(Some(stat)) => Json(stat).into_response(),
         Ok(None) => not_found(&addr),
-        Err(e) => store_error(&state, &e),
+        Err(e) => overlay_error(&state, &e),
     }
 }
 
-fn store_error(state: &AppState, e: &StoreError) -> Response {
-    internal(state, "storage failed", e, e.kind())
-}
-
 async fn set_pin(state: AppState, addr: Address, pinned: bool) -> Response {
-    match state.store.set_pinned(&addr, pinned).await {
+    match state.overlay.set_pinned(addr, pinned).await {
         Ok(true) => Json(json!({"address": addr, "pinned": pinned})).into_response(),
         Ok(false) => not_found(&addr),
-        Err(e) => store_error(&state, &e),
+        Err(e) => overlay_error(&state, &e),
     }
 }
 
