@@ -1,6 +1,6 @@
 //! The handle callers hold, and the commands it sends.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ron_proto::{Address, ErrorKind};
@@ -10,6 +10,42 @@ use svc_storage::{
     StoreStats,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+/// Objects up to this size are kept, verified, in the small-object cache.
+const SMALL_OBJECT: u64 = 64 << 10;
+/// Bytes the small-object cache may hold.
+const SMALL_CACHE_BYTES: usize = 16 << 20;
+
+/// Verified small objects in memory, least recently used evicted first, bounded by bytes.
+#[derive(Debug)]
+struct SmallCache {
+    entries: lru::LruCache<Address, ObjectReader>,
+    bytes: usize,
+}
+
+impl SmallCache {
+    fn get(&mut self, addr: &Address) -> Option<ObjectReader> {
+        self.entries.get(addr).cloned()
+    }
+
+    fn insert(&mut self, addr: Address, reader: ObjectReader) {
+        self.bytes += reader.inline_len();
+        if let Some(old) = self.entries.put(addr, reader) {
+            self.bytes -= old.inline_len();
+        }
+        while self.bytes > SMALL_CACHE_BYTES {
+            match self.entries.pop_lru() {
+                Some((_, evicted)) => self.bytes -= evicted.inline_len(),
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+}
 
 /// How long a caller waits for room in a full queue before giving up with
 /// [`OverlayError::Busy`].
@@ -94,6 +130,7 @@ pub struct OverlayHandle {
     store: Store,
     index: Index,
     uploads: Arc<Semaphore>,
+    small: Arc<Mutex<SmallCache>>,
 }
 
 impl OverlayHandle {
@@ -104,7 +141,15 @@ impl OverlayHandle {
             store,
             index,
             uploads: Arc::new(Semaphore::new(max_uploads.max(1))),
+            small: Arc::new(Mutex::new(SmallCache {
+                entries: lru::LruCache::unbounded(),
+                bytes: 0,
+            })),
         }
+    }
+
+    fn small(&self) -> MutexGuard<'_, SmallCache> {
+        self.small.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn ask<T>(
@@ -125,7 +170,18 @@ impl OverlayHandle {
     /// # Cancel safety
     /// Cancel safe: a dropped call's answer is discarded.
     pub async fn open(&self, address: Address) -> Result<Option<ObjectReader>, OverlayError> {
-        self.ask(|reply| Command::Open { address, reply }).await
+        if let Some(hit) = self.small().get(&address) {
+            return Ok(Some(hit));
+        }
+        let Some(reader) = self.ask(|reply| Command::Open { address, reply }).await? else {
+            return Ok(None);
+        };
+        if reader.size() > SMALL_OBJECT {
+            return Ok(Some(reader));
+        }
+        let reader = reader.into_inline().await?;
+        self.small().insert(address, reader.clone());
+        Ok(Some(reader))
     }
 
     /// Size, media type, chunks, pin and damage of `address`.
@@ -145,7 +201,10 @@ impl OverlayHandle {
 
     /// Removes unpinned objects and unreferenced chunks.
     pub async fn gc(&self) -> Result<GcReport, OverlayError> {
-        self.ask(|reply| Command::Gc { reply }).await
+        let report = self.ask(|reply| Command::Gc { reply }).await;
+        // Collected objects must not be served from memory either.
+        self.small().clear();
+        report
     }
 
     /// Starts an upload if fewer than `max_uploads` are running, else [`OverlayError::Busy`].

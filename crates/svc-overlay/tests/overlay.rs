@@ -41,11 +41,25 @@ async fn commands_resolve_through_the_index_and_gc_forgets() {
     let reader = h.open(addr).await.unwrap().unwrap();
     assert_eq!(&reader.read_verified(0, 7).await.unwrap()[..], b"through");
     h.open(addr).await.unwrap().unwrap();
+    let stats = h.index().stats();
     assert_eq!(
-        h.index().stats().hits,
-        1,
-        "second open served from the cache"
+        (stats.hits, stats.misses),
+        (0, 1),
+        "a small object is then served from memory"
     );
+
+    // A large object goes through the actor and the index each time.
+    let big: Vec<u8> = (0..(200u32 << 10)).map(|i| (i % 251) as u8).collect();
+    let big_addr = put(&h, &big).await;
+    for _ in 0..2 {
+        let r = h.open(big_addr).await.unwrap().unwrap();
+        assert_eq!(r.inline_len(), 0);
+        assert_eq!(
+            &r.read_verified(1000, 2000).await.unwrap()[..],
+            &big[1000..2000]
+        );
+    }
+    assert_eq!(h.index().stats().hits, 1);
     assert!(h.stat(addr).await.unwrap().unwrap().pinned);
     assert!(h.open(Address::of(b"absent")).await.unwrap().is_none());
 

@@ -118,22 +118,54 @@ impl Blobs {
 
     /// Stores `bytes` durably under `addr`.
     pub(crate) fn put(&self, kind: Kind, addr: &Address, bytes: &[u8]) -> Result<(), StoreError> {
+        self.put_unsynced(kind, addr, bytes)?;
+        self.sync(kind, std::slice::from_ref(addr))
+    }
+
+    /// Stores `bytes` under `addr` without waiting for the disk: the caller must
+    /// [`Blobs::sync`] it before any metadata references it. (Until then a crash may leave a
+    /// torn file, which the sweep on open removes because nothing references it.)
+    pub(crate) fn put_unsynced(
+        &self,
+        kind: Kind,
+        addr: &Address,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
         match self {
             Self::Disk { root } => {
                 let tmp = root.join("tmp").join(format!("{:016x}", fastrand::u64(..)));
                 let write = || -> std::io::Result<()> {
                     let mut f = File::create(&tmp)?;
-                    f.write_all(bytes)?;
-                    f.sync_all()
+                    f.write_all(bytes)
                 };
                 write().map_err(StoreError::io(format!("write {}", tmp.display())))?;
-                self.place(kind, addr, &tmp)
+                let dest = Self::path(root, kind, addr);
+                fs::rename(&tmp, &dest)
+                    .map_err(StoreError::io(format!("rename into {}", dest.display())))
             }
             Self::Memory(m) => {
                 Self::map(m).insert((kind, *addr), Bytes::copy_from_slice(bytes));
                 Ok(())
             }
         }
+    }
+
+    /// Makes the blobs `addrs` durable: each file, then each directory holding them, fsynced.
+    pub(crate) fn sync(&self, kind: Kind, addrs: &[Address]) -> Result<(), StoreError> {
+        let Self::Disk { root } = self else {
+            return Ok(());
+        };
+        let mut dirs = std::collections::BTreeSet::new();
+        for addr in addrs {
+            let path = Self::path(root, kind, addr);
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(StoreError::io(format!("fsync {}", path.display())))?;
+            if let Some(dir) = path.parent() {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+        dirs.iter().try_for_each(|d| fsync_dir(d))
     }
 
     /// A fresh temporary file for a blob whose address is not known yet (disk only).

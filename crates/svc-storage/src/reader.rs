@@ -28,6 +28,8 @@ pub struct ObjectReader {
     inner: Arc<Inner>,
     manifest: Arc<Manifest>,
     outboard: Arc<PostOrderOutboard<BlobData>>,
+    /// The whole object, already verified (see [`ObjectReader::into_inline`]).
+    inline: Option<Bytes>,
 }
 
 impl std::fmt::Debug for ObjectReader {
@@ -78,6 +80,7 @@ impl ObjectReader {
             inner,
             manifest: Arc::new(manifest),
             outboard: Arc::new(outboard),
+            inline: None,
         })
     }
 
@@ -96,11 +99,33 @@ impl ObjectReader {
         self.manifest.size
     }
 
+    /// Reads and verifies the whole object once (at most [`MAX_WINDOW`] bytes) and keeps it
+    /// in memory: later reads are slices, with no disk access. For caching small objects.
+    pub async fn into_inline(self) -> Result<Self, ReadError> {
+        if self.inline.is_some() || self.size() > MAX_WINDOW {
+            return Ok(self);
+        }
+        let bytes = self.read_verified(0, self.size()).await?;
+        Ok(Self {
+            inline: Some(bytes),
+            ..self
+        })
+    }
+
+    /// Bytes held in memory by [`ObjectReader::into_inline`], if any.
+    pub fn inline_len(&self) -> usize {
+        self.inline.as_ref().map_or(0, Bytes::len)
+    }
+
     /// Bytes `start..end` (clamped to the object, at most [`MAX_WINDOW`]), verified.
     pub async fn read_verified(&self, start: u64, end: u64) -> Result<Bytes, ReadError> {
         let end = end.min(self.size()).min(start.saturating_add(MAX_WINDOW));
         if start >= end {
             return Ok(Bytes::new());
+        }
+        if let Some(bytes) = &self.inline {
+            // Verified when it was read in.
+            return Ok(bytes.slice(start as usize..end as usize));
         }
         let this = self.clone();
         self.inner

@@ -16,6 +16,12 @@ use crate::{Chunker, PutError, StoreError};
 
 /// BLAKE3 outboard granularity: 16 KiB chunk groups.
 pub(crate) const BLOCK: BlockSize = BlockSize::from_chunk_log(4);
+/// Chunks hashed and written concurrently while the upload keeps arriving (memory: this many
+/// maximum chunks).
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+type ChunkJob =
+    tokio::task::JoinHandle<Result<Result<(Address, Inflight), StoreError>, StoreError>>;
 
 /// How to store an upload.
 #[derive(Debug, Clone, Default)]
@@ -50,6 +56,8 @@ pub struct ObjectWriter {
     chunks: Vec<ChunkRef>,
     size: u64,
     guards: Vec<Inflight>,
+    /// Chunk jobs in order, with each chunk's length.
+    pending: std::collections::VecDeque<(ChunkJob, u64)>,
 }
 
 impl std::fmt::Debug for ObjectWriter {
@@ -167,6 +175,7 @@ impl ObjectWriter {
             chunks: Vec::new(),
             size: 0,
             guards: Vec::new(),
+            pending: std::collections::VecDeque::new(),
         }
     }
 
@@ -194,23 +203,40 @@ impl ObjectWriter {
         Ok(())
     }
 
+    /// Starts hashing and writing `chunk` on the pool; waits for the oldest job when
+    /// [`CHUNKS_IN_FLIGHT`] are running.
     async fn store_chunk(&mut self, chunk: Bytes) -> Result<(), PutError> {
         let inner = self.inner.clone();
         let len = chunk.len() as u64;
-        let (address, guard) = self
-            .inner
-            .pool
-            .run(move || -> Result<(Address, Inflight), StoreError> {
+        let pool = self.inner.pool.clone();
+        // Spawned, so a dropped writer's jobs still finish and release their registrations.
+        let job = tokio::spawn(async move {
+            pool.run(move || -> Result<(Address, Inflight), StoreError> {
                 let address = Address::of(&chunk);
                 // Registered before looking, so garbage collection cannot remove a file we
                 // are about to rely on.
                 let guard = Inflight::new(&inner, Kind::Chunk, address);
                 if !inner.blobs.contains(Kind::Chunk, &address) {
-                    inner.blobs.put(Kind::Chunk, &address, &chunk)?;
+                    inner.blobs.put_unsynced(Kind::Chunk, &address, &chunk)?;
                 }
                 Ok((address, guard))
             })
-            .await??;
+            .await
+        });
+        self.pending.push_back((job, len));
+        while self.pending.len() >= CHUNKS_IN_FLIGHT {
+            self.complete_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn complete_oldest(&mut self) -> Result<(), PutError> {
+        let Some((job, len)) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let (address, guard) = job
+            .await
+            .map_err(|e| StoreError::Internal(format!("chunk job failed: {e}")))???;
         self.guards.push(guard);
         self.chunks.push(ChunkRef { address, len });
         Ok(())
@@ -223,6 +249,19 @@ impl ObjectWriter {
         while let Some(chunk) = self.chunker.next_chunk(true) {
             self.store_chunk(chunk).await?;
         }
+        while !self.pending.is_empty() {
+            self.complete_oldest().await?;
+        }
+        // Every chunk the object uses becomes durable before anything references it, also
+        // those found already present (another upload may not have synced them yet).
+        let inner = self.inner.clone();
+        let mut unique: Vec<Address> = self.chunks.iter().map(|c| c.address).collect();
+        unique.sort_unstable();
+        unique.dedup();
+        self.inner
+            .pool
+            .run(move || inner.blobs.sync(Kind::Chunk, &unique))
+            .await??;
         let inner = self.inner.clone();
         let (chunks, size) = (self.chunks.clone(), self.size);
         let (address, pending) = self
