@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::HeaderValue;
+use std::borrow::Cow;
+
+use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use ron_kernel::metrics::{ReasonLabel, RequestLabels};
@@ -14,6 +16,35 @@ use tracing::Instrument;
 use crate::{AppState, GatewaySection, error_response};
 
 const REQUEST_ID: &str = "x-request-id";
+/// Every route pattern the router has, so labels can borrow them.
+const ROUTES: [&str; 9] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/status",
+    "/put",
+    "/o/{addr}",
+    "/stat/{addr}",
+    "/pin/{addr}",
+    "<unmatched>",
+];
+const STATUS_CLASSES: [&str; 6] = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn label_route(matched: Option<&str>) -> Cow<'static, str> {
+    let matched = matched.unwrap_or("<unmatched>");
+    ROUTES
+        .iter()
+        .find(|r| **r == matched)
+        .map_or_else(|| Cow::Owned(matched.to_owned()), |r| Cow::Borrowed(*r))
+}
+
+fn label_method(method: &Method) -> Cow<'static, str> {
+    const KNOWN: [&str; 5] = ["GET", "HEAD", "POST", "PUT", "DELETE"];
+    KNOWN.iter().find(|m| **m == method.as_str()).map_or_else(
+        || Cow::Owned(method.as_str().to_owned()),
+        |m| Cow::Borrowed(*m),
+    )
+}
 
 fn request_id(req: &Request) -> String {
     req.headers()
@@ -27,15 +58,15 @@ pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: N
     let started = Instant::now();
     let id = request_id(&req);
     // Label by route pattern, never by raw path: bounded cardinality.
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("<unmatched>", MatchedPath::as_str)
-        .to_owned();
-    let method = req.method().as_str().to_owned();
+    let route = label_route(
+        req.extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
+    let method = label_method(req.method());
     // Object transfers stream for as long as they move (idle and write limits bound them);
     // every other route has a whole-request deadline.
-    let streaming = matches!(route.as_str(), "/put" | "/o/{addr}");
+    let streaming = matches!(route.as_ref(), "/put" | "/o/{addr}");
     let deadline = if streaming {
         Duration::MAX
     } else {
@@ -68,7 +99,12 @@ pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: N
         .get_or_create(&RequestLabels {
             route,
             method,
-            status: format!("{}xx", status / 100),
+            status: Cow::Borrowed(
+                STATUS_CLASSES
+                    .get(usize::from(status / 100))
+                    .copied()
+                    .unwrap_or("other"),
+            ),
         })
         .observe(started.elapsed().as_secs_f64());
     if let Ok(value) = HeaderValue::from_str(&id) {

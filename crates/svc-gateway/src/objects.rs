@@ -396,7 +396,7 @@ pub(crate) async fn get(
             return response;
         }
     };
-    put(&mut base, header::CONTENT_LENGTH, &length.to_string());
+    base.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     if method == Method::HEAD {
         return (status, base).into_response();
     }

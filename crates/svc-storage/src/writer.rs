@@ -258,17 +258,26 @@ impl ObjectWriter {
         let mut unique: Vec<Address> = self.chunks.iter().map(|c| c.address).collect();
         unique.sort_unstable();
         unique.dedup();
-        self.inner
-            .pool
-            .run(move || inner.blobs.sync(Kind::Chunk, &unique))
-            .await??;
-        let inner = self.inner.clone();
-        let (chunks, size) = (self.chunks.clone(), self.size);
-        let (address, pending) = self
+        // The sync is disk-bound and the outboard (a BLAKE3 pass over the stored bytes) is
+        // CPU-bound: run them side by side.
+        let sync = self
             .inner
             .pool
-            .run(move || compute_outboard(&inner, chunks, size))
-            .await??;
+            .run(move || inner.blobs.sync(Kind::Chunk, &unique));
+        let inner = self.inner.clone();
+        let (chunks, size) = (self.chunks.clone(), self.size);
+        let outboard = self
+            .inner
+            .pool
+            .run(move || compute_outboard(&inner, chunks, size));
+        let (synced, outboard) = tokio::join!(sync, outboard);
+        let (address, pending) = outboard??;
+        if let Err(e) = synced.and_then(|r| r) {
+            if let PendingOutboard::File(path) = pending {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e.into());
+        }
 
         let discard = |pending: PendingOutboard| {
             if let PendingOutboard::File(path) = pending {
