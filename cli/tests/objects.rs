@@ -14,6 +14,13 @@ use tokio::time::{Instant, sleep};
 
 const MIB: usize = 1 << 20;
 
+fn curl(args: &[&str]) -> std::process::ExitStatus {
+    std::process::Command::new("curl")
+        .args(args)
+        .status()
+        .expect("curl is installed (.ci/run installs it)")
+}
+
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -68,6 +75,7 @@ async fn round_trips_through_the_cli_and_http_match_b3sum() {
             format!("{expected}\n"),
             "len {len}"
         );
+        assert!(out.stderr.is_empty(), "nothing extra when piped");
 
         let back = dir.path().join(format!("out-{len}"));
         let out = node
@@ -83,6 +91,24 @@ async fn round_trips_through_the_cli_and_http_match_b3sum() {
         let res = get_with(&node, &format!("/o/{expected}"), &[]).await;
         assert_eq!(res.status(), 200);
         assert!(res.bytes().await.unwrap() == bytes, "http get, len {len}");
+
+        // And with curl itself, as a user would.
+        let curl_out = dir.path().join(format!("curl-{len}"));
+        let url = format!("{}/o/{expected}", node.url);
+        assert!(curl(&["-sf", "-o", curl_out.to_str().unwrap(), &url]).success());
+        assert!(
+            std::fs::read(&curl_out).unwrap() == bytes,
+            "curl get, len {len}"
+        );
+        if len > 2 {
+            let slice = dir.path().join(format!("curl-range-{len}"));
+            let range = format!("{}-{}", len / 3, len - 2);
+            assert!(curl(&["-sf", "-r", &range, "-o", slice.to_str().unwrap(), &url]).success());
+            assert!(
+                std::fs::read(&slice).unwrap() == bytes[len / 3..=len - 2],
+                "curl range, len {len}"
+            );
+        }
 
         // Ranges: a few slices, checked against the file.
         if len > 0 {
@@ -131,6 +157,62 @@ async fn round_trips_through_the_cli_and_http_match_b3sum() {
     }
     let status = node.status().await;
     assert_eq!(status["storage"]["objects"], 8);
+}
+
+/// The heavy tier: `cargo test -p ron --release --test objects -- --ignored`.
+#[tokio::test]
+#[ignore = "heavy: a 1 GiB object (about 15 s in release, plus the build)"]
+async fn one_gib_round_trip_matches_b3sum() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("data"), &[]).await;
+    let file = dir.path().join("1g");
+    let mut all = Vec::with_capacity(1 << 30);
+    for i in 0..1024u64 {
+        all.extend_from_slice(&data(MIB, i));
+    }
+    std::fs::write(&file, &all).unwrap();
+    let expected = b3sum(&file);
+    let url = format!("{}/put", node.url);
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-X",
+            "POST",
+            "-T",
+            file.to_str().unwrap(),
+            "-H",
+            "expect:",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["address"], expected.as_str());
+    let back = dir.path().join("back");
+    let out = node
+        .cli(&["get", &expected, "-o", back.to_str().unwrap()])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(b3sum(&back), expected);
+    let range = dir.path().join("range");
+    let get = format!("{}/o/{expected}", node.url);
+    assert!(
+        curl(&[
+            "-sf",
+            "-r",
+            "1000000000-1000999999",
+            "-o",
+            range.to_str().unwrap(),
+            &get
+        ])
+        .success()
+    );
+    assert!(std::fs::read(&range).unwrap() == all[1_000_000_000..1_001_000_000]);
 }
 
 #[tokio::test]
