@@ -292,17 +292,7 @@ async fn bad_input_gets_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(&dir.path().join("data"), &[]).await;
     let bytes = data(MIB + 17, 5);
-    let res = node
-        .http
-        .post(format!("{}/put", node.url))
-        .body(bytes.clone())
-        .send()
-        .await
-        .unwrap();
-    let addr = res.json::<Value>().await.unwrap()["address"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let addr = node.put(bytes.clone()).await;
     let hex = addr.strip_prefix("b3:").unwrap();
 
     let long = format!("b3:{}", "a".repeat(10_000));
@@ -500,17 +490,7 @@ async fn damaged_bytes_are_never_served() {
     let data_dir = dir.path().join("data");
     let node = Node::start(&data_dir, &[]).await;
     let bytes = data(6 * MIB, 77);
-    let res = node
-        .http
-        .post(format!("{}/put", node.url))
-        .body(bytes.clone())
-        .send()
-        .await
-        .unwrap();
-    let addr = res.json::<Value>().await.unwrap()["address"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let addr = node.put(bytes.clone()).await;
 
     // Flip one byte in the middle of the last chunk file.
     let manifest_chunks = files_under(&data_dir.join("store").join("chunks"));

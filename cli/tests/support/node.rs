@@ -68,6 +68,24 @@ impl Node {
         (res.status().as_u16(), res.text().await.expect("body"))
     }
 
+    /// `POST /put` of `bytes`; asserts success and returns the address.
+    pub async fn put(&self, bytes: Vec<u8>) -> String {
+        let res = self
+            .http
+            .post(format!("{}/put", self.url))
+            .body(bytes)
+            .send()
+            .await
+            .expect("upload");
+        assert!(
+            res.status().is_success(),
+            "upload answered {}",
+            res.status()
+        );
+        let body: Value = res.json().await.expect("JSON answer");
+        body["address"].as_str().expect("an address").to_owned()
+    }
+
     pub async fn status(&self) -> Value {
         serde_json::from_str(&self.get("/status").await.1).expect("status JSON")
     }

@@ -47,16 +47,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Addr {
     }
 }
 
-/// Logs an internal failure in full and answers with a safe message.
-fn internal(state: &AppState, what: &str, e: &dyn std::fmt::Display, kind: ErrorKind) -> Response {
-    tracing::error!(error = %e, "{what}");
+/// Counts a refused request in `rejected_total{reason}`.
+fn reject(state: &AppState, reason: &str) {
     state
         .metrics
         .rejected()
         .get_or_create(&ReasonLabel {
-            reason: kind.code().to_owned(),
+            reason: reason.to_owned(),
         })
         .inc();
+}
+
+/// Logs an internal failure in full and answers with a safe message.
+fn internal(state: &AppState, what: &str, e: &dyn std::fmt::Display, kind: ErrorKind) -> Response {
+    tracing::error!(error = %e, "{what}");
+    reject(state, kind.code());
     let message = if kind == ErrorKind::Internal {
         "internal error".to_owned()
     } else {
@@ -77,13 +82,7 @@ pub(crate) async fn put(State(state): State<AppState>, headers: HeaderMap, body:
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > limit) {
-        state
-            .metrics
-            .rejected()
-            .get_or_create(&ReasonLabel {
-                reason: "too_large".into(),
-            })
-            .inc();
+        reject(&state, "too_large");
         return bad(
             ErrorKind::TooLarge,
             format!("upload exceeds the limit of {limit} bytes"),
@@ -159,13 +158,7 @@ fn put_error(state: &AppState, e: PutError) -> Response {
     match e {
         PutError::Store(e) => internal(state, "upload failed", &e, kind),
         other => {
-            state
-                .metrics
-                .rejected()
-                .get_or_create(&ReasonLabel {
-                    reason: kind.code().to_owned(),
-                })
-                .inc();
+            reject(state, kind.code());
             bad(kind, other.to_string())
         }
     }
@@ -179,13 +172,7 @@ fn overlay_error(state: &AppState, e: &OverlayError) -> Response {
         OverlayError::Read(_) => "damaged",
         _ => kind.code(),
     };
-    state
-        .metrics
-        .rejected()
-        .get_or_create(&ReasonLabel {
-            reason: reason.into(),
-        })
-        .inc();
+    reject(state, reason);
     match e {
         OverlayError::Busy | OverlayError::Unavailable => {
             let body =
@@ -283,13 +270,7 @@ fn body(reader: ObjectReader, parts: Vec<Part>, state: AppState) -> Body {
         .buffered(READ_AHEAD)
         .map(move |r| {
             r.map_err(|e| {
-                state
-                    .metrics
-                    .rejected()
-                    .get_or_create(&ReasonLabel {
-                        reason: "damaged".into(),
-                    })
-                    .inc();
+                reject(&state, "damaged");
                 tracing::error!(error = %e, "aborting a response: stored bytes fail verification");
                 std::io::Error::other(e.to_string())
             })
