@@ -163,6 +163,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let index = Index::new(store.clone(), INDEX_CACHE);
     let (overlay_tx, overlay_mailbox) = supervisor::mailbox(OVERLAY_QUEUE);
     let overlay = OverlayHandle::new(overlay_tx, store.clone(), index.clone(), MAX_UPLOADS);
+    overlay.register_metrics(&metrics);
     sup.spawn_actor(
         "overlay",
         Duty::ReadsAndWrites,
@@ -198,6 +199,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     {
         let state = AppState {
+            traffic: svc_gateway::Traffic::new(&metrics),
             metrics: metrics.clone(),
             health: health.clone(),
             config: config.clone(),

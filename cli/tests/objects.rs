@@ -157,6 +157,46 @@ async fn round_trips_through_the_cli_and_http_match_b3sum() {
     }
     let status = node.status().await;
     assert_eq!(status["storage"]["objects"], 8);
+
+    // The same figures, and the traffic, in /metrics.
+    let (_, metrics) = node.get("/metrics").await;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("storage_objects"), 8);
+    assert_eq!(
+        value("storage_bytes_logical"),
+        status["storage"]["bytes_logical"].as_u64().unwrap()
+    );
+    let total: u64 = [
+        0u64,
+        1,
+        1023,
+        (MIB - 1) as u64,
+        MIB as u64,
+        (MIB + 1) as u64,
+        5 * MIB as u64,
+        64 * MIB as u64,
+    ]
+    .iter()
+    .sum();
+    assert_eq!(
+        value("object_bytes_received_total"),
+        2 * total,
+        "each object uploaded twice: ron put, then a plain POST"
+    );
+    assert!(
+        value("object_bytes_sent_total") >= 3 * total,
+        "cli, reqwest and curl each read everything"
+    );
+    assert_eq!(value("overlay_queue_depth"), 0);
+    assert_eq!(value("overlay_uploads"), 0);
+    assert!(value("index_cache_misses_total") > 0);
 }
 
 /// The heavy tier: `cargo test -p ron --release --test objects -- --ignored`.

@@ -25,6 +25,31 @@ pub struct StatusExtra {
     pub gateway: SocketAddr,
 }
 
+/// Object bytes through the gateway.
+#[derive(Debug, Clone)]
+pub struct Traffic {
+    pub(crate) received: prometheus_client::metrics::counter::Counter,
+    pub(crate) sent: prometheus_client::metrics::counter::Counter,
+}
+
+impl Traffic {
+    /// Registers `object_bytes_received_total` and `object_bytes_sent_total`.
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            received: metrics.register(
+                "object_bytes_received",
+                "Object bytes received by POST /put",
+                Default::default(),
+            ),
+            sent: metrics.register(
+                "object_bytes_sent",
+                "Verified object bytes sent by GET /o",
+                Default::default(),
+            ),
+        }
+    }
+}
+
 /// What the gateway's handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -40,6 +65,8 @@ pub struct AppState {
     pub extra: StatusExtra,
     /// The object service.
     pub overlay: svc_overlay::OverlayHandle,
+    /// Byte counters.
+    pub traffic: Traffic,
 }
 
 /// The gateway's routes with their middleware.
@@ -169,8 +196,10 @@ mod tests {
     }
 
     fn state() -> AppState {
+        let metrics = Metrics::new();
         AppState {
-            metrics: Metrics::new(),
+            traffic: crate::Traffic::new(&metrics),
+            metrics,
             health: HealthState::new(),
             config: Config::builder()
                 .register::<crate::GatewaySection>()

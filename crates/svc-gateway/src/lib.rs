@@ -18,7 +18,7 @@ mod error;
 mod middleware;
 mod objects;
 
-pub use admin::{AppState, StatusExtra, router};
+pub use admin::{AppState, StatusExtra, Traffic, router};
 pub use config::GatewaySection;
 pub use error::error_response;
 pub use objects::EXPECT_ADDRESS;

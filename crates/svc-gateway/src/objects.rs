@@ -127,6 +127,7 @@ pub(crate) async fn put(State(state): State<AppState>, headers: HeaderMap, body:
                 return bad(ErrorKind::BadInput, "upload body was cut short");
             }
         };
+        state.traffic.received.inc_by(piece.len() as u64);
         if let Err(e) = writer.writer.write(&piece).await {
             return put_error(&state, e);
         }
@@ -269,6 +270,9 @@ fn body(reader: ObjectReader, parts: Vec<Part>, state: AppState) -> Body {
         })
         .buffered(READ_AHEAD)
         .map(move |r| {
+            if let Ok(piece) = &r {
+                state.traffic.sent.inc_by(piece.len() as u64);
+            }
             r.map_err(|e| {
                 reject(&state, "damaged");
                 tracing::error!(error = %e, "aborting a response: stored bytes fail verification");
@@ -387,7 +391,10 @@ pub(crate) async fn get(
         && b - a <= WINDOW
     {
         return match reader.read_verified(a, b).await {
-            Ok(bytes) => (status, base, bytes).into_response(),
+            Ok(bytes) => {
+                state.traffic.sent.inc_by(bytes.len() as u64);
+                (status, base, bytes).into_response()
+            }
             Err(e) => overlay_error(&state, &OverlayError::Read(e)),
         };
     }

@@ -130,6 +130,7 @@ pub struct OverlayHandle {
     store: Store,
     index: Index,
     uploads: Arc<Semaphore>,
+    max_uploads: usize,
     small: Arc<Mutex<SmallCache>>,
 }
 
@@ -141,6 +142,7 @@ impl OverlayHandle {
             store,
             index,
             uploads: Arc::new(Semaphore::new(max_uploads.max(1))),
+            max_uploads: max_uploads.max(1),
             small: Arc::new(Mutex::new(SmallCache {
                 entries: lru::LruCache::unbounded(),
                 bytes: 0,
@@ -228,5 +230,32 @@ impl OverlayHandle {
     /// The resolver's cache counters.
     pub fn index(&self) -> &Index {
         &self.index
+    }
+
+    /// The store behind the overlay.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Commands waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Uploads admitted and not yet finished.
+    pub fn uploads_in_progress(&self) -> usize {
+        self.max_uploads - self.uploads.available_permits()
+    }
+
+    /// Bytes held by the small-object cache.
+    pub fn small_cache_bytes(&self) -> usize {
+        self.small().bytes
+    }
+
+    /// Shows queue depth, uploads, cache and storage figures in `metrics`.
+    pub fn register_metrics(&self, metrics: &ron_kernel::Metrics) {
+        metrics.register_collector(Box::new(crate::metrics::OverlayCollector {
+            handle: self.clone(),
+        }));
     }
 }

@@ -15,6 +15,7 @@
 
 mod actor;
 mod handle;
+mod metrics;
 
 pub use actor::run;
 pub use handle::{Command, OverlayError, OverlayHandle, Upload};
