@@ -4,7 +4,7 @@
 #
 #   bash testing/perf/one-node.sh            # about 5 minutes after the release build
 #
-# (a) GET of a 100 MiB object: ron vs nginx serving the same file (curl, median of 5)
+# (a) GET of a 100 MiB object: ron vs nginx serving the same file (curl, alternating, median of 9)
 # (b) 1 KiB GETs, 64 connections, wrk: ron vs nginx (req/s and p99, median of 3)
 # (c) PUT of 1 GiB: ron vs `b3sum` plus `dd conv=fsync` of the same file (median of 3)
 # (d) node RSS when idle and after the runs
@@ -63,15 +63,20 @@ export RON_NODE="http://127.0.0.1:$RON_PORT"
 A100=$("$RON" put "$W/www/100m"); A1K=$("$RON" put "$W/www/1k")
 [ "$A100" = "b3:$(b3sum --no-names "$W/www/100m")" ] || { echo "address mismatch" >&2; exit 1; }
 
-gbits() { # url -> median Gbit/s of 5 complete 100 MiB downloads (after one warm-up)
-  curl -s -o /dev/null "$1"
-  for _ in 1 2 3 4 5; do
-    curl -s -o /dev/null -w '%{http_code} %{size_download} %{speed_download}\n' "$1" |
-      awk '$1 != 200 || $2 != 104857600 { print "bad download: " $0 > "/dev/stderr"; exit 1 } { print $3*8/1e9 }'
-  done | med
+# (a) alternates the two servers, 9 complete downloads each (after a warm-up of each), so
+# the noise of a shared machine falls on both alike; medians are compared.
+dl() { # url -> Gbit/s of one complete 100 MiB download, or fail
+  curl -s -o /dev/null -w '%{http_code} %{size_download} %{speed_download}\n' "$1" |
+    awk '$1 != 200 || $2 != 104857600 { print "bad download: " $0 > "/dev/stderr"; exit 1 } { print $3*8/1e9 }'
 }
-NGX_GET=$(gbits "http://127.0.0.1:$NGX_PORT/100m")
-RON_GET=$(gbits "$RON_NODE/o/$A100")
+dl "http://127.0.0.1:$NGX_PORT/100m" >/dev/null; dl "$RON_NODE/o/$A100" >/dev/null
+: > "$W/get-ngx.txt"; : > "$W/get-ron.txt"
+for _ in $(seq 9); do
+  dl "http://127.0.0.1:$NGX_PORT/100m" >> "$W/get-ngx.txt"
+  dl "$RON_NODE/o/$A100" >> "$W/get-ron.txt"
+done
+NGX_GET=$(med < "$W/get-ngx.txt")
+RON_GET=$(med < "$W/get-ron.txt")
 
 wrk3() { # url -> "req/s p99_ms" medians of 3
   for _ in 1 2 3; do

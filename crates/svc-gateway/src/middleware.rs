@@ -67,15 +67,16 @@ pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: N
     // Object transfers stream for as long as they move (idle and write limits bound them);
     // every other route has a whole-request deadline.
     let streaming = matches!(route.as_ref(), "/put" | "/o/{addr}");
-    let deadline = if streaming {
-        Duration::MAX
-    } else {
-        Duration::from_millis(state.config.get::<GatewaySection>().request_timeout_ms)
-    };
     let span = tracing::info_span!("request", %method, %route, request_id = %id);
-
-    let mut response =
-        match tokio::time::timeout(deadline, next.run(req).instrument(span.clone())).await {
+    let run = next.run(req).instrument(span.clone());
+    let mut response = if streaming {
+        // No whole-request deadline (and no timer) for transfers that stream as long as
+        // they move.
+        run.await
+    } else {
+        let deadline =
+            Duration::from_millis(state.config.get::<GatewaySection>().request_timeout_ms);
+        match tokio::time::timeout(deadline, run).await {
             Ok(response) => response,
             Err(_) => {
                 state
@@ -91,7 +92,8 @@ pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: N
                     &ErrorBody::new(ErrorKind::Timeout, "request deadline passed"),
                 )
             }
-        };
+        }
+    };
     let status = response.status().as_u16();
     state
         .metrics
