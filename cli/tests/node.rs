@@ -75,6 +75,16 @@ async fn admin_endpoints_answer() {
     assert_eq!(err["code"], "bad_input");
 }
 
+/// Waits until the node reports a refused config reload naming `needle`.
+async fn wait_refusal(node: &Node, needle: &str) -> Value {
+    node.wait_status(needle, |s| {
+        s["config"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(needle))
+    })
+    .await
+}
+
 #[tokio::test]
 async fn config_edits_apply_live_and_bad_ones_keep_the_running_version() {
     let dir = tempfile::tempdir().unwrap();
@@ -105,34 +115,17 @@ async fn config_edits_apply_live_and_bad_ones_keep_the_running_version() {
 
     // An invalid value: refused by field name, version unchanged, node alive.
     std::fs::write(&file, "[gateway]\nrequest_timeout_ms = \"soon\"\n").unwrap();
-    let s = node
-        .wait_status("rejection", |s| {
-            s["config"]["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("gateway.request_timeout_ms"))
-        })
-        .await;
+    let s = wait_refusal(&node, "gateway.request_timeout_ms").await;
     assert_eq!(s["config"]["version"], 2);
     assert_eq!(node.get("/healthz").await.0, 200);
 
     // An unknown section is refused too.
     std::fs::write(&file, "[gatewya]\nrequest_timeout_ms = 1\n").unwrap();
-    node.wait_status("unknown section", |s| {
-        s["config"]["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("gatewya"))
-    })
-    .await;
+    wait_refusal(&node, "gatewya").await;
 
     // A setting that cannot change live is refused by name.
     std::fs::write(&file, "[kernel]\nbus_capacity = 16\n").unwrap();
-    let s = node
-        .wait_status("not-live refusal", |s| {
-            s["config"]["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("kernel.bus_capacity"))
-        })
-        .await;
+    let s = wait_refusal(&node, "kernel.bus_capacity").await;
     assert_eq!(s["config"]["version"], 2);
 
     // Fixing the file applies it.

@@ -58,10 +58,10 @@ fn reject(state: &AppState, reason: &str) {
         .inc();
 }
 
-/// Logs an internal failure in full and answers with a safe message.
-fn internal(state: &AppState, what: &str, e: &dyn std::fmt::Display, kind: ErrorKind) -> Response {
+/// Logs a failure in full and answers with a message safe for a client (internal details
+/// stay in the log).
+fn logged(what: &str, e: &dyn std::fmt::Display, kind: ErrorKind) -> Response {
     tracing::error!(error = %e, "{what}");
-    reject(state, kind.code());
     let message = if kind == ErrorKind::Internal {
         "internal error".to_owned()
     } else {
@@ -156,40 +156,30 @@ pub(crate) async fn put(State(state): State<AppState>, headers: HeaderMap, body:
 
 fn put_error(state: &AppState, e: PutError) -> Response {
     let kind = e.kind();
+    reject(state, kind.code());
     match e {
-        PutError::Store(e) => internal(state, "upload failed", &e, kind),
-        other => {
-            reject(state, kind.code());
-            bad(kind, other.to_string())
-        }
+        PutError::Store(e) => logged("upload failed", &e, kind),
+        other => bad(kind, other.to_string()),
     }
 }
 
 /// Busy or down: 503 with a randomized retry hint (1-5 s); anything else is ours.
 fn overlay_error(state: &AppState, e: &OverlayError) -> Response {
     let kind = e.kind();
-    let reason = match e {
-        OverlayError::Busy | OverlayError::Unavailable => "overloaded",
-        OverlayError::Read(_) => "damaged",
-        _ => kind.code(),
-    };
-    reject(state, reason);
     match e {
         OverlayError::Busy | OverlayError::Unavailable => {
+            reject(state, "overloaded");
             let body =
                 ErrorBody::new(kind, e.to_string()).retry_after_ms(fastrand::u64(1000..=5000));
             error_response(kind, &body)
         }
+        OverlayError::Read(_) => {
+            reject(state, "damaged");
+            logged("stored object cannot be read", e, kind)
+        }
         _ => {
-            tracing::error!(error = %e, "object operation failed");
-            bad(
-                kind,
-                if kind == ErrorKind::Internal {
-                    "internal error".to_owned()
-                } else {
-                    e.to_string()
-                },
-            )
+            reject(state, kind.code());
+            logged("object operation failed", e, kind)
         }
     }
 }

@@ -265,11 +265,30 @@ impl Store {
     /// Size, media type, chunks, pin, and whether every stored byte still verifies (this reads
     /// and hashes the whole object).
     pub async fn stat(&self, addr: &Address) -> Result<Option<ObjectStat>, StoreError> {
-        let Some(manifest) = self.manifest(addr).await? else {
+        let (inner, addr) = (self.inner.clone(), *addr);
+        // Manifest and pin in one read transaction, the reader opened on the pool too.
+        let found = self
+            .inner
+            .pool
+            .run(move || -> Result<_, StoreError> {
+                let txn = inner.db.begin_read()?;
+                let Some(bytes) = txn.open_table(OBJECTS)?.get(addr.as_bytes())? else {
+                    return Ok(None);
+                };
+                let manifest =
+                    Manifest::decode(bytes.value()).map_err(|source| StoreError::Manifest {
+                        address: addr,
+                        source,
+                    })?;
+                let pinned = txn.open_table(PINS)?.get(addr.as_bytes())?.is_some();
+                let reader = ObjectReader::open(inner.clone(), manifest.clone());
+                Ok(Some((manifest, pinned, reader)))
+            })
+            .await??;
+        let Some((manifest, pinned, reader)) = found else {
             return Ok(None);
         };
-        let pinned = self.is_pinned(addr).await?;
-        let damaged = match ObjectReader::open(self.inner.clone(), manifest.clone()) {
+        let damaged = match reader {
             Ok(reader) => match reader.verify_all().await {
                 Ok(()) => false,
                 Err(ReadError::Store(e)) => return Err(e),
@@ -281,22 +300,11 @@ impl Store {
         Ok(Some(ObjectStat {
             address: manifest.address,
             size: manifest.size,
-            media_type: manifest.media_type.clone(),
+            media_type: manifest.media_type,
             chunks: manifest.chunks.len(),
             pinned,
             damaged,
         }))
-    }
-
-    async fn is_pinned(&self, addr: &Address) -> Result<bool, StoreError> {
-        let (inner, addr) = (self.inner.clone(), *addr);
-        self.inner
-            .pool
-            .run(move || -> Result<bool, StoreError> {
-                let txn = inner.db.begin_read()?;
-                Ok(txn.open_table(PINS)?.get(addr.as_bytes())?.is_some())
-            })
-            .await?
     }
 
     /// Pins (`true`) or unpins a stored object; `Ok(false)` when the object is not stored.
