@@ -1,0 +1,598 @@
+//! [`Auth`]: the node's identity, its signing keys, and the check every protected request
+//! goes through.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use biscuit_auth::builder::Term;
+use biscuit_auth::error::{FailedCheck, Logic, Token as BiscuitError};
+use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits, Biscuit, PublicKey};
+use lru::LruCache;
+use ron_proto::ErrorKind;
+
+use crate::config::AuthSection;
+use crate::keys::{KeyError, NodeIdentity, key_id, parse_public};
+use crate::ring::{KeyRing, Maintenance};
+use crate::token::{self, Caveats, Op, TokenError};
+
+const DAY: u64 = 86_400;
+/// Verified tokens remembered, so a client reusing its token skips the signature checks.
+const CACHE: usize = 4096;
+/// Budget and rate counters kept at most (each is one caveat of one token lineage).
+const MAX_COUNTERS: usize = 100_000;
+
+/// What a request asks to do.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The operation.
+    pub op: Op,
+    /// The request path (`/put`, `/pin/b3:…`), matched against path caveats.
+    pub path: &'a str,
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// No usable credential: missing, malformed, tampered, expired, revoked, or signed by a
+    /// key this node does not trust (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid token that does not allow this (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The token's rate caveat is exhausted for now (429).
+    #[error("the token's rate limit is reached")]
+    RateLimited {
+        /// When a request would be allowed again.
+        retry_after: Duration,
+    },
+    /// The node cannot track another budget or rate right now (503).
+    #[error("too many token counters; retry later")]
+    Busy,
+}
+
+impl Denied {
+    /// The error kind (and so the HTTP status and OAP/1 code).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Denied::Unauthenticated(_) => ErrorKind::Unauthorized,
+            Denied::Forbidden(_) => ErrorKind::Forbidden,
+            Denied::RateLimited { .. } => ErrorKind::RateLimited,
+            Denied::Busy => ErrorKind::Overloaded,
+        }
+    }
+}
+
+/// What a granted request may still consume. Uploads call [`Grant::charge`] as bytes
+/// arrive; a charge past any byte budget of the token is refused (and charges nothing).
+#[derive(Debug, Default)]
+pub struct Grant {
+    budgets: Vec<Arc<Budget>>,
+}
+
+impl Grant {
+    /// A grant with no budget (open routes, anonymous writes).
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    /// Counts `bytes` against every byte budget of the token.
+    pub fn charge(&self, bytes: u64) -> Result<(), Denied> {
+        for (i, budget) in self.budgets.iter().enumerate() {
+            if !budget.take(bytes) {
+                for earlier in &self.budgets[..i] {
+                    earlier.give_back(bytes);
+                }
+                return Err(Denied::Forbidden(format!(
+                    "the token's byte budget ({} bytes) is spent",
+                    budget.limit.load(Ordering::Relaxed)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back bytes charged for an upload that did not complete.
+    pub fn refund(&self, bytes: u64) {
+        for budget in &self.budgets {
+            budget.give_back(bytes);
+        }
+    }
+
+    /// Bytes left under the tightest budget (`None`: unlimited).
+    pub fn remaining(&self) -> Option<u64> {
+        self.budgets.iter().map(|b| b.remaining()).min()
+    }
+}
+
+#[derive(Debug)]
+struct Budget {
+    limit: AtomicU64,
+    used: AtomicU64,
+}
+
+impl Budget {
+    fn take(&self, bytes: u64) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&u| u <= limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
+
+    fn remaining(&self) -> u64 {
+        self.limit
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.used.load(Ordering::Relaxed))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    capacity: f64,
+    per_ms: f64,
+    tokens: f64,
+    at_ms: u64,
+}
+
+/// A verified token, remembered by the hash of its text.
+struct Checked {
+    epoch: u64,
+    token: Biscuit,
+    root: PublicKey,
+    revocation: Vec<Vec<u8>>,
+    /// The hash of the first block's revocation id: every token attenuated from the same
+    /// mint shares it, so its counters are shared too.
+    lineage: [u8; 32],
+    budgets: Vec<(i64, u64)>,
+    rates: Vec<(i64, u32, u64)>,
+}
+
+/// Which keys and tokens are trusted right now.
+#[derive(Default)]
+struct Trust {
+    epoch: u64,
+    /// Verifying keys by id, each with the moment it stops being accepted (unix seconds).
+    keys: HashMap<u32, Vec<(PublicKey, Option<u64>)>>,
+    /// Configured roots, tried in turn for tokens without a key id.
+    roots: Vec<PublicKey>,
+    revoked: HashSet<Vec<u8>>,
+    anonymous_put: bool,
+    protect_reads: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    budgets: HashMap<([u8; 32], i64), Arc<Budget>>,
+    rates: HashMap<([u8; 32], i64), Bucket>,
+}
+
+/// The node's identity and capability keys, and the authorization of requests.
+pub struct Auth {
+    identity: NodeIdentity,
+    ring: KeyRing,
+    settings: RwLock<AuthSection>,
+    trust: RwLock<Arc<Trust>>,
+    cache: Mutex<LruCache<[u8; 32], Arc<Checked>>>,
+    counters: Mutex<Counters>,
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Auth {
+    /// Starts authorization for a node: brings the ring up to date (creating its first
+    /// signing key if needed) and applies `section`.
+    pub fn new(
+        identity: NodeIdentity,
+        ring: KeyRing,
+        section: &AuthSection,
+        now: u64,
+    ) -> Result<Self, KeyError> {
+        let auth = Self {
+            identity,
+            ring,
+            settings: RwLock::new(section.clone()),
+            trust: RwLock::new(Arc::new(Trust::default())),
+            cache: Mutex::new(LruCache::new(
+                NonZeroUsize::new(CACHE).unwrap_or(NonZeroUsize::MIN),
+            )),
+            counters: Mutex::new(Counters::default()),
+        };
+        auth.maintain(now)?;
+        Ok(auth)
+    }
+
+    /// The node id (libp2p `PeerId` text), the audience its tokens name.
+    pub fn node_id(&self) -> &str {
+        self.identity.node_id()
+    }
+
+    /// The node's identity.
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.identity
+    }
+
+    /// The signing keys.
+    pub fn ring(&self) -> &KeyRing {
+        &self.ring
+    }
+
+    /// Applies a new `[auth]` section (trusted roots, revocations, key ages, open routes).
+    /// Tokens verified before are checked again against it.
+    pub fn apply(&self, section: &AuthSection) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = section.clone();
+        self.rebuild_trust();
+    }
+
+    /// Picks up keys rotated by another process, rotates the signing key when it reaches
+    /// `auth.key_max_age_days`, and forgets keys past `auth.key_grace_days`.
+    pub fn maintain(&self, now: u64) -> Result<Maintenance, KeyError> {
+        let (max_age, grace) = {
+            let s = self.settings.read().unwrap_or_else(PoisonError::into_inner);
+            (s.key_max_age_days, s.key_grace_days)
+        };
+        let done = self.ring.maintain(now, max_age, grace)?;
+        if done.changed || self.trust().epoch == 0 {
+            self.rebuild_trust();
+        }
+        Ok(done)
+    }
+
+    fn rebuild_trust(&self) {
+        let settings = self
+            .settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut keys: HashMap<u32, Vec<(PublicKey, Option<u64>)>> = HashMap::new();
+        let grace = u64::from(settings.key_grace_days) * DAY;
+        for k in self.ring.keys().iter() {
+            keys.entry(k.id)
+                .or_default()
+                .push((k.key.public(), k.retired.map(|r| r + grace)));
+        }
+        let roots: Vec<PublicKey> = settings
+            .trusted_roots
+            .iter()
+            .filter_map(|text| parse_public(text).ok())
+            .collect();
+        for root in &roots {
+            keys.entry(key_id(root)).or_default().push((*root, None));
+        }
+        let revoked = settings
+            .revoked
+            .iter()
+            .filter_map(|id| hex::decode(id.trim()).ok())
+            .collect();
+        let mut guard = self.trust.write().unwrap_or_else(PoisonError::into_inner);
+        *guard = Arc::new(Trust {
+            epoch: guard.epoch + 1,
+            keys,
+            roots,
+            revoked,
+            anonymous_put: settings.anonymous_put,
+            protect_reads: settings.protect_reads,
+        });
+    }
+
+    fn trust(&self) -> Arc<Trust> {
+        self.trust
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether `op` needs a token under the current config.
+    pub fn requires_token(&self, op: Op) -> bool {
+        let trust = self.trust();
+        if op.is_write() {
+            !trust.anonymous_put
+        } else {
+            trust.protect_reads
+        }
+    }
+
+    /// Mints a token with the active signing key.
+    pub fn mint(&self, caveats: &Caveats) -> Result<String, TokenError> {
+        let active = self
+            .ring
+            .active()
+            .ok_or_else(|| TokenError::Sign("no signing key".into()))?;
+        token::mint(&active.key, caveats)
+    }
+
+    /// The owner's token: every operation, on this node only, valid until the active key
+    /// leaves its grace window (the node writes a fresh one whenever it rotates).
+    pub fn owner_token(&self) -> Result<String, TokenError> {
+        let active = self
+            .ring
+            .active()
+            .ok_or_else(|| TokenError::Sign("no signing key".into()))?;
+        let s = self
+            .settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let lifetime = u64::from(s.key_max_age_days) + u64::from(s.key_grace_days);
+        token::mint(
+            &active.key,
+            &Caveats {
+                expires_at: Some(active.created + lifetime * DAY),
+                audience: Some(self.node_id().to_owned()),
+                ..Caveats::default()
+            },
+        )
+    }
+
+    /// Authorizes `request` carrying `token` (the bearer text, if any) now.
+    pub fn authorize(&self, token: Option<&str>, request: &Request<'_>) -> Result<Grant, Denied> {
+        self.authorize_at(unix_now_ms(), token, request)
+    }
+
+    /// Like [`Auth::authorize`] at a given moment (unix milliseconds).
+    pub fn authorize_at(
+        &self,
+        now_ms: u64,
+        token: Option<&str>,
+        request: &Request<'_>,
+    ) -> Result<Grant, Denied> {
+        if !self.requires_token(request.op) {
+            return Ok(Grant::open());
+        }
+        let Some(text) = token else {
+            return Err(Denied::Unauthenticated(
+                "this needs a capability token (Authorization: Bearer <token>)".into(),
+            ));
+        };
+        let trust = self.trust();
+        let checked = self.checked(&trust, text)?;
+        let now = now_ms / 1000;
+        let key_live = trust.keys.get(&key_id(&checked.root)).is_some_and(|keys| {
+            keys.iter()
+                .any(|(pk, until)| *pk == checked.root && until.is_none_or(|u| now < u))
+        });
+        if !key_live {
+            return Err(Denied::Unauthenticated(
+                "the token's signing key has expired".into(),
+            ));
+        }
+        if checked
+            .revocation
+            .iter()
+            .any(|id| trust.revoked.contains(id))
+        {
+            return Err(Denied::Unauthenticated("the token is revoked".into()));
+        }
+        self.run_checks(&checked.token, now, request)?;
+        self.count(&checked, now_ms)
+    }
+
+    /// The verified form of `text`, from the cache when its trust is current.
+    fn checked(&self, trust: &Trust, text: &str) -> Result<Arc<Checked>, Denied> {
+        let text = text.trim();
+        let hash = *blake3::hash(text.as_bytes()).as_bytes();
+        if let Some(hit) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&hash)
+            .filter(|c| c.epoch == trust.epoch)
+        {
+            return Ok(hit.clone());
+        }
+        let unverified = token::parse_unverified(text)
+            .map_err(|e| Denied::Unauthenticated(format!("malformed token: {e}")))?;
+        let candidates: Vec<PublicKey> = match unverified.root_key_id() {
+            Some(id) => trust
+                .keys
+                .get(&id)
+                .map(|keys| keys.iter().map(|k| k.0).collect())
+                .unwrap_or_default(),
+            None => trust.roots.clone(),
+        };
+        let untrusted = || {
+            Denied::Unauthenticated(
+                "the token is not signed by a key this node trusts (or was altered)".into(),
+            )
+        };
+        let token = candidates
+            .iter()
+            .find_map(|pk| unverified.clone().verify(*pk).ok().map(|t| (t, *pk)))
+            .ok_or_else(untrusted)?;
+        let (token, root) = token;
+        let revocation = token.revocation_identifiers();
+        let lineage = *blake3::hash(revocation.first().map_or(&[][..], |v| v)).as_bytes();
+        let (budgets, rates) = stateful_caveats(&token).map_err(|e| {
+            Denied::Unauthenticated(format!("the token's caveats cannot be read: {e}"))
+        })?;
+        let checked = Arc::new(Checked {
+            epoch: trust.epoch,
+            token,
+            root,
+            revocation,
+            lineage,
+            budgets,
+            rates,
+        });
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .put(hash, checked.clone());
+        Ok(checked)
+    }
+
+    fn run_checks(&self, token: &Biscuit, now: u64, request: &Request<'_>) -> Result<(), Denied> {
+        let facts =
+            "time({now}); operation({op}); path({path}); audience({audience}); allow if true;";
+        let params = HashMap::from([
+            ("now".to_owned(), Term::Date(now)),
+            ("op".to_owned(), Term::Str(request.op.as_str().to_owned())),
+            ("path".to_owned(), Term::Str(request.path.to_owned())),
+            ("audience".to_owned(), Term::Str(self.node_id().to_owned())),
+        ]);
+        let limits = AuthorizerLimits {
+            max_time: Duration::from_millis(20),
+            ..AuthorizerLimits::default()
+        };
+        let result = AuthorizerBuilder::new()
+            .code_with_params(facts, params, HashMap::new())
+            .map(|b| b.set_limits(limits))
+            .and_then(|b| b.build(token))
+            .and_then(|mut a| a.authorize());
+        match result {
+            Ok(_) => Ok(()),
+            Err(BiscuitError::FailedLogic(
+                Logic::Unauthorized { checks, .. } | Logic::NoMatchingPolicy { checks },
+            )) => {
+                let rules: Vec<String> = checks
+                    .iter()
+                    .map(|c| match c {
+                        FailedCheck::Block(b) => b.rule.clone(),
+                        FailedCheck::Authorizer(a) => a.rule.clone(),
+                    })
+                    .collect();
+                if rules.iter().any(|r| r.contains("time(")) {
+                    Err(Denied::Unauthenticated("the token has expired".into()))
+                } else {
+                    Err(Denied::Forbidden(format!(
+                        "the token does not allow {} {}: {}",
+                        request.op,
+                        request.path,
+                        rules.join("; ")
+                    )))
+                }
+            }
+            Err(e) => Err(Denied::Unauthenticated(format!(
+                "the token cannot be evaluated: {e}"
+            ))),
+        }
+    }
+
+    /// Applies rate caveats and hands out the budgets.
+    fn count(&self, checked: &Checked, now_ms: u64) -> Result<Grant, Denied> {
+        if checked.budgets.is_empty() && checked.rates.is_empty() {
+            return Ok(Grant::open());
+        }
+        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let needed = checked.budgets.len() + checked.rates.len();
+        if counters.budgets.len() + counters.rates.len() + needed > MAX_COUNTERS {
+            // Full buckets hold no information: dropping one changes nothing.
+            counters
+                .rates
+                .retain(|_, b| b.tokens + refill(b, now_ms) < b.capacity);
+            if counters.budgets.len() + counters.rates.len() + needed > MAX_COUNTERS {
+                return Err(Denied::Busy);
+            }
+        }
+        // Rates first, all or nothing: a refused request consumes from none.
+        let mut wait: Option<Duration> = None;
+        let mut updated = Vec::with_capacity(checked.rates.len());
+        for &(id, requests, per_ms) in &checked.rates {
+            let capacity = f64::from(requests);
+            let per_ms = per_ms as f64;
+            let mut bucket = counters
+                .rates
+                .get(&(checked.lineage, id))
+                .copied()
+                .unwrap_or(Bucket {
+                    capacity,
+                    per_ms,
+                    tokens: capacity,
+                    at_ms: now_ms,
+                });
+            // A reused id declares its own rate: the tighter one holds.
+            bucket.capacity = bucket.capacity.min(capacity);
+            bucket.per_ms = bucket.per_ms.max(per_ms);
+            bucket.tokens = (bucket.tokens + refill(&bucket, now_ms)).min(bucket.capacity);
+            bucket.at_ms = now_ms.max(bucket.at_ms);
+            if bucket.tokens < 1.0 {
+                let ms = ((1.0 - bucket.tokens) * bucket.per_ms / bucket.capacity).ceil();
+                let ms = Duration::from_millis(ms as u64);
+                wait = Some(wait.map_or(ms, |w| w.max(ms)));
+            }
+            updated.push((id, bucket));
+        }
+        if let Some(retry_after) = wait {
+            return Err(Denied::RateLimited { retry_after });
+        }
+        for (id, mut bucket) in updated {
+            bucket.tokens -= 1.0;
+            counters.rates.insert((checked.lineage, id), bucket);
+        }
+        let budgets = checked
+            .budgets
+            .iter()
+            .map(|&(id, limit)| {
+                let budget = counters
+                    .budgets
+                    .entry((checked.lineage, id))
+                    .or_insert_with(|| {
+                        Arc::new(Budget {
+                            limit: AtomicU64::new(limit),
+                            used: AtomicU64::new(0),
+                        })
+                    });
+                budget.limit.fetch_min(limit, Ordering::AcqRel);
+                budget.clone()
+            })
+            .collect();
+        Ok(Grant { budgets })
+    }
+}
+
+/// Tokens refilled into `bucket` since it was last used.
+fn refill(bucket: &Bucket, now_ms: u64) -> f64 {
+    let elapsed = now_ms.saturating_sub(bucket.at_ms) as f64;
+    elapsed * bucket.capacity / bucket.per_ms
+}
+
+type Stateful = (Vec<(i64, u64)>, Vec<(i64, u32, u64)>);
+
+/// Every `ron_budget` and `ron_rate` fact of every block.
+fn stateful_caveats(token: &Biscuit) -> Result<Stateful, BiscuitError> {
+    let mut authorizer = AuthorizerBuilder::new().build(token)?;
+    let budgets: Vec<(i64, i64)> =
+        authorizer.query_all("budget($b, $id) <- ron_budget($b, $id)")?;
+    let rates: Vec<(i64, i64, i64)> =
+        authorizer.query_all("rate($n, $ms, $id) <- ron_rate($n, $ms, $id)")?;
+    let bad = || BiscuitError::ConversionError("negative or oversized caveat".into());
+    let budgets = budgets
+        .into_iter()
+        .map(|(b, id)| Ok((id, u64::try_from(b).map_err(|_| bad())?)))
+        .collect::<Result<_, BiscuitError>>()?;
+    let rates = rates
+        .into_iter()
+        .map(|(n, ms, id)| {
+            let n = u32::try_from(n).ok().filter(|&n| n > 0).ok_or_else(bad)?;
+            let ms = u64::try_from(ms).ok().filter(|&m| m > 0).ok_or_else(bad)?;
+            Ok((id, n, ms))
+        })
+        .collect::<Result<_, BiscuitError>>()?;
+    Ok((budgets, rates))
+}
