@@ -14,15 +14,86 @@ use tokio::io::AsyncWriteExt;
 /// Where the node is.
 #[derive(Debug, Args)]
 pub(crate) struct NodeUrl {
-    /// The node's gateway.
+    /// The node's gateway [env: RON_NODE; default: http://127.0.0.1:7700].
     #[arg(
         long = "node",
         value_name = "URL",
-        env = "RON_NODE",
-        default_value = "http://127.0.0.1:7700",
-        global = true
+        global = true,
+        num_args = 0..=1,
+        default_missing_value = ""
     )]
+    url: Option<String>,
+}
+
+impl NodeUrl {
+    /// Whether `--node` was given (with or without a URL).
+    pub(crate) fn given(&self) -> bool {
+        self.url.is_some()
+    }
+
+    /// The URL: `--node URL`, else `RON_NODE`, else the default.
+    pub(crate) fn resolve(&self) -> String {
+        self.url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or_else(|| std::env::var("RON_NODE").ok().filter(|u| !u.is_empty()))
+            .unwrap_or_else(|| "http://127.0.0.1:7700".to_owned())
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
+/// Credentials: the capability token a command presents.
+#[derive(Debug, Args)]
+pub(crate) struct Creds {
+    /// Capability token [env: RON_TOKEN; else `owner.token` in the data dir].
+    #[arg(long, value_name = "TOKEN", env = "RON_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Data dir whose `owner.token` is used when no token is given.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "RON_DATA_DIR",
+        default_value = "./ron-data"
+    )]
+    data_dir: PathBuf,
+}
+
+impl Creds {
+    /// The token: `--token`, `RON_TOKEN`, or `<data dir>/owner.token` if it exists.
+    fn find(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.trim().to_owned()));
+        }
+        let path = self.data_dir.join(crate::auth::OWNER_TOKEN);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+}
+
+/// A node to talk to, and the token to present.
+pub(crate) struct Target {
     url: String,
+    token: Option<String>,
+}
+
+impl Target {
+    pub(crate) fn new(node: &NodeUrl, creds: &Creds) -> anyhow::Result<Self> {
+        Ok(Self {
+            url: node.resolve(),
+            token: creds.find()?,
+        })
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
 }
 
 /// Transfers at least this large show a progress bar (on a terminal).
@@ -69,13 +140,13 @@ fn parse_addr(text: &str) -> anyhow::Result<Address> {
         .with_context(|| format!("{text:?} is not a b3: address"))
 }
 
-fn base(node: &NodeUrl) -> &str {
-    node.url.trim_end_matches('/')
+fn base(node: &Target) -> &str {
+    &node.url
 }
 
 /// `ron put FILE` (`-` for standard input): prints the address, and only that, on stdout.
 pub(crate) async fn put(
-    node: &NodeUrl,
+    node: &Target,
     file: &Path,
     media_type: Option<String>,
 ) -> anyhow::Result<()> {
@@ -99,7 +170,7 @@ pub(crate) async fn put(
         });
         (reqwest::Body::wrap_stream(stream), Some(len))
     };
-    let mut req = client()?.post(format!("{}/put", base(node))).body(body);
+    let mut req = node.authorized(client()?.post(format!("{}/put", base(node))).body(body));
     if let Some(len) = len {
         req = req.header(reqwest::header::CONTENT_LENGTH, len);
     }
@@ -122,10 +193,10 @@ pub(crate) async fn put(
 
 /// `ron get ADDR [-o FILE]`: writes the object to FILE (atomically) or stdout, verifying
 /// it against its address as it arrives.
-pub(crate) async fn get(node: &NodeUrl, addr: &str, out: Option<&PathBuf>) -> anyhow::Result<()> {
+pub(crate) async fn get(node: &Target, addr: &str, out: Option<&PathBuf>) -> anyhow::Result<()> {
     let addr = parse_addr(addr)?;
-    let res = client()?
-        .get(format!("{}/o/{addr}", base(node)))
+    let res = node
+        .authorized(client()?.get(format!("{}/o/{addr}", base(node))))
         .send()
         .await
         .with_context(|| format!("cannot reach the node at {}", base(node)))?;
@@ -182,10 +253,10 @@ pub(crate) async fn get(node: &NodeUrl, addr: &str, out: Option<&PathBuf>) -> an
 }
 
 /// `ron stat ADDR`: the node's JSON, pretty-printed.
-pub(crate) async fn stat(node: &NodeUrl, addr: &str) -> anyhow::Result<()> {
+pub(crate) async fn stat(node: &Target, addr: &str) -> anyhow::Result<()> {
     let addr = parse_addr(addr)?;
-    let res = client()?
-        .get(format!("{}/stat/{addr}", base(node)))
+    let res = node
+        .authorized(client()?.get(format!("{}/stat/{addr}", base(node))))
         .send()
         .await
         .with_context(|| format!("cannot reach the node at {}", base(node)))?;
@@ -199,15 +270,15 @@ pub(crate) async fn stat(node: &NodeUrl, addr: &str) -> anyhow::Result<()> {
 }
 
 /// `ron pin ADDR` / `ron unpin ADDR`.
-pub(crate) async fn pin(node: &NodeUrl, addr: &str, pinned: bool) -> anyhow::Result<()> {
+pub(crate) async fn pin(node: &Target, addr: &str, pinned: bool) -> anyhow::Result<()> {
     let addr = parse_addr(addr)?;
     let url = format!("{}/pin/{addr}", base(node));
     let http = client()?;
-    let req = if pinned {
+    let req = node.authorized(if pinned {
         http.post(url)
     } else {
         http.delete(url)
-    };
+    });
     check(
         req.send()
             .await
@@ -215,4 +286,19 @@ pub(crate) async fn pin(node: &NodeUrl, addr: &str, pinned: bool) -> anyhow::Res
     )
     .await?;
     Ok(())
+}
+
+/// The node's `/status`, for `ron key show --node`.
+pub(crate) async fn node_status(node: &NodeUrl) -> anyhow::Result<serde_json::Value> {
+    let url = node.resolve();
+    let res = client()?
+        .get(format!("{url}/status"))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the node at {url}"))?;
+    check(res)
+        .await?
+        .json()
+        .await
+        .context("the node's answer is not JSON")
 }

@@ -1,6 +1,7 @@
 //! `ron`: run a RustyOnions node, and talk to one.
 #![forbid(unsafe_code)]
 
+mod auth;
 mod client;
 mod logging;
 mod node;
@@ -31,6 +32,8 @@ enum Command {
         /// Media type to store with it.
         #[arg(long = "type", value_name = "MEDIA_TYPE")]
         media_type: Option<String>,
+        #[command(flatten)]
+        creds: client::Creds,
     },
     /// Fetch an object by address, verifying it as it arrives.
     Get {
@@ -39,22 +42,36 @@ enum Command {
         /// Write here (atomically) instead of standard output.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        creds: client::Creds,
     },
     /// Show an object's size, media type, chunks, pin and damage, as JSON.
     Stat {
         /// `b3:<hex>`.
         address: String,
+        #[command(flatten)]
+        creds: client::Creds,
     },
     /// Keep an object through garbage collection.
     Pin {
         /// `b3:<hex>`.
         address: String,
+        #[command(flatten)]
+        creds: client::Creds,
     },
     /// Let garbage collection remove an object.
     Unpin {
         /// `b3:<hex>`.
         address: String,
+        #[command(flatten)]
+        creds: client::Creds,
     },
+    /// Ed25519 keys: create, show, rotate the node's signing key.
+    #[command(subcommand)]
+    Key(auth::KeyCommand),
+    /// Capability tokens: mint, attenuate, inspect.
+    #[command(subcommand)]
+    Cap(auth::CapCommand),
 }
 
 fn main() -> ExitCode {
@@ -71,13 +88,26 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let node = &cli.node;
+        let target = |creds: &client::Creds| client::Target::new(node, creds);
         match cli.command {
             Command::Node(args) => node::run(args).await,
-            Command::Put { file, media_type } => client::put(node, &file, media_type).await,
-            Command::Get { address, output } => client::get(node, &address, output.as_ref()).await,
-            Command::Stat { address } => client::stat(node, &address).await,
-            Command::Pin { address } => client::pin(node, &address, true).await,
-            Command::Unpin { address } => client::pin(node, &address, false).await,
+            Command::Put {
+                file,
+                media_type,
+                creds,
+            } => client::put(&target(&creds)?, &file, media_type).await,
+            Command::Get {
+                address,
+                output,
+                creds,
+            } => client::get(&target(&creds)?, &address, output.as_ref()).await,
+            Command::Stat { address, creds } => client::stat(&target(&creds)?, &address).await,
+            Command::Pin { address, creds } => client::pin(&target(&creds)?, &address, true).await,
+            Command::Unpin { address, creds } => {
+                client::pin(&target(&creds)?, &address, false).await
+            }
+            Command::Key(cmd) => auth::key(cmd, node).await,
+            Command::Cap(cmd) => auth::cap(cmd),
         }
     });
     match result {

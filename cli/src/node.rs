@@ -2,12 +2,13 @@
 //! supervisor, serves the gateway, and shuts down cleanly on Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use ron_auth::AuthSection;
 use ron_kernel::config::{FieldError, KernelSection, Section};
 use ron_kernel::health::Duty;
 use ron_kernel::{Bus, Config, HealthState, KernelEvent, Metrics, wait_for_ctrl_c};
@@ -18,7 +19,12 @@ use svc_index::Index;
 use svc_overlay::OverlayHandle;
 use svc_storage::{CpuPool, StorageSection, Store};
 
+use crate::auth::KeyHome;
 use crate::logging::{self, LogSection};
+
+/// How often the signing keys are checked for rotation (and for keys rotated by
+/// `ron key rotate`).
+const KEY_CHECK: Duration = Duration::from_secs(5);
 
 /// Manifests the index keeps in memory.
 const INDEX_CACHE: usize = 4096;
@@ -85,22 +91,32 @@ impl Section for NodeSection {
     }
 }
 
-fn build_config(args: &NodeArgs, metrics: &Metrics) -> anyhow::Result<Config> {
-    let mut builder = match &args.config {
+/// The config builder for a node's file: every section registered.
+fn config_builder(data_dir: &Path, file: Option<&Path>) -> ron_kernel::config::Builder {
+    let builder = match file {
         Some(file) => Config::builder().file(file),
-        None => Config::builder().optional_file(args.data_dir.join("ron.toml")),
+        None => Config::builder().optional_file(data_dir.join("ron.toml")),
     };
-    if let Some(addr) = args.gateway {
-        builder = builder.set("gateway.listen", addr.to_string());
-    }
-    Ok(builder
+    builder
         .register::<KernelSection>()
         .register::<GatewaySection>()
         .register::<LogSection>()
         .register::<NodeSection>()
         .register::<StorageSection>()
-        .metrics(metrics)
-        .build()?)
+        .register::<AuthSection>()
+}
+
+/// A node's config read by a command that works on its data dir without running it.
+pub(crate) fn offline_config(data_dir: &Path, file: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(config_builder(data_dir, file).build()?)
+}
+
+fn build_config(args: &NodeArgs, metrics: &Metrics) -> anyhow::Result<Config> {
+    let mut builder = config_builder(&args.data_dir, args.config.as_deref());
+    if let Some(addr) = args.gateway {
+        builder = builder.set("gateway.listen", addr.to_string());
+    }
+    Ok(builder.metrics(metrics).build()?)
 }
 
 /// Runs a node until Ctrl-C or SIGTERM.
@@ -133,6 +149,16 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let gateway = listener.local_addr()?;
 
+    let home = if args.amnesia {
+        KeyHome::Memory
+    } else {
+        KeyHome::Dir(&args.data_dir)
+    };
+    let (auth, rotated) = crate::auth::open(&home, &config.get::<AuthSection>())?;
+    let auth = Arc::new(auth);
+    crate::auth::issue_owner_token(&auth, &home, rotated)?;
+    tracing::info!(node_id = auth.node_id(), "identity");
+
     let mut sup = Supervisor::new(
         bus.clone(),
         metrics.clone(),
@@ -140,15 +166,16 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         Policy::default(),
     );
     {
-        let (config, bus, log) = (config.clone(), bus.clone(), log.clone());
+        let (config, bus, log, auth) = (config.clone(), bus.clone(), log.clone(), auth.clone());
         sup.spawn("config", Duty::Background, move |ctx| {
-            let (config, bus, log) = (config.clone(), bus.clone(), log.clone());
+            let (config, bus, log, auth) = (config.clone(), bus.clone(), log.clone(), auth.clone());
             async move {
                 let mut events = bus.subscribe();
                 let apply_log_levels = async {
                     while let Some(event) = events.recv().await {
                         if let KernelEvent::ConfigUpdated { .. } = event {
                             log.apply(&config.get::<LogSection>());
+                            auth.apply(&config.get::<AuthSection>());
                         }
                     }
                 };
@@ -198,7 +225,42 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         });
     }
     {
+        let (auth, config) = (auth.clone(), config.clone());
+        let (data_dir, amnesia) = (args.data_dir.clone(), args.amnesia);
+        sup.spawn("auth-keys", Duty::Background, move |ctx| {
+            let (auth, config, data_dir) = (auth.clone(), config.clone(), data_dir.clone());
+            async move {
+                // Config updates reach `auth` through the bus at once; this catches one a
+                // lagging subscriber missed.
+                let mut applied = config.version();
+                let home = if amnesia {
+                    KeyHome::Memory
+                } else {
+                    KeyHome::Dir(&data_dir)
+                };
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(KEY_CHECK) => {}
+                        () = ctx.shutdown.cancelled() => return Ok::<(), String>(()),
+                    }
+                    if config.version() != applied {
+                        applied = config.version();
+                        auth.apply(&config.get::<AuthSection>());
+                    }
+                    let done = auth
+                        .maintain(ron_auth::unix_now())
+                        .map_err(|e| e.to_string())?;
+                    if done.rotated {
+                        crate::auth::issue_owner_token(&auth, &home, true)
+                            .map_err(|e| format!("{e:#}"))?;
+                    }
+                }
+            }
+        });
+    }
+    {
         let state = AppState {
+            auth: auth.clone(),
             traffic: svc_gateway::Traffic::new(&metrics),
             metrics: metrics.clone(),
             health: health.clone(),

@@ -222,6 +222,8 @@ async fn one_gib_round_trip_matches_b3sum() {
             file.to_str().unwrap(),
             "-H",
             "expect:",
+            "-H",
+            &format!("authorization: Bearer {}", node.token),
             &url,
         ])
         .output()
@@ -461,7 +463,7 @@ async fn uploads_over_the_limit_are_refused_early() {
     // Chunked, no length: refused as soon as the stream passes the limit.
     let host = node.url.strip_prefix("http://").unwrap();
     let mut conn = tokio::net::TcpStream::connect(host).await.unwrap();
-    let mut request = format!("POST /put HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n").into_bytes();
+    let mut request = format!("POST /put HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {}\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n", node.token).into_bytes();
     for _ in 0..11 {
         request.extend_from_slice(format!("{:x}\r\n", 100_000).as_bytes());
         request.extend_from_slice(&[1u8; 100_000]);
@@ -495,7 +497,8 @@ async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
     let mut conn = tokio::net::TcpStream::connect(host).await.unwrap();
     conn.write_all(
         format!(
-            "POST /put HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n\r\n",
+            "POST /put HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {}\r\ncontent-length: {}\r\n\r\n",
+            node.token,
             20 * MIB
         )
         .as_bytes(),

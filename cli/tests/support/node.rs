@@ -15,7 +15,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ron");
 pub struct Node {
     pub child: Child,
     pub url: String,
+    /// A client that presents the owner's token.
     pub http: reqwest::Client,
+    /// The owner's token.
+    pub token: String,
+    pub data_dir: std::path::PathBuf,
 }
 
 impl Node {
@@ -36,10 +40,25 @@ impl Node {
             .args(extra)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         adjust(&mut cmd);
         let mut child = cmd.spawn().expect("spawn ron node");
+        // Under amnesia the owner token is shown once on stderr; read it, then keep draining
+        // stderr so the node never blocks on a full pipe.
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (token_tx, token_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            let mut token_tx = Some(token_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some((_, token)) = line.split_once("shown once): ")
+                    && let Some(tx) = token_tx.take()
+                {
+                    let _ = tx.send(token.trim().to_owned());
+                }
+            }
+        });
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let line = timeout(Duration::from_secs(60), lines.next_line())
@@ -51,11 +70,37 @@ impl Node {
             .strip_prefix("ron node: gateway ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
+        let token = if extra.contains(&"--amnesia") {
+            timeout(Duration::from_secs(10), token_rx)
+                .await
+                .expect("amnesia node printed its owner token")
+                .expect("token line")
+        } else {
+            std::fs::read_to_string(data_dir.join("owner.token"))
+                .expect("owner.token written at start")
+                .trim()
+                .to_owned()
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("header value"),
+        );
         Node {
             child,
             url,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .expect("client"),
+            token,
+            data_dir: data_dir.to_owned(),
         }
+    }
+
+    /// A client without credentials.
+    pub fn anonymous(&self) -> reqwest::Client {
+        reqwest::Client::new()
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
@@ -120,6 +165,8 @@ impl Node {
         Command::new(BIN)
             .args(args)
             .env("RON_NODE", &self.url)
+            .env("RON_DATA_DIR", &self.data_dir)
+            .env("RON_TOKEN", &self.token)
             .output()
             .await
             .expect("run ron")

@@ -189,6 +189,15 @@ pub struct Auth {
     counters: Mutex<Counters>,
 }
 
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("node_id", &self.node_id())
+            .field("keys", &self.ring.keys().len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
     SystemTime::now()

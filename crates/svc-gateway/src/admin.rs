@@ -67,6 +67,8 @@ pub struct AppState {
     pub overlay: svc_overlay::OverlayHandle,
     /// Byte counters.
     pub traffic: Traffic,
+    /// Identity and capabilities.
+    pub auth: std::sync::Arc<ron_auth::Auth>,
 }
 
 /// The gateway's routes with their middleware.
@@ -140,7 +142,16 @@ async fn status(State(state): State<AppState>) -> Response {
         Err(e) => json!({"error": e.to_string()}),
     };
     let index = state.overlay.index().stats();
+    let signing = state.auth.ring().active().map(|k| {
+        json!({"id": k.id, "public_key": ron_auth::public_text(&k.key.public()), "created": k.created})
+    });
     Json(json!({
+        "node_id": state.auth.node_id(),
+        "auth": {
+            "signing_key": signing,
+            "writes_need_token": state.auth.requires_token(ron_auth::token::Op::Put),
+            "reads_need_token": state.auth.requires_token(ron_auth::token::Op::Get),
+        },
         "storage": storage,
         "index": {"hits": index.hits, "misses": index.misses, "cached": index.cached},
         "version": state.extra.version,
@@ -211,6 +222,15 @@ mod tests {
                 gateway: SocketAddr::from(([127, 0, 0, 1], 7700)),
             },
             overlay: test_overlay(),
+            auth: std::sync::Arc::new(
+                ron_auth::Auth::new(
+                    ron_auth::NodeIdentity::ephemeral(),
+                    ron_auth::KeyRing::in_memory(),
+                    &ron_auth::AuthSection::default(),
+                    ron_auth::unix_now(),
+                )
+                .unwrap(),
+            ),
         }
     }
 

@@ -16,6 +16,9 @@ use serde_json::json;
 use svc_overlay::OverlayError;
 use svc_storage::{ObjectReader, PutError, PutOptions};
 
+use ron_auth::token::Op;
+
+use crate::auth::authorize;
 use crate::{AppState, GatewaySection, error_response};
 
 /// Header naming the address an upload must have.
@@ -48,7 +51,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Addr {
 }
 
 /// Counts a refused request in `rejected_total{reason}`.
-fn reject(state: &AppState, reason: &str) {
+pub(crate) fn reject(state: &AppState, reason: &str) {
     state
         .metrics
         .rejected()
@@ -76,6 +79,10 @@ fn etag(addr: &Address) -> String {
 
 /// `POST /put`: the raw body, streamed into the store.
 pub(crate) async fn put(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let grant = match authorize(&state, &headers, Op::Put, "/put") {
+        Ok(grant) => grant,
+        Err(response) => return response,
+    };
     let limit = state.config.get::<GatewaySection>().max_put_bytes;
     let announced = headers
         .get(header::CONTENT_LENGTH)
@@ -106,6 +113,18 @@ pub(crate) async fn put(State(state): State<AppState>, headers: HeaderMap, body:
         Some(Ok(mt)) => Some(mt.to_owned()),
         Some(Err(_)) => return bad(ErrorKind::BadInput, "content-type is not visible ASCII"),
     };
+    // Bytes count against the token's budget as they arrive (all at once when the length is
+    // announced); an upload that does not complete gives them back.
+    let mut charge = Charge {
+        grant: &grant,
+        charged: 0,
+        kept: false,
+    };
+    if let Some(n) = announced
+        && let Err(d) = charge.add(n)
+    {
+        return crate::auth::denied(&state, &d);
+    }
     let options = PutOptions {
         media_type,
         expect,
@@ -128,12 +147,18 @@ pub(crate) async fn put(State(state): State<AppState>, headers: HeaderMap, body:
             }
         };
         state.traffic.received.inc_by(piece.len() as u64);
+        if announced.is_none()
+            && let Err(d) = charge.add(piece.len() as u64)
+        {
+            return crate::auth::denied(&state, &d);
+        }
         if let Err(e) = writer.writer.write(&piece).await {
             return put_error(&state, e);
         }
     }
     match writer.writer.finish().await {
         Ok(stored) => {
+            charge.kept = true;
             let status = if stored.created {
                 StatusCode::CREATED
             } else {
@@ -151,6 +176,29 @@ pub(crate) async fn put(State(state): State<AppState>, headers: HeaderMap, body:
             response
         }
         Err(e) => put_error(&state, e),
+    }
+}
+
+/// Bytes charged to an upload's grant, refunded on drop unless the upload was kept.
+struct Charge<'a> {
+    grant: &'a ron_auth::Grant,
+    charged: u64,
+    kept: bool,
+}
+
+impl Charge<'_> {
+    fn add(&mut self, bytes: u64) -> Result<(), ron_auth::Denied> {
+        self.grant.charge(bytes)?;
+        self.charged += bytes;
+        Ok(())
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        if !self.kept && self.charged > 0 {
+            self.grant.refund(self.charged);
+        }
     }
 }
 
@@ -279,6 +327,9 @@ pub(crate) async fn get(
     Addr(addr): Addr,
     headers: HeaderMap,
 ) -> Response {
+    if let Err(response) = authorize(&state, &headers, Op::Get, &format!("/o/{addr}")) {
+        return response;
+    }
     let reader = match state.overlay.open(addr).await {
         Ok(Some(r)) => r,
         Ok(None) => return not_found(&addr),
@@ -392,7 +443,14 @@ pub(crate) async fn get(
 }
 
 /// `GET /stat/{addr}`.
-pub(crate) async fn stat(State(state): State<AppState>, Addr(addr): Addr) -> Response {
+pub(crate) async fn stat(
+    State(state): State<AppState>,
+    Addr(addr): Addr,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = authorize(&state, &headers, Op::Stat, &format!("/stat/{addr}")) {
+        return response;
+    }
     match state.overlay.stat(addr).await {
         Ok(Some(stat)) => Json(stat).into_response(),
         Ok(None) => not_found(&addr),
@@ -400,7 +458,11 @@ pub(crate) async fn stat(State(state): State<AppState>, Addr(addr): Addr) -> Res
     }
 }
 
-async fn set_pin(state: AppState, addr: Address, pinned: bool) -> Response {
+async fn set_pin(state: AppState, headers: HeaderMap, addr: Address, pinned: bool) -> Response {
+    let op = if pinned { Op::Pin } else { Op::Unpin };
+    if let Err(response) = authorize(&state, &headers, op, &format!("/pin/{addr}")) {
+        return response;
+    }
     match state.overlay.set_pinned(addr, pinned).await {
         Ok(true) => Json(json!({"address": addr, "pinned": pinned})).into_response(),
         Ok(false) => not_found(&addr),
@@ -409,11 +471,19 @@ async fn set_pin(state: AppState, addr: Address, pinned: bool) -> Response {
 }
 
 /// `POST /pin/{addr}`.
-pub(crate) async fn pin(State(state): State<AppState>, Addr(addr): Addr) -> Response {
-    set_pin(state, addr, true).await
+pub(crate) async fn pin(
+    State(state): State<AppState>,
+    Addr(addr): Addr,
+    headers: HeaderMap,
+) -> Response {
+    set_pin(state, headers, addr, true).await
 }
 
 /// `DELETE /pin/{addr}`.
-pub(crate) async fn unpin(State(state): State<AppState>, Addr(addr): Addr) -> Response {
-    set_pin(state, addr, false).await
+pub(crate) async fn unpin(
+    State(state): State<AppState>,
+    Addr(addr): Addr,
+    headers: HeaderMap,
+) -> Response {
+    set_pin(state, headers, addr, false).await
 }

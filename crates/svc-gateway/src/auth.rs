@@ -1,0 +1,93 @@
+//! Capabilities at the HTTP edge: `Authorization: Bearer <token>` checked by [`ron_auth::Auth`],
+//! refusals in the shared error shape (401 with `WWW-Authenticate`, 403, 429 with
+//! `Retry-After`).
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
+use ron_auth::token::Op;
+use ron_auth::{Denied, Grant, Request};
+use ron_proto::ErrorBody;
+
+use crate::AppState;
+use crate::error::error_response;
+use crate::objects::reject;
+
+/// Checks the request's bearer token for `op` on `path`.
+pub(crate) fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    op: Op,
+    path: &str,
+) -> Result<Grant, Response> {
+    if !state.auth.requires_token(op) {
+        return Ok(Grant::open());
+    }
+    let token = match headers.get(header::AUTHORIZATION).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(value)) => match bearer(value) {
+            Some(token) => Some(token),
+            None => {
+                return Err(denied(
+                    state,
+                    &Denied::Unauthenticated(
+                        "the Authorization header must be `Bearer <token>`".into(),
+                    ),
+                ));
+            }
+        },
+        Some(Err(_)) => {
+            return Err(denied(
+                state,
+                &Denied::Unauthenticated("the Authorization header is not ASCII".into()),
+            ));
+        }
+    };
+    state
+        .auth
+        .authorize(token, &Request { op, path })
+        .map_err(|d| denied(state, &d))
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive, RFC 9110).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The response for a refusal, counted in `rejected_total{reason}`.
+pub(crate) fn denied(state: &AppState, denied: &Denied) -> Response {
+    let kind = denied.kind();
+    reject(state, kind.code());
+    let mut body = ErrorBody::new(kind, denied.to_string());
+    match denied {
+        Denied::RateLimited { retry_after } => {
+            let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+            body = body.retry_after_ms(ms.max(1));
+        }
+        Denied::Busy => body = body.retry_after_ms(fastrand::u64(1000..=5000)),
+        Denied::Unauthenticated(_) | Denied::Forbidden(_) => {}
+    }
+    let mut response = error_response(kind, &body);
+    if let Denied::Unauthenticated(_) = denied {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"ron\""),
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn bearer_tokens_are_found() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer"), None);
+        assert_eq!(bearer("Bearer "), None);
+    }
+}
