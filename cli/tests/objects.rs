@@ -621,11 +621,40 @@ async fn amnesia_writes_nothing_anywhere() {
             .unwrap()
             == bytes
     );
-    for d in [&home, &tmp, &cwd, &data_dir] {
-        assert!(
-            std::fs::read_dir(d).unwrap().next().is_none(),
-            "{} is not empty",
-            d.display()
-        );
-    }
+    // Writes still need the owner's token (shown once on stderr, kept nowhere).
+    let res = node
+        .anonymous()
+        .post(format!("{}/put", node.url))
+        .body("stranger")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let out = node.cli(&["pin", &addr]).await;
+    assert!(out.status.success());
+    assert!(
+        node.status().await["node_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("12D3KooW")
+    );
+    // Nothing anywhere, during the run and after a clean exit.
+    let empty = |when: &str| {
+        for d in [&home, &tmp, &cwd, &data_dir] {
+            assert!(
+                std::fs::read_dir(d).unwrap().next().is_none(),
+                "{} is not empty {when}",
+                d.display()
+            );
+        }
+    };
+    empty("while running");
+    let mut node = node;
+    node.signal("-TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(20), node.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success());
+    empty("after exit");
 }

@@ -12,40 +12,28 @@ use crate::AppState;
 use crate::error::error_response;
 use crate::objects::reject;
 
-/// Checks the request's bearer token for `op` on `path`.
+/// Checks the request's bearer token for `op` on `path`; answer a refusal with [`denied`].
 pub(crate) fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     op: Op,
     path: &str,
-) -> Result<Grant, Response> {
+) -> Result<Grant, Denied> {
     if !state.auth.requires_token(op) {
         return Ok(Grant::open());
     }
     let token = match headers.get(header::AUTHORIZATION).map(|v| v.to_str()) {
         None => None,
-        Some(Ok(value)) => match bearer(value) {
-            Some(token) => Some(token),
-            None => {
-                return Err(denied(
-                    state,
-                    &Denied::Unauthenticated(
-                        "the Authorization header must be `Bearer <token>`".into(),
-                    ),
-                ));
-            }
-        },
+        Some(Ok(value)) => Some(bearer(value).ok_or_else(|| {
+            Denied::Unauthenticated("the Authorization header must be `Bearer <token>`".into())
+        })?),
         Some(Err(_)) => {
-            return Err(denied(
-                state,
-                &Denied::Unauthenticated("the Authorization header is not ASCII".into()),
+            return Err(Denied::Unauthenticated(
+                "the Authorization header is not ASCII".into(),
             ));
         }
     };
-    state
-        .auth
-        .authorize(token, &Request { op, path })
-        .map_err(|d| denied(state, &d))
+    state.auth.authorize(token, &Request { op, path })
 }
 
 /// The token of `Bearer <token>` (scheme case-insensitive, RFC 9110).

@@ -18,7 +18,7 @@ use svc_storage::{ObjectReader, PutError, PutOptions};
 
 use ron_auth::token::Op;
 
-use crate::auth::authorize;
+use crate::auth::{authorize, denied};
 use crate::{AppState, GatewaySection, error_response};
 
 /// Header naming the address an upload must have.
@@ -81,7 +81,7 @@ fn etag(addr: &Address) -> String {
 pub(crate) async fn put(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let grant = match authorize(&state, &headers, Op::Put, "/put") {
         Ok(grant) => grant,
-        Err(response) => return response,
+        Err(d) => return denied(&state, &d),
     };
     let limit = state.config.get::<GatewaySection>().max_put_bytes;
     let announced = headers
@@ -123,7 +123,7 @@ pub(crate) async fn put(State(state): State<AppState>, headers: HeaderMap, body:
     if let Some(n) = announced
         && let Err(d) = charge.add(n)
     {
-        return crate::auth::denied(&state, &d);
+        return denied(&state, &d);
     }
     let options = PutOptions {
         media_type,
@@ -150,7 +150,7 @@ pub(crate) async fn put(State(state): State<AppState>, headers: HeaderMap, body:
         if announced.is_none()
             && let Err(d) = charge.add(piece.len() as u64)
         {
-            return crate::auth::denied(&state, &d);
+            return denied(&state, &d);
         }
         if let Err(e) = writer.writer.write(&piece).await {
             return put_error(&state, e);
@@ -327,8 +327,11 @@ pub(crate) async fn get(
     Addr(addr): Addr,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = authorize(&state, &headers, Op::Get, &format!("/o/{addr}")) {
-        return response;
+    // Reads are open unless config says otherwise: skip building the path then.
+    if state.auth.requires_token(Op::Get)
+        && let Err(d) = authorize(&state, &headers, Op::Get, &format!("/o/{addr}"))
+    {
+        return denied(&state, &d);
     }
     let reader = match state.overlay.open(addr).await {
         Ok(Some(r)) => r,
@@ -448,8 +451,10 @@ pub(crate) async fn stat(
     Addr(addr): Addr,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = authorize(&state, &headers, Op::Stat, &format!("/stat/{addr}")) {
-        return response;
+    if state.auth.requires_token(Op::Stat)
+        && let Err(d) = authorize(&state, &headers, Op::Stat, &format!("/stat/{addr}"))
+    {
+        return denied(&state, &d);
     }
     match state.overlay.stat(addr).await {
         Ok(Some(stat)) => Json(stat).into_response(),
@@ -460,8 +465,8 @@ pub(crate) async fn stat(
 
 async fn set_pin(state: AppState, headers: HeaderMap, addr: Address, pinned: bool) -> Response {
     let op = if pinned { Op::Pin } else { Op::Unpin };
-    if let Err(response) = authorize(&state, &headers, op, &format!("/pin/{addr}")) {
-        return response;
+    if let Err(d) = authorize(&state, &headers, op, &format!("/pin/{addr}")) {
+        return denied(&state, &d);
     }
     match state.overlay.set_pinned(addr, pinned).await {
         Ok(true) => Json(json!({"address": addr, "pinned": pinned})).into_response(),
