@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use biscuit_auth::builder::Term;
+use biscuit_auth::builder::{Check, CheckKind, Fact, Policy, Rule, Term, fact};
 use biscuit_auth::error::{FailedCheck, Logic, Token as BiscuitError};
 use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits, Biscuit, PublicKey};
 use lru::LruCache;
@@ -158,6 +158,22 @@ struct Checked {
     lineage: [u8; 32],
     budgets: Vec<(i64, u64)>,
     rates: Vec<(i64, u32, u64)>,
+    /// The token's checks as plain constraints, when every one has a form this crate mints
+    /// (see [`native_checks`]); `None` means the general Datalog evaluation runs.
+    native: Option<Vec<Constraint>>,
+}
+
+/// One check of a token, in a form evaluated without Datalog.
+#[derive(Debug, Clone)]
+enum Constraint {
+    /// `check if time($t), $t < DATE`
+    Before(u64),
+    /// `check if operation($op), {…}.contains($op)`
+    OpIn(Vec<String>),
+    /// `check if path($p), $p.starts_with("…")`
+    PathPrefix(String),
+    /// `check if audience("…")`
+    Audience(String),
 }
 
 /// Which keys and tokens are trusted right now.
@@ -187,6 +203,9 @@ pub struct Auth {
     trust: RwLock<Arc<Trust>>,
     cache: Mutex<LruCache<[u8; 32], Arc<Checked>>>,
     counters: Mutex<Counters>,
+    /// `allow if true`, parsed once: the token's checks decide.
+    allow: Policy,
+    datalog_only: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Auth {
@@ -229,6 +248,9 @@ impl Auth {
                 NonZeroUsize::new(CACHE).unwrap_or(NonZeroUsize::MIN),
             )),
             counters: Mutex::new(Counters::default()),
+            allow: Policy::try_from("allow if true")
+                .map_err(|e| KeyError::Malformed(format!("policy: {e}")))?,
+            datalog_only: std::sync::atomic::AtomicBool::new(false),
         };
         auth.maintain(now)?;
         Ok(auth)
@@ -398,7 +420,12 @@ impl Auth {
         {
             return Err(Denied::Unauthenticated("the token is revoked".into()));
         }
-        self.run_checks(&checked.token, now, request)?;
+        match &checked.native {
+            Some(constraints) if !self.datalog_only.load(Ordering::Relaxed) => {
+                self.check_native(constraints, now, request)?;
+            }
+            _ => self.run_checks(&checked.token, now, request)?,
+        }
         self.count(&checked, now_ms)
     }
 
@@ -437,7 +464,7 @@ impl Auth {
         let (token, root) = token;
         let revocation = token.revocation_identifiers();
         let lineage = *blake3::hash(revocation.first().map_or(&[][..], |v| v)).as_bytes();
-        let (budgets, rates) = stateful_caveats(&token).map_err(|e| {
+        let (budgets, rates, native) = read_caveats(&token).map_err(|e| {
             Denied::Unauthenticated(format!("the token's caveats cannot be read: {e}"))
         })?;
         let checked = Arc::new(Checked {
@@ -448,6 +475,7 @@ impl Auth {
             lineage,
             budgets,
             rates,
+            native,
         });
         self.cache
             .lock()
@@ -456,21 +484,72 @@ impl Auth {
         Ok(checked)
     }
 
+    /// Evaluates constraints read from the token: the same decisions as Datalog (a property
+    /// test holds the two to it), without building a Datalog world per request.
+    fn check_native(
+        &self,
+        constraints: &[Constraint],
+        now: u64,
+        request: &Request<'_>,
+    ) -> Result<(), Denied> {
+        let mut failed = Vec::new();
+        for c in constraints {
+            let ok = match c {
+                Constraint::Before(at) => now < *at,
+                Constraint::OpIn(ops) => ops.iter().any(|op| op == request.op.as_str()),
+                Constraint::PathPrefix(prefix) => request.path.starts_with(prefix.as_str()),
+                Constraint::Audience(audience) => audience == self.node_id(),
+            };
+            if !ok {
+                if let Constraint::Before(_) = c {
+                    return Err(Denied::Unauthenticated("the token has expired".into()));
+                }
+                failed.push(c);
+            }
+        }
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let what: Vec<String> = failed
+            .iter()
+            .map(|c| match c {
+                Constraint::OpIn(ops) => format!("operations {}", ops.join(", ")),
+                Constraint::PathPrefix(p) => format!("paths under {p}"),
+                Constraint::Audience(a) => format!("node {a}"),
+                Constraint::Before(_) => String::new(),
+            })
+            .collect();
+        Err(Denied::Forbidden(format!(
+            "the token does not allow {} {}: it is limited to {}",
+            request.op,
+            request.path,
+            what.join("; ")
+        )))
+    }
+
+    /// Evaluate every token through Datalog, never the constraint fast path (for tests that
+    /// hold the two to the same decisions).
+    #[doc(hidden)]
+    pub fn set_datalog_only(&self, on: bool) {
+        self.datalog_only.store(on, Ordering::Relaxed);
+    }
+
     fn run_checks(&self, token: &Biscuit, now: u64, request: &Request<'_>) -> Result<(), Denied> {
-        let facts =
-            "time({now}); operation({op}); path({path}); audience({audience}); allow if true;";
-        let params = HashMap::from([
-            ("now".to_owned(), Term::Date(now)),
-            ("op".to_owned(), Term::Str(request.op.as_str().to_owned())),
-            ("path".to_owned(), Term::Str(request.path.to_owned())),
-            ("audience".to_owned(), Term::Str(self.node_id().to_owned())),
-        ]);
         let limits = AuthorizerLimits {
             max_time: Duration::from_millis(20),
             ..AuthorizerLimits::default()
         };
-        let result = AuthorizerBuilder::new()
-            .code_with_params(facts, params, HashMap::new())
+        // Facts built directly (no Datalog parsing on the request path).
+        let facts = [
+            fact("time", &[Term::Date(now)]),
+            fact("operation", &[Term::Str(request.op.as_str().to_owned())]),
+            fact("path", &[Term::Str(request.path.to_owned())]),
+            fact("audience", &[Term::Str(self.node_id().to_owned())]),
+        ];
+        let result = facts
+            .into_iter()
+            .try_fold(AuthorizerBuilder::new(), AuthorizerBuilder::fact)
+            .and_then(|b| b.policy(self.allow.clone()))
             .map(|b| b.set_limits(limits))
             .and_then(|b| b.build(token))
             .and_then(|mut a| a.authorize());
@@ -581,11 +660,17 @@ fn refill(bucket: &Bucket, now_ms: u64) -> f64 {
     elapsed * bucket.capacity / bucket.per_ms
 }
 
-type Stateful = (Vec<(i64, u64)>, Vec<(i64, u32, u64)>);
+type Caveated = (
+    Vec<(i64, u64)>,
+    Vec<(i64, u32, u64)>,
+    Option<Vec<Constraint>>,
+);
 
-/// Every `ron_budget` and `ron_rate` fact of every block.
-fn stateful_caveats(token: &Biscuit) -> Result<Stateful, BiscuitError> {
+/// Every `ron_budget` and `ron_rate` fact of every block, and the checks as constraints
+/// when they allow it.
+fn read_caveats(token: &Biscuit) -> Result<Caveated, BiscuitError> {
     let mut authorizer = AuthorizerBuilder::new().build(token)?;
+    let native = native_checks(&authorizer.dump());
     let budgets: Vec<(i64, i64)> =
         authorizer.query_all("budget($b, $id) <- ron_budget($b, $id)")?;
     let rates: Vec<(i64, i64, i64)> =
@@ -603,5 +688,139 @@ fn stateful_caveats(token: &Biscuit) -> Result<Stateful, BiscuitError> {
             Ok((id, n, ms))
         })
         .collect::<Result<_, BiscuitError>>()?;
-    Ok((budgets, rates))
+    Ok((budgets, rates, native))
+}
+
+/// The token's checks as constraints, if the token has no rules, no facts besides budgets
+/// and rates, and only checks of the four forms [`crate::token`] writes. Then every check
+/// sees exactly the request's facts, one of each, and reduces to a comparison.
+fn native_checks(
+    (facts, rules, checks, _): &(Vec<Fact>, Vec<Rule>, Vec<Check>, Vec<Policy>),
+) -> Option<Vec<Constraint>> {
+    let only_counters = facts
+        .iter()
+        .all(|f| matches!(f.predicate.name.as_str(), "ron_budget" | "ron_rate"));
+    if !rules.is_empty() || !only_counters {
+        return None;
+    }
+    checks.iter().map(native_check).collect()
+}
+
+fn native_check(check: &Check) -> Option<Constraint> {
+    use biscuit_auth::builder::{Binary, Op as X};
+    let [query] = check.queries.as_slice() else {
+        return None;
+    };
+    if check.kind != CheckKind::One || !query.scopes.is_empty() {
+        return None;
+    }
+    let [pred] = query.body.as_slice() else {
+        return None;
+    };
+    let var = match pred.terms.as_slice() {
+        [Term::Variable(v)] => Some(v),
+        _ => None,
+    };
+    let ops: Option<&[X]> = match query.expressions.as_slice() {
+        [] => None,
+        [e] => Some(&e.ops),
+        _ => return None,
+    };
+    match (pred.name.as_str(), var, ops) {
+        (
+            "time",
+            Some(v),
+            Some(
+                [
+                    X::Value(Term::Variable(a)),
+                    X::Value(Term::Date(at)),
+                    X::Binary(Binary::LessThan),
+                ],
+            ),
+        ) if a == v => Some(Constraint::Before(*at)),
+        (
+            "operation",
+            Some(v),
+            Some(
+                [
+                    X::Value(Term::Set(set)),
+                    X::Value(Term::Variable(a)),
+                    X::Binary(Binary::Contains),
+                ],
+            ),
+        ) if a == v => set
+            .iter()
+            .map(|t| match t {
+                Term::Str(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(Constraint::OpIn),
+        (
+            "path",
+            Some(v),
+            Some(
+                [
+                    X::Value(Term::Variable(a)),
+                    X::Value(Term::Str(p)),
+                    X::Binary(Binary::Prefix),
+                ],
+            ),
+        ) if a == v => Some(Constraint::PathPrefix(p.clone())),
+        ("audience", None, None) => match pred.terms.as_slice() {
+            [Term::Str(a)] => Some(Constraint::Audience(a.clone())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use biscuit_auth::{BlockBuilder, UnverifiedBiscuit};
+
+    use super::*;
+    use crate::keys::SigningKey;
+
+    fn verified(key: &SigningKey, text: &str) -> Biscuit {
+        UnverifiedBiscuit::from_base64(text)
+            .unwrap()
+            .verify(key.public())
+            .unwrap()
+    }
+
+    #[test]
+    fn minted_checks_take_the_fast_path_and_foreign_ones_do_not() {
+        let key = SigningKey::generate();
+        let caveats = Caveats {
+            expires_at: Some(1_800_000_000),
+            ops: [Op::Put, Op::Pin].into(),
+            path_prefix: Some("/p".into()),
+            audience: Some("12D3KooWx".into()),
+            max_bytes: Some(5),
+            rate: None,
+        };
+        let text = token::mint(&key, &caveats).unwrap();
+        let (budgets, _, native) = read_caveats(&verified(&key, &text)).unwrap();
+        assert_eq!(budgets.len(), 1);
+        let native = native.expect("every check has a known form");
+        assert_eq!(native.len(), 4, "{native:?}");
+
+        // A hand-written block with a fact or a rule: back to Datalog.
+        for code in [
+            "operation(\"get\");",
+            "operation($x) <- path($x);",
+            "check if time($t), $t > 2020-01-01T00:00:00Z;",
+            "check all operation($op), $op == \"put\";",
+        ] {
+            let child = UnverifiedBiscuit::from_base64(&text)
+                .unwrap()
+                .append(BlockBuilder::new().code(code).unwrap())
+                .unwrap()
+                .to_base64()
+                .unwrap();
+            let (_, _, native) = read_caveats(&verified(&key, &child)).unwrap();
+            assert!(native.is_none(), "{code}");
+        }
+    }
 }

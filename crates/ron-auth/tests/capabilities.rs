@@ -90,6 +90,32 @@ proptest! {
         }
     }
 
+    /// The constraint fast path decides exactly as the Datalog evaluation does.
+    #[test]
+    fn the_fast_path_agrees_with_datalog(
+        parent in caveats_strategy(),
+        child in caveats_strategy(),
+        probes in proptest::collection::vec((0usize..5, 0usize..5, 0u64..5 * DAY), 1..12),
+    ) {
+        let auth = node(&AuthSection::default());
+        let parent_token = auth.mint(&bind(parent, &auth)).unwrap();
+        let child = bind(child, &auth);
+        let token = if child.is_empty() {
+            parent_token
+        } else {
+            attenuate(&parent_token, &child).unwrap()
+        };
+        for (op, path, offset) in probes {
+            let r = req(Op::ALL[op], PATHS[path]);
+            let now = at(T0 + offset);
+            auth.set_datalog_only(false);
+            let fast = auth.authorize_at(now, Some(&token), &r).err().map(|d| d.kind());
+            auth.set_datalog_only(true);
+            let slow = auth.authorize_at(now, Some(&token), &r).err().map(|d| d.kind());
+            prop_assert_eq!(fast, slow, "{:?} at +{}s", r, offset);
+        }
+    }
+
     /// A byte budget added by attenuation can only shrink what may be uploaded.
     #[test]
     fn attenuated_budgets_never_exceed_the_parent(parent in 1u64..10_000, child in 1u64..20_000) {
