@@ -44,6 +44,14 @@ pub(crate) struct NodeArgs {
     /// Address of the HTTP gateway [config: gateway.listen; default 127.0.0.1:7700].
     #[arg(long, value_name = "ADDR")]
     gateway: Option<SocketAddr>,
+    /// Address of the TLS gateway, HTTP/1.1 and HTTP/2 [config: gateway.tls_listen; default
+    /// 127.0.0.1:7443]. Needs gateway.tls_cert and tls_key, or --tls-self-signed.
+    #[arg(long, value_name = "ADDR")]
+    gateway_tls: Option<SocketAddr>,
+    /// Serve TLS with a self-signed development certificate, created in `<data dir>/tls/`
+    /// on first use (in memory under --amnesia).
+    #[arg(long)]
+    tls_self_signed: bool,
     /// Where the node keeps its data; `ron.toml` here is read when present.
     #[arg(
         long,
@@ -116,7 +124,54 @@ fn build_config(args: &NodeArgs, metrics: &Metrics) -> anyhow::Result<Config> {
     if let Some(addr) = args.gateway {
         builder = builder.set("gateway.listen", addr.to_string());
     }
+    if let Some(addr) = args.gateway_tls {
+        builder = builder.set("gateway.tls_listen", addr.to_string());
+    }
     Ok(builder.metrics(metrics).build()?)
+}
+
+type TlsListener = (
+    std::net::TcpListener,
+    Arc<ron_transport::rustls::ServerConfig>,
+);
+
+/// The TLS listener, bound, with its configuration: from `gateway.tls_cert`/`tls_key`, or a
+/// self-signed development certificate; `None` when neither is asked for.
+fn tls_listener(args: &NodeArgs, section: &GatewaySection) -> anyhow::Result<Option<TlsListener>> {
+    let material = match (&section.tls_cert, &section.tls_key, args.tls_self_signed) {
+        (Some(cert), Some(key), false) => ron_transport::TlsMaterial::from_pem_files(cert, key)?,
+        (Some(_), Some(_), true) => {
+            anyhow::bail!("--tls-self-signed and gateway.tls_cert are exclusive")
+        }
+        (_, _, true) => {
+            let mut names = vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+            ];
+            if !section.tls_listen.ip().is_unspecified() {
+                names.push(section.tls_listen.ip().to_string());
+            }
+            if args.amnesia {
+                tracing::info!("self-signed certificate kept in memory (amnesia)");
+                ron_transport::DevCertificate::generate(&names)?.material()
+            } else {
+                let (material, path) = ron_transport::DevCertificate::load_or_create(
+                    &args.data_dir.join("tls"),
+                    &names,
+                )?;
+                tracing::info!(cert = %path.display(), "TLS with a self-signed certificate");
+                material
+            }
+        }
+        _ => return Ok(None),
+    };
+    let config = ron_transport::server_config(material, &svc_gateway::ALPN)?;
+    let listen = section.tls_listen;
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(Some((listener, config)))
 }
 
 /// Runs a node until Ctrl-C or SIGTERM.
@@ -148,6 +203,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     listener.set_nonblocking(true)?;
     let gateway = listener.local_addr()?;
+    let tls = tls_listener(&args, &config.get::<GatewaySection>())?;
 
     let home = if args.amnesia {
         KeyHome::Memory
@@ -258,32 +314,50 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
             }
         });
     }
-    {
-        let state = AppState {
-            auth: auth.clone(),
-            traffic: svc_gateway::Traffic::new(&metrics),
-            metrics: metrics.clone(),
-            health: health.clone(),
-            config: config.clone(),
-            started,
-            extra: StatusExtra {
-                version: env!("CARGO_PKG_VERSION"),
-                gateway,
-            },
-            overlay,
-        };
-        sup.spawn("gateway", Duty::ReadsAndWrites, move |ctx| {
-            let (listener, state) = (listener.try_clone(), state.clone());
-            async move {
-                let listener = tokio::net::TcpListener::from_std(listener?)?;
-                svc_gateway::serve(listener, state, ctx.shutdown.clone()).await
-            }
-        });
-    }
+    let state = AppState {
+        auth: auth.clone(),
+        traffic: svc_gateway::Traffic::new(&metrics),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        config: config.clone(),
+        started,
+        extra: StatusExtra {
+            version: env!("CARGO_PKG_VERSION"),
+            gateway,
+        },
+        overlay,
+    };
+    let tls_state = state.clone();
+    sup.spawn("gateway", Duty::ReadsAndWrites, move |ctx| {
+        let (listener, state) = (listener.try_clone(), state.clone());
+        async move {
+            let listener = tokio::net::TcpListener::from_std(listener?)?;
+            svc_gateway::serve(listener, state, ctx.shutdown.clone()).await
+        }
+    });
+    let tls_addr = match tls {
+        Some((listener, tls_config)) => {
+            let addr = listener.local_addr()?;
+            let state = tls_state;
+            sup.spawn("gateway-tls", Duty::ReadsAndWrites, move |ctx| {
+                let (listener, state, tls_config) =
+                    (listener.try_clone(), state.clone(), tls_config.clone());
+                async move {
+                    let listener = tokio::net::TcpListener::from_std(listener?)?;
+                    svc_gateway::serve_tls(listener, tls_config, state, ctx.shutdown.clone()).await
+                }
+            });
+            Some(addr)
+        }
+        None => None,
+    };
     health.mark_started();
     tracing::info!(%gateway, data_dir = %args.data_dir.display(), config_version = config.version(), "node started");
     // The one line a script (or a test) reads to find the node.
     println!("ron node: gateway http://{gateway}");
+    if let Some(addr) = tls_addr {
+        println!("ron node: gateway https://{addr}");
+    }
 
     wait_for_ctrl_c().await;
     tracing::info!("shutting down: no new requests, draining");

@@ -20,6 +20,8 @@ pub struct Node {
     /// The owner's token.
     pub token: String,
     pub data_dir: std::path::PathBuf,
+    /// `https://…` when the node serves TLS.
+    pub tls_url: Option<String>,
 }
 
 impl Node {
@@ -70,6 +72,20 @@ impl Node {
             .strip_prefix("ron node: gateway ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
+        let tls_url = if extra.contains(&"--tls-self-signed") || extra.contains(&"--gateway-tls") {
+            let line = timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .expect("node printed its TLS address in time")
+                .expect("stdout readable")
+                .expect("a second line on stdout");
+            Some(
+                line.strip_prefix("ron node: gateway ")
+                    .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
         let token = if extra.contains(&"--amnesia") {
             timeout(Duration::from_secs(10), token_rx)
                 .await
@@ -95,6 +111,7 @@ impl Node {
                 .expect("client"),
             token,
             data_dir: data_dir.to_owned(),
+            tls_url,
         }
     }
 

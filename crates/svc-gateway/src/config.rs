@@ -1,6 +1,7 @@
 //! The `[gateway]` config section.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use ron_kernel::config::{FieldError, Section, unchanged};
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,14 @@ pub struct GatewaySection {
     pub request_timeout_ms: u64,
     /// Largest object `POST /put` accepts, in bytes (default 4 GiB). Live.
     pub max_put_bytes: u64,
+    /// Address of the TLS listener (HTTP/1.1 and HTTP/2), used when a certificate is
+    /// configured or `--tls-self-signed` is given (default `127.0.0.1:7443`). Fixed at start;
+    /// `--gateway-tls` overrides it.
+    pub tls_listen: SocketAddr,
+    /// PEM certificate chain for the TLS listener (with `tls_key`). Fixed at start.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS listener (with `tls_cert`). Fixed at start.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for GatewaySection {
@@ -25,6 +34,9 @@ impl Default for GatewaySection {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
             request_timeout_ms: 10_000,
             max_put_bytes: 4 << 30,
+            tls_listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -42,10 +54,19 @@ impl Section for GatewaySection {
         if self.max_put_bytes == 0 {
             return Err(FieldError::new("max_put_bytes", "must be positive"));
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(FieldError::new(
+                "tls_cert",
+                "tls_cert and tls_key go together",
+            ));
+        }
         Ok(())
     }
 
     fn check_live(&self, next: &Self) -> Result<(), FieldError> {
-        unchanged("listen", &self.listen, &next.listen)
+        unchanged("listen", &self.listen, &next.listen)?;
+        unchanged("tls_listen", &self.tls_listen, &next.tls_listen)?;
+        unchanged("tls_cert", &self.tls_cert, &next.tls_cert)?;
+        unchanged("tls_key", &self.tls_key, &next.tls_key)
     }
 }

@@ -18,11 +18,13 @@ mod config;
 mod error;
 mod middleware;
 mod objects;
+mod tls;
 
 pub use admin::{AppState, StatusExtra, Traffic, router};
 pub use config::GatewaySection;
 pub use error::error_response;
 pub use objects::EXPECT_ADDRESS;
+pub use tls::{ALPN, serve_tls};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
