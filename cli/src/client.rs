@@ -74,6 +74,40 @@ impl Creds {
     }
 }
 
+/// Talk OAP/1 instead of HTTP.
+#[derive(Debug, Args)]
+pub(crate) struct OapArgs {
+    /// Use the node's OAP/1 listener at HOST:PORT (TLS) instead of HTTP.
+    #[arg(long, value_name = "HOST:PORT")]
+    oap: Option<String>,
+    /// Trust the node's certificate if it is (or is issued by) one in this PEM file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "oap",
+        conflicts_with = "insecure"
+    )]
+    ca: Option<PathBuf>,
+    /// Accept any certificate (encrypted, not authenticated: for development).
+    #[arg(long, requires = "oap")]
+    insecure: bool,
+}
+
+impl OapArgs {
+    /// A connected client, when `--oap` was given.
+    async fn connect(&self) -> anyhow::Result<Option<ron_client::OapClient>> {
+        let Some(addr) = &self.oap else {
+            return Ok(None);
+        };
+        let trust = match (&self.ca, self.insecure) {
+            (Some(ca), _) => ron_client::Trust::Ca(ca.clone()),
+            (None, true) => ron_client::Trust::Insecure,
+            (None, false) => bail!("--oap needs --ca FILE (the node's certificate) or --insecure"),
+        };
+        Ok(Some(ron_client::OapClient::connect(addr, &trust).await?))
+    }
+}
+
 /// A node to talk to, and the token to present.
 pub(crate) struct Target {
     url: String,
@@ -149,7 +183,25 @@ pub(crate) async fn put(
     node: &Target,
     file: &Path,
     media_type: Option<String>,
+    oap: &OapArgs,
 ) -> anyhow::Result<()> {
+    if let Some(mut client) = oap.connect().await? {
+        let stored = if file == Path::new("-") {
+            client
+                .put(tokio::io::stdin(), None, media_type, node.token.as_deref())
+                .await?
+        } else {
+            let f = tokio::fs::File::open(file)
+                .await
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let len = f.metadata().await?.len();
+            client
+                .put(f, Some(len), media_type, node.token.as_deref())
+                .await?
+        };
+        println!("{}", stored.address);
+        return Ok(());
+    }
     let (body, len) = if file == Path::new("-") {
         let stream = tokio_util::io::ReaderStream::with_capacity(tokio::io::stdin(), 256 << 10);
         (reqwest::Body::wrap_stream(stream), None)
@@ -193,8 +245,16 @@ pub(crate) async fn put(
 
 /// `ron get ADDR [-o FILE]`: writes the object to FILE (atomically) or stdout, verifying
 /// it against its address as it arrives.
-pub(crate) async fn get(node: &Target, addr: &str, out: Option<&PathBuf>) -> anyhow::Result<()> {
+pub(crate) async fn get(
+    node: &Target,
+    addr: &str,
+    out: Option<&PathBuf>,
+    oap: &OapArgs,
+) -> anyhow::Result<()> {
     let addr = parse_addr(addr)?;
+    if let Some(mut client) = oap.connect().await? {
+        return get_oap(&mut client, node, &addr, out).await;
+    }
     let res = node
         .authorized(client()?.get(format!("{}/o/{addr}", base(node))))
         .send()
@@ -301,4 +361,37 @@ pub(crate) async fn node_status(node: &NodeUrl) -> anyhow::Result<serde_json::Va
         .json()
         .await
         .context("the node's answer is not JSON")
+}
+
+/// `ron get --oap`: into a part file renamed into place once verified, or stdout.
+async fn get_oap(
+    client: &mut ron_client::OapClient,
+    node: &Target,
+    addr: &Address,
+    out: Option<&PathBuf>,
+) -> anyhow::Result<()> {
+    match out {
+        Some(path) if path != Path::new("-") => {
+            let part = path.with_extension("ron-part");
+            let mut f = tokio::fs::File::create(&part)
+                .await
+                .with_context(|| format!("cannot create {}", part.display()))?;
+            let got = client.get(addr, node.token.as_deref(), &mut f).await;
+            if let Err(e) = got {
+                drop(f);
+                let _ = tokio::fs::remove_file(&part).await;
+                return Err(e.into());
+            }
+            f.sync_all().await.context("cannot write the output")?;
+            tokio::fs::rename(&part, path)
+                .await
+                .with_context(|| format!("cannot move into {}", path.display()))
+        }
+        _ => {
+            client
+                .get(addr, node.token.as_deref(), &mut tokio::io::stdout())
+                .await?;
+            Ok(())
+        }
+    }
 }

@@ -34,6 +34,8 @@ enum Command {
         media_type: Option<String>,
         #[command(flatten)]
         creds: client::Creds,
+        #[command(flatten)]
+        oap: client::OapArgs,
     },
     /// Fetch an object by address, verifying it as it arrives.
     Get {
@@ -44,6 +46,8 @@ enum Command {
         output: Option<PathBuf>,
         #[command(flatten)]
         creds: client::Creds,
+        #[command(flatten)]
+        oap: client::OapArgs,
     },
     /// Show an object's size, media type, chunks, pin and damage, as JSON.
     Stat {
@@ -95,12 +99,14 @@ fn main() -> ExitCode {
                 file,
                 media_type,
                 creds,
-            } => client::put(&target(&creds)?, &file, media_type).await,
+                oap,
+            } => client::put(&target(&creds)?, &file, media_type, &oap).await,
             Command::Get {
                 address,
                 output,
                 creds,
-            } => client::get(&target(&creds)?, &address, output.as_ref()).await,
+                oap,
+            } => client::get(&target(&creds)?, &address, output.as_ref(), &oap).await,
             Command::Stat { address, creds } => client::stat(&target(&creds)?, &address).await,
             Command::Pin { address, creds } => client::pin(&target(&creds)?, &address, true).await,
             Command::Unpin { address, creds } => {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use supervisor::{Policy, Supervisor};
 use svc_gateway::{AppState, GatewaySection, StatusExtra};
 use svc_index::Index;
+use svc_oap::OapSection;
 use svc_overlay::OverlayHandle;
 use svc_storage::{CpuPool, StorageSection, Store};
 
@@ -52,6 +53,10 @@ pub(crate) struct NodeArgs {
     /// on first use (in memory under --amnesia).
     #[arg(long)]
     tls_self_signed: bool,
+    /// Address of the OAP/1 listener (TLS 1.3, ALPN ron/1) [config: oap.listen; default
+    /// 127.0.0.1:7702]. Runs whenever the node has a certificate.
+    #[arg(long, value_name = "ADDR")]
+    oap_listen: Option<SocketAddr>,
     /// Where the node keeps its data; `ron.toml` here is read when present.
     #[arg(
         long,
@@ -112,6 +117,7 @@ fn config_builder(data_dir: &Path, file: Option<&Path>) -> ron_kernel::config::B
         .register::<NodeSection>()
         .register::<StorageSection>()
         .register::<AuthSection>()
+        .register::<OapSection>()
 }
 
 /// A node's config read by a command that works on its data dir without running it.
@@ -124,6 +130,9 @@ fn build_config(args: &NodeArgs, metrics: &Metrics) -> anyhow::Result<Config> {
     if let Some(addr) = args.gateway {
         builder = builder.set("gateway.listen", addr.to_string());
     }
+    if let Some(addr) = args.oap_listen {
+        builder = builder.set("oap.listen", addr.to_string());
+    }
     if let Some(addr) = args.gateway_tls {
         builder = builder.set("gateway.tls_listen", addr.to_string());
     }
@@ -133,6 +142,7 @@ fn build_config(args: &NodeArgs, metrics: &Metrics) -> anyhow::Result<Config> {
 type TlsListener = (
     std::net::TcpListener,
     Arc<ron_transport::rustls::ServerConfig>,
+    ron_transport::TlsMaterial,
 );
 
 /// The TLS listener, bound, with its configuration: from `gateway.tls_cert`/`tls_key`, or a
@@ -166,12 +176,16 @@ fn tls_listener(args: &NodeArgs, section: &GatewaySection) -> anyhow::Result<Opt
         }
         _ => return Ok(None),
     };
-    let config = ron_transport::server_config(material, &svc_gateway::ALPN)?;
-    let listen = section.tls_listen;
+    let config = ron_transport::server_config(material.clone(), &svc_gateway::ALPN)?;
+    let listener = bind(section.tls_listen)?;
+    Ok(Some((listener, config, material)))
+}
+
+fn bind(listen: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
     listener.set_nonblocking(true)?;
-    Ok(Some((listener, config)))
+    Ok(listener)
 }
 
 /// Runs a node until Ctrl-C or SIGTERM.
@@ -204,6 +218,14 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let gateway = listener.local_addr()?;
     let tls = tls_listener(&args, &config.get::<GatewaySection>())?;
+    let oap = match &tls {
+        Some((_, _, material)) => {
+            let section = config.get::<OapSection>();
+            let tls = ron_transport::server_config(material.clone(), &[svc_oap::ALPN])?;
+            Some((bind(section.listen)?, tls))
+        }
+        None => None,
+    };
 
     let home = if args.amnesia {
         KeyHome::Memory
@@ -335,8 +357,32 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
             svc_gateway::serve(listener, state, ctx.shutdown.clone()).await
         }
     });
-    let tls_addr = match tls {
+    let oap_addr = match oap {
         Some((listener, tls_config)) => {
+            let addr = listener.local_addr()?;
+            let section = config.get::<OapSection>();
+            let oap_state = svc_oap::OapState {
+                overlay: tls_state.overlay.clone(),
+                auth: auth.clone(),
+                max_frame: section.max_frame,
+                max_inflight: section.max_inflight,
+                max_put_bytes: config.get::<GatewaySection>().max_put_bytes,
+                version: env!("CARGO_PKG_VERSION"),
+            };
+            sup.spawn("oap", Duty::ReadsAndWrites, move |ctx| {
+                let (listener, state, tls_config) =
+                    (listener.try_clone(), oap_state.clone(), tls_config.clone());
+                async move {
+                    let listener = tokio::net::TcpListener::from_std(listener?)?;
+                    svc_oap::serve(listener, tls_config, state, ctx.shutdown.clone()).await
+                }
+            });
+            Some(addr)
+        }
+        None => None,
+    };
+    let tls_addr = match tls {
+        Some((listener, tls_config, _)) => {
             let addr = listener.local_addr()?;
             let state = tls_state;
             sup.spawn("gateway-tls", Duty::ReadsAndWrites, move |ctx| {
@@ -357,6 +403,9 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     println!("ron node: gateway http://{gateway}");
     if let Some(addr) = tls_addr {
         println!("ron node: gateway https://{addr}");
+    }
+    if let Some(addr) = oap_addr {
+        println!("ron node: oap {addr}");
     }
 
     wait_for_ctrl_c().await;

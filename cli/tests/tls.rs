@@ -26,7 +26,13 @@ async fn http2_and_http1_over_tls_with_a_self_signed_certificate() {
     let data_dir = dir.path().join("data");
     let node = Node::start(
         &data_dir,
-        &["--tls-self-signed", "--gateway-tls", "127.0.0.1:0"],
+        &[
+            "--tls-self-signed",
+            "--gateway-tls",
+            "127.0.0.1:0",
+            "--oap-listen",
+            "127.0.0.1:0",
+        ],
     )
     .await;
     let https = node.tls_url.clone().unwrap();
@@ -102,7 +108,13 @@ async fn a_configured_certificate_is_served_and_half_a_pair_is_refused() {
     let first_dir = dir.path().join("first");
     let first = Node::start(
         &first_dir,
-        &["--tls-self-signed", "--gateway-tls", "127.0.0.1:0"],
+        &[
+            "--tls-self-signed",
+            "--gateway-tls",
+            "127.0.0.1:0",
+            "--oap-listen",
+            "127.0.0.1:0",
+        ],
     )
     .await;
     drop(first);
@@ -121,7 +133,16 @@ async fn a_configured_certificate_is_served_and_half_a_pair_is_refused() {
         ),
     )
     .unwrap();
-    let node = Node::start(&data_dir, &["--gateway-tls", "127.0.0.1:0"]).await;
+    let node = Node::start(
+        &data_dir,
+        &[
+            "--gateway-tls",
+            "127.0.0.1:0",
+            "--oap-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
     let https = node.tls_url.clone().unwrap();
     let (ok, body) = curl(&[
         "--http2",
@@ -163,6 +184,8 @@ async fn check_start_fails(args: &[&str], mentions: &str) {
             "127.0.0.1:0",
             "--gateway-tls",
             "127.0.0.1:0",
+            "--oap-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(dir.path())
@@ -191,6 +214,8 @@ async fn amnesia_keeps_the_certificate_in_memory() {
             "--amnesia",
             "--tls-self-signed",
             "--gateway-tls",
+            "127.0.0.1:0",
+            "--oap-listen",
             "127.0.0.1:0",
         ],
     )

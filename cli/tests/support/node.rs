@@ -22,6 +22,8 @@ pub struct Node {
     pub data_dir: std::path::PathBuf,
     /// `https://…` when the node serves TLS.
     pub tls_url: Option<String>,
+    /// `HOST:PORT` of the OAP/1 listener, when it runs.
+    pub oap_addr: Option<String>,
 }
 
 impl Node {
@@ -86,6 +88,20 @@ impl Node {
         } else {
             None
         };
+        let oap_addr = if tls_url.is_some() {
+            let line = timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .expect("node printed its OAP address in time")
+                .expect("stdout readable")
+                .expect("a third line on stdout");
+            Some(
+                line.strip_prefix("ron node: oap ")
+                    .unwrap_or_else(|| panic!("unexpected third line {line:?}"))
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
         let token = if extra.contains(&"--amnesia") {
             timeout(Duration::from_secs(10), token_rx)
                 .await
@@ -112,6 +128,7 @@ impl Node {
             token,
             data_dir: data_dir.to_owned(),
             tls_url,
+            oap_addr,
         }
     }
 

@@ -11,6 +11,7 @@ mod codec;
 mod comp;
 mod frame;
 mod hello;
+pub mod objects;
 mod stream;
 
 pub use codec::{CodecError, FrameCodec};

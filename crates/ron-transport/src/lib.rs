@@ -62,6 +62,15 @@ pub struct TlsMaterial {
     key: PrivateKeyDer<'static>,
 }
 
+impl Clone for TlsMaterial {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
 impl TlsMaterial {
     /// Reads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {

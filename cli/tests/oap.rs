@@ -1,0 +1,318 @@
+//! The OAP/1 listener: `ron put/get --oap` against `b3sum`, capabilities in START frames,
+//! HELLO, the parser rules on the wire, and hostile bytes against the live listener.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
+
+#[path = "support/node.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use ron_client::{ClientError, OapClient, Trust};
+use ron_proto::ErrorKind;
+use support::{Node, b3sum, data};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
+
+const MIB: usize = 1 << 20;
+
+async fn node(dir: &std::path::Path) -> Node {
+    Node::start(
+        &dir.join("data"),
+        &[
+            "--tls-self-signed",
+            "--gateway-tls",
+            "127.0.0.1:0",
+            "--oap-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "ron failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn put_and_get_over_oap_match_b3sum() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    let oap = node.oap_addr.clone().unwrap();
+    let cert = node.data_dir.join("tls/cert.pem");
+    for (i, len) in [0, 1, 1023, MIB - 1, MIB + 1, 5 * MIB]
+        .into_iter()
+        .enumerate()
+    {
+        let file = dir.path().join(format!("f{len}"));
+        std::fs::write(&file, data(len, i as u64)).unwrap();
+        let addr = stdout(
+            &node
+                .cli(&["put", "--oap", &oap, "--insecure", file.to_str().unwrap()])
+                .await,
+        );
+        assert_eq!(addr, b3sum(&file), "len {len}");
+        let back = dir.path().join(format!("back{len}"));
+        let out = node
+            .cli(&[
+                "get",
+                "--oap",
+                &oap,
+                "--ca",
+                cert.to_str().unwrap(),
+                &addr,
+                "-o",
+                back.to_str().unwrap(),
+            ])
+            .await;
+        stdout(&out);
+        assert!(
+            std::fs::read(&back).unwrap() == std::fs::read(&file).unwrap(),
+            "len {len}"
+        );
+        // The same object over HTTP.
+        let (status, _) = node.get(&format!("/stat/{addr}")).await;
+        assert_eq!(status, 200);
+    }
+    // From standard input, and to standard output.
+    let mut put = tokio::process::Command::new(support::BIN)
+        .args(["put", "--oap", &oap, "--insecure", "-"])
+        .env("RON_TOKEN", &node.token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = data(300_000, 77);
+    put.stdin.take().unwrap().write_all(&bytes).await.unwrap();
+    let addr = stdout(&put.wait_with_output().await.unwrap());
+    let out = node.cli(&["get", "--oap", &oap, "--insecure", &addr]).await;
+    assert!(out.status.success());
+    assert!(out.stdout == bytes);
+}
+
+#[tokio::test]
+async fn the_client_library_sees_hello_capabilities_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    let oap = node.oap_addr.clone().unwrap();
+    let mut client = OapClient::connect(&oap, &Trust::Insecure).await.unwrap();
+    assert_eq!(client.hello().max_frame, 1 << 20);
+    assert_eq!(client.hello().max_inflight, 64);
+    assert_eq!(client.hello().oap_versions, vec![1]);
+
+    // No token, a bad one, a narrow one: the HTTP outcomes.
+    let expect = |r: Result<_, ClientError>, kind: ErrorKind| match r {
+        Err(ClientError::Remote { kind: k, .. }) => assert_eq!(k, kind),
+        other => panic!("expected {kind:?}, got {other:?}"),
+    };
+    expect(
+        client.put(&b"x"[..], Some(1), None, None).await.map(|_| ()),
+        ErrorKind::Unauthorized,
+    );
+    expect(
+        client
+            .put(&b"x"[..], Some(1), None, Some("junk"))
+            .await
+            .map(|_| ()),
+        ErrorKind::Unauthorized,
+    );
+    let get_only = stdout(
+        &node
+            .cli(&[
+                "cap",
+                "mint",
+                "--method",
+                "get",
+                "--data-dir",
+                node.data_dir.to_str().unwrap(),
+            ])
+            .await,
+    );
+    expect(
+        client
+            .put(&b"x"[..], Some(1), None, Some(&get_only))
+            .await
+            .map(|_| ()),
+        ErrorKind::Forbidden,
+    );
+    // A refusal mid-way through a large upload stops the client early and keeps the connection.
+    let big = data(3 * MIB, 9);
+    expect(
+        client
+            .put(&big[..], None, None, Some("junk"))
+            .await
+            .map(|_| ()),
+        ErrorKind::Unauthorized,
+    );
+    let mut client = OapClient::connect(&oap, &Trust::Insecure).await.unwrap();
+    let stored = client
+        .put(&big[..], None, None, Some(&node.token))
+        .await
+        .unwrap();
+    assert_eq!(stored.size, big.len() as u64);
+    let again = client
+        .put(&big[..], Some(big.len() as u64), None, Some(&node.token))
+        .await
+        .unwrap();
+    assert_eq!(again.address, stored.address);
+    let stat = client.stat(&stored.address, None).await.unwrap();
+    assert_eq!(stat["size"], big.len() as u64);
+    let missing = "b3:".to_owned() + &"0".repeat(64);
+    let mut sink = Vec::new();
+    expect(
+        client
+            .get(&missing.parse().unwrap(), None, &mut sink)
+            .await
+            .map(|_| ()),
+        ErrorKind::NotFound,
+    );
+    client.get(&stored.address, None, &mut sink).await.unwrap();
+    assert!(sink == big);
+    // Budget caveats hold over OAP as over HTTP.
+    let budget = stdout(
+        &node
+            .cli(&[
+                "cap",
+                "mint",
+                "--max-bytes",
+                "1000",
+                "--data-dir",
+                node.data_dir.to_str().unwrap(),
+            ])
+            .await,
+    );
+    expect(
+        client
+            .put(&data(2000, 1)[..], Some(2000), None, Some(&budget))
+            .await
+            .map(|_| ()),
+        ErrorKind::Forbidden,
+    );
+    client
+        .put(&data(900, 1)[..], Some(900), None, Some(&budget))
+        .await
+        .unwrap();
+}
+
+/// A raw TLS connection to the listener, for bytes no client would send.
+async fn raw(oap: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let config = ron_client::client_config(&Trust::Insecure).unwrap();
+    let tcp = tokio::net::TcpStream::connect(oap).await.unwrap();
+    TlsConnector::from(Arc::clone(&config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes (bounded), returning what it sent.
+async fn drain(conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got)).await;
+    got
+}
+
+fn header(len: u32, ver: u8, flags: u16, app: u16, corr: u64, cap_len: u16) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.put_u32_le(len);
+    b.put_u8(ver);
+    b.put_u16_le(flags);
+    b.put_u16_le(0);
+    b.put_u16_le(app);
+    b.put_u128_le(0);
+    b.put_u16_le(cap_len);
+    b.put_u64_le(corr);
+    b
+}
+
+#[tokio::test]
+async fn parser_rules_hold_on_the_wire_and_hostile_bytes_harm_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    let oap = node.oap_addr.clone().unwrap();
+
+    // Bad version: 400 bad_version, connection closed.
+    let mut conn = raw(&oap).await;
+    conn.write_all(&header(33, 2, 0b11001, 0, 1, 0))
+        .await
+        .unwrap();
+    let got = drain(&mut conn).await;
+    assert!(String::from_utf8_lossy(&got).contains("bad_version"));
+    assert_eq!(u16::from_le_bytes([got[7], got[8]]), 400);
+
+    // A length past max_frame: 413 frame_too_large before anything is allocated, closed.
+    let mut conn = raw(&oap).await;
+    conn.write_all(&header(64 << 20, 1, 0b11001, 0, 1, 0))
+        .await
+        .unwrap();
+    let got = drain(&mut conn).await;
+    assert!(String::from_utf8_lossy(&got).contains("frame_too_large"));
+
+    // A capability on a continuation frame: 400 protocol_violation, the connection stays.
+    let mut conn = raw(&oap).await;
+    let mut f = header(33 + 2, 1, 0b01001, 0x0101, 5, 2); // REQ|START, no END
+    f.put_slice(b"{}");
+    let mut g = header(33 + 3, 1, 0b00001, 0x0101, 5, 3); // REQ with a cap
+    g.put_slice(b"cap");
+    conn.write_all(&f).await.unwrap();
+    conn.write_all(&g).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("protocol_violation") {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+
+    // Fuzzed streams: random bytes, and valid frames with random flags, apps and payloads.
+    let mut rng = fastrand::Rng::with_seed(0x0a9);
+    for round in 0..300 {
+        let mut conn = raw(&oap).await;
+        let mut bytes = BytesMut::new();
+        if round % 2 == 0 {
+            let n = rng.usize(1..4096);
+            bytes.extend((0..n).map(|_| rng.u8(..)));
+        } else {
+            for _ in 0..rng.usize(1..8) {
+                let payload: Vec<u8> = (0..rng.usize(0..200)).map(|_| rng.u8(..)).collect();
+                let cap_len = rng.u16(0..3);
+                let mut f = header(
+                    33 + u32::from(cap_len) + payload.len() as u32,
+                    1,
+                    rng.u16(..),
+                    [0u16, 0x0101, 0x0102, rng.u16(..)][rng.usize(0..4)],
+                    rng.u64(0..4),
+                    cap_len,
+                );
+                f.extend((0..cap_len).map(|_| rng.u8(..)));
+                f.extend_from_slice(&payload);
+                bytes.extend_from_slice(&f);
+            }
+        }
+        let _ = conn.write_all(&bytes).await;
+        let _ = conn.shutdown().await;
+        drain(&mut conn).await;
+    }
+    // The node is whole: health, HTTP, and a fresh OAP/1 client all work.
+    assert_eq!(node.get("/healthz").await.0, 200);
+    let mut client = OapClient::connect(&oap, &Trust::Insecure).await.unwrap();
+    let stored = client
+        .put(&b"still here"[..], Some(10), None, Some(&node.token))
+        .await
+        .unwrap();
+    let mut back = Vec::new();
+    client.get(&stored.address, None, &mut back).await.unwrap();
+    assert_eq!(back, b"still here");
+}
