@@ -61,7 +61,90 @@ pub struct PutReply {
 
 #[cfg(test)]
 mod tests {
+    use bytes::{Bytes, BytesMut};
+
     use super::*;
+    use crate::oap::{APP_OBJECTS, DEFAULT_MAX_FRAME, Flags, Frame};
+
+    const HELLO: &str = "b3:d74981efa70a0c880b8d8c1985d075dbcbf679b99a5f9914e5aaf96b831a9e24";
+
+    fn encoded(flags: Flags, code: u16, corr: u64, cap: &[u8], payload: Vec<u8>) -> String {
+        let mut frame = Frame::new(flags, APP_OBJECTS, corr);
+        frame.code = code;
+        frame.cap = Bytes::copy_from_slice(cap);
+        frame.payload = Bytes::from(payload);
+        let mut wire = BytesMut::new();
+        frame.encode(&mut wire, DEFAULT_MAX_FRAME).unwrap();
+        hex::encode(&wire)
+    }
+
+    /// The 0x0101 vectors of `specs/OAP-1.md`, built from the payload types.
+    #[test]
+    fn spec_vectors() {
+        let addr: Address = HELLO.parse().unwrap();
+        let put = ObjectRequest::Put {
+            size: Some(11),
+            media_type: None,
+            expect: None,
+        };
+        assert_eq!(
+            encoded(
+                Flags::REQ | Flags::START,
+                0,
+                7,
+                b"owner-token",
+                serde_json::to_vec(&put).unwrap()
+            ),
+            "4200000001090000000101000000000000000000000000000000000b0007000000000000006f776e65722d746f6b656e7b226f70223a22707574222c2273697a65223a31317d"
+        );
+        assert_eq!(
+            encoded(Flags::REQ | Flags::END, 0, 7, b"", b"hello world".to_vec()),
+            "2c00000001110000000101000000000000000000000000000000000000070000000000000068656c6c6f20776f726c64"
+        );
+        let created = PutReply {
+            address: addr,
+            size: 11,
+        };
+        assert_eq!(
+            encoded(
+                Flags::RESP | Flags::START | Flags::END,
+                201,
+                7,
+                b"",
+                serde_json::to_vec(&created).unwrap()
+            ),
+            "7c000000011a00c900010100000000000000000000000000000000000007000000000000007b2261646472657373223a2262333a64373439383165666137306130633838306238643863313938356430373564626362663637396239396135663939313465356161663936623833316139653234222c2273697a65223a31317d"
+        );
+        let head = GetReply {
+            size: 11,
+            media_type: None,
+        };
+        assert_eq!(
+            encoded(
+                Flags::RESP | Flags::START,
+                0,
+                8,
+                b"",
+                serde_json::to_vec(&head).unwrap()
+            ),
+            "2c000000010a000000010100000000000000000000000000000000000008000000000000007b2273697a65223a31317d"
+        );
+        assert_eq!(
+            encoded(Flags::RESP | Flags::END, 0, 8, b"", b"hello world".to_vec()),
+            "2c00000001120000000101000000000000000000000000000000000000080000000000000068656c6c6f20776f726c64"
+        );
+        let stat = ObjectRequest::Stat { addr };
+        assert_eq!(
+            encoded(
+                Flags::REQ | Flags::START | Flags::END,
+                0,
+                9,
+                b"",
+                serde_json::to_vec(&stat).unwrap()
+            ),
+            "7b0000000119000000010100000000000000000000000000000000000009000000000000007b226f70223a2273746174222c2261646472223a2262333a64373439383165666137306130633838306238643863313938356430373564626362663637396239396135663939313465356161663936623833316139653234227d"
+        );
+    }
 
     #[test]
     fn requests_have_the_documented_json() {
