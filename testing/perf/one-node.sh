@@ -59,7 +59,8 @@ sleep 1
 RSS_IDLE=$(rss_kb $RON_PID)
 nginx -c "$W/nginx/nginx.conf" -p "$W/nginx"; sleep 1
 
-export RON_NODE="http://127.0.0.1:$RON_PORT"
+export RON_NODE="http://127.0.0.1:$RON_PORT" RON_DATA_DIR="$W/data"   # owner.token is found there
+TOKEN=$(cat "$W/data/owner.token")
 A100=$("$RON" put "$W/www/100m"); A1K=$("$RON" put "$W/www/1k")
 [ "$A100" = "b3:$(b3sum --no-names "$W/www/100m")" ] || { echo "address mismatch" >&2; exit 1; }
 
@@ -97,7 +98,7 @@ BASE_PUT=$(for _ in 1 2 3; do secs base_put; done | med)
 A1G="b3:$(b3sum --no-names "$W/rand1g")"
 # Each run stores the object anew: unpinned and garbage collected (gc_interval_s = 1) between.
 RON_PUT=$(for _ in 1 2 3; do
-  secs curl -sf -X POST -T "$W/rand1g" -H 'expect:' "$RON_NODE/put"
+  secs curl -sf -X POST -T "$W/rand1g" -H 'expect:' -H "authorization: Bearer $TOKEN" "$RON_NODE/put"
   curl -sf -X DELETE "$RON_NODE/pin/$A1G" >/dev/null
   for _ in $(seq 100); do curl -s "$RON_NODE/stat/$A1G" | grep -q not_found && break; sleep 0.1; done
 done | med)
