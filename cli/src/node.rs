@@ -118,6 +118,7 @@ fn config_builder(data_dir: &Path, file: Option<&Path>) -> ron_kernel::config::B
         .register::<StorageSection>()
         .register::<AuthSection>()
         .register::<OapSection>()
+        .register::<svc_gateway::LimitsSection>()
 }
 
 /// A node's config read by a command that works on its data dir without running it.
@@ -337,6 +338,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         });
     }
     let state = AppState {
+        limiter: Arc::default(),
         auth: auth.clone(),
         traffic: svc_gateway::Traffic::new(&metrics),
         metrics: metrics.clone(),

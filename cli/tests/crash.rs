@@ -98,6 +98,14 @@ async fn acknowledged_uploads_survive_sigkill() {
         .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
+    // The campaign reads everything back as fast as it can from one address: per-client
+    // limits off (this test is about durability, not admission).
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::write(
+        data_dir.join("ron.toml"),
+        "[limits]\nper_peer_rps = 0\nper_peer_streams = 0\n",
+    )
+    .unwrap();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut rng = fastrand::Rng::with_seed(0x5eed);
 

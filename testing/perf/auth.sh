@@ -23,7 +23,8 @@ cargo build --release --locked -p ron >/dev/null
 RON=${CARGO_TARGET_DIR:-target}/release/ron
 rm -rf "$W" && mkdir -p "$W/data"
 head -c 1024 /dev/urandom > "$W/1k"
-: > "$W/data/ron.toml"
+LIMITS='[limits]\nper_peer_rps = 0\nper_peer_streams = 0\nglobal_concurrency = 100000\n'  # one client address, full speed
+printf '%b' "$LIMITS" > "$W/data/ron.toml"
 "$RON" node --gateway "127.0.0.1:$RON_PORT" --data-dir "$W/data" 2>"$W/ron.log" >/dev/null &
 RON_PID=$!
 trap 'kill $RON_PID 2>/dev/null || true' EXIT
@@ -54,13 +55,13 @@ med() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
 PUT_ON=(); PUT_OFF=(); GET_ON=(); GET_OFF=()
 on() {
-  apply '' '"reads_need_token":false' '"writes_need_token":true'
+  apply "$LIMITS" '"reads_need_token":false' '"writes_need_token":true'
   PUT_ON+=("$(rps 32 put /put)")
-  apply '[auth]\nprotect_reads = true\n' '"reads_need_token":true' '"writes_need_token":true'
+  apply "$LIMITS"'[auth]\nprotect_reads = true\n' '"reads_need_token":true' '"writes_need_token":true'
   GET_ON+=("$(rps 64 get "/o/$ADDR")")
 }
 off() {
-  apply '[auth]\nanonymous_put = true\n' '"reads_need_token":false' '"writes_need_token":false'
+  apply "$LIMITS"'[auth]\nanonymous_put = true\n' '"reads_need_token":false' '"writes_need_token":false'
   PUT_OFF+=("$(rps 32 put /put)")
   GET_OFF+=("$(rps 64 get "/o/$ADDR")")
 }

@@ -69,6 +69,8 @@ pub struct AppState {
     pub traffic: Traffic,
     /// Identity and capabilities.
     pub auth: std::sync::Arc<ron_auth::Auth>,
+    /// Admission under `[limits]`.
+    pub limiter: std::sync::Arc<crate::Limiter>,
 }
 
 /// The gateway's routes with their middleware.
@@ -87,6 +89,10 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -108,7 +114,13 @@ struct ReadyQuery {
 /// 200 while reads can be served; with `?writes=1`, 200 only while writes are accepted too.
 /// The body is `{"reads":bool,"writes":bool}` either way.
 async fn readyz(State(state): State<AppState>, Query(q): Query<ReadyQuery>) -> Response {
-    let ready = state.health.readiness();
+    let mut ready = state.health.readiness();
+    if state
+        .limiter
+        .shedding(&state.config.get::<crate::LimitsSection>())
+    {
+        ready.writes = false;
+    }
     let want_writes = q
         .writes
         .as_deref()
@@ -214,6 +226,7 @@ mod tests {
             health: HealthState::new(),
             config: Config::builder()
                 .register::<crate::GatewaySection>()
+                .register::<crate::LimitsSection>()
                 .build()
                 .unwrap(),
             started: Instant::now(),
@@ -222,6 +235,7 @@ mod tests {
                 gateway: SocketAddr::from(([127, 0, 0, 1], 7700)),
             },
             overlay: test_overlay(),
+            limiter: std::sync::Arc::default(),
             auth: std::sync::Arc::new(
                 ron_auth::Auth::new(
                     ron_auth::NodeIdentity::ephemeral(),

@@ -16,6 +16,7 @@ mod admin;
 mod auth;
 mod config;
 mod error;
+mod limits;
 mod middleware;
 mod objects;
 mod tls;
@@ -23,28 +24,6 @@ mod tls;
 pub use admin::{AppState, StatusExtra, Traffic, router};
 pub use config::GatewaySection;
 pub use error::error_response;
+pub use limits::{Limiter, LimitsSection, Peer};
 pub use objects::EXPECT_ADDRESS;
-pub use tls::{ALPN, serve_tls};
-
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-/// Serves the gateway on `listener` until `shutdown` is cancelled, then stops accepting and
-/// lets requests in flight finish (the caller bounds that with its own deadline).
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // No Nagle: a response's head and body often go out as separate writes, and waiting for
-    // the peer's delayed ACK between them costs tens of milliseconds.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-}
+pub use tls::{ALPN, serve, serve_tls};

@@ -1,41 +1,60 @@
-//! The gateway over TLS: HTTP/1.1 and HTTP/2 (ALPN `h2`) on one listener.
+//! The gateway's connections, plain and TLS (HTTP/1.1 and HTTP/2 by ALPN `h2`), served by
+//! one accept loop that applies `[limits]`: TLS handshake and header-read deadlines, the
+//! request-head size, and the client address for per-peer admission.
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use ron_transport::TlsAcceptor;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
+use crate::limits::{LimitsSection, Peer};
 use crate::{AppState, router};
 
 /// What the TLS listener offers in ALPN, in order of preference.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
-/// A TLS handshake that takes longer is abandoned.
-const HANDSHAKE: Duration = Duration::from_secs(2);
 /// Pause after a failed accept (out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Serves the gateway over TLS on `listener` until `shutdown` is cancelled, then stops
-/// accepting and waits for open connections to finish their requests (the caller bounds
-/// that with its own deadline). `tls` should offer [`ALPN`].
+/// Serves the gateway over plain HTTP on `listener` until `shutdown` is cancelled, then
+/// stops accepting and lets requests in flight finish (the caller bounds that with its own
+/// deadline).
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    accept_loop(listener, None, state, shutdown).await
+}
+
+/// Like [`serve`], over TLS; `tls` should offer [`ALPN`].
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<ron_transport::rustls::ServerConfig>,
     state: AppState,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let acceptor = TlsAcceptor::from(tls);
-    let app = router(state);
-    let builder = auto::Builder::new(TokioExecutor::new());
+    accept_loop(listener, Some(TlsAcceptor::from(tls)), state, shutdown).await
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let app = router(state.clone());
     let graceful = GracefulShutdown::new();
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -46,32 +65,65 @@ pub async fn serve_tls(
             },
             () = shutdown.cancelled() => break,
         };
+        // No Nagle: a response's head and body often go out as separate writes, and waiting
+        // for the peer's delayed ACK between them costs tens of milliseconds.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let (acceptor, app, builder) = (acceptor.clone(), app.clone(), builder.clone());
-        let watcher = graceful.watcher();
+        let limits = state.config.get::<LimitsSection>();
+        let (tls, app, watcher) = (tls.clone(), app.clone(), graceful.watcher());
+        let ip = peer.ip();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
+            let app = app.map_request(move |mut req: axum::extract::Request<_>| {
+                req.extensions_mut().insert(Peer(ip));
+                req
+            });
+            match tls {
+                None => connection(tcp, app, &limits, watcher).await,
+                Some(acceptor) => {
+                    let handshake = Duration::from_millis(limits.handshake_ms);
+                    match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => connection(stream, app, &limits, watcher).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
                 }
-                Err(_) => {
-                    tracing::debug!("TLS handshake timed out");
-                    return;
-                }
-            };
-            let conn = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(app),
-            );
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(error = %e, "TLS connection ended with an error");
             }
         });
     }
     graceful.shutdown().await;
     Ok(())
+}
+
+async fn connection<I, S>(
+    io: I,
+    app: S,
+    limits: &LimitsSection,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            axum::extract::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_ms))
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
