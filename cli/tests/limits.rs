@@ -1,0 +1,271 @@
+//! Hard limits against a live node: slowloris, a header bomb, a flood from one client, a
+//! global flood with writes shed before reads; `/healthz` answers throughout.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
+
+#[path = "support/node.rs"]
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Node, data};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep, timeout};
+
+async fn start(config: &str) -> (tempfile::TempDir, Node) {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::write(data_dir.join("ron.toml"), config).unwrap();
+    let node = Node::start(&data_dir, &[]).await;
+    (dir, node)
+}
+
+fn host(node: &Node) -> String {
+    node.url.strip_prefix("http://").unwrap().to_owned()
+}
+
+async fn healthz(node: &Node) -> u16 {
+    node.anonymous()
+        .get(format!("{}/healthz", node.url))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn slowloris_connections_are_cut_at_the_header_deadline() {
+    let (_dir, node) = start("[limits]\nheader_read_ms = 500\n").await;
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut conn = TcpStream::connect(host(&node)).await.unwrap();
+        conn.write_all(b"GET /status HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(conn);
+    }
+    let started = Instant::now();
+    // Trickle one header line every 100 ms; the node must close well before we finish.
+    let mut closed = 0;
+    for round in 0..60 {
+        for conn in &mut slow {
+            let _ = conn
+                .write_all(format!("x-a{round}: b\r\n").as_bytes())
+                .await;
+        }
+        assert_eq!(
+            healthz(&node).await,
+            200,
+            "healthz answers during the attack"
+        );
+        sleep(Duration::from_millis(100)).await;
+        closed = 0;
+        for conn in &mut slow {
+            let mut buf = [0u8; 512];
+            if let Ok(Ok(n)) = timeout(Duration::from_millis(1), conn.read(&mut buf)).await {
+                // EOF, or the 408 hyper may send before closing.
+                let _ = n;
+                closed += 1;
+            }
+        }
+        if closed == slow.len() {
+            break;
+        }
+    }
+    assert_eq!(closed, slow.len(), "every slow connection was closed");
+    println!(
+        "20 slowloris connections closed after {} ms (header_read_ms = 500)",
+        started.elapsed().as_millis()
+    );
+}
+
+#[tokio::test]
+async fn a_header_bomb_is_431_and_harms_no_one() {
+    let (_dir, node) = start("[limits]\nmax_header_bytes = 16384\n").await;
+    let mut conn = TcpStream::connect(host(&node)).await.unwrap();
+    let mut request = b"GET /status HTTP/1.1\r\nhost: x\r\n".to_vec();
+    for i in 0..2000 {
+        request.extend_from_slice(format!("x-bomb-{i}: {}\r\n", "y".repeat(40)).as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    let _ = conn.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+    // Just under the limit is fine.
+    let res = node
+        .anonymous()
+        .get(format!("{}/status", node.url))
+        .header("x-big", "z".repeat(8000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(healthz(&node).await, 200);
+}
+
+#[tokio::test]
+async fn one_client_flooding_gets_429_with_a_retry_hint() {
+    let (_dir, node) = start("[limits]\nper_peer_rps = 20\n").await;
+    let addr = node.put(data(100, 1)).await;
+    let client = node.anonymous();
+    let (mut ok, mut limited) = (0u64, 0u64);
+    let started = Instant::now();
+    for _ in 0..200 {
+        let res = client
+            .get(format!("{}/stat/{addr}", node.url))
+            .send()
+            .await
+            .unwrap();
+        match res.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                let retry: u64 = res.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=5).contains(&retry), "{retry}");
+                let body: Value = res.json().await.unwrap();
+                assert_eq!(body["code"], "rate_limited");
+                let ms = body["retry_after_ms"].as_u64().unwrap();
+                assert!((1000..=5000).contains(&ms), "{ms}");
+                limited += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // The burst (2 x 20, one spent by the upload above) plus 20 per second of the flood, and
+    // never more.
+    let allowed = 39 + (started.elapsed().as_secs_f64() * 20.0).ceil() as u64 + 1;
+    assert!(
+        ok >= 39 && ok <= allowed && limited > 0,
+        "ok {ok} (at most {allowed}), limited {limited}"
+    );
+    assert_eq!(healthz(&node).await, 200, "health is never rate limited");
+    let metrics = node.get("/metrics").await.1;
+    assert!(metrics.contains(&format!(
+        "rejected_total{{reason=\"rate_limited\"}} {limited}"
+    )));
+    println!(
+        "flood of 200 from one address at per_peer_rps = 20: {ok} served, {limited} refused with 429"
+    );
+
+    // Live: lifting the limit lets the same client through.
+    std::fs::write(
+        node.data_dir.join("ron.toml"),
+        "[limits]\nper_peer_rps = 0\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = client
+            .get(format!("{}/stat/{addr}", node.url))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "limit change never applied");
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An upload that sends `first` bytes, then waits until told to finish.
+async fn slow_upload(node: &Node, tx_done: tokio::sync::oneshot::Receiver<()>) -> u16 {
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let req = node
+        .http
+        .post(format!("{}/put", node.url))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
+    let feeder = async move {
+        body_tx
+            .send(Ok(data(1000, fastrand::u64(..))))
+            .await
+            .unwrap();
+        let _ = tx_done.await;
+        drop(body_tx);
+    };
+    let (res, ()) = tokio::join!(req, feeder);
+    res.map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_global_flood_sheds_writes_before_reads() {
+    let (_dir, node) = start("[limits]\nglobal_concurrency = 4\nper_peer_streams = 0\n").await;
+    let addr = node.put(data(100, 2)).await;
+    // Three uploads in progress: three quarters of global_concurrency.
+    let mut finish = Vec::new();
+    let mut uploads = Vec::new();
+    for _ in 0..3 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        finish.push(tx);
+        let node_ref = &node;
+        uploads.push(async move { slow_upload(node_ref, rx).await });
+    }
+    let uploads = futures_util::future::join_all(uploads);
+    let probe = async {
+        // Wait until the three are admitted.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, _) = node.get("/readyz?writes=1").await;
+            if status == 503 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "writes never shed");
+            sleep(Duration::from_millis(20)).await;
+        }
+        // Writes: 503 with a retry hint. Reads still served. Plain readiness stays 200.
+        let res = node
+            .http
+            .post(format!("{}/put", node.url))
+            .body("more")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 503);
+        let retry: u64 = res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=5).contains(&retry));
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "overloaded");
+        let res = node
+            .http
+            .get(format!("{}/o/{addr}", node.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "reads are served while writes are shed");
+        assert_eq!(node.get("/readyz").await.0, 200);
+        assert_eq!(healthz(&node).await, 200);
+        for tx in finish {
+            let _ = tx.send(());
+        }
+    };
+    let (statuses, ()) = tokio::join!(uploads, probe);
+    assert_eq!(
+        statuses,
+        vec![201, 201, 201],
+        "the admitted uploads complete"
+    );
+    assert_eq!(
+        node.get("/readyz?writes=1").await.0,
+        200,
+        "writes accepted again"
+    );
+    println!(
+        "global_concurrency = 4: with 3 uploads in flight, writes 503, reads 200, /readyz 200, /readyz?writes=1 503"
+    );
+}
