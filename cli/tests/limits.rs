@@ -269,3 +269,43 @@ async fn a_global_flood_sheds_writes_before_reads() {
         "global_concurrency = 4: with 3 uploads in flight, writes 503, reads 200, /readyz 200, /readyz?writes=1 503"
     );
 }
+
+#[tokio::test]
+async fn slow_readers_and_idle_connections_are_cut_off() {
+    let (_dir, node) = start("[limits]\nwrite_ms = 500\nread_idle_ms = 700\n").await;
+    let size = 32 << 20;
+    let addr = node.put(data(size, 3)).await;
+    // A client that asks for 32 MiB and reads nothing.
+    let mut slow = TcpStream::connect(host(&node)).await.unwrap();
+    slow.write_all(format!("GET /o/{addr} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // An idle one.
+    let mut idle = TcpStream::connect(host(&node)).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = timeout(Duration::from_secs(20), idle.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "idle connection closed");
+    println!(
+        "idle connection closed after {} ms (read_idle_ms = 700)",
+        started.elapsed().as_millis()
+    );
+    sleep(Duration::from_millis(1500)).await;
+    assert_eq!(healthz(&node).await, 200);
+    // Whatever was buffered before the cut, then the end: never the whole object.
+    let mut got = Vec::new();
+    let _ = timeout(Duration::from_secs(20), slow.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert!(
+        got.len() < size,
+        "the slow reader was cut off ({} of {size} bytes)",
+        got.len()
+    );
+    println!(
+        "slow reader cut off after {} of {size} bytes (write_ms = 500)",
+        got.len()
+    );
+}

@@ -270,8 +270,10 @@ async fn headers_conditional_requests_and_multiple_ranges() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 201);
-    let addr = res.json::<Value>().await.unwrap()["address"]
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    assert_eq!(status, 201, "{text}");
+    let addr = serde_json::from_str::<Value>(&text).unwrap()["address"]
         .as_str()
         .unwrap()
         .to_owned();

@@ -15,6 +15,7 @@
 mod admin;
 mod auth;
 mod config;
+mod deadline;
 mod error;
 mod limits;
 mod middleware;

@@ -32,6 +32,12 @@ pub struct LimitsSection {
     /// All of a request's headers must arrive within this many milliseconds of its first
     /// byte, or the connection is closed: the slowloris guard (default 10000).
     pub header_read_ms: u64,
+    /// A connection waiting this many milliseconds for a byte from its client is closed:
+    /// idle keep-alive connections and stalled uploads alike (default 15000).
+    pub read_idle_ms: u64,
+    /// A response that cannot send a byte for this many milliseconds (the client stopped
+    /// reading) closes its connection and frees everything it held (default 10000).
+    pub write_ms: u64,
     /// Largest request head, in bytes; beyond it, 431 (default 65536, at least 8192).
     pub max_header_bytes: usize,
     /// Largest request body on routes other than `POST /put` (413 beyond; default 16 MiB).
@@ -53,6 +59,8 @@ impl Default for LimitsSection {
         Self {
             handshake_ms: 2000,
             header_read_ms: 10_000,
+            read_idle_ms: 15_000,
+            write_ms: 10_000,
             max_header_bytes: 65_536,
             max_body_bytes: 16 << 20,
             per_peer_rps: 200,
@@ -75,6 +83,8 @@ impl Section for LimitsSection {
         };
         ms("handshake_ms", self.handshake_ms)?;
         ms("header_read_ms", self.header_read_ms)?;
+        ms("read_idle_ms", self.read_idle_ms)?;
+        ms("write_ms", self.write_ms)?;
         if !(8192..=16 << 20).contains(&self.max_header_bytes) {
             return Err(FieldError::new(
                 "max_header_bytes",

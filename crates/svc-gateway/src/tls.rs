@@ -121,6 +121,11 @@ async fn connection<I, S>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let io = crate::deadline::Deadlined::new(
+        io,
+        Duration::from_millis(limits.read_idle_ms),
+        Duration::from_millis(limits.write_ms),
+    );
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
     if let Err(e) = watcher.watch(conn.into_owned()).await {
