@@ -309,3 +309,39 @@ async fn slow_readers_and_idle_connections_are_cut_off() {
         got.len()
     );
 }
+
+/// Heavy tier: `cargo test -p ron --release --test limits -- --ignored --nocapture`
+/// (needs `ulimit -n` of at least 10,500 for the test and the node).
+#[tokio::test]
+#[ignore = "heavy: 10,000 sockets"]
+async fn ten_thousand_idle_connections_leave_the_node_answering() {
+    let (_dir, node) = start("[limits]\nread_idle_ms = 600000\n").await;
+    let mut held = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        held.push(TcpStream::connect(host(&node)).await.unwrap());
+    }
+    // Half of them even start a request and stall in the headers.
+    for conn in held.iter_mut().step_by(2) {
+        let _ = conn.write_all(b"GET /status HTTP/1.1\r\n").await;
+    }
+    let mut lat = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        assert_eq!(healthz(&node).await, 200);
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    let pid = node.child.id().unwrap();
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_owned()))
+        .unwrap();
+    println!(
+        "10,000 idle connections held: /healthz p50 {:?}, p99 {:?}; node RSS {rss}",
+        lat[100], lat[197]
+    );
+    // Half were mid-headers: the header deadline closes those, the idle rest stay.
+    drop(held);
+    assert_eq!(healthz(&node).await, 200);
+}
