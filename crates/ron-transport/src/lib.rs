@@ -150,6 +150,29 @@ impl DevCertificate {
     }
 }
 
+/// Accepts the next connection (with `TCP_NODELAY` set), riding out accept failures such as
+/// running out of file descriptors with a short pause instead of spinning or giving up.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                // No Nagle: a response's head and body often go out as separate writes, and
+                // waiting for the peer's delayed ACK between them costs tens of milliseconds.
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+                return (tcp, peer);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// A TLS server configuration (TLS 1.2 and 1.3, ring) offering `alpn` in order of
 /// preference.
 pub fn server_config(material: TlsMaterial, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {

@@ -32,19 +32,25 @@ impl<I> Deadlined<I> {
     }
 }
 
-/// Arms `timer` on the first pending poll after progress; fails once it has run out.
-fn stalled(
+/// Passes `poll` through, resetting `timer` on progress; while pending, arms `timer` on the
+/// first pending poll after progress and fails with `TimedOut` once it has run out.
+fn guard<T>(
+    poll: Poll<io::Result<T>>,
     timer: &mut Option<Pin<Box<Sleep>>>,
     limit: Duration,
     cx: &mut Context<'_>,
     what: &str,
-) -> Poll<io::Error> {
+) -> Poll<io::Result<T>> {
+    if poll.is_ready() {
+        *timer = None;
+        return poll;
+    }
     let t = timer.get_or_insert_with(|| Box::pin(sleep(limit)));
     ready!(t.as_mut().poll(cx));
-    Poll::Ready(io::Error::new(
+    Poll::Ready(Err(io::Error::new(
         io::ErrorKind::TimedOut,
         format!("{what} made no progress for {limit:?}"),
-    ))
+    )))
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Deadlined<I> {
@@ -54,16 +60,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for Deadlined<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                this.read_timer = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => match stalled(&mut this.read_timer, this.read_idle, cx, "read") {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        let poll = Pin::new(&mut this.io).poll_read(cx, buf);
+        guard(poll, &mut this.read_timer, this.read_idle, cx, "read")
     }
 }
 
@@ -74,16 +72,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Deadlined<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                this.write_timer = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => match stalled(&mut this.write_timer, this.write_stall, cx, "write") {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        guard(poll, &mut this.write_timer, this.write_stall, cx, "write")
     }
 
     fn poll_write_vectored(
@@ -92,16 +82,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Deadlined<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                this.write_timer = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => match stalled(&mut this.write_timer, this.write_stall, cx, "write") {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        guard(poll, &mut this.write_timer, this.write_stall, cx, "write")
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -110,16 +92,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Deadlined<I> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_flush(cx) {
-            Poll::Ready(r) => {
-                this.write_timer = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => match stalled(&mut this.write_timer, this.write_stall, cx, "flush") {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        let poll = Pin::new(&mut this.io).poll_flush(cx);
+        guard(poll, &mut this.write_timer, this.write_stall, cx, "flush")
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

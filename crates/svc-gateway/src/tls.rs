@@ -21,8 +21,6 @@ use crate::{AppState, router};
 
 /// What the TLS listener offers in ALPN, in order of preference.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
-/// Pause after a failed accept (out of file descriptors), so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves the gateway over plain HTTP on `listener` until `shutdown` is cancelled, then
 /// stops accepting and lets requests in flight finish (the caller bounds that with its own
@@ -55,21 +53,9 @@ async fn accept_loop(
     let graceful = GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
+            accepted = ron_transport::accept(&listener) => accepted,
             () = shutdown.cancelled() => break,
         };
-        // No Nagle: a response's head and body often go out as separate writes, and waiting
-        // for the peer's delayed ACK between them costs tens of milliseconds.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
         let limits = state.config.get::<LimitsSection>();
         let (tls, app, watcher) = (tls.clone(), app.clone(), graceful.watcher());
         let ip = peer.ip();

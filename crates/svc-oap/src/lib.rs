@@ -76,17 +76,9 @@ pub async fn serve(
     let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "oap accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = ron_transport::accept(&listener) => accepted,
             () = shutdown.cancelled() => break,
         };
-        let _ = tcp.set_nodelay(true);
         let (acceptor, state, shutdown) = (acceptor.clone(), state.clone(), shutdown.clone());
         connections.spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
