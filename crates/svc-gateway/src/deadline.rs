@@ -9,15 +9,31 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Sleep, sleep};
+use tokio::time::{Instant, Sleep, sleep};
 
 /// An I/O stream with progress deadlines on reads and writes.
 pub(crate) struct Deadlined<I> {
     io: I,
     read_idle: Duration,
     write_stall: Duration,
-    read_timer: Option<Pin<Box<Sleep>>>,
-    write_timer: Option<Pin<Box<Sleep>>>,
+    read_timer: Timer,
+    write_timer: Timer,
+}
+
+/// A deadline armed on the first pending poll after progress; its `Sleep` is allocated once
+/// per connection and re-armed in place.
+struct Timer {
+    sleep: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+impl Timer {
+    fn new() -> Self {
+        Self {
+            sleep: Box::pin(sleep(Duration::ZERO)),
+            armed: false,
+        }
+    }
 }
 
 impl<I> Deadlined<I> {
@@ -26,8 +42,8 @@ impl<I> Deadlined<I> {
             io,
             read_idle,
             write_stall,
-            read_timer: None,
-            write_timer: None,
+            read_timer: Timer::new(),
+            write_timer: Timer::new(),
         }
     }
 }
@@ -36,17 +52,20 @@ impl<I> Deadlined<I> {
 /// first pending poll after progress and fails with `TimedOut` once it has run out.
 fn guard<T>(
     poll: Poll<io::Result<T>>,
-    timer: &mut Option<Pin<Box<Sleep>>>,
+    timer: &mut Timer,
     limit: Duration,
     cx: &mut Context<'_>,
     what: &str,
 ) -> Poll<io::Result<T>> {
     if poll.is_ready() {
-        *timer = None;
+        timer.armed = false;
         return poll;
     }
-    let t = timer.get_or_insert_with(|| Box::pin(sleep(limit)));
-    ready!(t.as_mut().poll(cx));
+    if !timer.armed {
+        timer.sleep.as_mut().reset(Instant::now() + limit);
+        timer.armed = true;
+    }
+    ready!(timer.sleep.as_mut().poll(cx));
     Poll::Ready(Err(io::Error::new(
         io::ErrorKind::TimedOut,
         format!("{what} made no progress for {limit:?}"),

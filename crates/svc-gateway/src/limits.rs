@@ -105,8 +105,10 @@ impl Section for LimitsSection {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub IpAddr);
 
-/// Client addresses remembered for rate and concurrency accounting.
+/// Client addresses remembered for rate and concurrency accounting, in all shards.
 const PEERS: usize = 65_536;
+/// Independent locks over the address table, so clients do not queue behind one another.
+const SHARDS: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
 struct PeerState {
@@ -119,16 +121,17 @@ struct PeerState {
 #[derive(Debug)]
 pub struct Limiter {
     in_flight: AtomicUsize,
-    peers: Mutex<LruCache<IpAddr, PeerState>>,
+    peers: Vec<Mutex<LruCache<IpAddr, PeerState>>>,
 }
 
 impl Default for Limiter {
     fn default() -> Self {
+        let per_shard = NonZeroUsize::new(PEERS / SHARDS).unwrap_or(NonZeroUsize::MIN);
         Self {
             in_flight: AtomicUsize::new(0),
-            peers: Mutex::new(LruCache::new(
-                NonZeroUsize::new(PEERS).unwrap_or(NonZeroUsize::MIN),
-            )),
+            peers: (0..SHARDS)
+                .map(|_| Mutex::new(LruCache::new(per_shard)))
+                .collect(),
         }
     }
 }
@@ -151,7 +154,7 @@ impl Drop for Ticket {
         if let Some(ip) = self.peer {
             let mut peers = self
                 .limiter
-                .peers
+                .shard(ip)
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if let Some(p) = peers.peek_mut(&ip) {
@@ -162,6 +165,19 @@ impl Drop for Ticket {
 }
 
 impl Limiter {
+    fn shard(&self, ip: IpAddr) -> &Mutex<LruCache<IpAddr, PeerState>> {
+        let h = match ip {
+            IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            IpAddr::V6(v6) => {
+                let b = u128::from(v6);
+                (b as u64) ^ ((b >> 64) as u64)
+            }
+        };
+        // Mix the bits so neighbouring addresses spread over the shards.
+        let mixed = h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60;
+        &self.peers[(mixed as usize) % self.peers.len()]
+    }
+
     /// Whether writes are being shed now.
     pub fn shedding(&self, limits: &LimitsSection) -> bool {
         self.in_flight.load(Ordering::Acquire) >= shed_at(limits)
@@ -190,8 +206,12 @@ impl Limiter {
         if write && now_in_flight >= shed_at(limits) {
             return Err(Refused::Global("the node is shedding writes"));
         }
-        if let Some(ip) = peer {
-            let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        let per_peer = limits.per_peer_rps > 0 || limits.per_peer_streams > 0;
+        if let Some(ip) = peer.filter(|_| per_peer) {
+            let mut peers = self
+                .shard(ip)
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
             let burst = f64::from(limits.per_peer_rps) * 2.0;
             let p = peers.get_or_insert_mut(ip, || PeerState {
