@@ -238,6 +238,9 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     crate::auth::issue_owner_token(&auth, &home, rotated)?;
     tracing::info!(node_id = auth.node_id(), "identity");
 
+    let limiter = Arc::new(svc_gateway::Limiter::default());
+    limiter.apply(&config.get::<svc_gateway::LimitsSection>());
+
     let mut sup = Supervisor::new(
         bus.clone(),
         metrics.clone(),
@@ -246,8 +249,10 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     );
     {
         let (config, bus, log, auth) = (config.clone(), bus.clone(), log.clone(), auth.clone());
+        let limiter = limiter.clone();
         sup.spawn("config", Duty::Background, move |ctx| {
             let (config, bus, log, auth) = (config.clone(), bus.clone(), log.clone(), auth.clone());
+            let limiter = limiter.clone();
             async move {
                 let mut events = bus.subscribe();
                 let apply_log_levels = async {
@@ -255,6 +260,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
                         if let KernelEvent::ConfigUpdated { .. } = event {
                             log.apply(&config.get::<LogSection>());
                             auth.apply(&config.get::<AuthSection>());
+                            limiter.apply(&config.get::<svc_gateway::LimitsSection>());
                         }
                     }
                 };
@@ -304,10 +310,11 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         });
     }
     {
-        let (auth, config) = (auth.clone(), config.clone());
+        let (auth, config, limiter) = (auth.clone(), config.clone(), limiter.clone());
         let (data_dir, amnesia) = (args.data_dir.clone(), args.amnesia);
         sup.spawn("auth-keys", Duty::Background, move |ctx| {
             let (auth, config, data_dir) = (auth.clone(), config.clone(), data_dir.clone());
+            let limiter = limiter.clone();
             async move {
                 // Config updates reach `auth` through the bus at once; this catches one a
                 // lagging subscriber missed.
@@ -325,6 +332,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
                     if config.version() != applied {
                         applied = config.version();
                         auth.apply(&config.get::<AuthSection>());
+                        limiter.apply(&config.get::<svc_gateway::LimitsSection>());
                     }
                     let done = auth
                         .maintain(ron_auth::unix_now())
@@ -338,7 +346,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         });
     }
     let state = AppState {
-        limiter: Arc::default(),
+        limiter: limiter.clone(),
         auth: auth.clone(),
         traffic: svc_gateway::Traffic::new(&metrics),
         metrics: metrics.clone(),

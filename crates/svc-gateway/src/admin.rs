@@ -89,10 +89,6 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::limits::limit,
-        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -115,10 +111,7 @@ struct ReadyQuery {
 /// The body is `{"reads":bool,"writes":bool}` either way.
 async fn readyz(State(state): State<AppState>, Query(q): Query<ReadyQuery>) -> Response {
     let mut ready = state.health.readiness();
-    if state
-        .limiter
-        .shedding(&state.config.get::<crate::LimitsSection>())
-    {
+    if state.limiter.shedding() {
         ready.writes = false;
     }
     let want_writes = q

@@ -6,13 +6,12 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{Method, header};
-use axum::middleware::Next;
 use axum::response::Response;
 use lru::LruCache;
 use ron_kernel::config::{FieldError, Section};
@@ -122,18 +121,39 @@ struct PeerState {
 pub struct Limiter {
     in_flight: AtomicUsize,
     peers: Vec<Mutex<LruCache<IpAddr, PeerState>>>,
+    // The admission settings in force, kept here so a request reads plain atomics rather
+    // than the config snapshot; [`Limiter::apply`] updates them on every config change.
+    global: AtomicUsize,
+    rps: AtomicU32,
+    streams: AtomicU32,
+    max_body: AtomicU64,
 }
 
 impl Default for Limiter {
     fn default() -> Self {
         let per_shard = NonZeroUsize::new(PEERS / SHARDS).unwrap_or(NonZeroUsize::MIN);
-        Self {
+        let limiter = Self {
             in_flight: AtomicUsize::new(0),
             peers: (0..SHARDS)
                 .map(|_| Mutex::new(LruCache::new(per_shard)))
                 .collect(),
-        }
+            global: AtomicUsize::new(0),
+            rps: AtomicU32::new(0),
+            streams: AtomicU32::new(0),
+            max_body: AtomicU64::new(0),
+        };
+        limiter.apply(&LimitsSection::default());
+        limiter
     }
+}
+
+/// The admission settings read by one request.
+#[derive(Debug, Clone, Copy)]
+struct Admission {
+    global: usize,
+    rps: u32,
+    streams: u32,
+    max_body: u64,
 }
 
 /// Why a request was not admitted.
@@ -143,12 +163,12 @@ enum Refused {
 }
 
 /// Holds a request's place; gives it back when dropped.
-struct Ticket {
-    limiter: Arc<Limiter>,
+pub(crate) struct Ticket<'a> {
+    limiter: &'a Limiter,
     peer: Option<IpAddr>,
 }
 
-impl Drop for Ticket {
+impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         self.limiter.in_flight.fetch_sub(1, Ordering::AcqRel);
         if let Some(ip) = self.peer {
@@ -178,9 +198,30 @@ impl Limiter {
         &self.peers[(mixed as usize) % self.peers.len()]
     }
 
+    /// Applies a `[limits]` section to admission (the node calls this on every config
+    /// change; connection settings are read per connection).
+    pub fn apply(&self, limits: &LimitsSection) {
+        self.global
+            .store(limits.global_concurrency, Ordering::Relaxed);
+        self.rps.store(limits.per_peer_rps, Ordering::Relaxed);
+        self.streams
+            .store(limits.per_peer_streams, Ordering::Relaxed);
+        self.max_body
+            .store(limits.max_body_bytes, Ordering::Relaxed);
+    }
+
+    fn admission(&self) -> Admission {
+        Admission {
+            global: self.global.load(Ordering::Relaxed),
+            rps: self.rps.load(Ordering::Relaxed),
+            streams: self.streams.load(Ordering::Relaxed),
+            max_body: self.max_body.load(Ordering::Relaxed),
+        }
+    }
+
     /// Whether writes are being shed now.
-    pub fn shedding(&self, limits: &LimitsSection) -> bool {
-        self.in_flight.load(Ordering::Acquire) >= shed_at(limits)
+    pub fn shedding(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) >= shed_at(self.admission().global)
     }
 
     /// Requests in progress.
@@ -189,51 +230,50 @@ impl Limiter {
     }
 
     fn admit(
-        self: &Arc<Self>,
-        limits: &LimitsSection,
+        &self,
+        limits: &Admission,
         peer: Option<IpAddr>,
         write: bool,
-    ) -> Result<Ticket, Refused> {
+    ) -> Result<Ticket<'_>, Refused> {
         let now_in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel);
         // From here on, dropping the ticket undoes the count.
         let mut ticket = Ticket {
-            limiter: self.clone(),
+            limiter: self,
             peer: None,
         };
-        if now_in_flight >= limits.global_concurrency {
+        if now_in_flight >= limits.global {
             return Err(Refused::Global("the node is at capacity"));
         }
-        if write && now_in_flight >= shed_at(limits) {
+        if write && now_in_flight >= shed_at(limits.global) {
             return Err(Refused::Global("the node is shedding writes"));
         }
-        let per_peer = limits.per_peer_rps > 0 || limits.per_peer_streams > 0;
+        let per_peer = limits.rps > 0 || limits.streams > 0;
         if let Some(ip) = peer.filter(|_| per_peer) {
             let mut peers = self
                 .shard(ip)
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
-            let burst = f64::from(limits.per_peer_rps) * 2.0;
+            let burst = f64::from(limits.rps) * 2.0;
             let p = peers.get_or_insert_mut(ip, || PeerState {
                 tokens: burst,
                 at: now,
                 in_flight: 0,
             });
-            if limits.per_peer_rps > 0 {
-                let refill =
-                    now.duration_since(p.at).as_secs_f64() * f64::from(limits.per_peer_rps);
+            if limits.rps > 0 {
+                let refill = now.duration_since(p.at).as_secs_f64() * f64::from(limits.rps);
                 p.tokens = (p.tokens + refill).min(burst);
                 p.at = now;
                 if p.tokens < 1.0 {
                     return Err(Refused::Peer("too many requests from this address"));
                 }
             }
-            if limits.per_peer_streams > 0 && p.in_flight >= limits.per_peer_streams {
+            if limits.streams > 0 && p.in_flight >= limits.streams {
                 return Err(Refused::Peer(
                     "too many requests in progress from this address",
                 ));
             }
-            if limits.per_peer_rps > 0 {
+            if limits.rps > 0 {
                 p.tokens -= 1.0;
             }
             p.in_flight += 1;
@@ -243,8 +283,8 @@ impl Limiter {
     }
 }
 
-fn shed_at(limits: &LimitsSection) -> usize {
-    (limits.global_concurrency * 3 / 4).max(1)
+fn shed_at(global: usize) -> usize {
+    (global * 3 / 4).max(1)
 }
 
 /// Routes that must answer whatever the load: health and metrics.
@@ -252,45 +292,48 @@ fn exempt(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
-/// The admission middleware.
-pub(crate) async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Admission for one request, called by the gateway's one middleware before the handler:
+/// `Ok(None)` for exempt routes, `Ok(Some(ticket))` while admitted (hold it until the handler
+/// returns), or the refusal to send.
+pub(crate) fn admit_request<'a>(
+    state: &'a AppState,
+    req: &Request,
+) -> Result<Option<Ticket<'a>>, Box<Response>> {
     if exempt(req.uri().path()) {
-        return next.run(req).await;
+        return Ok(None);
     }
-    let limits = state.config.get::<LimitsSection>();
+    let limits = state.limiter.admission();
     let write = !matches!(*req.method(), Method::GET | Method::HEAD);
-    let is_put = req.uri().path() == "/put";
-    if !is_put {
+    if req.uri().path() != "/put" {
         let announced = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if announced.is_some_and(|n| n > limits.max_body_bytes) {
-            reject(&state, "too_large");
+        if announced.is_some_and(|n| n > limits.max_body) {
+            reject(state, "too_large");
             let kind = ErrorKind::TooLarge;
-            let message = format!("request body exceeds {} bytes", limits.max_body_bytes);
-            return error_response(kind, &ErrorBody::new(kind, message));
+            let message = format!("request body exceeds {} bytes", limits.max_body);
+            return Err(Box::new(error_response(
+                kind,
+                &ErrorBody::new(kind, message),
+            )));
         }
     }
     let peer = req.extensions().get::<Peer>().map(|p| p.0);
     match state.limiter.admit(&limits, peer, write) {
-        Ok(ticket) => {
-            // The place is held while the handler runs: an upload's whole body, a download's
-            // opening and first verified window (the rest streams under the connection's
-            // own bounds).
-            let response = next.run(req).await;
-            drop(ticket);
-            response
-        }
+        // The place is held while the handler runs: an upload's whole body, a download's
+        // opening and first verified window (the rest streams under the connection's own
+        // bounds).
+        Ok(ticket) => Ok(Some(ticket)),
         Err(refused) => {
             let (kind, reason, message) = match refused {
                 Refused::Peer(m) => (ErrorKind::RateLimited, "rate_limited", m),
                 Refused::Global(m) => (ErrorKind::Overloaded, "overloaded", m),
             };
-            reject(&state, reason);
+            reject(state, reason);
             let body = ErrorBody::new(kind, message).retry_after_ms(fastrand::u64(1000..=5000));
-            error_response(kind, &body)
+            Err(Box::new(error_response(kind, &body)))
         }
     }
 }
@@ -299,23 +342,27 @@ pub(crate) async fn limit(State(state): State<AppState>, req: Request, next: Nex
 mod tests {
     use super::*;
 
-    fn limits(global: usize, rps: u32, streams: u32) -> LimitsSection {
-        LimitsSection {
-            global_concurrency: global,
-            per_peer_rps: rps,
-            per_peer_streams: streams,
-            ..LimitsSection::default()
+    fn limits(global: usize, rps: u32, streams: u32) -> Admission {
+        Admission {
+            global,
+            rps,
+            streams,
+            max_body: 1 << 20,
         }
     }
 
     #[test]
     fn writes_are_shed_before_reads() {
-        let limiter = Arc::new(Limiter::default());
+        let limiter = Limiter::default();
+        limiter.apply(&LimitsSection {
+            global_concurrency: 4,
+            ..LimitsSection::default()
+        });
         let l = limits(4, 0, 0);
         let held: Vec<_> = (0..3)
             .map(|_| limiter.admit(&l, None, false).ok().unwrap())
             .collect();
-        assert!(limiter.shedding(&l));
+        assert!(limiter.shedding());
         assert!(matches!(
             limiter.admit(&l, None, true),
             Err(Refused::Global(_))
@@ -328,13 +375,13 @@ mod tests {
         drop(last_read);
         drop(held);
         assert_eq!(limiter.in_flight(), 0);
-        assert!(!limiter.shedding(&l));
+        assert!(!limiter.shedding());
         assert!(limiter.admit(&l, None, true).is_ok());
     }
 
     #[test]
     fn one_peer_is_held_to_its_rate_and_streams_and_others_are_not() {
-        let limiter = Arc::new(Limiter::default());
+        let limiter = Limiter::default();
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let l = limits(1000, 5, 0);
         let admitted = (0..100)

@@ -68,8 +68,12 @@ pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: N
     // every other route has a whole-request deadline.
     let streaming = matches!(route.as_ref(), "/put" | "/o/{addr}");
     let span = tracing::info_span!("request", %method, %route, request_id = %id);
+    let ticket = match crate::limits::admit_request(&state, &req) {
+        Ok(ticket) => ticket,
+        Err(refused) => return finish(&state, *refused, route, method, started, &id),
+    };
     let run = next.run(req).instrument(span.clone());
-    let mut response = if streaming {
+    let response = if streaming {
         // No whole-request deadline (and no timer) for transfers that stream as long as
         // they move.
         run.await
@@ -94,6 +98,19 @@ pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: N
             }
         }
     };
+    drop(ticket);
+    finish(&state, response, route, method, started, &id)
+}
+
+/// Records the latency by route and echoes the request id.
+fn finish(
+    state: &AppState,
+    mut response: Response,
+    route: Cow<'static, str>,
+    method: Cow<'static, str>,
+    started: Instant,
+    id: &str,
+) -> Response {
     let status = response.status().as_u16();
     state
         .metrics
@@ -109,7 +126,7 @@ pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: N
             ),
         })
         .observe(started.elapsed().as_secs_f64());
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    if let Ok(value) = HeaderValue::from_str(id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
