@@ -124,14 +124,8 @@ pub(crate) enum CapCommand {
 /// A data dir for offline key work.
 #[derive(Debug, Args)]
 pub(crate) struct DataDir {
-    /// The node's data dir.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "RON_DATA_DIR",
-        default_value = "./ron-data"
-    )]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    dir: crate::node::DataDirArg,
     /// The node's config file (for `[auth]` key ages) instead of `<data dir>/ron.toml`.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -188,7 +182,7 @@ impl CaveatArgs {
 }
 
 fn section_of(dir: &DataDir) -> anyhow::Result<AuthSection> {
-    let config = crate::node::offline_config(&dir.data_dir, dir.config.as_deref())?;
+    let config = crate::node::offline_config(&dir.dir.data_dir, dir.config.as_deref())?;
     Ok(config.get::<AuthSection>().as_ref().clone())
 }
 
@@ -244,7 +238,7 @@ pub(crate) async fn key(cmd: KeyCommand, node: &crate::client::NodeUrl) -> anyho
         },
         KeyCommand::Rotate { dir } => {
             let section = section_of(&dir)?;
-            let home = KeyHome::Dir(&dir.data_dir);
+            let home = KeyHome::Dir(&dir.dir.data_dir);
             let (auth, _) = open(&home, &section)?;
             let key = auth
                 .ring()
@@ -265,13 +259,13 @@ pub(crate) fn cap(cmd: CapCommand) -> anyhow::Result<()> {
             let token = match key {
                 Some(path) => token::mint(&SigningKey::read(&path)?, &caveats)?,
                 None => {
-                    if !dir.data_dir.join(SIGNING_KEYS).is_dir() {
+                    if !dir.dir.data_dir.join(SIGNING_KEYS).is_dir() {
                         bail!(
                             "no signing keys in {} (run the node once, or pass --key FILE)",
-                            dir.data_dir.display()
+                            dir.dir.data_dir.display()
                         );
                     }
-                    let home = KeyHome::Dir(&dir.data_dir);
+                    let home = KeyHome::Dir(&dir.dir.data_dir);
                     let (auth, rotated) = open(&home, &section_of(&dir)?)?;
                     if rotated {
                         issue_owner_token(&auth, &home, true)?;

@@ -49,14 +49,8 @@ pub(crate) struct Creds {
     /// Capability token [env: RON_TOKEN; else `owner.token` in the data dir].
     #[arg(long, value_name = "TOKEN", env = "RON_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Data dir whose `owner.token` is used when no token is given.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "RON_DATA_DIR",
-        default_value = "./ron-data"
-    )]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    dir: crate::node::DataDirArg,
 }
 
 impl Creds {
@@ -65,7 +59,7 @@ impl Creds {
         if let Some(t) = &self.token {
             return Ok(Some(t.trim().to_owned()));
         }
-        let path = self.data_dir.join(crate::auth::OWNER_TOKEN);
+        let path = self.dir.data_dir.join(crate::auth::OWNER_TOKEN);
         match std::fs::read_to_string(&path) {
             Ok(text) => Ok(Some(text.trim().to_owned())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -39,6 +39,19 @@ const MAX_UPLOADS: usize = 64;
 /// A quiet moment after the last change to the config file before it is reloaded.
 const CONFIG_DEBOUNCE: Duration = Duration::from_millis(200);
 
+/// `--data-dir`, shared by `ron node` and the commands that read a node's files.
+#[derive(Debug, Args)]
+pub(crate) struct DataDirArg {
+    /// The node's data dir: its store, keys, `owner.token`, and `ron.toml` when present.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "RON_DATA_DIR",
+        default_value = "./ron-data"
+    )]
+    pub(crate) data_dir: PathBuf,
+}
+
 /// `ron node` flags. Flags override the config file.
 #[derive(Debug, Args)]
 pub(crate) struct NodeArgs {
@@ -57,14 +70,8 @@ pub(crate) struct NodeArgs {
     /// 127.0.0.1:7702]. Runs whenever the node has a certificate.
     #[arg(long, value_name = "ADDR")]
     oap_listen: Option<SocketAddr>,
-    /// Where the node keeps its data; `ron.toml` here is read when present.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "RON_DATA_DIR",
-        default_value = "./ron-data"
-    )]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    dir: DataDirArg,
     /// Config file to read instead of `<data dir>/ron.toml` (it must exist).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -127,7 +134,7 @@ pub(crate) fn offline_config(data_dir: &Path, file: Option<&Path>) -> anyhow::Re
 }
 
 fn build_config(args: &NodeArgs, metrics: &Metrics) -> anyhow::Result<Config> {
-    let mut builder = config_builder(&args.data_dir, args.config.as_deref());
+    let mut builder = config_builder(&args.dir.data_dir, args.config.as_deref());
     if let Some(addr) = args.gateway {
         builder = builder.set("gateway.listen", addr.to_string());
     }
@@ -168,7 +175,7 @@ fn tls_listener(args: &NodeArgs, section: &GatewaySection) -> anyhow::Result<Opt
                 ron_transport::DevCertificate::generate(&names)?.material()
             } else {
                 let (material, path) = ron_transport::DevCertificate::load_or_create(
-                    &args.data_dir.join("tls"),
+                    &args.dir.data_dir.join("tls"),
                     &names,
                 )?;
                 tracing::info!(cert = %path.display(), "TLS with a self-signed certificate");
@@ -193,8 +200,8 @@ fn bind(listen: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     if !args.amnesia {
-        std::fs::create_dir_all(&args.data_dir)
-            .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+        std::fs::create_dir_all(&args.dir.data_dir)
+            .with_context(|| format!("cannot create data dir {}", args.dir.data_dir.display()))?;
     }
     let metrics = Metrics::new();
     let config = build_config(&args, &metrics)?;
@@ -207,7 +214,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         tracing::info!("amnesia: everything stays in memory and is lost at exit");
         Store::in_memory_with(CpuPool::default())?
     } else {
-        let dir = args.data_dir.join("store");
+        let dir = args.dir.data_dir.join("store");
         Store::open(&dir, CpuPool::default())
             .with_context(|| format!("cannot open the store in {}", dir.display()))?
     };
@@ -231,7 +238,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let home = if args.amnesia {
         KeyHome::Memory
     } else {
-        KeyHome::Dir(&args.data_dir)
+        KeyHome::Dir(&args.dir.data_dir)
     };
     let (auth, rotated) = crate::auth::open(&home, &config.get::<AuthSection>())?;
     let auth = Arc::new(auth);
@@ -311,7 +318,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     {
         let (auth, config, limiter) = (auth.clone(), config.clone(), limiter.clone());
-        let (data_dir, amnesia) = (args.data_dir.clone(), args.amnesia);
+        let (data_dir, amnesia) = (args.dir.data_dir.clone(), args.amnesia);
         sup.spawn("auth-keys", Duty::Background, move |ctx| {
             let (auth, config, data_dir) = (auth.clone(), config.clone(), data_dir.clone());
             let limiter = limiter.clone();
@@ -408,7 +415,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         None => None,
     };
     health.mark_started();
-    tracing::info!(%gateway, data_dir = %args.data_dir.display(), config_version = config.version(), "node started");
+    tracing::info!(%gateway, data_dir = %args.dir.data_dir.display(), config_version = config.version(), "node started");
     // The one line a script (or a test) reads to find the node.
     println!("ron node: gateway http://{gateway}");
     if let Some(addr) = tls_addr {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{BIN, Node, data};
+use support::{BIN, Node, data, ok_stdout};
 use tokio::process::Command;
 use tokio::time::{Instant, sleep};
 
@@ -44,18 +44,6 @@ async fn ron(node: &Node, args: &[&str], env: &[(&str, &str)]) -> std::process::
     cmd.output().await.unwrap()
 }
 
-fn stdout(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "ron failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone())
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 /// One line on stderr with the code and status, and a failing exit.
 fn refused(out: &std::process::Output, code: &str, status: u16) {
     assert!(!out.status.success());
@@ -71,7 +59,7 @@ async fn mint(node: &Node, args: &[&str]) -> String {
     let data_dir = node.data_dir.to_str().unwrap();
     let mut all = vec!["cap", "mint", "--data-dir", data_dir];
     all.extend_from_slice(args);
-    stdout(&ron(node, &all, &[]).await)
+    ok_stdout(&ron(node, &all, &[]).await)
 }
 
 async fn put_with(node: &Node, token: Option<&str>, bytes: Vec<u8>) -> (u16, Value, String) {
@@ -113,9 +101,9 @@ async fn first_run_gives_the_owner_a_token_and_strangers_get_401() {
     let file = dir.path().join("f");
     std::fs::write(&file, data(100_000, 1)).unwrap();
     let owner_env = [("RON_DATA_DIR", data_dir.to_str().unwrap())];
-    let addr = stdout(&ron(&node, &["put", file.to_str().unwrap()], &owner_env).await);
+    let addr = ok_stdout(&ron(&node, &["put", file.to_str().unwrap()], &owner_env).await);
     assert!(addr.starts_with("b3:"));
-    stdout(&ron(&node, &["pin", &addr], &owner_env).await);
+    ok_stdout(&ron(&node, &["pin", &addr], &owner_env).await);
     // ... and through ./ron-data in the working directory.
     let out = Command::new(BIN)
         .args(["unpin", &addr])
@@ -137,7 +125,7 @@ async fn first_run_gives_the_owner_a_token_and_strangers_get_401() {
         .output()
         .await
         .unwrap();
-    stdout(&out);
+    ok_stdout(&out);
     std::fs::rename(dir.path().join("ron-data"), &data_dir).unwrap();
 
     // A stranger: refused by the CLI with one line, by curl with 401 + WWW-Authenticate.
@@ -189,7 +177,7 @@ async fn first_run_gives_the_owner_a_token_and_strangers_get_401() {
 async fn bad_tokens_are_401_and_narrow_ones_403() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(&dir.path().join("data"), &[]).await;
-    let node_id = stdout(&ron(&node, &["key", "show", "--node"], &[]).await);
+    let node_id = ok_stdout(&ron(&node, &["key", "show", "--node"], &[]).await);
     assert_eq!(node.status().await["node_id"], node_id.as_str());
     assert!(node_id.starts_with("12D3KooW"));
 
@@ -251,7 +239,7 @@ async fn bad_tokens_are_401_and_narrow_ones_403() {
         &[("RON_TOKEN", &mine)],
     )
     .await;
-    assert!(stdout(&out).starts_with("b3:"));
+    assert!(ok_stdout(&out).starts_with("b3:"));
 
     // Byte budget: 1000 bytes in total, whatever the number of uploads.
     let budget = mint(&node, &["--max-bytes", "1000"]).await;
@@ -280,7 +268,7 @@ async fn bad_tokens_are_401_and_narrow_ones_403() {
     assert_eq!(status, 201, "the refused uploads were refunded");
 
     // An attenuated token (offline) narrows: owner -> put only -> refused for pin.
-    let narrowed = stdout(
+    let narrowed = ok_stdout(
         &ron(
             &node,
             &[
@@ -306,7 +294,7 @@ async fn bad_tokens_are_401_and_narrow_ones_403() {
         .await
         .unwrap();
     assert_eq!(res.status(), 403);
-    let inspected = stdout(&ron(&node, &["cap", "inspect", &narrowed], &[]).await);
+    let inspected = ok_stdout(&ron(&node, &["cap", "inspect", &narrowed], &[]).await);
     assert_eq!(inspected.matches("revocation id").count(), 2, "{inspected}");
     assert!(inspected.contains("operation($op)"), "{inspected}");
     let metrics = node.get("/metrics").await.1;
@@ -368,7 +356,7 @@ async fn revocation_and_trusted_roots_apply_live() {
 
     // A user key the node does not trust yet.
     let user_key = dir.path().join("user.key");
-    let user_pub = stdout(
+    let user_pub = ok_stdout(
         &ron(
             &node,
             &["key", "gen", "--out", user_key.to_str().unwrap()],
@@ -378,10 +366,10 @@ async fn revocation_and_trusted_roots_apply_live() {
     );
     assert_eq!(mode(&user_key), 0o600);
     assert_eq!(
-        stdout(&ron(&node, &["key", "show", user_key.to_str().unwrap()], &[]).await),
+        ok_stdout(&ron(&node, &["key", "show", user_key.to_str().unwrap()], &[]).await),
         user_pub
     );
-    let user_token = stdout(
+    let user_token = ok_stdout(
         &ron(
             &node,
             &[
@@ -415,7 +403,7 @@ async fn revocation_and_trusted_roots_apply_live() {
     }
 
     // Revoke it: refused once the file changes (measured; bounded at 10 s).
-    let ids = stdout(&ron(&node, &["cap", "inspect", &user_token], &[]).await);
+    let ids = ok_stdout(&ron(&node, &["cap", "inspect", &user_token], &[]).await);
     let id = ids
         .lines()
         .find_map(|l| l.split_once("revocation id ").map(|(_, id)| id.trim()))
@@ -473,7 +461,7 @@ async fn rotation_keeps_old_tokens_in_grace_and_renews_the_owner_token() {
         &[],
     )
     .await;
-    let new_public = stdout(&out);
+    let new_public = ok_stdout(&out);
     let new_owner = std::fs::read_to_string(data_dir.join("owner.token"))
         .unwrap()
         .trim()
@@ -500,7 +488,7 @@ async fn rotation_keeps_old_tokens_in_grace_and_renews_the_owner_token() {
         );
     }
     let fresh = mint(&node, &[]).await;
-    let seen = stdout(&ron(&node, &["cap", "inspect", &fresh], &[]).await);
+    let seen = ok_stdout(&ron(&node, &["cap", "inspect", &fresh], &[]).await);
     let new_id = status["auth"]["signing_key"]["id"].to_string();
     assert!(seen.contains(&format!("root key id: {new_id}")), "{seen}");
 }
@@ -534,6 +522,6 @@ async fn key_and_cap_commands_refuse_bad_input_with_one_line() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
     let out = ron(&node, &["key", "gen"], &[]).await;
-    let secret = stdout(&out);
+    let secret = ok_stdout(&out);
     assert!(secret.starts_with("ed25519-private/"));
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use ron_client::{ClientError, OapClient, Trust};
 use ron_proto::ErrorKind;
-use support::{Node, b3sum, data};
+use support::{Node, b3sum, data, ok_stdout};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -32,18 +32,6 @@ async fn node(dir: &std::path::Path) -> Node {
     .await
 }
 
-fn stdout(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "ron failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone())
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn put_and_get_over_oap_match_b3sum() {
     let dir = tempfile::tempdir().unwrap();
@@ -56,7 +44,7 @@ async fn put_and_get_over_oap_match_b3sum() {
     {
         let file = dir.path().join(format!("f{len}"));
         std::fs::write(&file, data(len, i as u64)).unwrap();
-        let addr = stdout(
+        let addr = ok_stdout(
             &node
                 .cli(&["put", "--oap", &oap, "--insecure", file.to_str().unwrap()])
                 .await,
@@ -75,7 +63,7 @@ async fn put_and_get_over_oap_match_b3sum() {
                 back.to_str().unwrap(),
             ])
             .await;
-        stdout(&out);
+        ok_stdout(&out);
         assert!(
             std::fs::read(&back).unwrap() == std::fs::read(&file).unwrap(),
             "len {len}"
@@ -94,7 +82,7 @@ async fn put_and_get_over_oap_match_b3sum() {
         .unwrap();
     let bytes = data(300_000, 77);
     put.stdin.take().unwrap().write_all(&bytes).await.unwrap();
-    let addr = stdout(&put.wait_with_output().await.unwrap());
+    let addr = ok_stdout(&put.wait_with_output().await.unwrap());
     let out = node.cli(&["get", "--oap", &oap, "--insecure", &addr]).await;
     assert!(out.status.success());
     assert!(out.stdout == bytes);
@@ -126,7 +114,7 @@ async fn the_client_library_sees_hello_capabilities_and_errors() {
             .map(|_| ()),
         ErrorKind::Unauthorized,
     );
-    let get_only = stdout(
+    let get_only = ok_stdout(
         &node
             .cli(&[
                 "cap",
@@ -179,7 +167,7 @@ async fn the_client_library_sees_hello_capabilities_and_errors() {
     client.get(&stored.address, None, &mut sink).await.unwrap();
     assert!(sink == big);
     // Budget caveats hold over OAP as over HTTP.
-    let budget = stdout(
+    let budget = ok_stdout(
         &node
             .cli(&[
                 "cap",

@@ -228,3 +228,13 @@ pub fn b3sum(path: &Path) -> String {
         String::from_utf8(out.stdout).expect("utf-8").trim()
     )
 }
+
+/// The stdout of a `ron` run that must have succeeded, trimmed.
+pub fn ok_stdout(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "ron failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

@@ -185,8 +185,6 @@ struct Trust {
     /// Configured roots, tried in turn for tokens without a key id.
     roots: Vec<PublicKey>,
     revoked: HashSet<Vec<u8>>,
-    anonymous_put: bool,
-    protect_reads: bool,
 }
 
 #[derive(Default)]
@@ -206,6 +204,8 @@ pub struct Auth {
     /// `allow if true`, parsed once: the token's checks decide.
     allow: Policy,
     datalog_only: std::sync::atomic::AtomicBool,
+    anonymous_put: std::sync::atomic::AtomicBool,
+    protect_reads: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Auth {
@@ -251,6 +251,8 @@ impl Auth {
             allow: Policy::try_from("allow if true")
                 .map_err(|e| KeyError::Malformed(format!("policy: {e}")))?,
             datalog_only: std::sync::atomic::AtomicBool::new(false),
+            anonymous_put: std::sync::atomic::AtomicBool::new(section.anonymous_put),
+            protect_reads: std::sync::atomic::AtomicBool::new(section.protect_reads),
         };
         auth.maintain(now)?;
         Ok(auth)
@@ -327,9 +329,12 @@ impl Auth {
             keys,
             roots,
             revoked,
-            anonymous_put: settings.anonymous_put,
-            protect_reads: settings.protect_reads,
         });
+        // Read on every request: plain atomics, not the trust lock.
+        self.anonymous_put
+            .store(settings.anonymous_put, Ordering::Relaxed);
+        self.protect_reads
+            .store(settings.protect_reads, Ordering::Relaxed);
     }
 
     fn trust(&self) -> Arc<Trust> {
@@ -341,11 +346,10 @@ impl Auth {
 
     /// Whether `op` needs a token under the current config.
     pub fn requires_token(&self, op: Op) -> bool {
-        let trust = self.trust();
         if op.is_write() {
-            !trust.anonymous_put
+            !self.anonymous_put.load(Ordering::Relaxed)
         } else {
-            trust.protect_reads
+            self.protect_reads.load(Ordering::Relaxed)
         }
     }
 
