@@ -125,7 +125,7 @@ fn config_builder(data_dir: &Path, file: Option<&Path>) -> ron_kernel::config::B
         .register::<StorageSection>()
         .register::<AuthSection>()
         .register::<OapSection>()
-        .register::<svc_gateway::LimitsSection>()
+        .register::<ron_transport::limits::LimitsSection>()
 }
 
 /// A node's config read by a command that works on its data dir without running it.
@@ -245,8 +245,8 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     crate::auth::issue_owner_token(&auth, &home, rotated)?;
     tracing::info!(node_id = auth.node_id(), "identity");
 
-    let limiter = Arc::new(svc_gateway::Limiter::default());
-    limiter.apply(&config.get::<svc_gateway::LimitsSection>());
+    let limiter = Arc::new(ron_transport::limits::Limiter::default());
+    limiter.apply(&config.get::<ron_transport::limits::LimitsSection>());
 
     let mut sup = Supervisor::new(
         bus.clone(),
@@ -267,7 +267,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
                         if let KernelEvent::ConfigUpdated { .. } = event {
                             log.apply(&config.get::<LogSection>());
                             auth.apply(&config.get::<AuthSection>());
-                            limiter.apply(&config.get::<svc_gateway::LimitsSection>());
+                            limiter.apply(&config.get::<ron_transport::limits::LimitsSection>());
                         }
                     }
                 };
@@ -339,7 +339,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
                     if config.version() != applied {
                         applied = config.version();
                         auth.apply(&config.get::<AuthSection>());
-                        limiter.apply(&config.get::<svc_gateway::LimitsSection>());
+                        limiter.apply(&config.get::<ron_transport::limits::LimitsSection>());
                     }
                     let done = auth
                         .maintain(ron_auth::unix_now())
@@ -385,6 +385,9 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 max_inflight: section.max_inflight,
                 max_put_bytes: config.get::<GatewaySection>().max_put_bytes,
                 version: env!("CARGO_PKG_VERSION"),
+                config: config.clone(),
+                limiter: tls_state.limiter.clone(),
+                metrics: tls_state.metrics.clone(),
             };
             sup.spawn("oap", Duty::ReadsAndWrites, move |ctx| {
                 let (listener, state, tls_config) =

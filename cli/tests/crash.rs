@@ -103,7 +103,7 @@ async fn acknowledged_uploads_survive_sigkill() {
     std::fs::create_dir_all(&data_dir).unwrap();
     std::fs::write(
         data_dir.join("ron.toml"),
-        "[limits]\nper_peer_rps = 0\nper_peer_streams = 0\n",
+        "[limits]\nper_peer_rps = 0\nper_peer_bytes_per_sec = 0\nper_peer_streams = 0\n",
     )
     .unwrap();
     let ledger = Arc::new(Mutex::new(Ledger::default()));

@@ -310,6 +310,58 @@ async fn slow_readers_and_idle_connections_are_cut_off() {
     );
 }
 
+#[tokio::test]
+async fn a_client_over_its_byte_rate_is_slowed_to_it_and_refused_while_over() {
+    let rate = 1u64 << 20;
+    let (_dir, node) = start(&format!("[limits]\nper_peer_bytes_per_sec = {rate}\n")).await;
+    let size = 4 << 20;
+    let bytes = data(size, 9);
+    // At most two seconds' burst, then the rest at the rate: the upload itself is slowed.
+    let started = Instant::now();
+    let addr = node.put(bytes.clone()).await;
+    let put_took = started.elapsed();
+    assert!(put_took >= Duration::from_millis(1500), "{put_took:?}");
+
+    // A download from the same address, with other requests made while it runs.
+    let (url, client) = (format!("{}/o/{addr}", node.url), node.anonymous());
+    let started = Instant::now();
+    let download = tokio::spawn(async move {
+        let body = client.get(url).send().await.unwrap().bytes().await.unwrap();
+        (body, Instant::now())
+    });
+    let (mut refused, mut health) = (Vec::new(), Vec::new());
+    while !download.is_finished() {
+        sleep(Duration::from_millis(100)).await;
+        let res = node
+            .anonymous()
+            .get(format!("{}/stat/{addr}", node.url))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 429 {
+            assert!(res.headers().contains_key("retry-after"));
+            refused.push(res.json::<Value>().await.unwrap());
+        }
+        health.push(healthz(&node).await);
+    }
+    let (body, done) = download.await.unwrap();
+    let get_took = done - started;
+    assert!(body == bytes, "the throttled download is whole and correct");
+    // Even from a full bucket (two seconds' burst), the other half takes a second per MiB.
+    assert!(get_took >= Duration::from_millis(1900), "{get_took:?}");
+    assert!(!refused.is_empty(), "requests made while over the rate are refused");
+    assert!(refused.iter().all(|b| b["code"] == "rate_limited"
+        && b["message"].as_str().unwrap().contains("byte rate")
+        && (1000..=5000).contains(&b["retry_after_ms"].as_u64().unwrap())));
+    assert!(health.iter().all(|&s| s == 200), "/healthz answers throughout");
+    println!(
+        "per_peer_bytes_per_sec = 1 MiB/s: 4 MiB PUT took {put_took:?}, 4 MiB GET took {get_took:?}; \
+         {} of {} requests made meanwhile refused with 429",
+        refused.len(),
+        health.len()
+    );
+}
+
 /// Heavy tier: `cargo test -p ron --release --test limits -- --ignored --nocapture`
 /// (needs `ulimit -n` of at least 10,500 for the test and the node).
 #[tokio::test]

@@ -304,3 +304,52 @@ async fn parser_rules_hold_on_the_wire_and_hostile_bytes_harm_no_one() {
     client.get(&stored.address, None, &mut back).await.unwrap();
     assert_eq!(back, b"still here");
 }
+
+#[tokio::test]
+async fn the_listener_holds_idle_connections_and_one_client_to_the_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::write(
+        data_dir.join("ron.toml"),
+        "[limits]\nread_idle_ms = 700\nper_peer_rps = 5\n",
+    )
+    .unwrap();
+    let node = node(dir.path()).await;
+    let oap = node.oap_addr.clone().unwrap();
+
+    // A connection that says nothing after its handshake is closed at read_idle_ms.
+    let mut idle = raw(&oap).await;
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut got)).await;
+    assert!(closed.is_ok(), "the idle connection was closed");
+    let idle_after = started.elapsed();
+    assert!(idle_after >= Duration::from_millis(600), "{idle_after:?}");
+
+    // One client asking faster than per_peer_rps: a burst of twice the rate, then 429s with
+    // a retry hint; the connection stays usable.
+    let mut client = OapClient::connect(&oap, &Trust::Insecure).await.unwrap();
+    let addr = ron_proto::Address::of(b"nothing here");
+    let (mut missing, mut limited) = (0, 0);
+    for _ in 0..30 {
+        match client.stat(&addr, None).await {
+            Err(ClientError::Remote { kind: ErrorKind::NotFound, .. }) => missing += 1,
+            Err(ClientError::Remote { kind: ErrorKind::RateLimited, body }) => {
+                let ms = body.retry_after_ms.unwrap();
+                assert!((1000..=5000).contains(&ms), "{ms}");
+                limited += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(missing >= 10 && limited >= 15, "{missing} answered, {limited} refused");
+    let metrics = node.get("/metrics").await.1;
+    assert!(metrics.contains("rejected_total{reason=\"rate_limited\"}"));
+    assert_eq!(node.get("/healthz").await.0, 200);
+    println!(
+        "oap: idle connection closed after {} ms (read_idle_ms = 700); 30 stats at per_peer_rps = 5: \
+         {missing} answered, {limited} refused",
+        idle_after.as_millis()
+    );
+}

@@ -23,7 +23,7 @@ cargo build --release --locked -p ron >/dev/null
 RON=${CARGO_TARGET_DIR:-target}/release/ron
 rm -rf "$W" && mkdir -p "$W/data"
 head -c 1024 /dev/urandom > "$W/1k"
-LIMITS='[limits]\nper_peer_rps = 0\nper_peer_streams = 0\nglobal_concurrency = 100000\n'  # one client address, full speed
+LIMITS='[limits]\nper_peer_rps = 0\nper_peer_bytes_per_sec = 0\nper_peer_streams = 0\nglobal_concurrency = 100000\n'  # one client address, full speed
 printf '%b' "$LIMITS" > "$W/data/ron.toml"
 "$RON" node --gateway "127.0.0.1:$RON_PORT" --data-dir "$W/data" 2>"$W/ron.log" >/dev/null &
 RON_PID=$!

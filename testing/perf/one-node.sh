@@ -51,7 +51,7 @@ trap cleanup EXIT
 med() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
 
-printf '[storage]\ngc_interval_s = 1\n[limits]\nper_peer_rps = 0\nper_peer_streams = 0\nglobal_concurrency = 100000\n' > "$W/data/ron.toml"  # one client address, full speed
+printf '[storage]\ngc_interval_s = 1\n[limits]\nper_peer_rps = 0\nper_peer_bytes_per_sec = 0\nper_peer_streams = 0\nglobal_concurrency = 100000\n' > "$W/data/ron.toml"  # one client address, full speed
 "$RON" node --gateway "127.0.0.1:$RON_PORT" --data-dir "$W/data" 2>"$W/ron.log" >/dev/null &
 RON_PID=$!
 for _ in $(seq 100); do curl -sf "127.0.0.1:$RON_PORT/healthz" >/dev/null && break; sleep 0.1; done

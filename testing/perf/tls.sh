@@ -24,7 +24,7 @@ cargo build --release --locked -p ron >/dev/null
 RON=${CARGO_TARGET_DIR:-target}/release/ron
 rm -rf "$W" && mkdir -p "$W/data" "$W/www" "$W/nginx/logs" "$W/nginx/tmp"
 head -c 1024 /dev/urandom > "$W/www/1k"
-printf '[limits]\nper_peer_rps = 0\nper_peer_streams = 0\nglobal_concurrency = 100000\nread_idle_ms = 600000\n' > "$W/data/ron.toml"
+printf '[limits]\nper_peer_rps = 0\nper_peer_bytes_per_sec = 0\nper_peer_streams = 0\nglobal_concurrency = 100000\nread_idle_ms = 600000\n' > "$W/data/ron.toml"
 "$RON" node --gateway 127.0.0.1:17720 --gateway-tls 127.0.0.1:17721 --oap-listen 127.0.0.1:17722 \
   --tls-self-signed --data-dir "$W/data" 2>"$W/ron.log" >/dev/null &
 RON_PID=$!

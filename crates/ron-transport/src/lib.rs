@@ -9,6 +9,9 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod deadline;
+pub mod limits;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -70,7 +70,7 @@ pub struct AppState {
     /// Identity and capabilities.
     pub auth: std::sync::Arc<ron_auth::Auth>,
     /// Admission under `[limits]`.
-    pub limiter: std::sync::Arc<crate::Limiter>,
+    pub limiter: std::sync::Arc<ron_transport::limits::Limiter>,
 }
 
 /// The gateway's routes with their middleware.
@@ -219,7 +219,7 @@ mod tests {
             health: HealthState::new(),
             config: Config::builder()
                 .register::<crate::GatewaySection>()
-                .register::<crate::LimitsSection>()
+                .register::<ron_transport::limits::LimitsSection>()
                 .build()
                 .unwrap(),
             started: Instant::now(),

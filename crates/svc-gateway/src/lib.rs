@@ -15,7 +15,6 @@
 mod admin;
 mod auth;
 mod config;
-mod deadline;
 mod error;
 mod limits;
 mod middleware;
@@ -25,6 +24,5 @@ mod tls;
 pub use admin::{AppState, StatusExtra, Traffic, router};
 pub use config::GatewaySection;
 pub use error::error_response;
-pub use limits::{Limiter, LimitsSection, Peer};
 pub use objects::EXPECT_ADDRESS;
 pub use tls::{ALPN, serve, serve_tls};

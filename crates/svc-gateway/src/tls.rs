@@ -16,7 +16,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::limits::{LimitsSection, Peer};
+use ron_transport::deadline::{Deadlined, Meter};
+use ron_transport::limits::{LimitsSection, Peer};
 use crate::{AppState, router};
 
 /// What the TLS listener offers in ALPN, in order of preference.
@@ -59,17 +60,18 @@ async fn accept_loop(
         let limits = state.config.get::<LimitsSection>();
         let (tls, app, watcher) = (tls.clone(), app.clone(), graceful.watcher());
         let ip = peer.ip();
+        let meter = Meter::new(state.limiter.clone(), ip);
         tokio::spawn(async move {
             let app = app.map_request(move |mut req: axum::extract::Request<_>| {
                 req.extensions_mut().insert(Peer(ip));
                 req
             });
             match tls {
-                None => connection(tcp, app, &limits, watcher).await,
+                None => connection(tcp, app, &limits, meter, watcher).await,
                 Some(acceptor) => {
                     let handshake = Duration::from_millis(limits.handshake_ms);
                     match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => connection(stream, app, &limits, watcher).await,
+                        Ok(Ok(stream)) => connection(stream, app, &limits, meter, watcher).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -85,6 +87,7 @@ async fn connection<I, S>(
     io: I,
     app: S,
     limits: &LimitsSection,
+    meter: Meter,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -107,11 +110,12 @@ async fn connection<I, S>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let io = crate::deadline::Deadlined::new(
+    let io = Deadlined::new(
         io,
         Duration::from_millis(limits.read_idle_ms),
         Duration::from_millis(limits.write_ms),
-    );
+    )
+    .metered(meter);
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
     if let Err(e) = watcher.watch(conn.into_owned()).await {

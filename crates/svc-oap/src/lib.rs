@@ -23,7 +23,11 @@ use ron_proto::oap::{
     inflate,
 };
 use ron_proto::{Address, ErrorBody, ErrorKind};
+use ron_kernel::config::Config;
+use ron_kernel::metrics::{Metrics, ReasonLabel};
 use ron_transport::TlsAcceptor;
+use ron_transport::deadline::{Deadlined, Meter};
+use ron_transport::limits::{Limiter, LimitsSection};
 use svc_overlay::{OverlayError, OverlayHandle};
 use svc_storage::{PutError, PutOptions};
 use tokio::net::TcpListener;
@@ -34,8 +38,6 @@ use tokio_util::task::TaskTracker;
 
 /// The ALPN protocol id of OAP/1 over TLS.
 pub const ALPN: &[u8] = b"ron/1";
-/// A TLS handshake that takes longer is abandoned.
-const HANDSHAKE: Duration = Duration::from_secs(2);
 /// Frames queued for a connection's writer.
 const OUTBOUND: usize = 32;
 /// Body pieces queued for one upload.
@@ -60,6 +62,12 @@ pub struct OapState {
     pub max_put_bytes: u64,
     /// Software version, for HELLO.
     pub version: &'static str,
+    /// The node's configuration (`[limits]` is read per connection).
+    pub config: Config,
+    /// Admission under `[limits]`, shared with the node's other listeners.
+    pub limiter: Arc<Limiter>,
+    /// The node's metrics (`rejected_total{reason}`).
+    pub metrics: Metrics,
 }
 
 /// Serves OAP/1 on `listener` until `shutdown` is cancelled; then stops accepting, stops
@@ -80,8 +88,10 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let (acceptor, state, shutdown) = (acceptor.clone(), state.clone(), shutdown.clone());
+        let limits = state.config.get::<LimitsSection>();
         connections.spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
+            let handshake = Duration::from_millis(limits.handshake_ms);
+            let stream = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "oap TLS handshake failed");
@@ -92,7 +102,15 @@ pub async fn serve(
                     return;
                 }
             };
-            connection(stream, state, shutdown).await;
+            // A peer that goes quiet mid-frame or stops reading is cut off; its bytes count
+            // against its address's byte rate.
+            let stream = Deadlined::new(
+                stream,
+                Duration::from_millis(limits.read_idle_ms),
+                Duration::from_millis(limits.write_ms),
+            )
+            .metered(Meter::new(state.limiter.clone(), peer.ip()));
+            connection(stream, peer.ip(), state, shutdown).await;
         });
     }
     connections.close();
@@ -134,7 +152,12 @@ impl Out {
     }
 }
 
-async fn connection<S>(stream: S, state: Arc<OapState>, shutdown: CancellationToken)
+async fn connection<S>(
+    stream: S,
+    ip: std::net::IpAddr,
+    state: Arc<OapState>,
+    shutdown: CancellationToken,
+)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
@@ -256,7 +279,23 @@ where
                         continue;
                     }
                 };
-                let body = if matches!(request, ObjectRequest::Put { .. }) && !end {
+                let write = matches!(request, ObjectRequest::Put { .. });
+                let ticket = match state.limiter.admit_owned(Some(ip), write) {
+                    Ok(ticket) => ticket,
+                    Err(refused) => {
+                        state
+                            .metrics
+                            .rejected()
+                            .get_or_create(&ReasonLabel {
+                                reason: refused.reason().to_owned(),
+                            })
+                            .inc();
+                        out.error(APP_OBJECTS, corr, refused.kind(), refused.to_body())
+                            .await;
+                        continue;
+                    }
+                };
+                let body = if write && !end {
                     let (body_tx, body_rx) = mpsc::channel(BODY_QUEUE);
                     bodies.insert(corr, body_tx);
                     Some(body_rx)
@@ -266,6 +305,7 @@ where
                 let (state, out) = (state.clone(), out.clone());
                 streams.spawn(async move {
                     handle(&state, &out, corr, request, token.as_deref(), body).await;
+                    drop(ticket);
                 });
             }
             other => {
