@@ -349,11 +349,17 @@ async fn a_client_over_its_byte_rate_is_slowed_to_it_and_refused_while_over() {
     assert!(body == bytes, "the throttled download is whole and correct");
     // Even from a full bucket (two seconds' burst), the other half takes a second per MiB.
     assert!(get_took >= Duration::from_millis(1900), "{get_took:?}");
-    assert!(!refused.is_empty(), "requests made while over the rate are refused");
+    assert!(
+        !refused.is_empty(),
+        "requests made while over the rate are refused"
+    );
     assert!(refused.iter().all(|b| b["code"] == "rate_limited"
         && b["message"].as_str().unwrap().contains("byte rate")
         && (1000..=5000).contains(&b["retry_after_ms"].as_u64().unwrap())));
-    assert!(health.iter().all(|&s| s == 200), "/healthz answers throughout");
+    assert!(
+        health.iter().all(|&s| s == 200),
+        "/healthz answers throughout"
+    );
     println!(
         "per_peer_bytes_per_sec = 1 MiB/s: 4 MiB PUT took {put_took:?}, 4 MiB GET took {get_took:?}; \
          {} of {} requests made meanwhile refused with 429",

@@ -334,8 +334,14 @@ async fn the_listener_holds_idle_connections_and_one_client_to_the_limits() {
     let (mut missing, mut limited) = (0, 0);
     for _ in 0..30 {
         match client.stat(&addr, None).await {
-            Err(ClientError::Remote { kind: ErrorKind::NotFound, .. }) => missing += 1,
-            Err(ClientError::Remote { kind: ErrorKind::RateLimited, body }) => {
+            Err(ClientError::Remote {
+                kind: ErrorKind::NotFound,
+                ..
+            }) => missing += 1,
+            Err(ClientError::Remote {
+                kind: ErrorKind::RateLimited,
+                body,
+            }) => {
                 let ms = body.retry_after_ms.unwrap();
                 assert!((1000..=5000).contains(&ms), "{ms}");
                 limited += 1;
@@ -343,7 +349,10 @@ async fn the_listener_holds_idle_connections_and_one_client_to_the_limits() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(missing >= 10 && limited >= 15, "{missing} answered, {limited} refused");
+    assert!(
+        missing >= 10 && limited >= 15,
+        "{missing} answered, {limited} refused"
+    );
     let metrics = node.get("/metrics").await.1;
     assert!(metrics.contains("rejected_total{reason=\"rate_limited\"}"));
     assert_eq!(node.get("/healthz").await.0, 200);

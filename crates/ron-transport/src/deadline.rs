@@ -169,7 +169,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Deadlined<I> {
 }
 
 impl<I: AsyncWrite + Unpin> Deadlined<I> {
-    fn written(&mut self, poll: Poll<io::Result<usize>>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    fn written(
+        &mut self,
+        poll: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
         let poll = guard(poll, &mut self.write_timer, self.write_stall, cx, "write");
         if let Poll::Ready(Ok(n)) = poll {
             self.count(n);
@@ -277,6 +281,9 @@ mod tests {
         );
         drop(conn);
         assert_eq!(drain.await.unwrap(), 6 << 20);
-        assert!(limiter.admit(Some(ip), false).is_err(), "still paying off its debt");
+        assert!(
+            limiter.admit(Some(ip), false).is_err(),
+            "still paying off its debt"
+        );
     }
 }

@@ -305,7 +305,10 @@ impl Limiter {
             return None;
         }
         let rps = self.rps.load(Ordering::Relaxed);
-        let mut peers = self.shard(ip).lock().unwrap_or_else(PoisonError::into_inner);
+        let mut peers = self
+            .shard(ip)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         let p = peers.get_or_insert_mut(ip, || PeerState::new(now, rps, rate));
         p.refill(now, rps, rate);
@@ -351,7 +354,10 @@ fn admit<L: Borrow<Limiter>>(
     let per_peer = rps > 0 || streams > 0 || bytes_rate > 0;
     if let Some(ip) = peer.filter(|_| per_peer) {
         let this = ticket.limiter.borrow();
-        let mut peers = this.shard(ip).lock().unwrap_or_else(PoisonError::into_inner);
+        let mut peers = this
+            .shard(ip)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         let p = peers.get_or_insert_mut(ip, || PeerState::new(now, rps, bytes_rate));
         p.refill(now, rps, bytes_rate);
@@ -401,7 +407,10 @@ mod tests {
         assert!(limiter.shedding());
         assert!(matches!(limiter.admit(None, true), Err(Refused::Global(_))));
         let last_read = limiter.admit(None, false).ok().unwrap();
-        assert!(matches!(limiter.admit(None, false), Err(Refused::Global(_))));
+        assert!(matches!(
+            limiter.admit(None, false),
+            Err(Refused::Global(_))
+        ));
         drop(last_read);
         drop(held);
         assert_eq!(limiter.in_flight(), 0);
@@ -441,7 +450,10 @@ mod tests {
             l.admit(Some(a), false).err(),
             Some(Refused::Peer("this address is over its byte rate"))
         );
-        assert!(l.admit(Some(b), false).is_ok(), "another address is not held");
+        assert!(
+            l.admit(Some(b), false).is_ok(),
+            "another address is not held"
+        );
         l.apply(&LimitsSection {
             per_peer_bytes_per_sec: 0,
             ..LimitsSection::default()
@@ -452,9 +464,15 @@ mod tests {
     #[test]
     fn refusals_carry_a_randomized_retry_and_their_reason() {
         let r = Refused::Peer("x");
-        assert_eq!((r.kind(), r.reason()), (ErrorKind::RateLimited, "rate_limited"));
+        assert_eq!(
+            (r.kind(), r.reason()),
+            (ErrorKind::RateLimited, "rate_limited")
+        );
         let g = Refused::Global("y");
-        assert_eq!((g.kind(), g.reason()), (ErrorKind::Overloaded, "overloaded"));
+        assert_eq!(
+            (g.kind(), g.reason()),
+            (ErrorKind::Overloaded, "overloaded")
+        );
         let json = serde_json::to_value(r.to_body()).unwrap();
         let ms = json["retry_after_ms"].as_u64().unwrap();
         assert!((1000..=5000).contains(&ms), "{json}");

@@ -16,9 +16,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::{AppState, router};
 use ron_transport::deadline::{Deadlined, Meter};
 use ron_transport::limits::{LimitsSection, Peer};
-use crate::{AppState, router};
 
 /// What the TLS listener offers in ALPN, in order of preference.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];

@@ -17,14 +17,14 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use ron_auth::token::Op;
 use ron_auth::{Auth, Denied, Grant, Request};
+use ron_kernel::config::Config;
+use ron_kernel::metrics::{Metrics, ReasonLabel};
 use ron_proto::oap::objects::{GetReply, ObjectRequest, PutReply};
 use ron_proto::oap::{
     APP_HELLO, APP_OBJECTS, CodecError, Flags, Frame, FrameCodec, HEADER_LEN, Hello, StreamTracker,
     inflate,
 };
 use ron_proto::{Address, ErrorBody, ErrorKind};
-use ron_kernel::config::Config;
-use ron_kernel::metrics::{Metrics, ReasonLabel};
 use ron_transport::TlsAcceptor;
 use ron_transport::deadline::{Deadlined, Meter};
 use ron_transport::limits::{Limiter, LimitsSection};
@@ -157,8 +157,7 @@ async fn connection<S>(
     ip: std::net::IpAddr,
     state: Arc<OapState>,
     shutdown: CancellationToken,
-)
-where
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
