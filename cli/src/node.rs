@@ -66,6 +66,10 @@ pub(crate) struct NodeArgs {
     /// on first use (in memory under --amnesia).
     #[arg(long)]
     tls_self_signed: bool,
+    /// UDP address of the HTTP/3 gateway, with the TLS gateway's certificate [config:
+    /// gateway.h3_listen; off by default]. Needs a `ron` built with `--features http3`.
+    #[arg(long, value_name = "ADDR")]
+    gateway_h3: Option<SocketAddr>,
     /// Address of the OAP/1 listener (TLS 1.3, ALPN ron/1) [config: oap.listen; default
     /// 127.0.0.1:7702]. Runs whenever the node has a certificate.
     #[arg(long, value_name = "ADDR")]
@@ -144,6 +148,9 @@ fn build_config(args: &NodeArgs, metrics: &Metrics) -> anyhow::Result<Config> {
     if let Some(addr) = args.gateway_tls {
         builder = builder.set("gateway.tls_listen", addr.to_string());
     }
+    if let Some(addr) = args.gateway_h3 {
+        builder = builder.set("gateway.h3_listen", addr.to_string());
+    }
     Ok(builder.metrics(metrics).build()?)
 }
 
@@ -187,6 +194,60 @@ fn tls_listener(args: &NodeArgs, section: &GatewaySection) -> anyhow::Result<Opt
     let config = ron_transport::server_config(material.clone(), &svc_gateway::ALPN)?;
     let listener = bind(section.tls_listen)?;
     Ok(Some((listener, config, material)))
+}
+
+/// The HTTP/3 listener's socket, bound, with its certificate: `None` when `h3_listen` is not
+/// set; an error when it is set without a certificate.
+fn h3_socket(
+    section: &GatewaySection,
+    tls: Option<&TlsListener>,
+) -> anyhow::Result<Option<(std::net::UdpSocket, ron_transport::TlsMaterial)>> {
+    let Some(listen) = section.h3_listen else {
+        return Ok(None);
+    };
+    if cfg!(not(feature = "http3")) {
+        anyhow::bail!(
+            "this ron was built without HTTP/3: build it with `cargo build --features http3`"
+        );
+    }
+    let Some((_, _, material)) = tls else {
+        anyhow::bail!(
+            "HTTP/3 needs a certificate: set gateway.tls_cert and tls_key, or --tls-self-signed"
+        );
+    };
+    let socket = std::net::UdpSocket::bind(listen)
+        .with_context(|| format!("cannot listen on UDP {listen}"))?;
+    Ok(Some((socket, material.clone())))
+}
+
+/// Runs the HTTP/3 gateway under the supervisor; returns its address.
+#[cfg(feature = "http3")]
+fn spawn_h3(
+    sup: &mut Supervisor,
+    (socket, material): (std::net::UdpSocket, ron_transport::TlsMaterial),
+    state: AppState,
+) -> anyhow::Result<SocketAddr> {
+    let addr = socket.local_addr()?;
+    let crypto = ron_transport::h3::quic_config(material)?;
+    sup.spawn("gateway-h3", Duty::ReadsAndWrites, move |ctx| {
+        let (socket, crypto, state) = (socket.try_clone(), crypto.clone(), state.clone());
+        async move {
+            let limits = state.config.get::<ron_transport::limits::LimitsSection>();
+            let listener = ron_transport::h3::H3Listener::new(socket?, crypto, &limits)?;
+            svc_gateway::serve_h3(listener, state, ctx.shutdown.clone()).await
+        }
+    });
+    Ok(addr)
+}
+
+/// Without the `http3` feature, asking for HTTP/3 is a clear start-up error.
+#[cfg(not(feature = "http3"))]
+fn spawn_h3(
+    _sup: &mut Supervisor,
+    _h3: (std::net::UdpSocket, ron_transport::TlsMaterial),
+    _state: AppState,
+) -> anyhow::Result<SocketAddr> {
+    anyhow::bail!("this ron was built without HTTP/3: build it with `cargo build --features http3`")
 }
 
 fn bind(listen: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
@@ -234,6 +295,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let h3 = h3_socket(&config.get::<GatewaySection>(), tls.as_ref())?;
 
     let home = if args.amnesia {
         KeyHome::Memory
@@ -367,6 +429,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         overlay,
     };
     let tls_state = state.clone();
+    let state_h3 = state.clone();
     sup.spawn("gateway", Duty::ReadsAndWrites, move |ctx| {
         let (listener, state) = (listener.try_clone(), state.clone());
         async move {
@@ -417,6 +480,10 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let h3_addr = match h3 {
+        Some(h3) => Some(spawn_h3(&mut sup, h3, state_h3)?),
+        None => None,
+    };
     health.mark_started();
     tracing::info!(%gateway, data_dir = %args.dir.data_dir.display(), config_version = config.version(), "node started");
     // The one line a script (or a test) reads to find the node.
@@ -426,6 +493,9 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     if let Some(addr) = oap_addr {
         println!("ron node: oap {addr}");
+    }
+    if let Some(addr) = h3_addr {
+        println!("ron node: gateway h3 https://{addr}");
     }
 
     wait_for_ctrl_c().await;

@@ -226,3 +226,35 @@ async fn amnesia_keeps_the_certificate_in_memory() {
     assert_eq!(body.trim(), "ok");
     assert!(std::fs::read_dir(&data_dir).unwrap().next().is_none());
 }
+
+#[tokio::test]
+async fn http3_without_a_certificate_or_the_feature_is_a_clear_start_error() {
+    // No certificate: refused whichever way ron was built.
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "node",
+            "--gateway",
+            "127.0.0.1:0",
+            "--gateway-h3",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HTTP/3 needs a certificate") || err.contains("built without HTTP/3"),
+        "{err}"
+    );
+    #[cfg(not(feature = "http3"))]
+    check_start_fails(
+        &["--tls-self-signed", "--gateway-h3", "127.0.0.1:0"],
+        "built without HTTP/3",
+    )
+    .await;
+}

@@ -24,6 +24,8 @@ pub struct Node {
     pub tls_url: Option<String>,
     /// `HOST:PORT` of the OAP/1 listener, when it runs.
     pub oap_addr: Option<String>,
+    /// `HOST:PORT` (UDP) of the HTTP/3 listener, when it runs.
+    pub h3_addr: Option<String>,
 }
 
 impl Node {
@@ -102,6 +104,20 @@ impl Node {
         } else {
             None
         };
+        let h3_addr = if extra.contains(&"--gateway-h3") {
+            let line = timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .expect("node printed its HTTP/3 address in time")
+                .expect("stdout readable")
+                .expect("a fourth line on stdout");
+            Some(
+                line.strip_prefix("ron node: gateway h3 https://")
+                    .unwrap_or_else(|| panic!("unexpected fourth line {line:?}"))
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
         let token = if extra.contains(&"--amnesia") {
             timeout(Duration::from_secs(10), token_rx)
                 .await
@@ -129,6 +145,7 @@ impl Node {
             data_dir: data_dir.to_owned(),
             tls_url,
             oap_addr,
+            h3_addr,
         }
     }
 

@@ -39,6 +39,18 @@ impl Meter {
             unsettled: 0,
         }
     }
+
+    /// Counts `n` bytes moved. Every [`SETTLE`] bytes they are charged to the address; if
+    /// that takes it over its rate, returns how long to pause.
+    pub fn add(&mut self, n: usize) -> Option<Duration> {
+        self.unsettled += n as u64;
+        if self.unsettled < SETTLE {
+            return None;
+        }
+        let pause = self.limiter.charge(self.ip, self.unsettled);
+        self.unsettled = 0;
+        pause
+    }
 }
 
 /// An I/O stream with progress deadlines on reads and writes, and optionally metered.
@@ -113,13 +125,7 @@ impl<I> Deadlined<I> {
         let Some(meter) = &mut self.meter else {
             return;
         };
-        meter.unsettled += n as u64;
-        if meter.unsettled < SETTLE {
-            return;
-        }
-        let pause = meter.limiter.charge(meter.ip, meter.unsettled);
-        meter.unsettled = 0;
-        if let Some(pause) = pause {
+        if let Some(pause) = meter.add(n) {
             self.read_pause.arm(pause);
             self.write_pause.arm(pause);
         }

@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 pub mod deadline;
+#[cfg(feature = "http3")]
+pub mod h3;
 pub mod limits;
 
 use std::fs;

@@ -26,6 +26,10 @@ pub struct GatewaySection {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for the TLS listener (with `tls_cert`). Fixed at start.
     pub tls_key: Option<PathBuf>,
+    /// UDP address of the HTTP/3 listener (same certificate as the TLS listener), in a `ron`
+    /// built with the `http3` feature; off unless set. Fixed at start; `--gateway-h3`
+    /// overrides it.
+    pub h3_listen: Option<SocketAddr>,
 }
 
 impl Default for GatewaySection {
@@ -37,6 +41,7 @@ impl Default for GatewaySection {
             tls_listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
             tls_cert: None,
             tls_key: None,
+            h3_listen: None,
         }
     }
 }
@@ -67,6 +72,7 @@ impl Section for GatewaySection {
         unchanged("listen", &self.listen, &next.listen)?;
         unchanged("tls_listen", &self.tls_listen, &next.tls_listen)?;
         unchanged("tls_cert", &self.tls_cert, &next.tls_cert)?;
-        unchanged("tls_key", &self.tls_key, &next.tls_key)
+        unchanged("tls_key", &self.tls_key, &next.tls_key)?;
+        unchanged("h3_listen", &self.h3_listen, &next.h3_listen)
     }
 }

@@ -25,4 +25,6 @@ pub use admin::{AppState, StatusExtra, Traffic, router};
 pub use config::GatewaySection;
 pub use error::error_response;
 pub use objects::EXPECT_ADDRESS;
+#[cfg(feature = "http3")]
+pub use tls::serve_h3;
 pub use tls::{ALPN, serve, serve_tls};

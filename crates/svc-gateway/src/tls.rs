@@ -83,6 +83,20 @@ async fn accept_loop(
     Ok(())
 }
 
+/// Serves the gateway over HTTP/3 (cargo feature `http3`) until `shutdown` is cancelled,
+/// under the same `[limits]` and admission as the TCP listeners.
+#[cfg(feature = "http3")]
+pub async fn serve_h3(
+    listener: ron_transport::h3::H3Listener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let (config, limiter) = (state.config.clone(), state.limiter.clone());
+    listener
+        .serve(router(state), config, limiter, shutdown)
+        .await
+}
+
 async fn connection<I, S>(
     io: I,
     app: S,
