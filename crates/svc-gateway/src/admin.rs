@@ -73,8 +73,13 @@ pub struct AppState {
     pub limiter: std::sync::Arc<ron_transport::limits::Limiter>,
 }
 
+/// The state handlers see: shared, so extracting it is one reference count.
+pub(crate) type Shared = std::sync::Arc<AppState>;
+
 /// The gateway's routes with their middleware.
 pub fn router(state: AppState) -> Router {
+    // One reference count per request, not one per field: handlers clone the state.
+    let state: Shared = std::sync::Arc::new(state);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -109,7 +114,7 @@ struct ReadyQuery {
 
 /// 200 while reads can be served; with `?writes=1`, 200 only while writes are accepted too.
 /// The body is `{"reads":bool,"writes":bool}` either way.
-async fn readyz(State(state): State<AppState>, Query(q): Query<ReadyQuery>) -> Response {
+async fn readyz(State(state): State<Shared>, Query(q): Query<ReadyQuery>) -> Response {
     let mut ready = state.health.readiness();
     if state.limiter.shedding() {
         ready.writes = false;
@@ -128,7 +133,7 @@ async fn readyz(State(state): State<AppState>, Query(q): Query<ReadyQuery>) -> R
 }
 
 /// Prometheus / OpenMetrics text.
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Shared>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -140,7 +145,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// Version, uptime, config version and every service's health.
-async fn status(State(state): State<AppState>) -> Response {
+async fn status(State(state): State<Shared>) -> Response {
     let config = &state.config;
     let storage = match state.overlay.stats().await {
         Ok(stats) => json!(stats),
@@ -360,7 +365,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_live_request_deadline_answers_504_in_the_json_shape() {
-        let st = state();
+        let st: Shared = std::sync::Arc::new(state());
         let slow = Router::new()
             .route(
                 "/slow",

@@ -18,6 +18,7 @@ use svc_storage::{ObjectReader, PutError, PutOptions};
 
 use ron_auth::token::Op;
 
+use crate::admin::Shared;
 use crate::auth::{authorize, denied};
 use crate::{AppState, GatewaySection, error_response};
 
@@ -78,7 +79,7 @@ fn etag(addr: &Address) -> String {
 }
 
 /// `POST /put`: the raw body, streamed into the store.
-pub(crate) async fn put(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn put(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
     let grant = match authorize(&state, &headers, Op::Put, "/put") {
         Ok(grant) => grant,
         Err(d) => return denied(&state, &d),
@@ -280,7 +281,7 @@ enum Part {
 /// The body: static parts as they are, spans read and verified a window at a time, a few
 /// windows ahead. A window that fails verification ends the stream with an error, so the
 /// response is cut short instead of carrying wrong bytes.
-fn body(reader: ObjectReader, parts: Vec<Part>, state: AppState) -> Body {
+fn body(reader: ObjectReader, parts: Vec<Part>, state: Shared) -> Body {
     let steps = parts.into_iter().flat_map(|part| -> Vec<Part> {
         match part {
             Part::Static(b) => vec![Part::Static(b)],
@@ -322,7 +323,7 @@ fn body(reader: ObjectReader, parts: Vec<Part>, state: AppState) -> Body {
 
 /// `GET|HEAD /o/{addr}`.
 pub(crate) async fn get(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     method: Method,
     Addr(addr): Addr,
     headers: HeaderMap,
@@ -447,7 +448,7 @@ pub(crate) async fn get(
 
 /// `GET /stat/{addr}`.
 pub(crate) async fn stat(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Addr(addr): Addr,
     headers: HeaderMap,
 ) -> Response {
@@ -463,7 +464,7 @@ pub(crate) async fn stat(
     }
 }
 
-async fn set_pin(state: AppState, headers: HeaderMap, addr: Address, pinned: bool) -> Response {
+async fn set_pin(state: Shared, headers: HeaderMap, addr: Address, pinned: bool) -> Response {
     let op = if pinned { Op::Pin } else { Op::Unpin };
     if let Err(d) = authorize(&state, &headers, op, &format!("/pin/{addr}")) {
         return denied(&state, &d);
@@ -477,7 +478,7 @@ async fn set_pin(state: AppState, headers: HeaderMap, addr: Address, pinned: boo
 
 /// `POST /pin/{addr}`.
 pub(crate) async fn pin(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Addr(addr): Addr,
     headers: HeaderMap,
 ) -> Response {
@@ -486,7 +487,7 @@ pub(crate) async fn pin(
 
 /// `DELETE /pin/{addr}`.
 pub(crate) async fn unpin(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Addr(addr): Addr,
     headers: HeaderMap,
 ) -> Response {
