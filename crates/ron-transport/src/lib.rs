@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 
 pub use tokio_rustls::TlsAcceptor;
 pub use tokio_rustls::rustls;
+pub use tokio_rustls::server::TlsStream;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]

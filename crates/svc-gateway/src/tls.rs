@@ -11,8 +11,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use ron_transport::TlsAcceptor;
+use ron_transport::TlsStream;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -66,12 +67,21 @@ async fn accept_loop(
                 req.extensions_mut().insert(Peer(ip));
                 req
             });
+            let idle = Duration::from_millis(limits.read_idle_ms);
             match tls {
-                None => connection(tcp, app, &limits, meter, watcher).await,
+                None => {
+                    if first_bytes(&tcp, idle).await {
+                        Box::pin(connection(tcp, app, &limits, meter, watcher)).await;
+                    }
+                }
                 Some(acceptor) => {
                     let handshake = Duration::from_millis(limits.handshake_ms);
                     match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => connection(stream, app, &limits, meter, watcher).await,
+                        Ok(Ok(mut stream)) => {
+                            if first_tls_bytes(&mut stream, idle).await {
+                                Box::pin(connection(stream, app, &limits, meter, watcher)).await;
+                            }
+                        }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -95,6 +105,27 @@ pub async fn serve_h3(
     listener
         .serve(router(state), config, limiter, shutdown)
         .await
+}
+
+/// Waits up to `idle` for a new connection's first bytes. hyper allocates its read buffer
+/// (8 KiB) as soon as it starts reading, so a connection is handed to it only once its client
+/// has something to say: an idle connection costs a few hundred bytes until then.
+async fn first_bytes(tcp: &TcpStream, idle: Duration) -> bool {
+    matches!(tokio::time::timeout(idle, tcp.readable()).await, Ok(Ok(())))
+}
+
+/// [`first_bytes`] after a TLS handshake: request bytes that arrived with the client's last
+/// handshake flight are already inside rustls, and the socket may never turn readable again.
+async fn first_tls_bytes(stream: &mut TlsStream<TcpStream>, idle: Duration) -> bool {
+    let (tcp, tls) = stream.get_mut();
+    match tls.process_new_packets() {
+        Ok(state) if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() => true,
+        Ok(_) => first_bytes(tcp, idle).await,
+        Err(e) => {
+            tracing::debug!(error = %e, "TLS error after the handshake");
+            false
+        }
+    }
 }
 
 async fn connection<I, S>(
