@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// mimalloc: per-thread free lists instead of glibc's arenas; glibc's malloc and free were
-/// ~14% of a small GET's instructions (decision 0008).
+/// ~14% of a small GET's instructions (decision 0008). Built without transparent huge pages,
+/// which doubled the idle node's RSS.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
