@@ -4,7 +4,8 @@
 #
 #   bash testing/perf/tls.sh            # about 5 minutes after the release build
 #
-# (a) HTTPS 1 KiB GET, keep-alive, wrk -t2 -c64: req/s (median of 3, alternating servers)
+# (a) HTTPS 1 KiB GET, keep-alive, wrk -t2 -c64: req/s and server CPU per request (median of
+#     5, alternating servers)
 # (b) full TLS handshakes: wrk with `Connection: close`, -c16: handshakes/s, and the server's
 #     CPU seconds per 1,000 handshakes (utime+stime from /proc; the client shares the cores)
 # (c) 10,000 TLS connections held open (a Python asyncio client; ulimit -n raised): node RSS,
@@ -60,13 +61,24 @@ ticks() { # utime+stime of the given pids, in clock ticks
 NGX_PIDS=$(pgrep -f "nginx: (master|worker)" | tr '\n' ' ')
 HZ=$(getconf CLK_TCK)
 
-# (a)
-RA=(); NA=()
-for r in 1 2 3; do
-  RA+=("$(rps 64 "https://127.0.0.1:17721/o/$ADDR")")
-  NA+=("$(rps 64 https://127.0.0.1:18443/1k)")
+# (a) req/s, and the server's CPU microseconds per request (steadier than req/s when the
+# client shares the cores)
+ka() { # $1 url, $2.. pids -> "req/s cpu_us_per_request"
+  local url=$1; shift
+  local t0; t0=$(ticks "$@")
+  local out; out=$(wrk -t2 -c64 -d"$DUR" "$url")
+  local t1; t1=$(ticks "$@")
+  local reqs; reqs=$(awk '/requests in/{print $1}' <<<"$out")
+  echo "$(awk '/Requests\/sec/{print $2}' <<<"$out") $(echo "($t1 - $t0) / $HZ / $reqs * 1000000" | bc -l)"
+}
+RA=(); NA=(); RU=(); NU=()
+for r in 1 2 3 4 5; do
+  read -r a b < <(ka "https://127.0.0.1:17721/o/$ADDR" "$RON_PID"); RA+=("$a"); RU+=("$b")
+  # shellcheck disable=SC2086
+  read -r a b < <(ka https://127.0.0.1:18443/1k $NGX_PIDS); NA+=("$a"); NU+=("$b")
 done
 ra=$(printf '%s\n' "${RA[@]}" | med); na=$(printf '%s\n' "${NA[@]}" | med)
+ru=$(printf '%s\n' "${RU[@]}" | med); nu=$(printf '%s\n' "${NU[@]}" | med)
 
 # (b) handshakes: req/s with Connection: close, and CPU per 1000
 hs() { # $1 url, $2.. pids -> "handshakes/s cpu_s_per_1000"
@@ -119,6 +131,7 @@ echo >&"${HOLDER[1]}"; wait "$HOLDER_PID" 2>/dev/null || true
 echo "| measure | ron | nginx (same cert) | ratio | target |"
 echo "|---|---|---|---|---|"
 printf '| (a) HTTPS 1 KiB keep-alive, wrk -c64, req/s | %.0f | %.0f | %.2f | >= 1.0 |\n' "$ra" "$na" "$(echo "$ra / $na" | bc -l)"
+printf '| (a) server CPU us per keep-alive request | %.1f | %.1f | %.2f | |\n' "$ru" "$nu" "$(echo "$ru / $nu" | bc -l)"
 printf '| (b) full handshakes/s (Connection: close, -c16) | %.0f | %.0f | %.2f | |\n' "$rb" "$nb" "$(echo "$rb / $nb" | bc -l)"
 printf '| (b) server CPU s per 1,000 handshakes | %.3f | %.3f | %.2f | <= 0.67 |\n' "$rc" "$nc" "$(echo "$rc / $nc" | bc -l)"
 printf '| (c) %s TLS connections held: node RSS | %.0f MB | | | <= 150 MB |\n' "$HELD" "$(echo "$RSS / 1024" | bc -l)"
