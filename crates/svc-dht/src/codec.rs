@@ -1,0 +1,221 @@
+//! App 0x0102 over the libp2p stream protocol `/ron/oap/1`: one request per stream, as OAP/1
+//! frames. A request is one `REQ|START|END` frame with a JSON [`TransferRequest`]. A `have`
+//! is answered by one `RESP|START|END` frame with `{"size":N}`; a `range` by a `RESP|START`
+//! frame with `{"size":N,"start":S}` and a `RESP|END` frame with the bytes; a failure by one
+//! error frame carrying the HTTP status as `code` and the shared error body.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use ron_proto::oap::{APP_TRANSFER, DEFAULT_MAX_FRAME, Flags, Frame, HEADER_LEN};
+use ron_proto::{Address, ErrorBody, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// The stream protocol node-to-node transfers run on.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ron/oap/1");
+
+/// Largest range one request may ask for: its bytes fit one frame.
+pub const MAX_RANGE: u64 = (DEFAULT_MAX_FRAME - HEADER_LEN) as u64 & !0xffff;
+
+/// What one node asks another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TransferRequest {
+    /// Whether the peer holds the object, and its size.
+    Have {
+        /// Which object.
+        addr: Address,
+    },
+    /// Bytes `start..end` of the object (at most [`MAX_RANGE`]), each verified by the
+    /// sender against the address before it leaves; the receiver verifies them again.
+    Range {
+        /// Which object.
+        addr: Address,
+        /// First byte.
+        start: u64,
+        /// One past the last byte (clamped to the object's size).
+        end: u64,
+    },
+}
+
+/// What comes back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferReply {
+    /// The peer holds the object.
+    Have {
+        /// Its size.
+        size: u64,
+    },
+    /// A range of it.
+    Range {
+        /// The object's size.
+        size: u64,
+        /// Where `bytes` start.
+        start: u64,
+        /// The bytes.
+        bytes: Bytes,
+    },
+    /// A refusal: not here (404), busy (429/503), a bad request (400, 416).
+    Error {
+        /// Its kind.
+        kind: ErrorKind,
+        /// The shared error body.
+        body: ErrorBody,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Head {
+    size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start: Option<u64>,
+}
+
+/// Reads and writes 0x0102 messages as OAP/1 frames.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TransferCodec;
+
+fn bad(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Frame> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let total = u32::from_le_bytes(len) as usize + 4;
+    // The length is checked before anything is allocated for it.
+    if !(HEADER_LEN..=DEFAULT_MAX_FRAME).contains(&total) {
+        return Err(bad(format!("frame of {total} bytes")));
+    }
+    let mut buf = BytesMut::zeroed(total);
+    buf[..4].copy_from_slice(&len);
+    io.read_exact(&mut buf[4..]).await?;
+    match Frame::decode(&mut buf, DEFAULT_MAX_FRAME) {
+        Ok(Some(frame)) if frame.app_proto_id == APP_TRANSFER => Ok(frame),
+        Ok(Some(frame)) => Err(bad(format!("app {:#06x}", frame.app_proto_id))),
+        Ok(None) => Err(bad("short frame")),
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, frame: &Frame) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(frame.encoded_len());
+    frame
+        .encode(&mut buf, DEFAULT_MAX_FRAME)
+        .map_err(|e| bad(e.to_string()))?;
+    io.write_all(&buf).await
+}
+
+fn json_frame(flags: Flags, value: &impl Serialize) -> io::Result<Frame> {
+    let mut frame = Frame::new(flags, APP_TRANSFER, 0);
+    frame.payload = Bytes::from(serde_json::to_vec(value).map_err(io::Error::other)?);
+    Ok(frame)
+}
+
+impl libp2p::request_response::Codec for TransferCodec {
+    type Protocol = StreamProtocol;
+    type Request = TransferRequest;
+    type Response = TransferReply;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Self::Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let frame = read_frame(io).await?;
+        if !frame.flags.contains(Flags::REQ | Flags::START | Flags::END) {
+            return Err(bad("a request is one REQ|START|END frame"));
+        }
+        serde_json::from_slice(&frame.payload).map_err(|e| bad(e.to_string()))
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Self::Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let first = read_frame(io).await?;
+        if !first.flags.contains(Flags::RESP | Flags::START) {
+            return Err(bad("a reply starts with RESP|START"));
+        }
+        if first.code != 0 {
+            let body: ErrorBody =
+                serde_json::from_slice(&first.payload).map_err(|e| bad(e.to_string()))?;
+            let kind = ErrorKind::from_status(first.code).unwrap_or(ErrorKind::Internal);
+            return Ok(TransferReply::Error { kind, body });
+        }
+        let head: Head = serde_json::from_slice(&first.payload).map_err(|e| bad(e.to_string()))?;
+        match head.start {
+            None if first.flags.contains(Flags::END) => Ok(TransferReply::Have { size: head.size }),
+            Some(start) if !first.flags.contains(Flags::END) => {
+                let data = read_frame(io).await?;
+                if !data.flags.contains(Flags::RESP | Flags::END) || data.code != 0 {
+                    return Err(bad("a range's bytes come in one RESP|END frame"));
+                }
+                Ok(TransferReply::Range {
+                    size: head.size,
+                    start,
+                    bytes: data.payload,
+                })
+            }
+            _ => Err(bad("reply head and flags disagree")),
+        }
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Self::Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(
+            io,
+            &json_frame(Flags::REQ | Flags::START | Flags::END, &req)?,
+        )
+        .await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Self::Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        match res {
+            TransferReply::Have { size } => {
+                let head = Head { size, start: None };
+                write_frame(
+                    io,
+                    &json_frame(Flags::RESP | Flags::START | Flags::END, &head)?,
+                )
+                .await?;
+            }
+            TransferReply::Range { size, start, bytes } => {
+                let head = Head {
+                    size,
+                    start: Some(start),
+                };
+                write_frame(io, &json_frame(Flags::RESP | Flags::START, &head)?).await?;
+                let mut data = Frame::new(Flags::RESP | Flags::END, APP_TRANSFER, 0);
+                data.payload = bytes;
+                write_frame(io, &data).await?;
+            }
+            TransferReply::Error { kind, body } => {
+                write_frame(io, &Frame::error_reply(APP_TRANSFER, 0, kind, &body)).await?;
+            }
+        }
+        io.close().await
+    }
+}

@@ -1,0 +1,47 @@
+//! `[p2p]`: where the swarm listens and whom it asks first.
+
+use ron_kernel::config::{FieldError, Section, unchanged};
+use serde::{Deserialize, Serialize};
+
+/// `[p2p]`. Fixed at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct P2pSection {
+    /// Multiaddrs to listen on (default TCP and QUIC on port 7701 on every interface);
+    /// `--p2p-listen` replaces them.
+    pub listen: Vec<String>,
+    /// Peers to join the network through, as multiaddrs (with `/p2p/<id>` when known);
+    /// `--bootstrap` adds to them.
+    pub bootstrap: Vec<String>,
+}
+
+impl Default for P2pSection {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/7701".into(),
+                "/ip4/0.0.0.0/udp/7701/quic-v1".into(),
+            ],
+            bootstrap: Vec::new(),
+        }
+    }
+}
+
+impl Section for P2pSection {
+    const NAME: &'static str = "p2p";
+
+    fn validate(&self) -> Result<(), FieldError> {
+        for (field, list) in [("listen", &self.listen), ("bootstrap", &self.bootstrap)] {
+            for addr in list {
+                addr.parse::<libp2p::Multiaddr>()
+                    .map_err(|e| FieldError::new(field, format!("{addr}: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_live(&self, next: &Self) -> Result<(), FieldError> {
+        unchanged("listen", &self.listen, &next.listen)?;
+        unchanged("bootstrap", &self.bootstrap, &next.bootstrap)
+    }
+}

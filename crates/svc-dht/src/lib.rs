@@ -1,0 +1,19 @@
+//! The peer network of a RustyOnions node: one libp2p swarm, owned by one actor, whose PeerId
+//! is the node's Ed25519 identity. TCP + Noise + Yamux and QUIC; Kademlia in server mode with
+//! provider records keyed by the 32-byte address; identify; and node-to-node transfer of
+//! object ranges over the stream protocol `/ron/oap/1`, one OAP/1 request per range
+//! (app 0x0102, `specs/OAP-1.md`).
+//!
+//! [`run`] is the actor (run it under the supervisor with a mailbox of [`Command`]s);
+//! [`DhtHandle`] talks to it: announce and withdraw provider
+//! records, look providers up, fetch a range from a peer, and read the swarm's state. Objects
+//! asked for by peers are read through a [`Source`] the node supplies.
+#![forbid(unsafe_code)]
+
+mod codec;
+mod config;
+mod node;
+
+pub use codec::{MAX_RANGE, PROTOCOL, TransferCodec, TransferReply, TransferRequest};
+pub use config::P2pSection;
+pub use node::{Command, DhtError, DhtHandle, MAILBOX, P2pStatus, Source, run};
