@@ -5,6 +5,7 @@ mod auth;
 mod client;
 mod logging;
 mod node;
+mod p2p;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -74,6 +74,14 @@ pub(crate) struct NodeArgs {
     /// 127.0.0.1:7702]. Runs whenever the node has a certificate.
     #[arg(long, value_name = "ADDR")]
     oap_listen: Option<SocketAddr>,
+    /// A multiaddr for the peer network to listen on, repeatable; replaces p2p.listen
+    /// [default TCP and QUIC on port 7701 on every interface].
+    #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
+    p2p_listen: Vec<svc_dht::Multiaddr>,
+    /// A peer to join the network through (its multiaddr, with /p2p/<id>), repeatable; adds
+    /// to p2p.bootstrap.
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<svc_dht::Multiaddr>,
     #[command(flatten)]
     dir: DataDirArg,
     /// Config file to read instead of `<data dir>/ron.toml` (it must exist).
@@ -130,6 +138,7 @@ fn config_builder(data_dir: &Path, file: Option<&Path>) -> ron_kernel::config::B
         .register::<AuthSection>()
         .register::<OapSection>()
         .register::<ron_transport::limits::LimitsSection>()
+        .register::<svc_dht::P2pSection>()
 }
 
 /// A node's config read by a command that works on its data dir without running it.
@@ -414,7 +423,32 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
             }
         });
     }
+    let network = {
+        let (tx, mailbox) = supervisor::mailbox(svc_dht::MAILBOX);
+        let keypair = auth.identity().keypair().clone();
+        let dht = svc_dht::DhtHandle::new(tx, keypair.public().to_peer_id());
+        let mut section = (*config.get::<svc_dht::P2pSection>()).clone();
+        if !args.p2p_listen.is_empty() {
+            section.listen = args.p2p_listen.iter().map(ToString::to_string).collect();
+        }
+        let (bootstrap, source) = (
+            args.bootstrap.clone(),
+            Arc::new(crate::p2p::StoreSource(overlay.clone())),
+        );
+        sup.spawn_actor("dht", Duty::Background, mailbox, move |ctx, mailbox| {
+            svc_dht::run(
+                ctx.shutdown,
+                mailbox,
+                keypair.clone(),
+                section.clone(),
+                bootstrap.clone(),
+                source.clone(),
+            )
+        });
+        crate::p2p::network(dht, overlay.clone(), config.clone())
+    };
     let state = AppState {
+        network: Some(network),
         limiter: limiter.clone(),
         auth: auth.clone(),
         traffic: svc_gateway::Traffic::new(&metrics),

@@ -44,6 +44,12 @@ impl Node {
         cmd.args(["node", "--gateway", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            // The peer network on loopback, on a port of its own, unless the test says.
+            .args(if extra.contains(&"--p2p-listen") {
+                &[][..]
+            } else {
+                &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"][..]
+            })
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -13,6 +13,9 @@ pub struct P2pSection {
     /// Peers to join the network through, as multiaddrs (with `/p2p/<id>` when known);
     /// `--bootstrap` adds to them.
     pub bootstrap: Vec<String>,
+    /// How long a GET for an object this node lacks may spend finding and fetching it from
+    /// other nodes before it answers 504 (milliseconds, default 10000). Live.
+    pub fetch_timeout_ms: u64,
 }
 
 impl Default for P2pSection {
@@ -23,6 +26,7 @@ impl Default for P2pSection {
                 "/ip4/0.0.0.0/udp/7701/quic-v1".into(),
             ],
             bootstrap: Vec::new(),
+            fetch_timeout_ms: 10_000,
         }
     }
 }
@@ -36,6 +40,12 @@ impl Section for P2pSection {
                 addr.parse::<libp2p::Multiaddr>()
                     .map_err(|e| FieldError::new(field, format!("{addr}: {e}")))?;
             }
+        }
+        if !(100..=600_000).contains(&self.fetch_timeout_ms) {
+            return Err(FieldError::new(
+                "fetch_timeout_ms",
+                "must be between 100 and 600000",
+            ));
         }
         Ok(())
     }

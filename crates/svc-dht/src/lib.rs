@@ -16,4 +16,5 @@ mod node;
 
 pub use codec::{MAX_RANGE, PROTOCOL, TransferCodec, TransferReply, TransferRequest};
 pub use config::P2pSection;
+pub use libp2p::{Multiaddr, PeerId};
 pub use node::{Command, DhtError, DhtHandle, MAILBOX, P2pStatus, Source, run};

@@ -47,6 +47,7 @@ fn node(objects: &[Bytes], lie: bool, bootstrap: &[Multiaddr]) -> DhtHandle {
     let section = P2pSection {
         listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
         bootstrap: Vec::new(),
+        ..P2pSection::default()
     };
     let source = Memory {
         objects: objects
@@ -143,7 +144,7 @@ async fn providers_are_found_across_the_network_and_their_bytes_verified() {
     }
 
     // A peer that flips a bit is caught before its bytes are used.
-    let liar = node(&[small.clone()], true, &[address_of(&a).await]);
+    let liar = node(std::slice::from_ref(&small), true, &[address_of(&a).await]);
     wait_for_peers(&liar, 1).await;
     match fetch(&c, liar.peer_id(), Address::of(&small)).await {
         Err(DhtError::Peer(message)) => assert!(message.contains("not b3:"), "{message}"),

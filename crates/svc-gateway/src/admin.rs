@@ -71,6 +71,8 @@ pub struct AppState {
     pub auth: std::sync::Arc<ron_auth::Auth>,
     /// Admission under `[limits]`.
     pub limiter: std::sync::Arc<ron_transport::limits::Limiter>,
+    /// The peer network, when the node runs one: objects missing here are fetched from it.
+    pub network: Option<std::sync::Arc<dyn crate::Network>>,
 }
 
 /// The state handlers see: shared, so extracting it is one reference count.
@@ -152,6 +154,10 @@ async fn status(State(state): State<Shared>) -> Response {
         Err(e) => json!({"error": e.to_string()}),
     };
     let index = state.overlay.index().stats();
+    let p2p = match &state.network {
+        Some(network) => network.status().await,
+        None => None,
+    };
     let signing = state.auth.ring().active().map(|k| {
         json!({"id": k.id, "public_key": ron_auth::public_text(&k.key.public()), "created": k.created})
     });
@@ -163,6 +169,7 @@ async fn status(State(state): State<Shared>) -> Response {
             "reads_need_token": state.auth.requires_token(ron_auth::token::Op::Get),
         },
         "storage": storage,
+        "p2p": p2p,
         "index": {"hits": index.hits, "misses": index.misses, "cached": index.cached},
         "version": state.extra.version,
         "uptime_s": state.started.elapsed().as_secs(),
@@ -234,6 +241,7 @@ mod tests {
             },
             overlay: test_overlay(),
             limiter: std::sync::Arc::default(),
+            network: None,
             auth: std::sync::Arc::new(
                 ron_auth::Auth::new(
                     ron_auth::NodeIdentity::ephemeral(),

@@ -18,12 +18,14 @@ mod config;
 mod error;
 mod limits;
 mod middleware;
+mod network;
 mod objects;
 mod tls;
 
 pub use admin::{AppState, StatusExtra, Traffic, router};
 pub use config::GatewaySection;
 pub use error::error_response;
+pub use network::{FetchError, Network};
 pub use objects::EXPECT_ADDRESS;
 #[cfg(feature = "http3")]
 pub use tls::serve_h3;

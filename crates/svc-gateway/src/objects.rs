@@ -160,6 +160,9 @@ pub(crate) async fn put(State(state): State<Shared>, headers: HeaderMap, body: B
     match writer.writer.finish().await {
         Ok(stored) => {
             charge.kept = true;
+            if let Some(network) = &state.network {
+                network.stored(stored.address);
+            }
             let status = if stored.created {
                 StatusCode::CREATED
             } else {
@@ -321,6 +324,36 @@ fn body(reader: ObjectReader, parts: Vec<Part>, state: Shared) -> Body {
     Body::from_stream(pieces)
 }
 
+/// An object this node lacks, fetched from the peer network (verified and stored unpinned
+/// first), or the answer when it cannot be: 404 when no node provides it (or there is no
+/// network), 504 when the deadline passed, 503 when providers failed.
+async fn fetched(state: &AppState, addr: Address) -> Result<ObjectReader, Box<Response>> {
+    let Some(network) = &state.network else {
+        return Err(Box::new(not_found(&addr)));
+    };
+    match network.fetch(addr).await {
+        Ok(()) => match state.overlay.open(addr).await {
+            Ok(Some(reader)) => Ok(reader),
+            Ok(None) => Err(Box::new(not_found(&addr))),
+            Err(e) => Err(Box::new(overlay_error(state, &e))),
+        },
+        Err(crate::FetchError::NotFound(_)) => Err(Box::new(not_found(&addr))),
+        Err(e @ crate::FetchError::Timeout) => {
+            reject(state, "timeout");
+            let kind = ErrorKind::Timeout;
+            Err(Box::new(error_response(
+                kind,
+                &ErrorBody::new(kind, e.to_string()),
+            )))
+        }
+        Err(crate::FetchError::Unavailable(message)) => {
+            let kind = ErrorKind::Overloaded;
+            let body = ErrorBody::new(kind, message).retry_after_ms(fastrand::u64(1000..=5000));
+            Err(Box::new(error_response(kind, &body)))
+        }
+    }
+}
+
 /// `GET|HEAD /o/{addr}`.
 pub(crate) async fn get(
     State(state): State<Shared>,
@@ -336,7 +369,10 @@ pub(crate) async fn get(
     }
     let reader = match state.overlay.open(addr).await {
         Ok(Some(r)) => r,
-        Ok(None) => return not_found(&addr),
+        Ok(None) => match fetched(&state, addr).await {
+            Ok(r) => r,
+            Err(response) => return *response,
+        },
         Err(e) => return overlay_error(&state, &e),
     };
     let size = reader.size();
