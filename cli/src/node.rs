@@ -445,6 +445,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 source.clone(),
             )
         });
+        crate::p2p::announce_all(dht.clone(), overlay.clone());
         crate::p2p::network(dht, overlay.clone(), config.clone())
     };
     let state = AppState {
@@ -485,6 +486,9 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 config: config.clone(),
                 limiter: tls_state.limiter.clone(),
                 metrics: tls_state.metrics.clone(),
+                on_stored: tls_state.network.clone().map(|network| {
+                    Arc::new(move |addr| network.stored(addr)) as Arc<dyn Fn(_) + Send + Sync>
+                }),
             };
             sup.spawn("oap", Duty::ReadsAndWrites, move |ctx| {
                 let (listener, state, tls_config) =

@@ -168,6 +168,28 @@ async fn fetch_from(
     Ok(size)
 }
 
+/// Announces every object the store holds, once, at start (provider records live in other
+/// nodes' memory for libp2p's TTL and are republished only by a provider that remembers
+/// providing them: a restarted node must say it again).
+pub(crate) fn announce_all(dht: DhtHandle, overlay: OverlayHandle) {
+    tokio::spawn(async move {
+        let store = overlay.store().clone();
+        let held = match tokio::task::spawn_blocking(move || store.addresses()).await {
+            Ok(Ok(held)) => held,
+            Ok(Err(e)) => return tracing::warn!(error = %e, "cannot list stored objects"),
+            Err(e) => return tracing::warn!(error = %e, "cannot list stored objects"),
+        };
+        let n = held.len();
+        for addr in held {
+            // The actor's bounded mailbox paces this.
+            if dht.provide(addr).await.is_err() {
+                return;
+            }
+        }
+        tracing::info!(objects = n, "announced stored objects to the peer network");
+    });
+}
+
 /// Shared so the gateway holds it as a trait object.
 pub(crate) fn network(
     dht: DhtHandle,

@@ -39,7 +39,13 @@ async fn five_nodes_find_and_verify_each_others_objects() {
     );
     let mut nodes = vec![first];
     for i in 2..=5 {
-        let n = Node::start(&dir.path().join(format!("n{i}")), &["--bootstrap", &seed]).await;
+        let mut flags = vec!["--bootstrap", seed.as_str()];
+        if i == 3 {
+            // Node 3 also speaks OAP/1: what is put there is announced too.
+            flags.extend(["--tls-self-signed", "--gateway-tls", "127.0.0.1:0"]);
+            flags.extend(["--oap-listen", "127.0.0.1:0"]);
+        }
+        let n = Node::start(&dir.path().join(format!("n{i}")), &flags).await;
         nodes.push(n);
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -78,6 +84,56 @@ async fn five_nodes_find_and_verify_each_others_objects() {
         .unwrap();
     assert_eq!(stat["pinned"], false, "{stat}");
 
+    // PUT over OAP/1 on node 3, GET over HTTP on node 1.
+    let file = dir.path().join("oap-object");
+    let oap_bytes = data(700_000, 12);
+    std::fs::write(&file, &oap_bytes).unwrap();
+    let oap = nodes[2].oap_addr.clone().unwrap();
+    let out = nodes[2]
+        .cli(&["put", "--oap", &oap, "--insecure", file.to_str().unwrap()])
+        .await;
+    let oap_addr = support::ok_stdout(&out).trim().to_owned();
+    let url = format!("{}/o/{oap_addr}", nodes[0].url);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let res = nodes[0].anonymous().get(&url).send().await.unwrap();
+        match res.status().as_u16() {
+            200 => {
+                assert!(res.bytes().await.unwrap() == oap_bytes);
+                break;
+            }
+            404 if Instant::now() < deadline => sleep(Duration::from_millis(200)).await,
+            other => panic!("GET on node 1: {other} {}", res.text().await.unwrap()),
+        }
+    }
+
+    // Node 5 (which cached the 3 MiB object) leaves and node 2 restarts on a new port: node 4,
+    // which never held the object, still gets it, from the restarted node 2.
+    let gone = nodes.remove(4);
+    drop(gone);
+    let mut old = nodes.remove(1);
+    let data_dir = old.data_dir.clone();
+    old.child.kill().await.unwrap(); // and waits: its store must be closed before it reopens
+    drop(old);
+    let restarted = Node::start(&data_dir, &["--bootstrap", &seed]).await;
+    nodes.insert(1, restarted);
+    let url = format!("{}/o/{addr}", nodes[3].url);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let res = nodes[3].anonymous().get(&url).send().await.unwrap();
+        match res.status().as_u16() {
+            200 => {
+                assert!(res.bytes().await.unwrap() == bytes);
+                break;
+            }
+            404 | 503 | 504 if Instant::now() < deadline => sleep(Duration::from_millis(300)).await,
+            other => panic!(
+                "GET on node 4 after the restart: {other} {}",
+                res.text().await.unwrap()
+            ),
+        }
+    }
+
     // An object no node has: the lookups finish and the answer is 404, not a hang.
     let nobody = ron_proto::Address::of(b"no node has this");
     let started = Instant::now();
@@ -89,7 +145,8 @@ async fn five_nodes_find_and_verify_each_others_objects() {
         .unwrap();
     assert_eq!(res.status(), 404);
     println!(
-        "five nodes: 3 MiB PUT on node 2 read on node 5; a missing object answered 404 in {:?}",
+        "five nodes: 3 MiB PUT on node 2 read on node 5, and on node 4 after node 2 restarted; \
+         a missing object answered 404 in {:?}",
         started.elapsed()
     );
 }

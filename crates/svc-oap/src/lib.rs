@@ -48,7 +48,7 @@ const WINDOW: u64 = 1 << 20;
 const DATA_FRAME: usize = 256 << 10;
 
 /// What the listener serves with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OapState {
     /// The object service.
     pub overlay: OverlayHandle,
@@ -68,6 +68,18 @@ pub struct OapState {
     pub limiter: Arc<Limiter>,
     /// The node's metrics (`rejected_total{reason}`).
     pub metrics: Metrics,
+    /// Told of every object a `put` stored (the node announces it to the peer network).
+    pub on_stored: Option<Arc<dyn Fn(Address) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for OapState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OapState")
+            .field("max_frame", &self.max_frame)
+            .field("max_inflight", &self.max_inflight)
+            .field("max_put_bytes", &self.max_put_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Serves OAP/1 on `listener` until `shutdown` is cancelled; then stops accepting, stops
@@ -530,6 +542,9 @@ async fn put(
     }
     match upload.writer.finish().await {
         Ok(stored) => {
+            if let Some(on_stored) = &state.on_stored {
+                on_stored(stored.address);
+            }
             if size.is_some_and(|s| s != stored.size) {
                 // Stored anyway (the bytes are whole and verified); the announced size was wrong.
                 tracing::debug!(announced = ?size, stored = stored.size, "oap put size differs");

@@ -345,6 +345,18 @@ impl Store {
         self.inner.pool.run(move || this.stats_now()).await?
     }
 
+    /// Every object held, pinned or cached (blocking: call it off the async workers).
+    pub fn addresses(&self) -> Result<Vec<Address>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let objects = txn.open_table(OBJECTS)?;
+        let mut all = Vec::with_capacity(usize::try_from(objects.len()?).unwrap_or(0));
+        for entry in objects.iter()? {
+            let (key, _) = entry?;
+            all.push(Address::from_bytes(*key.value()));
+        }
+        Ok(all)
+    }
+
     /// Store-wide figures, read inline: one short read transaction of four counters, cheap
     /// enough for a metrics scrape.
     pub fn stats_now(&self) -> Result<StoreStats, StoreError> {
