@@ -343,6 +343,33 @@ pub(crate) async fn pin(node: &Target, addr: &str, pinned: bool) -> anyhow::Resu
 }
 
 /// The node's `/status`, for `ron key show --node`.
+/// `ron peers`: the node's PeerId and listen addresses, then one connected peer per line.
+pub(crate) async fn peers(node: &NodeUrl) -> anyhow::Result<()> {
+    let status = node_status(node).await?;
+    let p2p = status
+        .get("p2p")
+        .filter(|p| !p.is_null())
+        .context("the node runs no peer network")?;
+    let list = |key: &str| -> Vec<String> {
+        p2p[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    println!("peer_id {}", p2p["peer_id"].as_str().unwrap_or_default());
+    for addr in list("listen") {
+        println!("listen {addr}");
+    }
+    for peer in list("peers") {
+        println!("peer {peer}");
+    }
+    Ok(())
+}
+
 pub(crate) async fn node_status(node: &NodeUrl) -> anyhow::Result<serde_json::Value> {
     let url = node.resolve();
     let res = client()?

@@ -77,6 +77,9 @@ enum Command {
         #[command(flatten)]
         creds: client::Creds,
     },
+    /// The node's peer network: its PeerId, the addresses others bootstrap from, and the
+    /// peers connected now.
+    Peers,
     /// Ed25519 keys: create, show, rotate the node's signing key.
     #[command(subcommand)]
     Key(auth::KeyCommand),
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
             Command::Unpin { address, creds } => {
                 client::pin(&target(&creds)?, &address, false).await
             }
+            Command::Peers => client::peers(node).await,
             Command::Key(cmd) => auth::key(cmd, node).await,
             Command::Cap(cmd) => auth::cap(cmd),
         }

@@ -57,6 +57,16 @@ async fn five_nodes_find_and_verify_each_others_objects() {
         sleep(Duration::from_millis(100)).await;
     }
 
+    // `ron peers` on the seed: its id, its addresses, and four peers.
+    let out = support::ok_stdout(&nodes[0].cli(&["peers"]).await);
+    assert!(out.starts_with("peer_id 12D3KooW"), "{out}");
+    assert!(out.lines().any(|l| l == format!("listen {seed}")), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("peer ")).count(),
+        4,
+        "{out}"
+    );
+
     // PUT on node 2, GET on node 5: found through the DHT, fetched, verified, identical.
     let bytes = data(3 << 20, 11);
     let addr = nodes[1].put(bytes.clone()).await;
