@@ -82,45 +82,19 @@ impl Node {
             .strip_prefix("ron node: gateway ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
-        let tls_url = if extra.contains(&"--tls-self-signed") || extra.contains(&"--gateway-tls") {
-            let line = timeout(Duration::from_secs(10), lines.next_line())
-                .await
-                .expect("node printed its TLS address in time")
-                .expect("stdout readable")
-                .expect("a second line on stdout");
-            Some(
-                line.strip_prefix("ron node: gateway ")
-                    .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
-                    .to_owned(),
-            )
+        let tls = extra.contains(&"--tls-self-signed") || extra.contains(&"--gateway-tls");
+        let tls_url = if tls {
+            Some(next_line(&mut lines, "ron node: gateway ").await)
         } else {
             None
         };
-        let oap_addr = if tls_url.is_some() {
-            let line = timeout(Duration::from_secs(10), lines.next_line())
-                .await
-                .expect("node printed its OAP address in time")
-                .expect("stdout readable")
-                .expect("a third line on stdout");
-            Some(
-                line.strip_prefix("ron node: oap ")
-                    .unwrap_or_else(|| panic!("unexpected third line {line:?}"))
-                    .to_owned(),
-            )
+        let oap_addr = if tls {
+            Some(next_line(&mut lines, "ron node: oap ").await)
         } else {
             None
         };
         let h3_addr = if extra.contains(&"--gateway-h3") {
-            let line = timeout(Duration::from_secs(10), lines.next_line())
-                .await
-                .expect("node printed its HTTP/3 address in time")
-                .expect("stdout readable")
-                .expect("a fourth line on stdout");
-            Some(
-                line.strip_prefix("ron node: gateway h3 https://")
-                    .unwrap_or_else(|| panic!("unexpected fourth line {line:?}"))
-                    .to_owned(),
-            )
+            Some(next_line(&mut lines, "ron node: gateway h3 https://").await)
         } else {
             None
         };
@@ -228,6 +202,21 @@ impl Node {
             .await
             .expect("run ron")
     }
+}
+
+/// The node's next line on stdout, which must start with `prefix`; the rest of it.
+async fn next_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    prefix: &str,
+) -> String {
+    let line = timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("node printed {prefix:?} in time"))
+        .expect("stdout readable")
+        .unwrap_or_else(|| panic!("a line {prefix:?} on stdout"));
+    line.strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+        .to_owned()
 }
 
 /// Deterministic pseudo-random bytes.

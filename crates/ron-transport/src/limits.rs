@@ -269,7 +269,7 @@ impl Limiter {
     }
 
     fn shed_at(&self) -> usize {
-        (self.global.load(Ordering::Relaxed) * 3 / 4).max(1)
+        shed_at(self.global.load(Ordering::Relaxed))
     }
 
     /// Whether writes are being shed now.
@@ -328,6 +328,11 @@ impl PeerState {
     }
 }
 
+/// In-flight requests past which writes are refused: three quarters of `global`.
+fn shed_at(global: usize) -> usize {
+    (global * 3 / 4).max(1)
+}
+
 fn admit<L: Borrow<Limiter>>(
     limiter: L,
     peer: Option<IpAddr>,
@@ -336,7 +341,6 @@ fn admit<L: Borrow<Limiter>>(
     let this = limiter.borrow();
     let global = this.global.load(Ordering::Relaxed);
     let now_in_flight = this.in_flight.fetch_add(1, Ordering::AcqRel);
-    let shed_at = (global * 3 / 4).max(1);
     let rps = this.rps.load(Ordering::Relaxed);
     let bytes_rate = this.bytes_rate.load(Ordering::Relaxed);
     let streams = this.streams.load(Ordering::Relaxed);
@@ -348,7 +352,7 @@ fn admit<L: Borrow<Limiter>>(
     if now_in_flight >= global {
         return Err(Refused::Global("the node is at capacity"));
     }
-    if write && now_in_flight >= shed_at {
+    if write && now_in_flight >= shed_at(global) {
         return Err(Refused::Global("the node is shedding writes"));
     }
     let per_peer = rps > 0 || streams > 0 || bytes_rate > 0;
