@@ -37,6 +37,9 @@ pub const APP_HELLO: u16 = 0x0000;
 pub const APP_OBJECTS: u16 = 0x0101;
 /// `app_proto_id` of node-to-node transfer of verified ranges, chunks and shards.
 pub const APP_TRANSFER: u16 = 0x0102;
+/// Verification groups of app 0x0102 (and of every store's outboard) are `1 << GROUP_CHUNK_LOG`
+/// BLAKE3 chunks of 1 KiB: 16 KiB. A byte that fails verification fails its whole group.
+pub const GROUP_CHUNK_LOG: u8 = 4;
 /// `app_proto_id` of the mailbox.
 pub const APP_MAILBOX: u16 = 0x0201;
 /// `app_proto_id` of the index: name records, providers.

@@ -8,8 +8,13 @@ pub(crate) const OBJECTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::n
 pub(crate) const CHUNKS: TableDefinition<&[u8; 32], (u64, u64)> = TableDefinition::new("chunks");
 /// Pinned object addresses.
 pub(crate) const PINS: TableDefinition<&[u8; 32], ()> = TableDefinition::new("pins");
+/// Unpinned (cached) object address -> the order it became unpinned in (a running sequence):
+/// the cache budget evicts the oldest first.
+pub(crate) const CACHED: TableDefinition<&[u8; 32], u64> = TableDefinition::new("cached");
 /// Running totals: `bytes_stored` (unique chunk bytes), `bytes_logical` (object bytes).
 pub(crate) const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
 
 pub(crate) const BYTES_STORED: &str = "bytes_stored";
 pub(crate) const BYTES_LOGICAL: &str = "bytes_logical";
+/// The next value of [`CACHED`]'s sequence.
+pub(crate) const CACHE_SEQ: &str = "cache_seq";

@@ -134,6 +134,75 @@ impl ObjectReader {
             .await?
     }
 
+    /// Bytes `start..end` (widened to whole 16 KiB groups, clamped to the object, at most
+    /// [`MAX_WINDOW`]) as a BLAKE3 verified stream (bao-tree's encoding of those chunk ranges:
+    /// the parent hashes from the root down to each group, then the group's bytes): what app
+    /// 0x0102 sends a peer, who checks every group against the address on arrival. Each group
+    /// is checked here too, before it is encoded.
+    pub async fn encode_range(&self, start: u64, end: u64) -> Result<Bytes, ReadError> {
+        let end = end.min(self.size()).min(start.saturating_add(MAX_WINDOW));
+        if start >= end {
+            return Ok(Bytes::new());
+        }
+        let this = self.clone();
+        self.inner
+            .pool
+            .run(move || this.encode_window(start, end))
+            .await?
+    }
+
+    fn encode_window(&self, start: u64, end: u64) -> Result<Bytes, ReadError> {
+        let (ws, we) = self.group_window(start, end);
+        let owned;
+        let window = match &self.inline {
+            Some(bytes) => Window {
+                offset: 0,
+                bytes: bytes.as_ref(),
+            },
+            None => {
+                let len = usize::try_from(we - ws)
+                    .map_err(|_| StoreError::Internal("window too large".into()))?;
+                let mut buf = vec![0u8; len];
+                self.read_raw(ws, &mut buf)?;
+                owned = buf;
+                Window {
+                    offset: ws,
+                    bytes: &owned,
+                }
+            }
+        };
+        let ranges =
+            ChunkRanges::from(ChunkNum(ws / BLAKE3_CHUNK)..ChunkNum(we.div_ceil(BLAKE3_CHUNK)));
+        // Parent hashes add 64 bytes per tree level crossed: a few KiB at most.
+        let mut out = Vec::with_capacity(usize::try_from(we - ws).unwrap_or(0) + 4096);
+        match bao_tree::io::sync::encode_ranges_validated(
+            window,
+            self.outboard.as_ref(),
+            &ranges,
+            &mut out,
+        ) {
+            Ok(()) => Ok(Bytes::from(out)),
+            Err(e) => {
+                tracing::error!(address = %self.address(), offset = ws, error = %e, "stored bytes fail verification");
+                Err(ReadError::Damaged {
+                    address: self.address(),
+                    offset: ws,
+                    end: we,
+                })
+            }
+        }
+    }
+
+    /// `start..end` widened to whole verification groups, clamped to the object.
+    fn group_window(&self, start: u64, end: u64) -> (u64, u64) {
+        let ws = start / GROUP_BYTES * GROUP_BYTES;
+        let we = end
+            .div_ceil(GROUP_BYTES)
+            .saturating_mul(GROUP_BYTES)
+            .min(self.size());
+        (ws, we)
+    }
+
     /// Verifies every stored byte of the object.
     pub async fn verify_all(&self) -> Result<(), ReadError> {
         let mut offset = 0;
@@ -187,11 +256,7 @@ impl ObjectReader {
     }
 
     fn read_window(&self, start: u64, end: u64) -> Result<Bytes, ReadError> {
-        let ws = start / GROUP_BYTES * GROUP_BYTES;
-        let we = end
-            .div_ceil(GROUP_BYTES)
-            .saturating_mul(GROUP_BYTES)
-            .min(self.size());
+        let (ws, we) = self.group_window(start, end);
         let len = usize::try_from(we - ws)
             .map_err(|_| StoreError::Internal("window too large".into()))?;
         let mut buf = vec![0u8; len];

@@ -10,7 +10,7 @@ use ron_proto::{Address, Manifest};
 use serde::Serialize;
 
 use crate::blobs::{Blobs, Kind};
-use crate::meta::{BYTES_LOGICAL, BYTES_STORED, CHUNKS, OBJECTS, PINS, TOTALS};
+use crate::meta::{BYTES_LOGICAL, BYTES_STORED, CACHE_SEQ, CACHED, CHUNKS, OBJECTS, PINS, TOTALS};
 use crate::{CpuPool, ObjectReader, ObjectWriter, PutOptions, ReadError, StoreError};
 
 pub(crate) struct Inner {
@@ -175,6 +175,7 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
         txn.open_table(OBJECTS)?;
         txn.open_table(CHUNKS)?;
         txn.open_table(PINS)?;
+        txn.open_table(CACHED)?;
         txn.open_table(TOTALS)?;
     }
     txn.commit()?;
@@ -317,11 +318,14 @@ impl Store {
                 let found = {
                     let objects = txn.open_table(OBJECTS)?;
                     let mut pins = txn.open_table(PINS)?;
+                    let mut cached = txn.open_table(CACHED)?;
+                    let mut totals = txn.open_table(TOTALS)?;
                     let found = objects.get(addr.as_bytes())?.is_some();
                     if found && pinned {
                         pins.insert(addr.as_bytes(), ())?;
-                    } else if found {
-                        pins.remove(addr.as_bytes())?;
+                        cached.remove(addr.as_bytes())?;
+                    } else if found && pins.remove(addr.as_bytes())?.is_some() {
+                        cache(&mut cached, &mut totals, addr.as_bytes())?;
                     }
                     found
                 };
@@ -336,7 +340,39 @@ impl Store {
     /// progress) uses.
     pub async fn gc(&self) -> Result<GcReport, StoreError> {
         let inner = self.inner.clone();
-        self.inner.pool.run(move || gc(&inner)).await?
+        self.inner
+            .pool
+            .run(move || remove_unpinned(&inner, None).map(|(report, _)| report))
+            .await?
+    }
+
+    /// Removes unpinned objects, those unpinned (or fetched) longest ago first, until their
+    /// bytes are at most `budget`; returns what it removed. Pinned objects are never touched.
+    pub async fn evict(&self, budget: u64) -> Result<(GcReport, Vec<Address>), StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || remove_unpinned(&inner, Some(budget)))
+            .await?
+    }
+
+    /// Bytes of unpinned objects (the cache of fetched copies and unpinned content).
+    pub async fn unpinned_bytes(&self) -> Result<u64, StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<u64, StoreError> {
+                let txn = inner.db.begin_read()?;
+                Ok(unpinned(
+                    &txn.open_table(OBJECTS)?,
+                    &txn.open_table(PINS)?,
+                    &txn.open_table(CACHED)?,
+                )?
+                .iter()
+                .map(|u| u.size)
+                .sum())
+            })
+            .await?
     }
 
     /// Store-wide figures.
@@ -412,8 +448,12 @@ pub(crate) fn commit_object(
             }
             add(&mut totals, BYTES_LOGICAL, i128::from(manifest.size))?;
         }
+        let mut cached = txn.open_table(CACHED)?;
         if pin {
             pins.insert(key, ())?;
+            cached.remove(key)?;
+        } else if created {
+            cache(&mut cached, &mut totals, key)?;
         }
         created
     };
@@ -421,7 +461,61 @@ pub(crate) fn commit_object(
     Ok(created)
 }
 
-fn gc(inner: &Arc<Inner>) -> Result<GcReport, StoreError> {
+/// Marks `key` as cached now: the newest in eviction order.
+fn cache(
+    cached: &mut redb::Table<'_, &[u8; 32], u64>,
+    totals: &mut redb::Table<'_, &str, u64>,
+    key: &[u8; 32],
+) -> Result<(), StoreError> {
+    let seq = totals.get(CACHE_SEQ)?.map_or(0, |v| v.value());
+    totals.insert(CACHE_SEQ, seq + 1)?;
+    cached.insert(key, seq)?;
+    Ok(())
+}
+
+/// An unpinned object, in eviction order.
+struct Unpinned {
+    key: [u8; 32],
+    seq: u64,
+    size: u64,
+    encoded: Vec<u8>,
+}
+
+fn unpinned(
+    objects: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
+    pins: &impl ReadableTable<&'static [u8; 32], ()>,
+    cached: &impl ReadableTable<&'static [u8; 32], u64>,
+) -> Result<Vec<Unpinned>, StoreError> {
+    let mut all = Vec::new();
+    for entry in objects.iter()? {
+        let (key, value) = entry?;
+        let key = *key.value();
+        if pins.get(&key)?.is_some() {
+            continue;
+        }
+        let encoded = value.value().to_vec();
+        let address = Address::from_bytes(key);
+        let size = Manifest::decode(&encoded)
+            .map_err(|source| StoreError::Manifest { address, source })?
+            .size;
+        // Unpinned before the cache order was kept: oldest.
+        let seq = cached.get(&key)?.map_or(0, |v| v.value());
+        all.push(Unpinned {
+            key,
+            seq,
+            size,
+            encoded,
+        });
+    }
+    all.sort_by_key(|u| u.seq);
+    Ok(all)
+}
+
+/// Removes every unpinned object, or (with a budget) the oldest until the rest fit it.
+fn remove_unpinned(
+    inner: &Arc<Inner>,
+    budget: Option<u64>,
+) -> Result<(GcReport, Vec<Address>), StoreError> {
     let mut report = GcReport::default();
     let mut dead_chunks = Vec::new();
     let mut dead_objects = Vec::new();
@@ -430,15 +524,23 @@ fn gc(inner: &Arc<Inner>) -> Result<GcReport, StoreError> {
         let mut objects = txn.open_table(OBJECTS)?;
         let mut chunks = txn.open_table(CHUNKS)?;
         let pins = txn.open_table(PINS)?;
+        let mut cached = txn.open_table(CACHED)?;
         let mut totals = txn.open_table(TOTALS)?;
-        let mut unpinned = Vec::new();
-        for entry in objects.iter()? {
-            let (key, value) = entry?;
-            if pins.get(key.value())?.is_none() {
-                unpinned.push((*key.value(), value.value().to_vec()));
+        let mut unpinned = unpinned(&objects, &pins, &cached)?;
+        if let Some(budget) = budget {
+            let mut total: u64 = unpinned.iter().map(|u| u.size).sum();
+            let mut keep = unpinned.len();
+            for (i, u) in unpinned.iter().enumerate() {
+                if total <= budget {
+                    keep = i;
+                    break;
+                }
+                total -= u.size;
             }
+            unpinned.truncate(keep);
         }
-        for (key, encoded) in unpinned {
+        for Unpinned { key, encoded, .. } in unpinned {
+            cached.remove(&key)?;
             let address = Address::from_bytes(key);
             let manifest = Manifest::decode(&encoded)
                 .map_err(|source| StoreError::Manifest { address, source })?;
@@ -471,12 +573,12 @@ fn gc(inner: &Arc<Inner>) -> Result<GcReport, StoreError> {
                 inner.blobs.remove(Kind::Chunk, &chunk)?;
             }
         }
-        for object in dead_objects {
-            if !inflight.contains_key(&(Kind::Outboard, object)) {
-                inner.blobs.remove(Kind::Outboard, &object)?;
+        for object in &dead_objects {
+            if !inflight.contains_key(&(Kind::Outboard, *object)) {
+                inner.blobs.remove(Kind::Outboard, object)?;
             }
         }
     }
     inner.sweep()?;
-    Ok(report)
+    Ok((report, dead_objects))
 }

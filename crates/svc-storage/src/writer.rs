@@ -15,7 +15,7 @@ use crate::store::{Inflight, Inner, commit_object};
 use crate::{Chunker, PutError, StoreError};
 
 /// BLAKE3 outboard granularity: 16 KiB chunk groups.
-pub(crate) const BLOCK: BlockSize = BlockSize::from_chunk_log(4);
+pub(crate) const BLOCK: BlockSize = BlockSize::from_chunk_log(ron_proto::oap::GROUP_CHUNK_LOG);
 /// Chunks hashed and written concurrently while the upload keeps arriving (memory: this many
 /// maximum chunks).
 const CHUNKS_IN_FLIGHT: usize = 4;

@@ -189,6 +189,75 @@ async fn a_flipped_byte_is_caught_in_its_group_and_reported_by_stat() {
         &bytes[200_000..300_000]
     );
     assert!(store.stat(&stored.address).await.unwrap().unwrap().damaged);
+    // The encoder for peers refuses the damaged group too, and encodes the others.
+    let err = reader.encode_range(98_304, 114_688).await.unwrap_err();
+    assert!(matches!(err, ReadError::Damaged { .. }), "{err:?}");
+    assert!(reader.encode_range(131_072, 262_144).await.unwrap().len() > 131_072);
+}
+
+#[tokio::test]
+async fn encoded_ranges_decode_against_the_address() {
+    use bao_tree::io::BaoContentItem;
+    use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
+    let store = Store::in_memory().unwrap();
+    let bytes = data(1_000_000, 4);
+    let stored = put(&store, &bytes, PutOptions::default()).await.unwrap();
+    let reader = store.reader(&stored.address).await.unwrap().unwrap();
+    for (start, end) in [(0, 1_000_000), (16_384, 524_288), (983_040, 1_000_000)] {
+        let encoded = reader.encode_range(start, end).await.unwrap();
+        let ranges = ChunkRanges::from(ChunkNum(start / 1024)..ChunkNum(end.div_ceil(1024)));
+        let tree = BaoTree::new(1_000_000, BlockSize::from_chunk_log(4));
+        let root = bao_tree::blake3::Hash::from_bytes(*stored.address.as_bytes());
+        let mut got = Vec::new();
+        let items = bao_tree::io::sync::DecodeResponseIter::new(root, tree, &encoded[..], &ranges);
+        for item in items {
+            if let BaoContentItem::Leaf(leaf) = item.unwrap() {
+                got.extend_from_slice(&leaf.data);
+            }
+        }
+        assert!(got == bytes[start as usize..end as usize], "{start}..{end}");
+    }
+}
+
+#[tokio::test]
+async fn eviction_removes_the_oldest_unpinned_objects_until_the_rest_fit() {
+    let store = Store::in_memory().unwrap();
+    let cached = PutOptions {
+        unpinned: true,
+        ..PutOptions::default()
+    };
+    let mut unpinned = Vec::new();
+    for seed in 0..4 {
+        let stored = put(&store, &data(100_000, 40 + seed), cached.clone())
+            .await
+            .unwrap();
+        unpinned.push(stored.address);
+    }
+    let pinned = put(&store, &data(500_000, 50), PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(store.unpinned_bytes().await.unwrap(), 400_000);
+    // Unpinning makes an object the newest in the cache.
+    store.set_pinned(&unpinned[0], true).await.unwrap();
+    store.set_pinned(&unpinned[0], false).await.unwrap();
+
+    let (report, removed) = store.evict(250_000).await.unwrap();
+    assert_eq!(
+        removed,
+        vec![unpinned[1], unpinned[2]],
+        "oldest first, until 200 KB remain"
+    );
+    assert_eq!(report.objects, 2);
+    assert_eq!(store.unpinned_bytes().await.unwrap(), 200_000);
+    assert!(store.reader(&pinned.address).await.unwrap().is_some());
+    assert!(store.reader(&unpinned[0]).await.unwrap().is_some());
+    // Within the budget: nothing to do. A budget of 0 removes every unpinned object.
+    assert!(store.evict(200_000).await.unwrap().1.is_empty());
+    assert_eq!(
+        store.evict(0).await.unwrap().1,
+        vec![unpinned[3], unpinned[0]]
+    );
+    assert!(store.reader(&pinned.address).await.unwrap().is_some());
 }
 
 #[tokio::test]
