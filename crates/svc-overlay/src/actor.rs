@@ -104,10 +104,15 @@ async fn handle(command: Command, store: &Store, index: &Index) {
                     .map_err(OverlayError::from),
             );
         }
-        Command::Gc { reply } => {
-            let result = store.gc().await.map_err(OverlayError::from);
-            // Collected objects must not be served from the cache.
-            index.clear();
+        Command::Gc { budget, reply } => {
+            let result = store.evict(budget).await.map_err(OverlayError::from);
+            if result
+                .as_ref()
+                .map_or(true, |(_, removed)| !removed.is_empty())
+            {
+                // Collected objects must not be served from the cache.
+                index.clear();
+            }
             let _ = reply.send(result);
         }
     }

@@ -108,10 +108,12 @@ pub enum Command {
         /// `Ok(false)` when the object is not stored.
         reply: oneshot::Sender<Result<bool, OverlayError>>,
     },
-    /// Collect garbage.
+    /// Collect garbage: unpinned objects, oldest first, until the rest fit the budget.
     Gc {
+        /// Bytes of unpinned objects to keep (0: remove them all).
+        budget: u64,
         /// What was removed.
-        reply: oneshot::Sender<Result<GcReport, OverlayError>>,
+        reply: oneshot::Sender<Result<(GcReport, Vec<Address>), OverlayError>>,
     },
 }
 
@@ -203,9 +205,20 @@ impl OverlayHandle {
 
     /// Removes unpinned objects and unreferenced chunks.
     pub async fn gc(&self) -> Result<GcReport, OverlayError> {
-        let report = self.ask(|reply| Command::Gc { reply }).await;
-        // Collected objects must not be served from memory either.
-        self.small().clear();
+        self.evict(0).await.map(|(report, _)| report)
+    }
+
+    /// Removes unpinned objects, those cached or unpinned longest ago first, until the rest
+    /// take at most `budget` bytes, and unreferenced chunks; returns what it removed.
+    pub async fn evict(&self, budget: u64) -> Result<(GcReport, Vec<Address>), OverlayError> {
+        let report = self.ask(|reply| Command::Gc { budget, reply }).await;
+        if report
+            .as_ref()
+            .map_or(true, |(_, removed)| !removed.is_empty())
+        {
+            // Collected objects must not be served from memory either.
+            self.small().clear();
+        }
         report
     }
 
