@@ -1,8 +1,10 @@
 //! App 0x0102 over the libp2p stream protocol `/ron/oap/1`: one request per stream, as OAP/1
 //! frames. A request is one `REQ|START|END` frame with a JSON [`TransferRequest`]. A `have`
 //! is answered by one `RESP|START|END` frame with `{"size":N}`; a `range` by a `RESP|START`
-//! frame with `{"size":N,"start":S}` and a `RESP|END` frame with the bytes; a failure by one
-//! error frame carrying the HTTP status as `code` and the shared error body.
+//! frame with `{"size":N,"start":S,"end":E}` and a `RESP|END` frame with the range as a BLAKE3
+//! verified stream (bao-tree's encoding with 16 KiB groups: the receiver checks each group
+//! against the address as it decodes); a failure by one error frame carrying the HTTP status
+//! as `code` and the shared error body. `specs/OAP-1.md` has the layout and vectors.
 
 use std::io;
 
@@ -16,8 +18,10 @@ use serde::{Deserialize, Serialize};
 /// The stream protocol node-to-node transfers run on.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ron/oap/1");
 
-/// Largest range one request may ask for: its bytes fit one frame.
-pub const MAX_RANGE: u64 = (DEFAULT_MAX_FRAME - HEADER_LEN) as u64 & !0xffff;
+/// Largest range one request may ask for: its encoding (the bytes plus 64 bytes per tree node
+/// crossed, under 1% more) fits one frame with room to spare.
+pub const MAX_RANGE: u64 = 512 * 1024;
+const _: () = assert!(MAX_RANGE + MAX_RANGE / 64 < (DEFAULT_MAX_FRAME - HEADER_LEN) as u64);
 
 /// What one node asks another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,8 +32,9 @@ pub enum TransferRequest {
         /// Which object.
         addr: Address,
     },
-    /// Bytes `start..end` of the object (at most [`MAX_RANGE`]), each verified by the
-    /// sender against the address before it leaves; the receiver verifies them again.
+    /// Bytes `start..end` of the object (at most [`MAX_RANGE`]; both ends multiples of 16 KiB,
+    /// or `end` past the object's end), as a verified stream: each 16 KiB group checked by the
+    /// sender before it leaves and by the receiver on arrival.
     Range {
         /// Which object.
         addr: Address,
@@ -52,10 +57,12 @@ pub enum TransferReply {
     Range {
         /// The object's size.
         size: u64,
-        /// Where `bytes` start.
+        /// Where the range starts.
         start: u64,
-        /// The bytes.
-        bytes: Bytes,
+        /// Where it ends (the request's end, clamped to the size).
+        end: u64,
+        /// The range's bao-tree encoding: parent hash pairs and the groups' bytes.
+        encoded: Bytes,
     },
     /// A refusal: not here (404), busy (429/503), a bad request (400, 416).
     Error {
@@ -72,6 +79,8 @@ struct Head {
     size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     start: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    end: Option<u64>,
 }
 
 /// Reads and writes 0x0102 messages as OAP/1 frames.
@@ -150,9 +159,11 @@ impl libp2p::request_response::Codec for TransferCodec {
             return Ok(TransferReply::Error { kind, body });
         }
         let head: Head = serde_json::from_slice(&first.payload).map_err(|e| bad(e.to_string()))?;
-        match head.start {
-            None if first.flags.contains(Flags::END) => Ok(TransferReply::Have { size: head.size }),
-            Some(start) if !first.flags.contains(Flags::END) => {
+        match (head.start, head.end) {
+            (None, None) if first.flags.contains(Flags::END) => {
+                Ok(TransferReply::Have { size: head.size })
+            }
+            (Some(start), Some(end)) if !first.flags.contains(Flags::END) => {
                 let data = read_frame(io).await?;
                 if !data.flags.contains(Flags::RESP | Flags::END) || data.code != 0 {
                     return Err(bad("a range's bytes come in one RESP|END frame"));
@@ -160,7 +171,8 @@ impl libp2p::request_response::Codec for TransferCodec {
                 Ok(TransferReply::Range {
                     size: head.size,
                     start,
-                    bytes: data.payload,
+                    end,
+                    encoded: data.payload,
                 })
             }
             _ => Err(bad("reply head and flags disagree")),
@@ -195,21 +207,31 @@ impl libp2p::request_response::Codec for TransferCodec {
     {
         match res {
             TransferReply::Have { size } => {
-                let head = Head { size, start: None };
+                let head = Head {
+                    size,
+                    start: None,
+                    end: None,
+                };
                 write_frame(
                     io,
                     &json_frame(Flags::RESP | Flags::START | Flags::END, &head)?,
                 )
                 .await?;
             }
-            TransferReply::Range { size, start, bytes } => {
+            TransferReply::Range {
+                size,
+                start,
+                end,
+                encoded,
+            } => {
                 let head = Head {
                     size,
                     start: Some(start),
+                    end: Some(end),
                 };
                 write_frame(io, &json_frame(Flags::RESP | Flags::START, &head)?).await?;
                 let mut data = Frame::new(Flags::RESP | Flags::END, APP_TRANSFER, 0);
-                data.payload = bytes;
+                data.payload = encoded;
                 write_frame(io, &data).await?;
             }
             TransferReply::Error { kind, body } => {

@@ -16,6 +16,13 @@ pub struct P2pSection {
     /// How long a GET for an object this node lacks may spend finding and fetching it from
     /// other nodes before it answers 504 (milliseconds, default 10000). Live.
     pub fetch_timeout_ms: u64,
+    /// Bytes per second this node sends one peer (answers are paced past a one-second burst;
+    /// 0: unlimited; default 64 MiB/s). Live.
+    pub peer_bytes_per_sec: u64,
+    /// Budget of the objects fetched from peers (and any other unpinned content): before a
+    /// fetched object is stored, the oldest unpinned objects go until it fits; an object over
+    /// the whole budget is not fetched (default 8 GiB). Live.
+    pub cache_bytes: u64,
 }
 
 impl Default for P2pSection {
@@ -27,6 +34,8 @@ impl Default for P2pSection {
             ],
             bootstrap: Vec::new(),
             fetch_timeout_ms: 10_000,
+            peer_bytes_per_sec: 64 << 20,
+            cache_bytes: 8 << 30,
         }
     }
 }
@@ -45,6 +54,12 @@ impl Section for P2pSection {
             return Err(FieldError::new(
                 "fetch_timeout_ms",
                 "must be between 100 and 600000",
+            ));
+        }
+        if self.peer_bytes_per_sec != 0 && self.peer_bytes_per_sec < 65_536 {
+            return Err(FieldError::new(
+                "peer_bytes_per_sec",
+                "must be 0 (unlimited) or at least 65536",
             ));
         }
         Ok(())

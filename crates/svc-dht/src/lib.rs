@@ -12,9 +12,15 @@
 
 mod codec;
 mod config;
+mod fetch;
+mod metrics;
 mod node;
+mod verify;
 
 pub use codec::{MAX_RANGE, PROTOCOL, TransferCodec, TransferReply, TransferRequest};
 pub use config::P2pSection;
-pub use libp2p::{Multiaddr, PeerId};
+pub use fetch::{INFLIGHT, PER_PEER, Probe, Transferred};
+pub use libp2p::{Multiaddr, PeerId, identity};
+pub use metrics::DhtMetrics;
 pub use node::{Command, DhtError, DhtHandle, MAILBOX, P2pStatus, Source, run};
+pub use verify::GROUP_BYTES;

@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::{MAX_RANGE, PROTOCOL, TransferCodec, TransferReply, TransferRequest};
 use crate::config::P2pSection;
+use crate::fetch::Scores;
+use crate::metrics::DhtMetrics;
+use crate::verify::GROUP_BYTES;
 
 /// Commands the actor's mailbox should hold.
 pub const MAILBOX: usize = 256;
@@ -24,6 +27,12 @@ pub const MAILBOX: usize = 256;
 const SERVED: usize = 64;
 /// Peer requests being read from the store at once; more are refused (503).
 const SERVING: usize = 32;
+/// Requests of one peer being answered at once; more are refused (429).
+const SERVING_PER_PEER: usize = 8;
+/// Bytes a peer may take at once above its rate, in seconds of the rate.
+const BURST: Duration = Duration::from_secs(1);
+/// The longest a paced answer waits; a request that would wait longer is refused (429).
+const MAX_PACE: Duration = Duration::from_secs(10);
 /// How long a transfer request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the routing table is refreshed from the network.
@@ -51,15 +60,27 @@ pub enum DhtError {
     /// Whatever took the fetched bytes failed.
     #[error("{0}")]
     Sink(String),
+    /// The object is larger than the caller takes.
+    #[error("the object is {size} bytes, over the limit of {max}")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Providers were found, and none delivered (each one's failure, joined).
+    #[error("no provider delivered: {0}")]
+    Unavailable(String),
 }
 
 /// Reads objects for peers that ask.
 pub trait Source: Send + Sync + 'static {
     /// The object's size, if held.
     fn size(&self, addr: Address) -> BoxFuture<'static, Option<u64>>;
-    /// Bytes `start..end` (end clamped to the size), each verified against the address;
-    /// `None` if the object is not held.
-    fn read(
+    /// The object's size and the verified-stream encoding (bao-tree, 16 KiB groups) of bytes
+    /// `start..end` widened to whole groups and clamped to the size, each group checked
+    /// against the address before it is encoded; `None` if the object is not held.
+    fn encoded(
         &self,
         addr: Address,
         start: u64,
@@ -99,12 +120,30 @@ enum Inner {
 pub struct DhtHandle {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
+    pub(crate) scores: Scores,
+    pub(crate) metrics: DhtMetrics,
 }
 
 impl DhtHandle {
     /// A handle on the actor reading `tx`'s mailbox, for the node whose PeerId is `peer_id`.
     pub fn new(tx: mpsc::Sender<Command>, peer_id: PeerId) -> Self {
-        Self { tx, peer_id }
+        Self {
+            tx,
+            peer_id,
+            scores: Scores::default(),
+            metrics: DhtMetrics::default(),
+        }
+    }
+
+    /// The handle's metrics (add them to the node's registry with [`DhtMetrics::register`]).
+    pub fn metrics(&self) -> &DhtMetrics {
+        &self.metrics
+    }
+
+    /// How `peer` has behaved in transfers: positive for verified ranges, far below zero
+    /// once it sent bytes that are not what it claimed.
+    pub fn score(&self, peer: &PeerId) -> i64 {
+        self.scores.get(peer)
     }
 
     /// This node's PeerId.
@@ -162,72 +201,6 @@ impl DhtHandle {
             .map_err(|_| DhtError::Stopped)?;
         rx.await.map_err(|_| DhtError::Stopped)
     }
-
-    /// Fetches all of `addr` from `peer`, range by range in order, handing each range to
-    /// `sink` as it arrives, and checks the BLAKE3 of everything against the address at the
-    /// end: on `Ok` the sink has received exactly the object; on any error the caller must
-    /// discard what it received (a peer that lies fails here). Objects over `max_size` are
-    /// refused before any byte moves.
-    pub async fn fetch_to<F, Fut>(
-        &self,
-        peer: PeerId,
-        addr: Address,
-        max_size: u64,
-        mut sink: F,
-    ) -> Result<u64, DhtError>
-    where
-        F: FnMut(Bytes) -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>>,
-    {
-        let size = match self.request(peer, TransferRequest::Have { addr }).await? {
-            TransferReply::Have { size } => size,
-            TransferReply::Error { kind, body } => {
-                return Err(DhtError::Refused(kind, body.message));
-            }
-            TransferReply::Range { .. } => {
-                return Err(DhtError::Peer("answered have with a range".into()));
-            }
-        };
-        if size > max_size {
-            return Err(DhtError::Peer(format!(
-                "object of {size} bytes is over {max_size}"
-            )));
-        }
-        let mut hasher = blake3::Hasher::new();
-        let mut at = 0;
-        while at < size {
-            let end = (at + MAX_RANGE).min(size);
-            let range = TransferRequest::Range {
-                addr,
-                start: at,
-                end,
-            };
-            let bytes = match self.request(peer, range).await? {
-                TransferReply::Range {
-                    size: s,
-                    start,
-                    bytes,
-                } if s == size
-                    && start == at
-                    && !bytes.is_empty()
-                    && bytes.len() as u64 <= end - at =>
-                {
-                    bytes
-                }
-                TransferReply::Error { kind, body } => {
-                    return Err(DhtError::Refused(kind, body.message));
-                }
-                _ => return Err(DhtError::Peer("a range that was not asked for".into())),
-            };
-            at += bytes.len() as u64;
-            hasher.update(&bytes);
-            sink(bytes).await.map_err(DhtError::Sink)?;
-        }
-        if Address::from_bytes(*hasher.finalize().as_bytes()) != addr {
-            return Err(DhtError::Peer(format!("sent bytes that are not {addr}")));
-        }
-        Ok(size)
-    }
 }
 
 #[derive(NetworkBehaviour)]
@@ -238,13 +211,15 @@ struct Behaviour {
 }
 
 /// Builds the swarm with `keypair` as its identity, listens and dials as `section` says
-/// (`extra_bootstrap` adds to `section.bootstrap`), and serves the commands in `mailbox` until
+/// (`extra_bootstrap` adds to `section.bootstrap`; live settings are read from `config`'s
+/// `[p2p]` as they change), and serves the commands in `mailbox` until
 /// `shutdown` is cancelled or every handle is gone. A fresh swarm on each call: under the
 /// supervisor a restart rebinds the same addresses.
 pub async fn run(
     shutdown: CancellationToken,
     mailbox: supervisor::Mailbox<Command>,
     keypair: libp2p::identity::Keypair,
+    config: ron_kernel::Config,
     section: P2pSection,
     extra_bootstrap: Vec<Multiaddr>,
     source: Arc<dyn Source>,
@@ -312,6 +287,9 @@ pub async fn run(
         requests: HashMap::new(),
         listen: Vec::new(),
         serving: 0,
+        serving_by: HashMap::new(),
+        paced: HashMap::new(),
+        config,
     };
     let mut inbox = mailbox.lock().await;
     actor.run(shutdown, &mut inbox).await;
@@ -325,9 +303,22 @@ struct Actor {
     requests: HashMap<OutboundRequestId, oneshot::Sender<Result<TransferReply, DhtError>>>,
     listen: Vec<Multiaddr>,
     serving: usize,
+    /// Requests being answered, per peer.
+    serving_by: HashMap<PeerId, usize>,
+    /// When each peer's byte budget is next clear (theoretical arrival time of the pacing).
+    paced: HashMap<PeerId, tokio::time::Instant>,
+    config: ron_kernel::Config,
 }
 
-type Served = (ResponseChannel<TransferReply>, TransferReply);
+type Served = (PeerId, ResponseChannel<TransferReply>, TransferReply);
+
+fn refusal(kind: ErrorKind, message: &str, retry: Duration) -> TransferReply {
+    let ms = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX).max(1);
+    TransferReply::Error {
+        kind,
+        body: ErrorBody::new(kind, message).retry_after_ms(ms),
+    }
+}
 
 impl Actor {
     async fn run(mut self, shutdown: CancellationToken, commands: &mut mpsc::Receiver<Command>) {
@@ -341,8 +332,14 @@ impl Actor {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.event(event, &served_tx),
-                Some((channel, reply)) = served_rx.recv() => {
+                Some((peer, channel, reply)) = served_rx.recv() => {
                     self.serving -= 1;
+                    if let Some(n) = self.serving_by.get_mut(&peer) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.serving_by.remove(&peer);
+                        }
+                    }
                     if self.swarm.behaviour_mut().transfer.send_response(channel, reply).is_err() {
                         tracing::debug!("peer went away before its answer");
                     }
@@ -467,19 +464,41 @@ impl Actor {
                 }
             }
             Event::Message {
+                peer,
                 message:
                     Message::Request {
                         request, channel, ..
                     },
                 ..
             } => {
-                if self.serving >= SERVING {
-                    let body = ErrorBody::new(ErrorKind::Overloaded, "too many transfers")
-                        .retry_after_ms(1000);
-                    let reply = TransferReply::Error {
-                        kind: ErrorKind::Overloaded,
-                        body,
-                    };
+                let by_peer = self.serving_by.get(&peer).copied().unwrap_or(0);
+                let refused = if self.serving >= SERVING {
+                    let wait = Duration::from_millis(1000);
+                    Some(refusal(ErrorKind::Overloaded, "too many transfers", wait))
+                } else if by_peer >= SERVING_PER_PEER {
+                    let wait = Duration::from_millis(500);
+                    Some(refusal(
+                        ErrorKind::RateLimited,
+                        "too many transfers from you",
+                        wait,
+                    ))
+                } else {
+                    None
+                };
+                let pace = match (&refused, &request) {
+                    (None, TransferRequest::Range { start, end, .. }) => {
+                        self.pace(peer, end.saturating_sub(*start))
+                    }
+                    _ => Ok(Duration::ZERO),
+                };
+                let reply = match (refused, pace) {
+                    (Some(reply), _) => Some(reply),
+                    (None, Err(wait)) => {
+                        Some(refusal(ErrorKind::RateLimited, "over its byte rate", wait))
+                    }
+                    (None, Ok(_)) => None,
+                };
+                if let Some(reply) = reply {
                     let _ = self
                         .swarm
                         .behaviour_mut()
@@ -487,15 +506,42 @@ impl Actor {
                         .send_response(channel, reply);
                     return;
                 }
+                let pace = pace.unwrap_or_default();
                 self.serving += 1;
+                *self.serving_by.entry(peer).or_default() += 1;
                 let (source, served) = (self.source.clone(), served.clone());
                 tokio::spawn(async move {
                     let reply = answer(source.as_ref(), request).await;
-                    let _ = served.send((channel, reply)).await;
+                    // Paced after reading: the read overlaps the wait.
+                    tokio::time::sleep(pace).await;
+                    let _ = served.send((peer, channel, reply)).await;
                 });
             }
             _ => {}
         }
+    }
+}
+
+impl Actor {
+    /// Charges `bytes` to `peer`'s rate (`p2p.peer_bytes_per_sec`, live): how long its answer
+    /// waits, or `Err(retry)` when that would be over [`MAX_PACE`].
+    fn pace(&mut self, peer: PeerId, bytes: u64) -> Result<Duration, Duration> {
+        let rate = self.config.get::<P2pSection>().peer_bytes_per_sec;
+        if rate == 0 {
+            return Ok(Duration::ZERO);
+        }
+        let now = tokio::time::Instant::now();
+        if self.paced.len() > 4096 {
+            self.paced.retain(|_, t| *t > now);
+        }
+        let clear = self.paced.get(&peer).copied().unwrap_or(now).max(now);
+        let cost = Duration::from_secs_f64(bytes as f64 / rate as f64);
+        let wait = (clear + cost).saturating_duration_since(now + BURST);
+        if wait > MAX_PACE {
+            return Err(wait - MAX_PACE);
+        }
+        self.paced.insert(peer, clear + cost);
+        Ok(wait)
     }
 }
 
@@ -528,8 +574,43 @@ async fn answer(source: &dyn Source, request: TransferRequest) -> TransferReply 
                     body,
                 };
             }
-            match source.read(addr, start, end).await {
-                Ok(Some((size, bytes))) => TransferReply::Range { size, start, bytes },
+            if start % GROUP_BYTES != 0 {
+                let body = ErrorBody::new(
+                    ErrorKind::BadInput,
+                    format!("a range starts and ends at multiples of {GROUP_BYTES}"),
+                );
+                return TransferReply::Error {
+                    kind: ErrorKind::BadInput,
+                    body,
+                };
+            }
+            match source.encoded(addr, start, end).await {
+                Ok(Some((size, _))) if start >= size => {
+                    let body = ErrorBody::new(
+                        ErrorKind::RangeNotSatisfiable,
+                        format!("the object has {size} bytes"),
+                    );
+                    TransferReply::Error {
+                        kind: ErrorKind::RangeNotSatisfiable,
+                        body,
+                    }
+                }
+                Ok(Some((size, _))) if end % GROUP_BYTES != 0 && end < size => {
+                    let body = ErrorBody::new(
+                        ErrorKind::BadInput,
+                        format!("a range ends at a multiple of {GROUP_BYTES} or the object's end"),
+                    );
+                    TransferReply::Error {
+                        kind: ErrorKind::BadInput,
+                        body,
+                    }
+                }
+                Ok(Some((size, encoded))) => TransferReply::Range {
+                    size,
+                    start,
+                    end: end.min(size),
+                    encoded,
+                },
                 Ok(None) => not_found(&addr),
                 Err(e) => {
                     tracing::warn!(%addr, error = %e, "cannot serve a range to a peer");

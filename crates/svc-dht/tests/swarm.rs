@@ -1,74 +1,104 @@
-//! Three swarms on 127.0.0.1 in one process: a chain bootstrapped one from the next, provider
-//! lookups across it, ranges fetched and verified, a missing object and a lying peer.
+//! Swarms on 127.0.0.1 in one process: a chain bootstrapped one from the next, provider
+//! lookups across it, objects fetched and verified group by group, a missing object, a
+//! provider that lies part-way through an object, and one that dies mid-transfer.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bao_tree::io::outboard::PreOrderMemOutboard;
+use bao_tree::{BlockSize, ChunkNum, ChunkRanges};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use libp2p::Multiaddr;
 use ron_proto::Address;
-use svc_dht::{DhtError, DhtHandle, P2pSection, Source, run};
+use svc_dht::{DhtError, DhtHandle, GROUP_BYTES, P2pSection, Source, Transferred, run};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-/// Objects in memory; `lie` flips a byte of everything it serves.
+const BLOCK: BlockSize = BlockSize::from_chunk_log(ron_proto::oap::GROUP_CHUNK_LOG);
+
+/// Objects in memory with their outboards. A liar serves, from `lie_from` on, bytes with one
+/// bit flipped in every group, under honest parent hashes: its lies pass until a group's
+/// bytes are checked.
 struct Memory {
-    objects: HashMap<Address, Bytes>,
-    lie: bool,
+    objects: HashMap<Address, (Bytes, Arc<PreOrderMemOutboard>)>,
+    lie_from: Option<usize>,
 }
 
 impl Source for Memory {
     fn size(&self, addr: Address) -> BoxFuture<'static, Option<u64>> {
-        let size = self.objects.get(&addr).map(|b| b.len() as u64);
+        let size = self.objects.get(&addr).map(|(b, _)| b.len() as u64);
         async move { size }.boxed()
     }
 
-    fn read(
+    fn encoded(
         &self,
         addr: Address,
         start: u64,
         end: u64,
     ) -> BoxFuture<'static, Result<Option<(u64, Bytes)>, String>> {
-        let got = self.objects.get(&addr).map(|b| {
-            let end = end.min(b.len() as u64);
-            let mut bytes = b.slice(start as usize..end as usize).to_vec();
-            if self.lie && !bytes.is_empty() {
-                bytes[0] ^= 1;
+        let got = self.objects.get(&addr).map(|(data, outboard)| {
+            let mut served = data.to_vec();
+            if let Some(from) = self.lie_from {
+                for at in (from..served.len()).step_by(GROUP_BYTES as usize) {
+                    served[at] ^= 1;
+                }
             }
-            (b.len() as u64, Bytes::from(bytes))
+            let ranges = ChunkRanges::from(ChunkNum(start / 1024)..ChunkNum(end.div_ceil(1024)));
+            let mut out = Vec::new();
+            bao_tree::io::sync::encode_ranges(&served[..], outboard.as_ref(), &ranges, &mut out)
+                .unwrap();
+            (data.len() as u64, Bytes::from(out))
         });
         async move { Ok(got) }.boxed()
     }
 }
 
-fn node(objects: &[Bytes], lie: bool, bootstrap: &[Multiaddr]) -> DhtHandle {
+struct Node {
+    handle: DhtHandle,
+    shutdown: CancellationToken,
+}
+
+fn node(objects: &[Bytes], lie_from: Option<usize>, rate: u64, bootstrap: &[Multiaddr]) -> Node {
     let section = P2pSection {
         listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        bootstrap: Vec::new(),
         ..P2pSection::default()
     };
+    let config = ron_kernel::Config::builder()
+        .register::<P2pSection>()
+        .set("p2p.peer_bytes_per_sec", i64::try_from(rate).unwrap())
+        .build()
+        .unwrap();
     let source = Memory {
         objects: objects
             .iter()
-            .map(|b| (Address::of(b), b.clone()))
+            .map(|b| {
+                let outboard = PreOrderMemOutboard::create(b, BLOCK);
+                (Address::of(b), (b.clone(), Arc::new(outboard)))
+            })
             .collect(),
-        lie,
+        lie_from,
     };
     let keypair = libp2p::identity::Keypair::generate_ed25519();
     let peer_id = keypair.public().to_peer_id();
     let (tx, mailbox) = supervisor::mailbox(64);
-    let shutdown = tokio_util::sync::CancellationToken::new();
+    let shutdown = CancellationToken::new();
     tokio::spawn(run(
-        shutdown,
+        shutdown.clone(),
         mailbox,
         keypair,
+        config,
         section,
         bootstrap.to_vec(),
         Arc::new(source),
     ));
-    DhtHandle::new(tx, peer_id)
+    Node {
+        handle: DhtHandle::new(tx, peer_id),
+        shutdown,
+    }
 }
 
 async fn address_of(node: &DhtHandle) -> Multiaddr {
@@ -82,14 +112,33 @@ async fn address_of(node: &DhtHandle) -> Multiaddr {
     panic!("never listened")
 }
 
-async fn fetch(from: &DhtHandle, peer: libp2p::PeerId, addr: Address) -> Result<Vec<u8>, DhtError> {
-    let got = std::sync::Mutex::new(Vec::new());
-    from.fetch_to(peer, addr, 1 << 30, |bytes| {
-        got.lock().unwrap().extend_from_slice(&bytes);
-        async { Ok(()) }
-    })
-    .await?;
-    Ok(got.into_inner().unwrap())
+/// Fetches `addr` from `providers`; `on_bytes` sees the running count of bytes received.
+async fn fetch_with(
+    from: &DhtHandle,
+    providers: &[libp2p::PeerId],
+    addr: Address,
+    mut on_bytes: impl FnMut(usize) + Send + 'static,
+) -> Result<(Vec<u8>, Transferred), DhtError> {
+    let probe = from.probe(addr, providers, 1 << 30).await?;
+    let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+    let collect = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Some(bytes) = rx.recv().await {
+            got.extend_from_slice(&bytes);
+            on_bytes(got.len());
+        }
+        got
+    });
+    let transferred = from.transfer(probe, providers, tx).await?;
+    Ok((collect.await.unwrap(), transferred))
+}
+
+async fn fetch(
+    from: &DhtHandle,
+    providers: &[libp2p::PeerId],
+    addr: Address,
+) -> Result<(Vec<u8>, Transferred), DhtError> {
+    fetch_with(from, providers, addr, |_| {}).await
 }
 
 async fn wait_for_peers(node: &DhtHandle, n: usize) {
@@ -102,18 +151,24 @@ async fn wait_for_peers(node: &DhtHandle, n: usize) {
     panic!("never connected to {n} peers");
 }
 
+fn pattern(n: u32, seed: u32) -> Bytes {
+    Bytes::from(
+        (0..n)
+            .map(|i| (i.wrapping_mul(seed) % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn providers_are_found_across_the_network_and_their_bytes_verified() {
-    let big = Bytes::from(
-        (0..3_000_000u32)
-            .map(|i| (i % 251) as u8)
-            .collect::<Vec<_>>(),
-    );
+    let big = pattern(3_000_000, 7);
     let small = Bytes::from_static(b"hello world");
-    let a = node(&[big.clone(), small.clone()], false, &[]);
-    let b = node(&[], false, &[address_of(&a).await]);
-    let c = node(&[], false, &[address_of(&b).await]);
-    wait_for_peers(&b, 2).await;
+    let empty = Bytes::new();
+    let a = node(&[big.clone(), small.clone(), empty.clone()], None, 0, &[]);
+    let b = node(&[], None, 0, &[address_of(&a.handle).await]);
+    let c = node(&[], None, 0, &[address_of(&b.handle).await]);
+    let (a, c) = (&a.handle, &c.handle);
+    wait_for_peers(&b.handle, 2).await;
     a.provide(Address::of(&big)).await.unwrap();
     a.provide(Address::of(&small)).await.unwrap();
 
@@ -127,27 +182,110 @@ async fn providers_are_found_across_the_network_and_their_bytes_verified() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(providers, vec![a.peer_id()]);
-    let got = fetch(&c, a.peer_id(), Address::of(&big)).await.unwrap();
+    let (got, report) = fetch(c, &providers, Address::of(&big)).await.unwrap();
     assert!(got == big, "3 MB fetched in ranges and verified");
-    let got = fetch(&c, a.peer_id(), Address::of(&small)).await.unwrap();
-    assert_eq!(got, small);
+    assert_eq!(report.delivered, vec![(a.peer_id(), 3_000_000)]);
+    assert!(c.score(&a.peer_id()) > 0, "verified ranges score up");
+    for object in [&small, &empty] {
+        let (got, _) = fetch(c, &providers, Address::of(object)).await.unwrap();
+        assert_eq!(got, object.to_vec());
+    }
+    // Over the caller's limit: refused before any byte moves.
+    match c.probe(Address::of(&big), &providers, 1_000_000).await {
+        Err(DhtError::TooLarge { size, max }) => assert_eq!((size, max), (3_000_000, 1_000_000)),
+        other => panic!("{other:?}"),
+    }
 
     // Nobody has this one: the lookup ends with no provider, and asking A directly is 404.
     let nothing = Address::of(b"nobody has this");
     assert_eq!(c.providers(nothing).await.unwrap(), Vec::new());
-    match fetch(&c, a.peer_id(), nothing).await {
-        Err(DhtError::Refused(kind, message)) => {
-            assert_eq!(kind, ron_proto::ErrorKind::NotFound);
-            assert!(message.contains("no object"), "{message}");
-        }
+    match fetch(c, &providers, nothing).await {
+        Err(DhtError::Unavailable(message)) => assert!(message.contains("no object"), "{message}"),
         other => panic!("{other:?}"),
     }
+}
 
-    // A peer that flips a bit is caught before its bytes are used.
-    let liar = node(std::slice::from_ref(&small), true, &[address_of(&a).await]);
-    wait_for_peers(&liar, 1).await;
-    match fetch(&c, liar.peer_id(), Address::of(&small)).await {
-        Err(DhtError::Peer(message)) => assert!(message.contains("not b3:"), "{message}"),
-        other => panic!("{other:?}"),
-    }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_lies_part_way_is_caught_at_the_group_and_the_honest_one_finishes() {
+    let object = pattern(3_000_000, 13);
+    let addr = Address::of(&object);
+    // The liar's size proof (the last group) is honest; from byte 600,000 on it lies.
+    let liar = node(std::slice::from_ref(&object), Some(600_000), 0, &[]);
+    let honest = node(std::slice::from_ref(&object), None, 0, &[]);
+    let c = node(
+        &[],
+        None,
+        0,
+        &[
+            address_of(&liar.handle).await,
+            address_of(&honest.handle).await,
+        ],
+    );
+    let c = &c.handle;
+    wait_for_peers(c, 2).await;
+    let (l, h) = (liar.handle.peer_id(), honest.handle.peer_id());
+    let (got, report) = fetch(c, &[l, h], addr).await.unwrap();
+    assert!(got == object, "identical bytes despite the liar");
+    assert_eq!(report.faults.len(), 1, "{:?}", report.faults);
+    assert!(report.faults[0].contains("lie") && report.faults[0].contains("fails verification"));
+    let from = |p| report.delivered.iter().find(|(q, _)| *q == p).unwrap().1;
+    // What the liar sent before its first bad group (the one holding byte 600,000) was
+    // verified and kept; nothing after it; its proof of the size (the last group) too.
+    let before_lies = 600_000 / GROUP_BYTES * GROUP_BYTES + 3_000_000 % GROUP_BYTES;
+    assert!(
+        from(l) > 0 && from(l) <= before_lies,
+        "liar delivered {}",
+        from(l)
+    );
+    assert_eq!(from(l) + from(h), 3_000_000);
+    assert!(c.score(&l) < 0 && c.score(&h) > 0);
+
+    // Scored down, the liar is asked last next time (the honest peer proves the size).
+    let probe = c.probe(addr, &[l, h], 1 << 30).await.unwrap();
+    assert_eq!(probe.peer, h);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_resumes_from_another_provider_when_one_dies() {
+    let object = pattern(6_000_000, 29);
+    let addr = Address::of(&object);
+    // Both paced at 1 MiB/s per peer: the transfer takes seconds.
+    let dying = node(std::slice::from_ref(&object), None, 1 << 20, &[]);
+    let other = node(std::slice::from_ref(&object), None, 1 << 20, &[]);
+    let c = node(
+        &[],
+        None,
+        0,
+        &[
+            address_of(&dying.handle).await,
+            address_of(&other.handle).await,
+        ],
+    );
+    let c = &c.handle;
+    wait_for_peers(c, 2).await;
+    let kill = dying.shutdown.clone();
+    let (d, o) = (dying.handle.peer_id(), other.handle.peer_id());
+    let (got, report) = fetch_with(c, &[d, o], addr, move |n| {
+        if n >= 1 << 20 {
+            kill.cancel();
+        }
+    })
+    .await
+    .unwrap();
+    assert!(got == object, "identical bytes after a provider died");
+    assert!(
+        report
+            .faults
+            .iter()
+            .any(|f| f.contains(&d.to_string()) && f.contains("dead")),
+        "{:?}",
+        report.faults
+    );
+    let from = |p| report.delivered.iter().find(|(q, _)| *q == p).unwrap().1;
+    assert!(
+        from(d) > 0 && from(d) < 6_000_000,
+        "died part-way: {}",
+        from(d)
+    );
+    assert!(from(o) > 3_000_000, "the other finished: {}", from(o));
 }

@@ -1,0 +1,414 @@
+//! Fetching one object from its providers: its size proven first, then its ranges requested
+//! from several providers at once, every 16 KiB group checked against the address on arrival,
+//! and the bytes handed on in order. A provider that dies or refuses leaves its ranges to the
+//! others; one that sends a group that fails verification is caught at that group, scored
+//! down and not asked again for the object, and what it sent before the bad group is kept.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use libp2p::PeerId;
+use ron_proto::{Address, ErrorKind};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::codec::{MAX_RANGE, TransferReply, TransferRequest};
+use crate::node::{DhtError, DhtHandle};
+use crate::verify::{GROUP_BYTES, Verified, decode};
+
+/// Range requests in flight for one fetch, over all its providers.
+pub const INFLIGHT: usize = 8;
+/// Range requests in flight to one provider for one fetch.
+pub const PER_PEER: usize = 4;
+/// How far past the next byte to hand on a fetch may request: bounds what waits in memory
+/// for an earlier range.
+const WINDOW: u64 = 2 * INFLIGHT as u64 * MAX_RANGE;
+/// Score changes: a verified range, a dead peer, a lie.
+const GOOD: i64 = 1;
+const DEAD: i64 = -20;
+const LIE: i64 = -1_000;
+/// Scores kept (the best-known peers win when the table is full).
+const SCORES: usize = 4096;
+
+/// How peers have behaved in transfers: the higher, the sooner a peer is asked.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Scores(Arc<Mutex<HashMap<PeerId, i64>>>);
+
+impl Scores {
+    pub(crate) fn get(&self, peer: &PeerId) -> i64 {
+        self.0
+            .lock()
+            .map_or(0, |s| s.get(peer).copied().unwrap_or(0))
+    }
+
+    fn add(&self, peer: PeerId, delta: i64) {
+        if let Ok(mut scores) = self.0.lock() {
+            if scores.len() >= SCORES && !scores.contains_key(&peer) {
+                // Forget the least remarkable peer.
+                if let Some(plain) = scores.iter().min_by_key(|(_, s)| s.abs()).map(|(p, _)| *p) {
+                    scores.remove(&plain);
+                }
+            }
+            let score = scores.entry(peer).or_default();
+            *score = (*score + delta).clamp(-100_000, 100);
+        }
+    }
+}
+
+/// A provider holding the object, and the object's size, proven by the provider's
+/// encoding of the last group verifying against the address.
+#[derive(Debug)]
+pub struct Probe {
+    /// The object.
+    pub addr: Address,
+    /// Its size.
+    pub size: u64,
+    /// The provider that proved it.
+    pub peer: PeerId,
+    /// Where the last group starts, and its verified bytes.
+    tail: (u64, Vec<Bytes>),
+    /// Providers found lying while probing.
+    liars: HashSet<PeerId>,
+}
+
+/// How a transfer went.
+#[derive(Debug, Default)]
+pub struct Transferred {
+    /// The object's size.
+    pub size: u64,
+    /// Verified bytes each provider delivered.
+    pub delivered: Vec<(PeerId, u64)>,
+    /// Each provider that failed, and how.
+    pub faults: Vec<String>,
+}
+
+struct Provider {
+    id: PeerId,
+    inflight: usize,
+    /// Busy until then.
+    until: Option<Instant>,
+    /// Out of this fetch: dead, lying or without the object.
+    gone: bool,
+    delivered: u64,
+}
+
+type Answer = (usize, u64, u64, Result<TransferReply, DhtError>);
+
+impl DhtHandle {
+    /// Finds, among `providers` (best scored first), one that holds `addr` and proves its
+    /// size; refuses objects over `max_size` before any of their bytes move.
+    pub async fn probe(
+        &self,
+        addr: Address,
+        providers: &[PeerId],
+        max_size: u64,
+    ) -> Result<Probe, DhtError> {
+        let mut order = providers.to_vec();
+        order.sort_by_key(|p| -self.scores.get(p));
+        let mut liars = HashSet::new();
+        let mut failures = Vec::new();
+        for peer in order {
+            let size = match self.request(peer, TransferRequest::Have { addr }).await {
+                Ok(TransferReply::Have { size }) => size,
+                Ok(TransferReply::Error { kind, body }) => {
+                    failures.push(format!("{peer}: {}", DhtError::Refused(kind, body.message)));
+                    continue;
+                }
+                Ok(_) => {
+                    self.fault(
+                        peer,
+                        "lie",
+                        &mut failures,
+                        "answered have with a range".into(),
+                    );
+                    liars.insert(peer);
+                    continue;
+                }
+                Err(DhtError::Stopped) => return Err(DhtError::Stopped),
+                Err(e) => {
+                    self.fault(peer, "dead", &mut failures, e.to_string());
+                    continue;
+                }
+            };
+            if size > max_size {
+                return Err(DhtError::TooLarge {
+                    size,
+                    max: max_size,
+                });
+            }
+            if size == 0 {
+                if addr == Address::of(b"") {
+                    let tail = (0, Vec::new());
+                    return Ok(Probe {
+                        addr,
+                        size,
+                        peer,
+                        tail,
+                        liars,
+                    });
+                }
+                self.fault(
+                    peer,
+                    "lie",
+                    &mut failures,
+                    "an empty object under another address".into(),
+                );
+                liars.insert(peer);
+                continue;
+            }
+            let start = (size - 1) / GROUP_BYTES * GROUP_BYTES;
+            let answer = self
+                .request(
+                    peer,
+                    TransferRequest::Range {
+                        addr,
+                        start,
+                        end: size,
+                    },
+                )
+                .await;
+            match self.check(addr, size, start, size, answer).await {
+                Ok(verified) if verified.fault.is_none() => {
+                    let tail = (start, verified.groups);
+                    return Ok(Probe {
+                        addr,
+                        size,
+                        peer,
+                        tail,
+                        liars,
+                    });
+                }
+                Ok(verified) => {
+                    let why = verified.fault.unwrap_or_default();
+                    self.fault(
+                        peer,
+                        "lie",
+                        &mut failures,
+                        format!("size {size} not proven: {why}"),
+                    );
+                    liars.insert(peer);
+                }
+                Err((fault, why)) => {
+                    if fault == "lie" {
+                        liars.insert(peer);
+                    }
+                    self.fault(peer, fault, &mut failures, why);
+                }
+            }
+        }
+        Err(DhtError::Unavailable(failures.join("; ")))
+    }
+
+    /// Transfers the probed object from `providers` (the probe's provider first), at most
+    /// [`INFLIGHT`] ranges at once and [`PER_PEER`] to one provider, handing the verified
+    /// bytes to `sink` in order. On `Ok` the sink has received exactly the object, every
+    /// group of it verified against the address; on `Err` it has received a verified prefix.
+    pub async fn transfer(
+        &self,
+        probe: Probe,
+        providers: &[PeerId],
+        sink: mpsc::Sender<Bytes>,
+    ) -> Result<Transferred, DhtError> {
+        let Probe {
+            addr,
+            size,
+            peer,
+            tail,
+            liars,
+        } = probe;
+        let mut peers = vec![peer];
+        let mut rest: Vec<PeerId> = providers
+            .iter()
+            .copied()
+            .filter(|p| *p != peer && !liars.contains(p) && *p != self.peer_id())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        rest.sort_by_key(|p| -self.scores.get(p));
+        peers.extend(rest);
+        let tail_len: u64 = tail.1.iter().map(|g| g.len() as u64).sum();
+        let mut peers: Vec<Provider> = peers
+            .into_iter()
+            .map(|id| Provider {
+                id,
+                inflight: 0,
+                until: None,
+                gone: false,
+                delivered: if id == peer { tail_len } else { 0 },
+            })
+            .collect();
+        let mut report = Transferred {
+            size,
+            ..Transferred::default()
+        };
+        // Ranges still wanted, by start.
+        let mut wanted: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut at = 0;
+        while at < tail.0 {
+            let end = (at + MAX_RANGE).min(tail.0);
+            wanted.insert(at, end);
+            at = end;
+        }
+        // Verified groups not yet handed on, by start.
+        let mut ready: BTreeMap<u64, Vec<Bytes>> = BTreeMap::new();
+        if size > 0 {
+            ready.insert(tail.0, tail.1);
+        }
+        let mut next = 0;
+        let mut inflight: FuturesUnordered<BoxFuture<'static, Answer>> = FuturesUnordered::new();
+        loop {
+            // Ask for what is wanted, near the next byte first, of the least busy provider.
+            let now = Instant::now();
+            while inflight.len() < INFLIGHT {
+                let Some((&start, &end)) = wanted.first_key_value() else {
+                    break;
+                };
+                if start >= next + WINDOW {
+                    break;
+                }
+                let free = peers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| !p.gone && p.inflight < PER_PEER)
+                    .filter(|(_, p)| p.until.is_none_or(|t| t <= now))
+                    .min_by_key(|(_, p)| p.inflight)
+                    .map(|(i, _)| i);
+                let Some(i) = free else { break };
+                wanted.remove(&start);
+                peers[i].inflight += 1;
+                let (this, id) = (self.clone(), peers[i].id);
+                inflight.push(Box::pin(async move {
+                    let request = TransferRequest::Range { addr, start, end };
+                    (i, start, end, this.request(id, request).await)
+                }));
+            }
+            // Hand on what is ready, in order.
+            while let Some(groups) = ready.remove(&next) {
+                for group in groups {
+                    next += group.len() as u64;
+                    sink.send(group)
+                        .await
+                        .map_err(|_| DhtError::Sink("the store stopped".into()))?;
+                }
+            }
+            if next >= size {
+                report.delivered = peers.iter().map(|p| (p.id, p.delivered)).collect();
+                return Ok(report);
+            }
+            if inflight.is_empty() {
+                if peers.iter().all(|p| p.gone) {
+                    return Err(DhtError::Unavailable(format!(
+                        "every provider failed at byte {next} of {size}: {}",
+                        report.faults.join("; ")
+                    )));
+                }
+                // Everyone left is busy: wait for the first to be free again.
+                let wake = peers
+                    .iter()
+                    .filter(|p| !p.gone)
+                    .filter_map(|p| p.until)
+                    .min()
+                    .unwrap_or_else(|| now + Duration::from_millis(100));
+                tokio::time::sleep_until(wake).await;
+                continue;
+            }
+            let Some((i, start, end, answer)) = inflight.next().await else {
+                continue;
+            };
+            peers[i].inflight -= 1;
+            let id = peers[i].id;
+            match self.check(addr, size, start, end, answer).await {
+                Ok(Verified { groups, len, fault }) => {
+                    if len > 0 {
+                        ready.insert(start, groups);
+                        peers[i].delivered += len;
+                        self.metrics.fetched_bytes.inc_by(len);
+                    }
+                    if start + len < end {
+                        wanted.insert(start + len, end);
+                    }
+                    match fault {
+                        None => self.scores.add(id, GOOD),
+                        // Counted once: its other answers in flight may fail too.
+                        Some(_) if peers[i].gone => {}
+                        Some(why) => {
+                            peers[i].gone = true;
+                            self.fault(id, "lie", &mut report.faults, why);
+                        }
+                    }
+                }
+                Err((fault, why)) => {
+                    wanted.insert(start, end);
+                    if fault == "busy" {
+                        let wait = why.parse().unwrap_or(1000);
+                        peers[i].until = Some(Instant::now() + Duration::from_millis(wait));
+                        self.metrics.fault("busy");
+                    } else if fault == "stopped" {
+                        return Err(DhtError::Stopped);
+                    } else if !peers[i].gone {
+                        peers[i].gone = true;
+                        self.fault(id, fault, &mut report.faults, why);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Verifies one range answer. `Err((fault, why))` when there is nothing to verify: `busy`
+    /// (with the retry delay in milliseconds as `why`), `missing`, `dead`, `lie`, `stopped`.
+    async fn check(
+        &self,
+        addr: Address,
+        size: u64,
+        start: u64,
+        end: u64,
+        answer: Result<TransferReply, DhtError>,
+    ) -> Result<Verified, (&'static str, String)> {
+        match answer {
+            Ok(TransferReply::Range {
+                size: s,
+                start: st,
+                encoded,
+                ..
+            }) if s == size && st == start => {
+                // Hashing half a MiB is too long for an async worker.
+                tokio::task::spawn_blocking(move || decode(addr, size, start, end, &encoded))
+                    .await
+                    .map_err(|e| ("dead", e.to_string()))
+            }
+            Ok(TransferReply::Range {
+                size: s, start: st, ..
+            }) => Err((
+                "lie",
+                format!("answered {st}.. of {s} bytes for {start}..{end} of {size}"),
+            )),
+            Ok(TransferReply::Have { .. }) => Err(("lie", "answered a range with have".into())),
+            Ok(TransferReply::Error { kind, body }) => match kind {
+                ErrorKind::RateLimited | ErrorKind::Overloaded => Err((
+                    "busy",
+                    body.retry_after_ms.unwrap_or(1000).min(5000).to_string(),
+                )),
+                ErrorKind::NotFound => Err(("missing", body.message)),
+                _ => Err(("dead", DhtError::Refused(kind, body.message).to_string())),
+            },
+            Err(DhtError::Stopped) => Err(("stopped", String::new())),
+            Err(e) => Err(("dead", e.to_string())),
+        }
+    }
+
+    fn fault(&self, peer: PeerId, fault: &'static str, log: &mut Vec<String>, why: String) {
+        tracing::warn!(%peer, fault, reason = %why, "a provider failed a transfer");
+        self.metrics.fault(fault);
+        match fault {
+            "lie" => self.scores.add(peer, LIE),
+            "dead" => self.scores.add(peer, DEAD),
+            _ => {}
+        }
+        log.push(format!("{peer}: {fault}: {why}"));
+    }
+}
