@@ -369,25 +369,6 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         },
     );
     {
-        let (overlay, config) = (overlay.clone(), config.clone());
-        sup.spawn("storage-gc", Duty::Background, move |ctx| {
-            let (overlay, config) = (overlay.clone(), config.clone());
-            async move {
-                loop {
-                    let every = Duration::from_secs(config.get::<StorageSection>().gc_interval_s);
-                    tokio::select! {
-                        () = tokio::time::sleep(every) => {}
-                        () = ctx.shutdown.cancelled() => return Ok::<(), String>(()),
-                    }
-                    let report = overlay.gc().await.map_err(|e| e.to_string())?;
-                    if report.objects > 0 || report.chunks > 0 {
-                        tracing::info!(?report, "garbage collected");
-                    }
-                }
-            }
-        });
-    }
-    {
         let (auth, config, limiter) = (auth.clone(), config.clone(), limiter.clone());
         let (data_dir, amnesia) = (args.dir.data_dir.clone(), args.amnesia);
         sup.spawn("auth-keys", Duty::Background, move |ctx| {
@@ -423,23 +404,42 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
             }
         });
     }
+    let (tx, mailbox) = supervisor::mailbox(svc_dht::MAILBOX);
+    let dht = svc_dht::DhtHandle::new(tx, auth.identity().keypair().public().to_peer_id());
+    dht.metrics().register(&metrics);
+    {
+        let (overlay, config, dht) = (overlay.clone(), config.clone(), dht.clone());
+        sup.spawn("storage-gc", Duty::Background, move |ctx| {
+            let (overlay, config, dht) = (overlay.clone(), config.clone(), dht.clone());
+            async move {
+                loop {
+                    let every = Duration::from_secs(config.get::<StorageSection>().gc_interval_s);
+                    tokio::select! {
+                        () = tokio::time::sleep(every) => {}
+                        () = ctx.shutdown.cancelled() => return Ok::<(), String>(()),
+                    }
+                    crate::p2p::keep_cache(&dht, &overlay, &config).await;
+                }
+            }
+        });
+    }
     let network = {
-        let (tx, mailbox) = supervisor::mailbox(svc_dht::MAILBOX);
         let keypair = auth.identity().keypair().clone();
-        let dht = svc_dht::DhtHandle::new(tx, keypair.public().to_peer_id());
         let mut section = (*config.get::<svc_dht::P2pSection>()).clone();
         if !args.p2p_listen.is_empty() {
             section.listen = args.p2p_listen.iter().map(ToString::to_string).collect();
         }
-        let (bootstrap, source) = (
+        let (bootstrap, source, live) = (
             args.bootstrap.clone(),
             Arc::new(crate::p2p::StoreSource(overlay.clone())),
+            config.clone(),
         );
         sup.spawn_actor("dht", Duty::Background, mailbox, move |ctx, mailbox| {
             svc_dht::run(
                 ctx.shutdown,
                 mailbox,
                 keypair.clone(),
+                live.clone(),
                 section.clone(),
                 bootstrap.clone(),
                 source.clone(),

@@ -27,7 +27,7 @@ impl svc_dht::Source for StoreSource {
         async move { overlay.open(addr).await.ok().flatten().map(|r| r.size()) }.boxed()
     }
 
-    fn read(
+    fn encoded(
         &self,
         addr: Address,
         start: u64,
@@ -38,16 +38,11 @@ impl svc_dht::Source for StoreSource {
             let Some(reader) = overlay.open(addr).await.map_err(|e| e.to_string())? else {
                 return Ok(None);
             };
-            let size = reader.size();
-            let end = end.min(size);
-            if start >= end {
-                return Err(format!("range {start}..{end} outside {size} bytes"));
-            }
-            let bytes = reader
-                .read_verified(start, end)
+            let encoded = reader
+                .encode_range(start, end)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(Some((size, bytes)))
+            Ok(Some((reader.size(), encoded)))
         }
         .boxed()
     }
@@ -71,15 +66,30 @@ impl svc_gateway::Network for PeerNetwork {
         });
     }
 
+    fn withdrawn(&self, addr: Address) {
+        let dht = self.dht.clone();
+        tokio::spawn(async move {
+            let _ = dht.unprovide(addr).await;
+        });
+    }
+
     fn fetch(&self, addr: Address) -> BoxFuture<'static, Result<(), FetchError>> {
         let (dht, overlay) = (self.dht.clone(), self.overlay.clone());
-        let deadline = Duration::from_millis(self.config.get::<P2pSection>().fetch_timeout_ms);
+        let p2p = self.config.get::<P2pSection>();
+        let deadline = Duration::from_millis(p2p.fetch_timeout_ms);
+        let budget = p2p.cache_bytes;
         let max = self.config.get::<GatewaySection>().max_put_bytes;
         async move {
-            match tokio::time::timeout(deadline, fetch(dht, overlay, addr, max)).await {
-                Ok(result) => result,
-                Err(_) => Err(FetchError::Timeout),
-            }
+            let result = tokio::time::timeout(deadline, fetch(&dht, overlay, addr, max, budget))
+                .await
+                .unwrap_or(Err(FetchError::Timeout));
+            dht.metrics().fetch_ended(match &result {
+                Ok(()) => "ok",
+                Err(FetchError::NotFound(_)) => "not_found",
+                Err(FetchError::Timeout) => "timeout",
+                Err(FetchError::Unavailable(_)) => "failed",
+            });
+            result
         }
         .boxed()
     }
@@ -90,13 +100,16 @@ impl svc_gateway::Network for PeerNetwork {
     }
 }
 
-/// Looks `addr` up and fetches it from its providers in turn, into the store (unpinned, its
-/// address checked before anything is committed); announces the copy once stored.
+/// Looks `addr` up, proves its size with one provider, makes room for it in the fetch cache,
+/// and transfers it from all its providers into the store (unpinned, each group verified on
+/// arrival and the whole address checked again before anything is committed); announces the
+/// copy once stored.
 async fn fetch(
-    dht: DhtHandle,
+    dht: &DhtHandle,
     overlay: OverlayHandle,
     addr: Address,
     max: u64,
+    budget: u64,
 ) -> Result<(), FetchError> {
     let providers = match dht.providers(addr).await {
         Ok(providers) => providers,
@@ -108,51 +121,28 @@ async fn fetch(
     if providers.is_empty() {
         return Err(FetchError::NotFound(addr));
     }
-    let mut failures = Vec::new();
-    for peer in providers {
-        match fetch_from(&dht, &overlay, peer, addr, max).await {
-            Ok(size) => {
-                tracing::info!(%addr, %peer, size, "fetched from a peer");
-                if let Err(e) = dht.provide(addr).await {
-                    tracing::warn!(%addr, error = %e, "cannot announce a fetched object");
-                }
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::warn!(%addr, %peer, error = %e, "fetch from a peer failed");
-                failures.push(format!("{peer}: {e}"));
-            }
-        }
-    }
-    Err(FetchError::Unavailable(format!(
-        "no provider delivered {addr} ({})",
-        failures.join("; ")
-    )))
-}
-
-async fn fetch_from(
-    dht: &DhtHandle,
-    overlay: &OverlayHandle,
-    peer: svc_dht::PeerId,
-    addr: Address,
-    max: u64,
-) -> Result<u64, String> {
+    let unavailable = |e: DhtError| FetchError::Unavailable(e.to_string());
+    let probe = dht
+        .probe(addr, &providers, max.min(budget))
+        .await
+        .map_err(|e| match e {
+            DhtError::TooLarge { size, .. } if size > budget => FetchError::Unavailable(format!(
+                "{addr} is {size} bytes, over the fetch cache's budget (p2p.cache_bytes = {budget})"
+            )),
+            e => unavailable(e),
+        })?;
+    make_room(dht, &overlay, budget.saturating_sub(probe.size)).await;
     let options = PutOptions {
         media_type: None,
         expect: Some(addr),
         max_bytes: Some(max),
         unpinned: true,
     };
-    let mut upload = overlay.writer(options).map_err(|e| e.to_string())?;
+    let mut upload = overlay
+        .writer(options)
+        .map_err(|e| FetchError::Unavailable(e.to_string()))?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(PIPELINE);
-    let transfer = dht.fetch_to(peer, addr, max, move |bytes| {
-        let tx = tx.clone();
-        async move {
-            tx.send(bytes)
-                .await
-                .map_err(|_| "the store stopped".to_owned())
-        }
-    });
+    let transfer = dht.transfer(probe, &providers, tx);
     let writer = &mut upload.writer;
     let store = async move {
         while let Some(bytes) = rx.recv().await {
@@ -160,12 +150,46 @@ async fn fetch_from(
         }
         Ok::<(), String>(())
     };
-    let (fetched, stored) = tokio::join!(transfer, store);
-    let size = fetched.map_err(|e| e.to_string())?;
-    stored?;
+    let (transferred, stored) = tokio::join!(transfer, store);
+    let transferred = transferred.map_err(unavailable)?;
+    stored.map_err(FetchError::Unavailable)?;
     // The store checks the address again before anything becomes visible.
-    upload.writer.finish().await.map_err(|e| e.to_string())?;
-    Ok(size)
+    upload
+        .writer
+        .finish()
+        .await
+        .map_err(|e| FetchError::Unavailable(e.to_string()))?;
+    let from: Vec<String> = transferred
+        .delivered
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(peer, n)| format!("{peer}={n}"))
+        .collect();
+    tracing::info!(%addr, size = transferred.size, from = %from.join(","), faults = transferred.faults.len(), "fetched from peers");
+    if let Err(e) = dht.provide(addr).await {
+        tracing::warn!(%addr, error = %e, "cannot announce a fetched object");
+    }
+    Ok(())
+}
+
+/// Evicts unpinned objects, oldest first, until they take at most `budget` bytes, and stops
+/// announcing them.
+async fn make_room(dht: &DhtHandle, overlay: &OverlayHandle, budget: u64) {
+    match overlay.evict(budget).await {
+        Ok((report, removed)) => {
+            if !removed.is_empty() {
+                tracing::info!(
+                    objects = report.objects,
+                    bytes = report.bytes,
+                    "evicted cached objects"
+                );
+            }
+            for addr in removed {
+                let _ = dht.unprovide(addr).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot evict cached objects"),
+    }
 }
 
 /// Announces every object the store holds, once, at start (provider records live in other
@@ -188,6 +212,12 @@ pub(crate) fn announce_all(dht: DhtHandle, overlay: OverlayHandle) {
         }
         tracing::info!(objects = n, "announced stored objects to the peer network");
     });
+}
+
+/// Keeps the unpinned objects within `p2p.cache_bytes`, checked every
+/// `storage.gc_interval_s` (the fetch path makes room before each fetch as well).
+pub(crate) async fn keep_cache(dht: &DhtHandle, overlay: &OverlayHandle, config: &Config) {
+    make_room(dht, overlay, config.get::<P2pSection>().cache_bytes).await;
 }
 
 /// Shared so the gateway holds it as a trait object.

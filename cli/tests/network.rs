@@ -160,3 +160,180 @@ async fn five_nodes_find_and_verify_each_others_objects() {
         started.elapsed()
     );
 }
+
+/// Polls a node's `/metrics` for the value of one series (0 when absent).
+async fn metric(node: &Node, series: &str) -> f64 {
+    let text = node.get("/metrics").await.1;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Writes `<dir>/ron.toml` before the node starts.
+fn config(dir: &std::path::Path, toml: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("ron.toml"), toml).unwrap();
+}
+
+#[tokio::test]
+async fn a_transfer_survives_its_only_original_provider_dying() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every node sends one peer 2 MiB/s (after a one-second burst): transfers take seconds.
+    let paced = "[p2p]\npeer_bytes_per_sec = 2097152\nfetch_timeout_ms = 60000\n";
+    for n in ["n1", "n2", "n3"] {
+        config(&dir.path().join(n), paced);
+    }
+    let mut origin = Node::start(&dir.path().join("n1"), &[]).await;
+    let seed = p2p_addr(&origin).await;
+    let cache = Node::start(&dir.path().join("n2"), &["--bootstrap", &seed]).await;
+    let reader = Node::start(&dir.path().join("n3"), &["--bootstrap", &seed]).await;
+    for node in [&cache, &reader] {
+        node.wait_status("a peer", |s| {
+            s["p2p"]["peers"].as_array().is_some_and(|p| p.len() >= 2)
+        })
+        .await;
+    }
+    let bytes = data(12 << 20, 21);
+    let addr = origin.put(bytes.clone()).await;
+    // Node 2 caches the object (from node 1, the only provider) and announces its copy.
+    let (status, body) = cache.get(&format!("/o/{addr}")).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Node 3 fetches from both; node 1 is killed once the transfer has started.
+    let (url, client) = (format!("{}/o/{addr}", reader.url), reader.anonymous());
+    let get = tokio::spawn(async move {
+        let res = client.get(url).send().await.unwrap();
+        (res.status().as_u16(), res.bytes().await.unwrap())
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&reader, "p2p_fetched_bytes_total").await == 0.0 {
+        assert!(Instant::now() < deadline, "node 3 never started fetching");
+        sleep(Duration::from_millis(20)).await;
+    }
+    let at_kill = metric(&reader, "p2p_fetched_bytes_total").await;
+    origin.child.kill().await.unwrap();
+    let (status, got) = get.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        got == bytes,
+        "identical bytes, finished from the cached copy"
+    );
+    assert!(
+        at_kill < (12 << 20) as f64,
+        "node 1 died mid-transfer ({at_kill} bytes in)"
+    );
+    assert!(metric(&reader, "p2p_peer_faults_total{fault=\"dead\"}").await >= 1.0);
+    println!("12 MiB: node 1 killed {at_kill} bytes into node 3's transfer; node 2 finished it");
+}
+
+/// A provider that lies: it holds the object's outboard (so its parent hashes and its proof of
+/// the size are right) but serves every group's bytes with one bit flipped.
+struct Liar {
+    data: bytes::Bytes,
+    outboard: bao_tree::io::outboard::PreOrderMemOutboard,
+}
+
+impl svc_dht::Source for Liar {
+    fn size(
+        &self,
+        addr: ron_proto::Address,
+    ) -> futures_util::future::BoxFuture<'static, Option<u64>> {
+        let size = (addr == ron_proto::Address::of(&self.data)).then_some(self.data.len() as u64);
+        Box::pin(async move { size })
+    }
+
+    fn encoded(
+        &self,
+        addr: ron_proto::Address,
+        start: u64,
+        end: u64,
+    ) -> futures_util::future::BoxFuture<'static, Result<Option<(u64, bytes::Bytes)>, String>> {
+        use bao_tree::{ChunkNum, ChunkRanges};
+        let size = self.data.len() as u64;
+        let got = (addr == ron_proto::Address::of(&self.data)).then(|| {
+            let mut served = self.data.to_vec();
+            // Every group but the last (which proves the size) is corrupted.
+            let last = (size - 1) / svc_dht::GROUP_BYTES * svc_dht::GROUP_BYTES;
+            for at in (0..last).step_by(svc_dht::GROUP_BYTES as usize) {
+                served[at as usize] ^= 1;
+            }
+            let ranges = ChunkRanges::from(ChunkNum(start / 1024)..ChunkNum(end.div_ceil(1024)));
+            let mut out = Vec::new();
+            bao_tree::io::sync::encode_ranges(&served[..], &self.outboard, &ranges, &mut out)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((size, bytes::Bytes::from(out)))
+        });
+        let got = got.transpose();
+        Box::pin(async move { got })
+    }
+}
+
+#[tokio::test]
+async fn a_malicious_provider_is_caught_and_an_honest_node_serves_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let honest = Node::start(&dir.path().join("n1"), &[]).await;
+    let seed = p2p_addr(&honest).await;
+    let reader = Node::start(&dir.path().join("n2"), &["--bootstrap", &seed]).await;
+    let reader_addr = p2p_addr(&reader).await;
+    let bytes = data(4 << 20, 31);
+    let addr: ron_proto::Address = honest.put(bytes.clone()).await.parse().unwrap();
+
+    // The malicious node: a libp2p peer in this process that joins through node 2 and
+    // announces the object.
+    let keypair = svc_dht::identity::Keypair::generate_ed25519();
+    let (tx, mailbox) = supervisor::mailbox(64);
+    let evil = svc_dht::DhtHandle::new(tx, keypair.public().to_peer_id());
+    let config = ron_kernel::Config::builder()
+        .register::<svc_dht::P2pSection>()
+        .build()
+        .unwrap();
+    let section = svc_dht::P2pSection {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        ..svc_dht::P2pSection::default()
+    };
+    let liar = Liar {
+        outboard: bao_tree::io::outboard::PreOrderMemOutboard::create(
+            &bytes,
+            bao_tree::BlockSize::from_chunk_log(ron_proto::oap::GROUP_CHUNK_LOG),
+        ),
+        data: bytes::Bytes::from(bytes.clone()),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    tokio::spawn(svc_dht::run(
+        shutdown,
+        mailbox,
+        keypair,
+        config,
+        section,
+        vec![reader_addr.parse().unwrap()],
+        std::sync::Arc::new(liar),
+    ));
+    reader
+        .wait_status("the malicious peer", |s| {
+            s["p2p"]["peers"].as_array().is_some_and(|p| p.len() >= 2)
+        })
+        .await;
+    evil.provide(addr).await.unwrap();
+    // Provider records travel in milliseconds on loopback; node 2 keeps both locally.
+    sleep(Duration::from_secs(1)).await;
+
+    let (status, _) = reader.get(&format!("/o/{addr}")).await;
+    assert_eq!(status, 200);
+    let got = reader
+        .anonymous()
+        .get(format!("{}/o/{addr}", reader.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got == bytes, "identical bytes from the honest node");
+    assert_eq!(
+        metric(&reader, "p2p_peer_faults_total{fault=\"lie\"}").await,
+        1.0,
+        "the liar caught once, then not asked again"
+    );
+    println!("4 MiB: a provider serving corrupted groups was caught; node 1 served the object");
+}

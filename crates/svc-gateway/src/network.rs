@@ -23,6 +23,8 @@ pub enum FetchError {
 pub trait Network: std::fmt::Debug + Send + Sync + 'static {
     /// This node now holds `addr`: announce it as a provider.
     fn stored(&self, addr: Address);
+    /// This node no longer offers `addr` (unpinned by its owner): stop announcing it.
+    fn withdrawn(&self, addr: Address);
     /// Finds `addr` on other nodes and stores a verified, unpinned copy here.
     fn fetch(&self, addr: Address) -> BoxFuture<'static, Result<(), FetchError>>;
     /// The network's part of `/status` (addresses, peers).

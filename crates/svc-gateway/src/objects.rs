@@ -506,7 +506,16 @@ async fn set_pin(state: Shared, headers: HeaderMap, addr: Address, pinned: bool)
         return denied(&state, &d);
     }
     match state.overlay.set_pinned(addr, pinned).await {
-        Ok(true) => Json(json!({"address": addr, "pinned": pinned})).into_response(),
+        Ok(true) => {
+            if let Some(network) = &state.network {
+                if pinned {
+                    network.stored(addr);
+                } else {
+                    network.withdrawn(addr);
+                }
+            }
+            Json(json!({"address": addr, "pinned": pinned})).into_response()
+        }
         Ok(false) => not_found(&addr),
         Err(e) => overlay_error(&state, &e),
     }
