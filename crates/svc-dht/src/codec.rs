@@ -241,3 +241,115 @@ impl libp2p::request_response::Codec for TransferCodec {
         io.close().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use futures_util::io::Cursor;
+    use libp2p::request_response::Codec;
+
+    const HELLO: &str = "b3:d74981efa70a0c880b8d8c1985d075dbcbf679b99a5f9914e5aaf96b831a9e24";
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    async fn request_bytes(req: TransferRequest) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        TransferCodec
+            .write_request(&PROTOCOL, &mut out, req.clone())
+            .await
+            .unwrap();
+        let bytes = out.into_inner();
+        let back = TransferCodec
+            .read_request(&PROTOCOL, &mut Cursor::new(bytes.clone()))
+            .await
+            .unwrap();
+        assert_eq!(back, req);
+        bytes
+    }
+
+    async fn reply_bytes(res: TransferReply) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        TransferCodec
+            .write_response(&PROTOCOL, &mut out, res.clone())
+            .await
+            .unwrap();
+        let bytes = out.into_inner();
+        let back = TransferCodec
+            .read_response(&PROTOCOL, &mut Cursor::new(bytes.clone()))
+            .await
+            .unwrap();
+        assert_eq!(back, res);
+        bytes
+    }
+
+    /// The vectors of `specs/OAP-1.md`, app 0x0102.
+    #[tokio::test]
+    async fn frames_match_the_spec_vectors() {
+        let addr: Address = HELLO.parse().unwrap();
+        let vectors = [
+            (
+                request_bytes(TransferRequest::Have { addr }).await,
+                "7b0000000119000000020100000000000000000000000000000000000000000000000000007b226f70223a2268617665222c2261646472223a2262333a64373439383165666137306130633838306238643863313938356430373564626362663637396239396135663939313465356161663936623833316139653234227d",
+            ),
+            (
+                reply_bytes(TransferReply::Have { size: 11 }).await,
+                "2c000000011a000000020100000000000000000000000000000000000000000000000000007b2273697a65223a31317d",
+            ),
+            (
+                request_bytes(TransferRequest::Range {
+                    addr,
+                    start: 0,
+                    end: 16384,
+                })
+                .await,
+                "920000000119000000020100000000000000000000000000000000000000000000000000007b226f70223a2272616e6765222c2261646472223a2262333a64373439383165666137306130633838306238643863313938356430373564626362663637396239396135663939313465356161663936623833316139653234222c227374617274223a302c22656e64223a31363338347d",
+            ),
+            (
+                reply_bytes(TransferReply::Range {
+                    size: 11,
+                    start: 0,
+                    end: 11,
+                    encoded: Bytes::from_static(b"hello world"),
+                })
+                .await,
+                "3f000000010a000000020100000000000000000000000000000000000000000000000000007b2273697a65223a31312c227374617274223a302c22656e64223a31317d2c00000001120000000201000000000000000000000000000000000000000000000000000068656c6c6f20776f726c64",
+            ),
+            (
+                reply_bytes(TransferReply::Error {
+                    kind: ErrorKind::NotFound,
+                    body: ErrorBody::new(ErrorKind::NotFound, format!("no object {addr}")),
+                })
+                .await,
+                "8f000000011a009401020100000000000000000000000000000000000000000000000000007b22636f6465223a226e6f745f666f756e64222c226d657373616765223a226e6f206f626a6563742062333a64373439383165666137306130633838306238643863313938356430373564626362663637396239396135663939313465356161663936623833316139653234227d",
+            ),
+        ];
+        for (i, (got, want)) in vectors.iter().enumerate() {
+            println!("vector {i}: {} {}", got.len(), hex(got));
+            assert_eq!(hex(got), *want, "vector {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_or_foreign_frames_are_refused_before_allocation() {
+        // A length field of 2 GiB: refused from the 4 bytes alone.
+        let huge = [0xff, 0xff, 0xff, 0x7f, 1];
+        let err = TransferCodec
+            .read_request(&PROTOCOL, &mut Cursor::new(huge.to_vec()))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("frame of"), "{err}");
+        // An app 0x0101 frame on the transfer protocol.
+        let mut frame = Frame::new(Flags::REQ | Flags::START | Flags::END, 0x0101, 0);
+        frame.payload = Bytes::from_static(b"{}");
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf, DEFAULT_MAX_FRAME).unwrap();
+        let err = TransferCodec
+            .read_request(&PROTOCOL, &mut Cursor::new(buf.to_vec()))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("app 0x0101"), "{err}");
+    }
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Peer-network perf rig (issue 6): a 1 GiB object moved between two local nodes against iroh's
+# `sendme` moving the same file, in the same run, all on 127.0.0.1. Prints a markdown table.
+#
+#   cargo install --locked sendme        # once, outside CI (about 10 minutes)
+#   bash testing/perf/p2p.sh             # about 3 minutes after the release build
+#
+# ron:    node A holds the object (PUT before timing); a fresh node B bootstraps from A and
+#         GETs it: B finds A through the DHT, transfers every range over /ron/oap/1, verifies
+#         each 16 KiB group against the address, stores it (fsync) and serves it to curl.
+#         Timed from the GET to its last byte; "fetch" is the time to the first byte (the
+#         object is stored and verified before B serves a byte of it).
+# sendme: `sendme send` (relay disabled, addresses-only ticket), then `sendme receive` into an
+#         empty directory, timed to exit; the file is compared with the original.
+# RUNS (default 3) runs of each, alternating; medians compared.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+W=${W:-/tmp/ron-perf}
+RUNS=${RUNS:-3}
+SENDME=${SENDME:-$(command -v sendme || echo "$HOME/.cargo/bin/sendme")}
+PA=${PA:-17801}; PB=${PB:-17802}; P2P=${P2P:-17811}
+[ -x "$SENDME" ] || { echo "sendme not found: cargo install --locked sendme, or SENDME=path" >&2; exit 1; }
+for t in curl bc cmp; do command -v $t >/dev/null || { echo "needs $t" >&2; exit 1; }; done
+
+cargo build --release --locked -p ron >/dev/null
+RON=${CARGO_TARGET_DIR:-target}/release/ron
+mkdir -p "$W"
+[ -f "$W/rand1g" ] || head -c 1073741824 /dev/urandom > "$W/rand1g"
+G=1073741824
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+med() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+now() { date +%s.%N; }
+gbs() { echo "scale=3; $G / ($2 - $1) / 1000000000" | bc; }
+
+# Full speed between the two: no pacing, room for the object, a generous deadline.
+conf='[p2p]\npeer_bytes_per_sec = 0\nfetch_timeout_ms = 600000\ncache_bytes = 4294967296\n[limits]\nper_peer_bytes_per_sec = 0\n'
+rm -rf "$W/pa" && mkdir -p "$W/pa" && printf "$conf" > "$W/pa/ron.toml"
+"$RON" node --gateway "127.0.0.1:$PA" --p2p-listen "/ip4/127.0.0.1/tcp/$P2P" --data-dir "$W/pa" 2>"$W/pa.log" >/dev/null &
+PIDS+=($!)
+for _ in $(seq 100); do curl -sf "127.0.0.1:$PA/healthz" >/dev/null && break; sleep 0.1; done
+SEED=$(curl -s "127.0.0.1:$PA/status" | grep -o '/ip4/127.0.0.1/tcp/[0-9]*/p2p/[A-Za-z0-9]*' | head -1)
+ADDR=$(RON_NODE="http://127.0.0.1:$PA" RON_DATA_DIR="$W/pa" "$RON" put "$W/rand1g")
+[ "$ADDR" = "b3:$(b3sum --no-names "$W/rand1g")" ] || { echo "address mismatch" >&2; exit 1; }
+
+ron_run() { # -> "total_GB/s fetch_GB/s"
+  rm -rf "$W/pb" && mkdir -p "$W/pb" && printf "$conf" > "$W/pb/ron.toml"
+  "$RON" node --gateway "127.0.0.1:$PB" --p2p-listen /ip4/127.0.0.1/tcp/0 --bootstrap "$SEED" \
+    --data-dir "$W/pb" 2>"$W/pb.log" >/dev/null &
+  local pid=$!
+  for _ in $(seq 100); do curl -sf "127.0.0.1:$PB/healthz" >/dev/null && break; sleep 0.1; done
+  until curl -s "127.0.0.1:$PB/status" | grep -q '"peers":\["'; do sleep 0.1; done
+  sync
+  local out
+  out=$(curl -s -o "$W/pb.out" -w '%{http_code} %{size_download} %{time_starttransfer} %{time_total}' "127.0.0.1:$PB/o/$ADDR")
+  kill $pid; wait $pid 2>/dev/null || true
+  set -- $out
+  [ "$1" = 200 ] && [ "$2" = $G ] && cmp -s "$W/pb.out" "$W/rand1g" || { echo "bad ron transfer: $out" >&2; exit 1; }
+  rm -f "$W/pb.out"
+  echo "$(echo "scale=3; $G / $4 / 1000000000" | bc) $(echo "scale=3; $G / $3 / 1000000000" | bc)"
+}
+
+mkdir -p "$W/sm/recv"; cp -n "$W/rand1g" "$W/sm/file1g" 2>/dev/null || true
+(cd "$W/sm" && rm -rf .sendme-* && exec "$SENDME" send --relay disabled --ticket-type addresses --no-progress file1g > "$W/sm/send.log" 2>&1) &
+PIDS+=($!)
+until grep -q 'sendme receive' "$W/sm/send.log"; do sleep 0.1; done
+TICKET=$(grep -o 'blob[a-z0-9]*' "$W/sm/send.log" | head -1)
+sendme_run() {
+  rm -rf "$W/sm/recv" && mkdir -p "$W/sm/recv" && sync
+  local s e
+  s=$(now)
+  (cd "$W/sm/recv" && timeout 600 "$SENDME" receive --relay disabled --no-progress "$TICKET" > "$W/sm/recv.log" 2>&1)
+  e=$(now)
+  cmp -s "$W/sm/recv/file1g" "$W/rand1g" || { echo "bad sendme transfer" >&2; exit 1; }
+  gbs "$s" "$e"
+}
+
+: > "$W/p2p-ron.txt"; : > "$W/p2p-sendme.txt"
+for _ in $(seq "$RUNS"); do
+  ron_run >> "$W/p2p-ron.txt"
+  sendme_run >> "$W/p2p-sendme.txt"
+done
+RON_TOTAL=$(awk '{print $1}' "$W/p2p-ron.txt" | med)
+RON_FETCH=$(awk '{print $2}' "$W/p2p-ron.txt" | med)
+SM=$(med < "$W/p2p-sendme.txt")
+echo
+echo "| 1 GiB between two local nodes | ron | sendme | ratio |"
+echo "|---|---|---|---|"
+echo "| end to end, GB/s (median of $RUNS) | $RON_TOTAL | $SM | $(echo "scale=2; $RON_TOTAL / $SM" | bc) |"
+echo "| ron's fetch (stored, verified) to first byte, GB/s | $RON_FETCH | | $(echo "scale=2; $RON_FETCH / $SM" | bc) |"
+echo
+echo "runs (ron total fetch / sendme):"; paste "$W/p2p-ron.txt" "$W/p2p-sendme.txt"
