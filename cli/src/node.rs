@@ -429,21 +429,16 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         if !args.p2p_listen.is_empty() {
             section.listen = args.p2p_listen.iter().map(ToString::to_string).collect();
         }
-        let (bootstrap, source, live) = (
-            args.bootstrap.clone(),
-            Arc::new(crate::p2p::StoreSource(overlay.clone())),
-            config.clone(),
-        );
+        let setup = svc_dht::Setup {
+            keypair,
+            config: config.clone(),
+            section,
+            bootstrap: args.bootstrap.clone(),
+            source: Arc::new(crate::p2p::StoreSource(overlay.clone())),
+            metrics: dht.metrics().clone(),
+        };
         sup.spawn_actor("dht", Duty::Background, mailbox, move |ctx, mailbox| {
-            svc_dht::run(
-                ctx.shutdown,
-                mailbox,
-                keypair.clone(),
-                live.clone(),
-                section.clone(),
-                bootstrap.clone(),
-                source.clone(),
-            )
+            svc_dht::run(ctx.shutdown, mailbox, setup.clone())
         });
         crate::p2p::announce_all(dht.clone(), overlay.clone());
         crate::p2p::network(dht, overlay.clone(), config.clone())

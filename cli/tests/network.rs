@@ -300,15 +300,15 @@ async fn a_malicious_provider_is_caught_and_an_honest_node_serves_the_object() {
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
-    tokio::spawn(svc_dht::run(
-        shutdown,
-        mailbox,
+    let setup = svc_dht::Setup {
         keypair,
         config,
         section,
-        vec![reader_addr.parse().unwrap()],
-        std::sync::Arc::new(liar),
-    ));
+        bootstrap: vec![reader_addr.parse().unwrap()],
+        source: std::sync::Arc::new(liar),
+        metrics: evil.metrics().clone(),
+    };
+    tokio::spawn(svc_dht::run(shutdown, mailbox, setup));
     reader
         .wait_status("the malicious peer", |s| {
             s["p2p"]["peers"].as_array().is_some_and(|p| p.len() >= 2)
@@ -336,4 +336,155 @@ async fn a_malicious_provider_is_caught_and_an_honest_node_serves_the_object() {
         "the liar caught once, then not asked again"
     );
     println!("4 MiB: a provider serving corrupted groups was caught; node 1 served the object");
+}
+
+/// A network namespace joined to this one by two veth pairs: one carries the peer network
+/// (cut to make a partition), the other carries the test's HTTP requests (never cut).
+struct Netns {
+    name: String,
+    p2p_host: String,
+    p2p_ns: String,
+    http_ns: String,
+    p2p_link: String,
+}
+
+fn ip(args: &str) {
+    let out = std::process::Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .expect("iproute2's `ip` (apt-get install iproute2; .ci/run does it)");
+    assert!(
+        out.status.success(),
+        "ip {args}: {} (network namespaces need root)",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+impl Netns {
+    fn create() -> Netns {
+        let id = std::process::id() % 100_000;
+        let octet = id % 200 + 20;
+        let name = format!("ronpart{id}");
+        let (p2p_link, http_link) = (format!("rpp{id}h"), format!("rpc{id}h"));
+        // Left over from a run that was killed: start clean.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .output();
+        ip(&format!("netns add {name}"));
+        for (link, subnet) in [(&p2p_link, 77), (&http_link, 78)] {
+            let inner = link.replace('h', "n");
+            ip(&format!("link add {link} type veth peer name {inner}"));
+            ip(&format!("link set {inner} netns {name}"));
+            ip(&format!("addr add 10.{subnet}.{octet}.1/24 dev {link}"));
+            ip(&format!("link set {link} up"));
+            ip(&format!(
+                "netns exec {name} ip addr add 10.{subnet}.{octet}.2/24 dev {inner}"
+            ));
+            ip(&format!("netns exec {name} ip link set {inner} up"));
+        }
+        ip(&format!("netns exec {name} ip link set lo up"));
+        Netns {
+            name,
+            p2p_host: format!("10.77.{octet}.1"),
+            p2p_ns: format!("10.77.{octet}.2"),
+            http_ns: format!("10.78.{octet}.2"),
+            p2p_link,
+        }
+    }
+
+    fn cut(&self) {
+        ip(&format!("link set {} down", self.p2p_link));
+    }
+
+    fn heal(&self) {
+        ip(&format!("link set {} up", self.p2p_link));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pairs with it.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// GETs `addr` on `node` until it answers 200 (bounded), returning the bytes.
+async fn get_until_found(node: &Node, addr: &str, what: &str) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let res = node
+            .anonymous()
+            .get(format!("{}/o/{addr}", node.url))
+            .send()
+            .await
+            .unwrap();
+        match res.status().as_u16() {
+            200 => return res.bytes().await.unwrap().to_vec(),
+            404 | 503 | 504 if Instant::now() < deadline => sleep(Duration::from_millis(500)).await,
+            other => panic!("{what}: {other} {}", res.text().await.unwrap()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_partitioned_node_heals_when_the_partition_ends() {
+    let net = Netns::create();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("/ip4/{}/tcp/0", net.p2p_host);
+    let n1 = Node::start(&dir.path().join("n1"), &["--p2p-listen", &listen]).await;
+    let seed = p2p_addr(&n1).await;
+    let flags = ["--p2p-listen", &listen, "--bootstrap", &seed];
+    let n2 = Node::start(&dir.path().join("n2"), &flags).await;
+    // The partitioned node gives up on a fetch after 3 s, so its GETs answer while cut off.
+    config(&dir.path().join("x"), "[p2p]\nfetch_timeout_ms = 3000\n");
+    let x_listen = format!("/ip4/{}/tcp/0", net.p2p_ns);
+    let x = Node::start_in_netns(
+        &net.name,
+        &format!("{}:0", net.http_ns),
+        &dir.path().join("x"),
+        &["--p2p-listen", &x_listen, "--bootstrap", &seed],
+    )
+    .await;
+    x.wait_status("the namespaced node joining", |s| {
+        s["p2p"]["peers"].as_array().is_some_and(|p| p.len() >= 2)
+    })
+    .await;
+
+    // Partition: node X's peer network is cut off.
+    net.cut();
+    let cut = Instant::now();
+    let a = n1.put(data(2 << 20, 41)).await;
+    let b_bytes = data(1 << 20, 42);
+    let b = x.put(b_bytes.clone()).await;
+    let (status, body) = x.get(&format!("/o/{a}")).await;
+    assert!(matches!(status, 404 | 503 | 504), "{status} {body}");
+    // Its pings go unanswered: it closes the dead connections and knows it is alone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while peers(&x).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the node never noticed the partition"
+        );
+        sleep(Duration::from_millis(250)).await;
+    }
+    let noticed = cut.elapsed();
+
+    // Heal: it redials, rejoins, announces what it stored meanwhile, and fetches.
+    net.heal();
+    let healed = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while peers(&x).await == 0 {
+        assert!(Instant::now() < deadline, "the node never rejoined");
+        sleep(Duration::from_millis(250)).await;
+    }
+    let rejoined = healed.elapsed();
+    assert!(get_until_found(&x, &a, "X fetching A after the heal").await == data(2 << 20, 41));
+    assert!(get_until_found(&n2, &b, "node 2 fetching B after the heal").await == b_bytes);
+    println!(
+        "partition: node X alone {noticed:?} after the cut, rejoined {rejoined:?} after the heal, \
+         A and B fetched across {:?} after it",
+        healed.elapsed()
+    );
 }

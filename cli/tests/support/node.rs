@@ -41,7 +41,30 @@ impl Node {
         adjust: impl FnOnce(&mut Command),
     ) -> Node {
         let mut cmd = Command::new(BIN);
-        cmd.args(["node", "--gateway", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["node", "--gateway", "127.0.0.1:0"]);
+        Self::launch(cmd, data_dir, extra, adjust).await
+    }
+
+    /// Starts a node inside the network namespace `netns` (`ip netns exec`), its gateway on
+    /// `gateway` (an address of that namespace reachable from here).
+    pub async fn start_in_netns(
+        netns: &str,
+        gateway: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Node {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, BIN, "node", "--gateway", gateway]);
+        Self::launch(cmd, data_dir, extra, |_| {}).await
+    }
+
+    async fn launch(
+        mut cmd: Command,
+        data_dir: &Path,
+        extra: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Node {
+        cmd.arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             // The peer network on loopback, on a port of its own, unless the test says.

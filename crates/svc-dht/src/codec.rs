@@ -23,6 +23,11 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ron/oap/1");
 pub const MAX_RANGE: u64 = 512 * 1024;
 const _: () = assert!(MAX_RANGE + MAX_RANGE / 64 < (DEFAULT_MAX_FRAME - HEADER_LEN) as u64);
 
+/// Most providers a `providers` answer may name (Kademlia's replication factor).
+pub const MAX_PROVIDERS: usize = 20;
+/// Most addresses per provider in a `providers` answer.
+pub const MAX_ADDRS: usize = 8;
+
 /// What one node asks another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -43,6 +48,22 @@ pub enum TransferRequest {
         /// One past the last byte (clamped to the object's size).
         end: u64,
     },
+    /// The provider records the peer holds for the object (what a Kademlia node answers to
+    /// GET_PROVIDERS, without the closer peers): a hedged lookup asks peers directly.
+    Providers {
+        /// Which object.
+        addr: Address,
+    },
+}
+
+/// One provider named in a `providers` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderEntry {
+    /// Its PeerId.
+    pub peer: String,
+    /// Where it can be dialled, as far as the answering peer knows.
+    pub addrs: Vec<String>,
 }
 
 /// What comes back.
@@ -64,6 +85,11 @@ pub enum TransferReply {
         /// The range's bao-tree encoding: parent hash pairs and the groups' bytes.
         encoded: Bytes,
     },
+    /// The provider records the peer holds (perhaps none).
+    Providers {
+        /// At most [`MAX_PROVIDERS`], each with at most [`MAX_ADDRS`] addresses.
+        providers: Vec<ProviderEntry>,
+    },
     /// A refusal: not here (404), busy (429/503), a bad request (400, 416).
     Error {
         /// Its kind.
@@ -71,6 +97,12 @@ pub enum TransferReply {
         /// The shared error body.
         body: ErrorBody,
     },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvidersHead {
+    providers: Vec<ProviderEntry>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -158,6 +190,18 @@ impl libp2p::request_response::Codec for TransferCodec {
             let kind = ErrorKind::from_status(first.code).unwrap_or(ErrorKind::Internal);
             return Ok(TransferReply::Error { kind, body });
         }
+        if first.payload.starts_with(b"{\"providers\"") && first.flags.contains(Flags::END) {
+            let head: ProvidersHead =
+                serde_json::from_slice(&first.payload).map_err(|e| bad(e.to_string()))?;
+            if head.providers.len() > MAX_PROVIDERS
+                || head.providers.iter().any(|p| p.addrs.len() > MAX_ADDRS)
+            {
+                return Err(bad("too many providers or addresses"));
+            }
+            return Ok(TransferReply::Providers {
+                providers: head.providers,
+            });
+        }
         let head: Head = serde_json::from_slice(&first.payload).map_err(|e| bad(e.to_string()))?;
         match (head.start, head.end) {
             (None, None) if first.flags.contains(Flags::END) => {
@@ -233,6 +277,16 @@ impl libp2p::request_response::Codec for TransferCodec {
                 let mut data = Frame::new(Flags::RESP | Flags::END, APP_TRANSFER, 0);
                 data.payload = encoded;
                 write_frame(io, &data).await?;
+            }
+            TransferReply::Providers { providers } => {
+                write_frame(
+                    io,
+                    &json_frame(
+                        Flags::RESP | Flags::START | Flags::END,
+                        &ProvidersHead { providers },
+                    )?,
+                )
+                .await?;
             }
             TransferReply::Error { kind, body } => {
                 write_frame(io, &Frame::error_reply(APP_TRANSFER, 0, kind, &body)).await?;

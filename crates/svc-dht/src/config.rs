@@ -23,6 +23,9 @@ pub struct P2pSection {
     /// fetched object is stored, the oldest unpinned objects go until it fits; an object over
     /// the whole budget is not fetched (default 8 GiB). Live.
     pub cache_bytes: u64,
+    /// Find peers on the local network by multicast DNS (default off: a server's LAN is not
+    /// always its network; turn it on for home and office networks). Fixed at start.
+    pub mdns: bool,
 }
 
 impl Default for P2pSection {
@@ -36,6 +39,7 @@ impl Default for P2pSection {
             fetch_timeout_ms: 10_000,
             peer_bytes_per_sec: 64 << 20,
             cache_bytes: 8 << 30,
+            mdns: false,
         }
     }
 }
@@ -67,6 +71,7 @@ impl Section for P2pSection {
 
     fn check_live(&self, next: &Self) -> Result<(), FieldError> {
         unchanged("listen", &self.listen, &next.listen)?;
-        unchanged("bootstrap", &self.bootstrap, &next.bootstrap)
+        unchanged("bootstrap", &self.bootstrap, &next.bootstrap)?;
+        unchanged("mdns", &self.mdns, &next.mdns)
     }
 }

@@ -387,7 +387,9 @@ impl DhtHandle {
                 "lie",
                 format!("answered {st}.. of {s} bytes for {start}..{end} of {size}"),
             )),
-            Ok(TransferReply::Have { .. }) => Err(("lie", "answered a range with have".into())),
+            Ok(TransferReply::Have { .. } | TransferReply::Providers { .. }) => {
+                Err(("lie", "answered a range with something else".into()))
+            }
             Ok(TransferReply::Error { kind, body }) => match kind {
                 ErrorKind::RateLimited | ErrorKind::Overloaded => Err((
                     "busy",

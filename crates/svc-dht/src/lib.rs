@@ -10,6 +10,7 @@
 //! asked for by peers are read through a [`Source`] the node supplies.
 #![forbid(unsafe_code)]
 
+mod actor;
 mod codec;
 mod config;
 mod fetch;
@@ -17,10 +18,14 @@ mod metrics;
 mod node;
 mod verify;
 
-pub use codec::{MAX_RANGE, PROTOCOL, TransferCodec, TransferReply, TransferRequest};
+pub use actor::{Setup, run};
+pub use codec::{
+    MAX_ADDRS, MAX_PROVIDERS, MAX_RANGE, PROTOCOL, ProviderEntry, TransferCodec, TransferReply,
+    TransferRequest,
+};
 pub use config::P2pSection;
 pub use fetch::{INFLIGHT, PER_PEER, Probe, Transferred};
 pub use libp2p::{Multiaddr, PeerId, identity};
 pub use metrics::DhtMetrics;
-pub use node::{Command, DhtError, DhtHandle, MAILBOX, P2pStatus, Source, run};
+pub use node::{Command, DhtError, DhtHandle, MAILBOX, P2pStatus, Source};
 pub use verify::GROUP_BYTES;

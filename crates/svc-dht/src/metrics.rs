@@ -28,6 +28,7 @@ pub struct DhtMetrics {
     pub(crate) fetches: Family<OutcomeLabel, Counter>,
     pub(crate) lookup_seconds: Histogram,
     pub(crate) hedges: Counter,
+    pub(crate) hedge_wins: Counter,
 }
 
 impl Default for DhtMetrics {
@@ -39,6 +40,7 @@ impl Default for DhtMetrics {
             // 1 ms .. ~33 s
             lookup_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             hedges: Counter::default(),
+            hedge_wins: Counter::default(),
         }
     }
 }
@@ -71,6 +73,16 @@ impl DhtMetrics {
             "Provider lookups that started a second, hedged lookup",
             self.hedges.clone(),
         );
+        metrics.register(
+            "p2p_lookup_hedge_wins",
+            "Hedged lookups whose direct questions answered first",
+            self.hedge_wins.clone(),
+        );
+    }
+
+    /// Lookups that started a hedge, and those the hedge answered first.
+    pub fn hedges(&self) -> (u64, u64) {
+        (self.hedges.get(), self.hedge_wins.get())
     }
 
     /// Counts one fetch's outcome.

@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use libp2p::Multiaddr;
 use ron_proto::Address;
-use svc_dht::{DhtError, DhtHandle, GROUP_BYTES, P2pSection, Source, Transferred, run};
+use svc_dht::{DhtError, DhtHandle, GROUP_BYTES, P2pSection, Setup, Source, Transferred, run};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -86,19 +86,17 @@ fn node(objects: &[Bytes], lie_from: Option<usize>, rate: u64, bootstrap: &[Mult
     let peer_id = keypair.public().to_peer_id();
     let (tx, mailbox) = supervisor::mailbox(64);
     let shutdown = CancellationToken::new();
-    tokio::spawn(run(
-        shutdown.clone(),
-        mailbox,
+    let handle = DhtHandle::new(tx, peer_id);
+    let setup = Setup {
         keypair,
         config,
         section,
-        bootstrap.to_vec(),
-        Arc::new(source),
-    ));
-    Node {
-        handle: DhtHandle::new(tx, peer_id),
-        shutdown,
-    }
+        bootstrap: bootstrap.to_vec(),
+        source: Arc::new(source),
+        metrics: handle.metrics().clone(),
+    };
+    tokio::spawn(run(shutdown.clone(), mailbox, setup));
+    Node { handle, shutdown }
 }
 
 async fn address_of(node: &DhtHandle) -> Multiaddr {
@@ -288,4 +286,61 @@ async fn a_transfer_resumes_from_another_provider_when_one_dies() {
         from(d)
     );
     assert!(from(o) > 3_000_000, "the other finished: {}", from(o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_lookup_is_hedged_and_the_hedge_answers() {
+    use libp2p::kad::{KBucketKey, RecordKey};
+    let object = pattern(40_000, 3);
+    let addr = Address::of(&object);
+    let a = node(std::slice::from_ref(&object), None, 0, &[]);
+    let b = node(&[], None, 0, &[address_of(&a.handle).await]);
+    wait_for_peers(&b.handle, 1).await;
+    a.handle.provide(addr).await.unwrap();
+    // B learns A's record (it is among A's closest peers in a network of two).
+    for _ in 0..100 {
+        if b.handle
+            .providers(addr)
+            .await
+            .unwrap()
+            .contains(&a.handle.peer_id())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // C knows B, and three peers closer to the key than B or A that never answer: a socket
+    // that accepts and stays silent. Kademlia asks those three first and waits on them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let target = KBucketKey::new(RecordKey::new(addr.as_bytes()));
+    let bound = [a.handle.peer_id(), b.handle.peer_id()]
+        .into_iter()
+        .map(|p| KBucketKey::from(p).distance(&target))
+        .min()
+        .unwrap();
+    let mut bootstrap = vec![address_of(&b.handle).await];
+    while bootstrap.len() < 4 {
+        let fake = libp2p::PeerId::random();
+        if KBucketKey::from(fake).distance(&target) < bound {
+            bootstrap.push(
+                format!("/ip4/127.0.0.1/tcp/{port}/p2p/{fake}")
+                    .parse()
+                    .unwrap(),
+            );
+        }
+    }
+    let c = node(&[], None, 0, &bootstrap);
+    wait_for_peers(&c.handle, 1).await;
+    let providers = c.handle.providers(addr).await.unwrap();
+    assert_eq!(providers, vec![a.handle.peer_id()]);
+    assert_eq!(
+        c.handle.metrics().hedges(),
+        (1, 1),
+        "hedged, and the hedge won"
+    );
+    // The named provider is reachable from what the hedge answer carried.
+    let (got, _) = fetch(&c.handle, &providers, addr).await.unwrap();
+    assert!(got == object);
 }
