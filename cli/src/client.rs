@@ -342,8 +342,8 @@ pub(crate) async fn pin(node: &Target, addr: &str, pinned: bool) -> anyhow::Resu
     Ok(())
 }
 
-/// The node's `/status`, for `ron key show --node`.
-/// `ron peers`: the node's PeerId and listen addresses, then one connected peer per line.
+/// `ron peers`: the node's PeerId and listen addresses, one connected peer per line, then how
+/// many peers its table knows (kept across restarts) and the seeds it would dial first.
 pub(crate) async fn peers(node: &NodeUrl) -> anyhow::Result<()> {
     let status = node_status(node).await?;
     let p2p = status
@@ -367,9 +367,14 @@ pub(crate) async fn peers(node: &NodeUrl) -> anyhow::Result<()> {
     for peer in list("peers") {
         println!("peer {peer}");
     }
+    println!("known {}", p2p["known"].as_u64().unwrap_or(0));
+    for seed in list("seeds") {
+        println!("seed {seed}");
+    }
     Ok(())
 }
 
+/// The node's `/status`, for `ron key show --node`.
 pub(crate) async fn node_status(node: &NodeUrl) -> anyhow::Result<serde_json::Value> {
     let url = node.resolve();
     let res = client()?

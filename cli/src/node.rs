@@ -429,19 +429,48 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         if !args.p2p_listen.is_empty() {
             section.listen = args.p2p_listen.iter().map(ToString::to_string).collect();
         }
+        // The peer table: the peers that answered before, recently good first, join the
+        // bootstrap list; discovery keeps it from the swarm's events.
+        let table = Arc::new(if args.amnesia {
+            svc_discovery::PeerTable::in_memory()
+        } else {
+            svc_discovery::PeerTable::open(&args.dir.data_dir.join("peers.redb"))
+        }?);
+        let seeds = table.seeds(16, svc_discovery::unix_now())?;
+        if !seeds.is_empty() {
+            tracing::info!(seeds = seeds.len(), "bootstrapping from the peer table too");
+        }
+        let mut bootstrap = args.bootstrap.clone();
+        bootstrap.extend(svc_discovery::seed_addrs(&seeds));
+        let (events, _) = tokio::sync::broadcast::channel(1024);
         let setup = svc_dht::Setup {
             keypair,
             config: config.clone(),
             section,
-            bootstrap: args.bootstrap.clone(),
+            bootstrap,
             source: Arc::new(crate::p2p::StoreSource(overlay.clone())),
             metrics: dht.metrics().clone(),
+            events: Some(events.clone()),
         };
         sup.spawn_actor("dht", Duty::Background, mailbox, move |ctx, mailbox| {
             svc_dht::run(ctx.shutdown, mailbox, setup.clone())
         });
+        let (updates, _) = tokio::sync::broadcast::channel(svc_discovery::UPDATES);
+        crate::p2p::count_known(&metrics, &table, updates.subscribe());
+        {
+            let (table, dht) = (table.clone(), dht.clone());
+            sup.spawn("discovery", Duty::Background, move |ctx| {
+                svc_discovery::run(
+                    ctx.shutdown,
+                    table.clone(),
+                    events.subscribe(),
+                    updates.clone(),
+                    dht.clone(),
+                )
+            });
+        }
         crate::p2p::announce_all(dht.clone(), overlay.clone());
-        crate::p2p::network(dht, overlay.clone(), config.clone())
+        crate::p2p::network(dht, table, overlay.clone(), config.clone())
     };
     let state = AppState {
         network: Some(network),

@@ -10,6 +10,7 @@ use futures_util::future::BoxFuture;
 use ron_kernel::Config;
 use ron_proto::Address;
 use svc_dht::{DhtError, DhtHandle, P2pSection};
+use svc_discovery::PeerTable;
 use svc_gateway::{FetchError, GatewaySection};
 use svc_overlay::OverlayHandle;
 use svc_storage::PutOptions;
@@ -52,6 +53,7 @@ impl svc_dht::Source for StoreSource {
 #[derive(Debug)]
 pub(crate) struct PeerNetwork {
     pub(crate) dht: DhtHandle,
+    pub(crate) table: Arc<PeerTable>,
     pub(crate) overlay: OverlayHandle,
     pub(crate) config: Config,
 }
@@ -95,8 +97,22 @@ impl svc_gateway::Network for PeerNetwork {
     }
 
     fn status(&self) -> BoxFuture<'static, Option<serde_json::Value>> {
-        let dht = self.dht.clone();
-        async move { dht.status().await.ok().map(|s| serde_json::json!(s)) }.boxed()
+        let (dht, table) = (self.dht.clone(), self.table.clone());
+        async move {
+            let mut status = serde_json::json!(dht.status().await.ok()?);
+            let (known, seeds) = tokio::task::spawn_blocking(move || {
+                let seeds = table
+                    .seeds(8, svc_discovery::unix_now())
+                    .unwrap_or_default();
+                (table.len().unwrap_or(0), seeds)
+            })
+            .await
+            .ok()?;
+            status["known"] = known.into();
+            status["seeds"] = seeds.into_iter().map(|(peer, _)| peer).collect();
+            Some(status)
+        }
+        .boxed()
     }
 }
 
@@ -220,14 +236,47 @@ pub(crate) async fn keep_cache(dht: &DhtHandle, overlay: &OverlayHandle, config:
     make_room(dht, overlay, config.get::<P2pSection>().cache_bytes).await;
 }
 
+/// `discovery_known_peers` in `/metrics`, kept from discovery's `PeersUpdated`.
+pub(crate) fn count_known(
+    metrics: &ron_kernel::Metrics,
+    table: &PeerTable,
+    mut updates: tokio::sync::broadcast::Receiver<svc_discovery::PeersUpdated>,
+) {
+    let known: prometheus_client::metrics::gauge::Gauge = metrics.register(
+        "discovery_known_peers",
+        "Peers in the node's peer table",
+        Default::default(),
+    );
+    known.set(i64::try_from(table.len().unwrap_or(0)).unwrap_or(i64::MAX));
+    tokio::spawn(async move {
+        loop {
+            match updates.recv().await {
+                Ok(update) => {
+                    known.set(i64::try_from(update.known).unwrap_or(i64::MAX));
+                    tracing::debug!(
+                        known = update.known,
+                        seen = update.seen.len(),
+                        dropped = update.dropped.len(),
+                        "peers updated"
+                    );
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
 /// Shared so the gateway holds it as a trait object.
 pub(crate) fn network(
     dht: DhtHandle,
+    table: Arc<PeerTable>,
     overlay: OverlayHandle,
     config: Config,
 ) -> Arc<dyn svc_gateway::Network> {
     Arc::new(PeerNetwork {
         dht,
+        table,
         overlay,
         config,
     })

@@ -307,6 +307,7 @@ async fn a_malicious_provider_is_caught_and_an_honest_node_serves_the_object() {
         bootstrap: vec![reader_addr.parse().unwrap()],
         source: std::sync::Arc::new(liar),
         metrics: evil.metrics().clone(),
+        events: None,
     };
     tokio::spawn(svc_dht::run(shutdown, mailbox, setup));
     reader
@@ -487,4 +488,33 @@ async fn a_partitioned_node_heals_when_the_partition_ends() {
          A and B fetched across {:?} after it",
         healed.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_restarted_node_rejoins_from_its_peer_table_without_bootstrap_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed_node = Node::start(&dir.path().join("n1"), &[]).await;
+    let seed = p2p_addr(&seed_node).await;
+    let seed_id = seed.rsplit('/').next().unwrap().to_owned();
+    let mut node = Node::start(&dir.path().join("n2"), &["--bootstrap", &seed]).await;
+    // The table learns the seed (identify), written within a second; PeersUpdated counts it.
+    node.wait_status("the peer table to know the seed", |s| {
+        s["p2p"]["known"].as_u64() >= Some(1)
+    })
+    .await;
+    assert!(metric(&node, "discovery_known_peers").await >= 1.0);
+    let out = support::ok_stdout(&node.cli(&["peers"]).await);
+    assert!(out.lines().any(|l| l == format!("seed {seed_id}")), "{out}");
+
+    // Restarted with no --bootstrap: it dials what its table remembers.
+    let data_dir = node.data_dir.clone();
+    node.child.kill().await.unwrap();
+    drop(node);
+    let node = Node::start(&data_dir, &[]).await;
+    let status = node
+        .wait_status("the restarted node to rejoin", |s| {
+            s["p2p"]["peers"].as_array().is_some_and(|p| !p.is_empty())
+        })
+        .await;
+    assert_eq!(status["p2p"]["peers"][0], seed_id.as_str());
 }

@@ -15,7 +15,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, ping, tcp, yamux};
 use ron_proto::{Address, ErrorBody, ErrorKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +25,7 @@ use crate::codec::{
 };
 use crate::config::P2pSection;
 use crate::metrics::DhtMetrics;
-use crate::node::{Command, DhtError, Inner, P2pStatus, Source};
+use crate::node::{Command, DhtError, Inner, P2pStatus, PeerEvent, Source};
 use crate::verify::GROUP_BYTES;
 
 /// Answers from the node's store to peers' requests, queued for the actor.
@@ -59,6 +59,8 @@ const HEDGE_MAX: Duration = Duration::from_secs(2);
 /// Redialling while no peer is connected: first after this, doubling up to [`REDIAL_MAX`].
 const REDIAL_FIRST: Duration = Duration::from_secs(1);
 const REDIAL_MAX: Duration = Duration::from_secs(30);
+/// Seeds from discovery kept for redialling, besides the bootstrap list.
+const SEEDS: usize = 64;
 /// Peers from the routing table redialled at once when isolated, besides the bootstrap list.
 const REDIAL_PEERS: usize = 16;
 /// Liveness: a ping per connection this often, each failing after this long; libp2p reports
@@ -82,6 +84,8 @@ pub struct Setup {
     pub source: Arc<dyn Source>,
     /// Where lookups and hedges are counted (the handle's: [`crate::DhtHandle::metrics`]).
     pub metrics: DhtMetrics,
+    /// Where peers seen and peers unreachable are told (a peer table), if anywhere.
+    pub events: Option<broadcast::Sender<PeerEvent>>,
 }
 
 impl std::fmt::Debug for Setup {
@@ -117,6 +121,7 @@ pub async fn run(
         bootstrap: extra,
         source,
         metrics,
+        events,
     } = setup;
     let use_mdns = section.mdns;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -185,7 +190,9 @@ pub async fn run(
         swarm,
         source,
         metrics,
+        events,
         config,
+        fixed_bootstrap: bootstrap.len(),
         bootstrap,
         requests: HashMap::new(),
         listen: Vec::new(),
@@ -229,8 +236,13 @@ struct Actor {
     swarm: Swarm<Behaviour>,
     source: Arc<dyn Source>,
     metrics: DhtMetrics,
+    events: Option<broadcast::Sender<PeerEvent>>,
     config: ron_kernel::Config,
+    /// Dialled at start and whenever the node is alone: the bootstrap peers and the seeds
+    /// discovery asked for (the newest [`SEEDS`]).
     bootstrap: Vec<Multiaddr>,
+    /// How many of `bootstrap` came from the configuration and flags (kept for good).
+    fixed_bootstrap: usize,
     requests: HashMap<OutboundRequestId, oneshot::Sender<Result<TransferReply, DhtError>>>,
     listen: Vec<Multiaddr>,
     serving: usize,
@@ -296,6 +308,13 @@ impl Actor {
         }
     }
 
+    fn tell(&self, event: PeerEvent) {
+        if let Some(events) = &self.events {
+            // Nobody listening is fine; a slow listener loses old events, counted there.
+            let _ = events.send(event);
+        }
+    }
+
     fn served(&mut self, peer: PeerId) {
         self.serving -= 1;
         if let Some(n) = self.serving_by.get_mut(&peer) {
@@ -338,6 +357,26 @@ impl Actor {
                     tokio::time::sleep(delay).await;
                     id
                 }));
+            }
+            Inner::Dial(addrs) => {
+                for addr in addrs {
+                    if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer, addr.clone());
+                    }
+                    let _ = self.swarm.dial(addr.clone());
+                    if !self.bootstrap.contains(&addr) {
+                        self.bootstrap.push(addr);
+                    }
+                }
+                let excess = self
+                    .bootstrap
+                    .len()
+                    .saturating_sub(SEEDS + self.fixed_bootstrap);
+                self.bootstrap
+                    .drain(self.fixed_bootstrap..self.fixed_bootstrap + excess);
             }
             Inner::Request(peer, request, reply) => {
                 let id = self
@@ -589,6 +628,10 @@ impl Actor {
             SwarmEvent::ExpiredListenAddr { address, .. } => self.listen.retain(|a| a != &address),
             SwarmEvent::ConnectionEstablished { .. } => self.connected(),
             SwarmEvent::ConnectionClosed { .. } => self.disconnected(),
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                ..
+            } => self.tell(PeerEvent::Unreachable { peer }),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 connection,
@@ -612,9 +655,16 @@ impl Actor {
                 info,
                 ..
             })) => {
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                for addr in &info.listen_addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
                 }
+                self.tell(PeerEvent::Seen {
+                    peer: peer_id,
+                    addrs: info.listen_addrs,
+                });
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,

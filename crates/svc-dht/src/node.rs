@@ -63,6 +63,23 @@ pub trait Source: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Option<(u64, Bytes)>, String>>;
 }
 
+/// What the swarm learns of peers, for whoever keeps a peer table (`svc-discovery`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// The peer answered (identify) and listens on these addresses.
+    Seen {
+        /// Which peer.
+        peer: PeerId,
+        /// Where it says it listens.
+        addrs: Vec<libp2p::Multiaddr>,
+    },
+    /// Dialling the peer failed.
+    Unreachable {
+        /// Which peer.
+        peer: PeerId,
+    },
+}
+
 /// What the swarm looks like now.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct P2pStatus {
@@ -88,6 +105,7 @@ pub(crate) enum Inner {
         oneshot::Sender<Result<TransferReply, DhtError>>,
     ),
     Status(oneshot::Sender<P2pStatus>),
+    Dial(Vec<libp2p::Multiaddr>),
 }
 
 /// Talks to the swarm's actor. Cheap to clone.
@@ -165,6 +183,15 @@ impl DhtHandle {
             .await
             .map_err(|_| DhtError::Stopped)?;
         rx.await.map_err(|_| DhtError::Stopped)?
+    }
+
+    /// Dials `addrs` (each ending in `/p2p/<peer id>` when known: the peer goes into the
+    /// routing table, and is redialled with the bootstrap peers while the node is alone).
+    pub async fn dial(&self, addrs: Vec<libp2p::Multiaddr>) -> Result<(), DhtError> {
+        self.tx
+            .send(Command(Inner::Dial(addrs)))
+            .await
+            .map_err(|_| DhtError::Stopped)
     }
 
     /// The swarm's addresses and peers.

@@ -94,6 +94,7 @@ fn node(objects: &[Bytes], lie_from: Option<usize>, rate: u64, bootstrap: &[Mult
         bootstrap: bootstrap.to_vec(),
         source: Arc::new(source),
         metrics: handle.metrics().clone(),
+        events: None,
     };
     tokio::spawn(run(shutdown.clone(), mailbox, setup));
     Node { handle, shutdown }
