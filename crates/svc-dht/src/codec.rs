@@ -143,11 +143,13 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Frame
 }
 
 async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, frame: &Frame) -> io::Result<()> {
-    let mut buf = BytesMut::with_capacity(frame.encoded_len());
+    let mut head = BytesMut::with_capacity(frame.encoded_len() - frame.payload.len());
     frame
-        .encode(&mut buf, DEFAULT_MAX_FRAME)
+        .encode_head(&mut head, DEFAULT_MAX_FRAME)
         .map_err(|e| bad(e.to_string()))?;
-    io.write_all(&buf).await
+    io.write_all(&head).await?;
+    // The payload (up to half a MiB of an object) goes from where it is.
+    io.write_all(&frame.payload).await
 }
 
 fn json_frame(flags: Flags, value: &impl Serialize) -> io::Result<Frame> {

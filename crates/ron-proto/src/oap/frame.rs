@@ -129,6 +129,14 @@ impl Frame {
     /// Appends the encoded frame to `dst`. Fails, writing nothing, if the frame would exceed
     /// `max_frame` or the capability exceeds `u16::MAX` bytes.
     pub fn encode(&self, dst: &mut BytesMut, max_frame: usize) -> Result<(), FrameError> {
+        self.encode_head(dst, max_frame)?;
+        dst.put_slice(&self.payload);
+        Ok(())
+    }
+
+    /// Appends everything of the encoded frame but the payload (whose length the header
+    /// counts): a writer then sends the payload from where it is, without copying it.
+    pub fn encode_head(&self, dst: &mut BytesMut, max_frame: usize) -> Result<(), FrameError> {
         let total = self.encoded_len();
         if total > max_frame || total - 4 > u32::MAX as usize {
             return Err(FrameError::TooLarge {
@@ -139,7 +147,7 @@ impl Frame {
         let cap_len = u16::try_from(self.cap.len()).map_err(|_| FrameError::Malformed {
             reason: "capability longer than 65535 bytes",
         })?;
-        dst.reserve(total);
+        dst.reserve(total - self.payload.len());
         // Fits: checked against u32::MAX above.
         dst.put_u32_le((total - 4) as u32);
         dst.put_u8(VERSION);
@@ -150,7 +158,6 @@ impl Frame {
         dst.put_u16_le(cap_len);
         dst.put_u64_le(self.corr_id);
         dst.put_slice(&self.cap);
-        dst.put_slice(&self.payload);
         Ok(())
     }
 
