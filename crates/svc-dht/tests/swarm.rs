@@ -3,113 +3,15 @@
 //! provider that lies part-way through an object, and one that dies mid-transfer.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
 
-use std::collections::HashMap;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use bao_tree::io::outboard::PreOrderMemOutboard;
-use bao_tree::{BlockSize, ChunkNum, ChunkRanges};
 use bytes::Bytes;
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
-use libp2p::Multiaddr;
+use common::{address_of, node};
 use ron_proto::Address;
-use svc_dht::{DhtError, DhtHandle, GROUP_BYTES, P2pSection, Setup, Source, Transferred, run};
+use svc_dht::{DhtError, DhtHandle, GROUP_BYTES, Transferred};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-const BLOCK: BlockSize = BlockSize::from_chunk_log(ron_proto::oap::GROUP_CHUNK_LOG);
-
-/// Objects in memory with their outboards. A liar serves, from `lie_from` on, bytes with one
-/// bit flipped in every group, under honest parent hashes: its lies pass until a group's
-/// bytes are checked.
-struct Memory {
-    objects: HashMap<Address, (Bytes, Arc<PreOrderMemOutboard>)>,
-    lie_from: Option<usize>,
-}
-
-impl Source for Memory {
-    fn size(&self, addr: Address) -> BoxFuture<'static, Option<u64>> {
-        let size = self.objects.get(&addr).map(|(b, _)| b.len() as u64);
-        async move { size }.boxed()
-    }
-
-    fn encoded(
-        &self,
-        addr: Address,
-        start: u64,
-        end: u64,
-    ) -> BoxFuture<'static, Result<Option<(u64, Bytes)>, String>> {
-        let got = self.objects.get(&addr).map(|(data, outboard)| {
-            let mut served = data.to_vec();
-            if let Some(from) = self.lie_from {
-                for at in (from..served.len()).step_by(GROUP_BYTES as usize) {
-                    served[at] ^= 1;
-                }
-            }
-            let ranges = ChunkRanges::from(ChunkNum(start / 1024)..ChunkNum(end.div_ceil(1024)));
-            let mut out = Vec::new();
-            bao_tree::io::sync::encode_ranges(&served[..], outboard.as_ref(), &ranges, &mut out)
-                .unwrap();
-            (data.len() as u64, Bytes::from(out))
-        });
-        async move { Ok(got) }.boxed()
-    }
-}
-
-struct Node {
-    handle: DhtHandle,
-    shutdown: CancellationToken,
-}
-
-fn node(objects: &[Bytes], lie_from: Option<usize>, rate: u64, bootstrap: &[Multiaddr]) -> Node {
-    let section = P2pSection {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        ..P2pSection::default()
-    };
-    let config = ron_kernel::Config::builder()
-        .register::<P2pSection>()
-        .set("p2p.peer_bytes_per_sec", i64::try_from(rate).unwrap())
-        .build()
-        .unwrap();
-    let source = Memory {
-        objects: objects
-            .iter()
-            .map(|b| {
-                let outboard = PreOrderMemOutboard::create(b, BLOCK);
-                (Address::of(b), (b.clone(), Arc::new(outboard)))
-            })
-            .collect(),
-        lie_from,
-    };
-    let keypair = libp2p::identity::Keypair::generate_ed25519();
-    let peer_id = keypair.public().to_peer_id();
-    let (tx, mailbox) = supervisor::mailbox(64);
-    let shutdown = CancellationToken::new();
-    let handle = DhtHandle::new(tx, peer_id);
-    let setup = Setup {
-        keypair,
-        config,
-        section,
-        bootstrap: bootstrap.to_vec(),
-        source: Arc::new(source),
-        metrics: handle.metrics().clone(),
-        events: None,
-    };
-    tokio::spawn(run(shutdown.clone(), mailbox, setup));
-    Node { handle, shutdown }
-}
-
-async fn address_of(node: &DhtHandle) -> Multiaddr {
-    for _ in 0..100 {
-        let status = node.status().await.unwrap();
-        if let Some(addr) = status.listen.first() {
-            return addr.parse().unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("never listened")
-}
 
 /// Fetches `addr` from `providers`; `on_bytes` sees the running count of bytes received.
 async fn fetch_with(

@@ -1,0 +1,162 @@
+//! A network of many nodes in one process, on 127.0.0.1 (heavy tier, ignored by default):
+//! lookup cost and latency against log2(N).
+//!
+//!   cargo test -p svc-dht --release --test sim -- --ignored --nocapture
+//!   RON_SIM_NODES=300 cargo test -p svc-dht --release --test sim -- --ignored --nocapture
+//!
+//! Each node joins through up to three random earlier nodes. 64 objects are announced by
+//! random nodes; then 400 lookups from random nodes, each of which must name the object's
+//! provider, and 20 of the objects are fetched and verified. Reported: peers the Kademlia
+//! query had asked when the answer came (Kademlia asks 3 at a time, so rounds ~ asked / 3),
+//! and the latency distribution.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{address_of, node};
+use ron_proto::Address;
+use tokio::sync::mpsc;
+
+fn pick(rng: &mut u64, n: usize) -> usize {
+    // xorshift: reproducible without another dependency.
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    (*rng % n as u64) as usize
+}
+
+fn pct(sorted: &[f64], p: usize) -> f64 {
+    sorted[((sorted.len() * p).div_ceil(100)).max(1) - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy: hundreds of swarms; cargo test -p svc-dht --release --test sim -- --ignored --nocapture"]
+async fn lookups_across_hundreds_of_nodes_take_about_log2_n_rounds() {
+    let n: usize = std::env::var("RON_SIM_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let objects: Vec<Bytes> = (0..64u32)
+        .map(|i| Bytes::from(format!("object {i} of the simulation").repeat(40)))
+        .collect();
+    // Which node holds which object.
+    let holder: Vec<usize> = (0..objects.len())
+        .map(|_| 1 + pick(&mut rng, n - 1))
+        .collect();
+
+    let started = Instant::now();
+    let mut nodes = Vec::with_capacity(n);
+    let mut addrs: Vec<libp2p::Multiaddr> = Vec::with_capacity(n);
+    for i in 0..n {
+        let held: Vec<Bytes> = (0..objects.len())
+            .filter(|&o| holder[o] == i)
+            .map(|o| objects[o].clone())
+            .collect();
+        let bootstrap: Vec<_> = if i == 0 {
+            Vec::new()
+        } else {
+            (0..3.min(i))
+                .map(|_| addrs[pick(&mut rng, i)].clone())
+                .collect()
+        };
+        let node = node(&held, None, 0, &bootstrap);
+        addrs.push(address_of(&node.handle).await);
+        nodes.push(node);
+    }
+    println!("{n} nodes listening after {:?}", started.elapsed());
+    // Let the routing tables fill: each node's bootstrap query runs when it first connects.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (o, object) in objects.iter().enumerate() {
+        nodes[holder[o]]
+            .handle
+            .provide(Address::of(object))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let mut asked = Vec::new();
+    let mut millis = Vec::new();
+    let mut hedged = 0;
+    for _ in 0..400 {
+        let (from, o) = (pick(&mut rng, n), pick(&mut rng, objects.len()));
+        if from == holder[o] {
+            continue;
+        }
+        let found = nodes[from]
+            .handle
+            .lookup(Address::of(&objects[o]))
+            .await
+            .unwrap();
+        assert!(
+            found.providers.contains(&nodes[holder[o]].handle.peer_id()),
+            "node {from} looking for object {o} found {:?}",
+            found.providers
+        );
+        asked.push(f64::from(found.asked));
+        millis.push(found.elapsed.as_secs_f64() * 1000.0);
+        hedged += usize::from(found.hedged);
+    }
+    // A few end-to-end fetches: found, transferred, every group verified.
+    for o in 0..20 {
+        let from = (holder[o] + 1) % n;
+        let handle = &nodes[from].handle;
+        let providers = handle.providers(Address::of(&objects[o])).await.unwrap();
+        let probe = handle
+            .probe(Address::of(&objects[o]), &providers, 1 << 20)
+            .await
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+        let collect = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(b) = rx.recv().await {
+                got.extend_from_slice(&b);
+            }
+            got
+        });
+        handle.transfer(probe, &providers, tx).await.unwrap();
+        assert!(collect.await.unwrap() == objects[o]);
+    }
+    asked.sort_by(f64::total_cmp);
+    millis.sort_by(f64::total_cmp);
+    let log2 = (n as f64).log2();
+    let mean = asked.iter().sum::<f64>() / asked.len() as f64;
+    println!(
+        "| {n} nodes, {} lookups | p50 | p95 | p99 | max | mean |",
+        asked.len()
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| peers asked | {} | {} | {} | {} | {mean:.1} |",
+        pct(&asked, 50),
+        pct(&asked, 95),
+        pct(&asked, 99),
+        asked[asked.len() - 1]
+    );
+    println!(
+        "| rounds (asked / 3) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        pct(&asked, 50) / 3.0,
+        pct(&asked, 95) / 3.0,
+        pct(&asked, 99) / 3.0,
+        asked[asked.len() - 1] / 3.0,
+        mean / 3.0
+    );
+    println!(
+        "| latency ms | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        pct(&millis, 50),
+        pct(&millis, 95),
+        pct(&millis, 99),
+        millis[millis.len() - 1],
+        millis.iter().sum::<f64>() / millis.len() as f64
+    );
+    println!("log2(N) = {log2:.2}; hedged lookups: {hedged}; 20 objects fetched and verified");
+    // Kademlia's bound, generously: the rounds stay within a small multiple of log2(N).
+    assert!(
+        pct(&asked, 95) / 3.0 <= 2.0 * log2,
+        "lookups grew past O(log N)"
+    );
+}
