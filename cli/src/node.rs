@@ -82,6 +82,10 @@ pub(crate) struct NodeArgs {
     /// to p2p.bootstrap.
     #[arg(long, value_name = "MULTIADDR")]
     bootstrap: Vec<svc_dht::Multiaddr>,
+    /// A relay to be reachable through when other nodes cannot dial this one (its multiaddr,
+    /// with /p2p/<id>), repeatable; adds to p2p.relays.
+    #[arg(long, value_name = "MULTIADDR")]
+    relay: Vec<svc_dht::Multiaddr>,
     #[command(flatten)]
     dir: DataDirArg,
     /// Config file to read instead of `<data dir>/ron.toml` (it must exist).
@@ -429,6 +433,9 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         if !args.p2p_listen.is_empty() {
             section.listen = args.p2p_listen.iter().map(ToString::to_string).collect();
         }
+        section
+            .relays
+            .extend(args.relay.iter().map(ToString::to_string));
         // The peer table: the peers that answered before, recently good first, join the
         // bootstrap list; discovery keeps it from the swarm's events.
         let table = Arc::new(if args.amnesia {

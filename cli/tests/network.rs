@@ -339,14 +339,13 @@ async fn a_malicious_provider_is_caught_and_an_honest_node_serves_the_object() {
     println!("4 MiB: a provider serving corrupted groups was caught; node 1 served the object");
 }
 
-/// A network namespace joined to this one by two veth pairs: one carries the peer network
-/// (cut to make a partition), the other carries the test's HTTP requests (never cut).
+/// A network namespace joined to this one by veth pairs, one per subnet `10.<subnet>.<n>.0/24`
+/// (this side `.1`, the namespace `.2`). This namespace does not forward between them, so two
+/// namespaces on different subnets cannot reach each other, only this side.
 struct Netns {
     name: String,
-    p2p_host: String,
-    p2p_ns: String,
-    http_ns: String,
-    p2p_link: String,
+    /// Per subnet: this side's interface, this side's address, the namespace's address.
+    links: Vec<(String, String, String)>,
 }
 
 fn ip(args: &str) {
@@ -362,43 +361,54 @@ fn ip(args: &str) {
 }
 
 impl Netns {
-    fn create() -> Netns {
+    fn create(tag: char, subnets: &[u8]) -> Netns {
         let id = std::process::id() % 100_000;
         let octet = id % 200 + 20;
-        let name = format!("ronpart{id}");
-        let (p2p_link, http_link) = (format!("rpp{id}h"), format!("rpc{id}h"));
+        let name = format!("ron{tag}{id}");
         // Left over from a run that was killed: start clean.
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &name])
             .output();
         ip(&format!("netns add {name}"));
-        for (link, subnet) in [(&p2p_link, 77), (&http_link, 78)] {
-            let inner = link.replace('h', "n");
-            ip(&format!("link add {link} type veth peer name {inner}"));
+        let mut links = Vec::new();
+        for (i, subnet) in subnets.iter().enumerate() {
+            let (outer, inner) = (format!("r{tag}{i}{id}h"), format!("r{tag}{i}{id}n"));
+            let (here, there) = (
+                format!("10.{subnet}.{octet}.1"),
+                format!("10.{subnet}.{octet}.2"),
+            );
+            ip(&format!("link add {outer} type veth peer name {inner}"));
             ip(&format!("link set {inner} netns {name}"));
-            ip(&format!("addr add 10.{subnet}.{octet}.1/24 dev {link}"));
-            ip(&format!("link set {link} up"));
+            ip(&format!("addr add {here}/24 dev {outer}"));
+            ip(&format!("link set {outer} up"));
             ip(&format!(
-                "netns exec {name} ip addr add 10.{subnet}.{octet}.2/24 dev {inner}"
+                "netns exec {name} ip addr add {there}/24 dev {inner}"
             ));
             ip(&format!("netns exec {name} ip link set {inner} up"));
+            links.push((outer, here, there));
         }
         ip(&format!("netns exec {name} ip link set lo up"));
-        Netns {
-            name,
-            p2p_host: format!("10.77.{octet}.1"),
-            p2p_ns: format!("10.77.{octet}.2"),
-            http_ns: format!("10.78.{octet}.2"),
-            p2p_link,
-        }
+        Netns { name, links }
     }
 
-    fn cut(&self) {
-        ip(&format!("link set {} down", self.p2p_link));
+    fn cut(&self, link: usize) {
+        ip(&format!("link set {} down", self.links[link].0));
     }
 
-    fn heal(&self) {
-        ip(&format!("link set {} up", self.p2p_link));
+    fn heal(&self, link: usize) {
+        ip(&format!("link set {} up", self.links[link].0));
+    }
+
+    /// Whether a TCP connection from inside the namespace to `addr` succeeds.
+    fn can_connect(&self, addr: &str) -> bool {
+        let (host, port) = addr.rsplit_once(':').unwrap();
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name, "timeout", "3", "bash", "-c"])
+            .arg(format!("echo > /dev/tcp/{host}/{port}"))
+            .output()
+            .unwrap()
+            .status
+            .success()
     }
 }
 
@@ -431,19 +441,21 @@ async fn get_until_found(node: &Node, addr: &str, what: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_partitioned_node_heals_when_the_partition_ends() {
-    let net = Netns::create();
+    // Link 0 carries the peer network (cut to make the partition), link 1 the test's HTTP.
+    let net = Netns::create('p', &[77, 78]);
+    let (p2p_host, p2p_ns, http_ns) = (&net.links[0].1, &net.links[0].2, &net.links[1].2);
     let dir = tempfile::tempdir().unwrap();
-    let listen = format!("/ip4/{}/tcp/0", net.p2p_host);
+    let listen = format!("/ip4/{p2p_host}/tcp/0");
     let n1 = Node::start(&dir.path().join("n1"), &["--p2p-listen", &listen]).await;
     let seed = p2p_addr(&n1).await;
     let flags = ["--p2p-listen", &listen, "--bootstrap", &seed];
     let n2 = Node::start(&dir.path().join("n2"), &flags).await;
     // The partitioned node gives up on a fetch after 3 s, so its GETs answer while cut off.
     config(&dir.path().join("x"), "[p2p]\nfetch_timeout_ms = 3000\n");
-    let x_listen = format!("/ip4/{}/tcp/0", net.p2p_ns);
+    let x_listen = format!("/ip4/{p2p_ns}/tcp/0");
     let x = Node::start_in_netns(
         &net.name,
-        &format!("{}:0", net.http_ns),
+        &format!("{http_ns}:0"),
         &dir.path().join("x"),
         &["--p2p-listen", &x_listen, "--bootstrap", &seed],
     )
@@ -454,7 +466,7 @@ async fn a_partitioned_node_heals_when_the_partition_ends() {
     .await;
 
     // Partition: node X's peer network is cut off.
-    net.cut();
+    net.cut(0);
     let cut = Instant::now();
     let a = n1.put(data(2 << 20, 41)).await;
     let b_bytes = data(1 << 20, 42);
@@ -473,7 +485,7 @@ async fn a_partitioned_node_heals_when_the_partition_ends() {
     let noticed = cut.elapsed();
 
     // Heal: it redials, rejoins, announces what it stored meanwhile, and fetches.
-    net.heal();
+    net.heal(0);
     let healed = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60);
     while peers(&x).await == 0 {
@@ -517,4 +529,89 @@ async fn a_restarted_node_rejoins_from_its_peer_table_without_bootstrap_flags() 
         })
         .await;
     assert_eq!(status["p2p"]["peers"][0], seed_id.as_str());
+}
+
+#[tokio::test]
+async fn a_node_nobody_can_dial_is_reached_through_a_relay() {
+    // C and A each live in a namespace of their own; both reach the relay R (this side), and
+    // nothing routes between them.
+    let (ns_c, ns_a) = (Netns::create('c', &[79]), Netns::create('a', &[80]));
+    let (r_c, c_ip) = (&ns_c.links[0].1, &ns_c.links[0].2);
+    let (r_a, a_ip) = (&ns_a.links[0].1, &ns_a.links[0].2);
+    let dir = tempfile::tempdir().unwrap();
+    config(&dir.path().join("r"), "[p2p]\nrelay_server = true\n");
+    let (listen_c, listen_a) = (format!("/ip4/{r_c}/tcp/0"), format!("/ip4/{r_a}/tcp/0"));
+    let relay = Node::start(
+        &dir.path().join("r"),
+        &["--p2p-listen", &listen_c, "--p2p-listen", &listen_a],
+    )
+    .await;
+    let status = relay
+        .wait_status("the relay listening twice", |s| {
+            s["p2p"]["listen"].as_array().is_some_and(|l| l.len() >= 2)
+        })
+        .await;
+    let on = |prefix: &str| {
+        status["p2p"]["listen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| a.starts_with(&format!("/ip4/{prefix}/")))
+            .unwrap()
+            .to_owned()
+    };
+    let (relay_c, relay_a) = (on(r_c), on(r_a));
+
+    let c = Node::start_in_netns(
+        &ns_c.name,
+        &format!("{c_ip}:0"),
+        &dir.path().join("c"),
+        &[
+            "--p2p-listen",
+            &format!("/ip4/{c_ip}/tcp/0"),
+            "--bootstrap",
+            &relay_c,
+            "--relay",
+            &relay_c,
+        ],
+    )
+    .await;
+    c.wait_status("a reservation on the relay", |s| {
+        s["p2p"]["listen"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|a| a.as_str().is_some_and(|a| a.contains("/p2p-circuit")))
+        })
+    })
+    .await;
+    let a = Node::start_in_netns(
+        &ns_a.name,
+        &format!("{a_ip}:0"),
+        &dir.path().join("a"),
+        &[
+            "--p2p-listen",
+            &format!("/ip4/{a_ip}/tcp/0"),
+            "--bootstrap",
+            &relay_a,
+        ],
+    )
+    .await;
+    // No direct path: from A's namespace, C's own addresses cannot be reached at all.
+    let c_gateway = c.url.trim_start_matches("http://").to_owned();
+    assert!(!ns_a.can_connect(&c_gateway), "A must not reach C directly");
+
+    let bytes = data(300_000, 51);
+    let addr = c.put(bytes.clone()).await;
+    let got = get_until_found(&a, &addr, "A fetching C's object through the relay").await;
+    assert!(got == bytes, "identical bytes through the relay");
+    let status = a.status().await;
+    println!(
+        "relay: A fetched 300 KB from C through R; A's peers {}, nat {}; hole punching: ok {} failed {}",
+        status["p2p"]["peers"],
+        status["p2p"]["nat"],
+        metric(&a, "p2p_holepunch_total{outcome=\"ok\"}").await
+            + metric(&c, "p2p_holepunch_total{outcome=\"ok\"}").await,
+        metric(&a, "p2p_holepunch_total{outcome=\"failed\"}").await
+            + metric(&c, "p2p_holepunch_total{outcome=\"failed\"}").await,
+    );
 }

@@ -10,10 +10,13 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use libp2p::kad::{self, GetProvidersOk, KBucketKey, Mode, QueryId, QueryResult, RecordKey};
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, ping, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, autonat, dcutr, identify, mdns, noise, ping, relay, tcp, yamux,
+};
 use ron_proto::{Address, ErrorBody, ErrorKind};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
@@ -25,7 +28,7 @@ use crate::codec::{
 };
 use crate::config::P2pSection;
 use crate::metrics::DhtMetrics;
-use crate::node::{Command, DhtError, Inner, P2pStatus, PeerEvent, Source};
+use crate::node::{Command, DhtError, Found, Inner, P2pStatus, PeerEvent, Source};
 use crate::verify::GROUP_BYTES;
 
 /// Answers from the node's store to peers' requests, queued for the actor.
@@ -59,6 +62,8 @@ const HEDGE_MAX: Duration = Duration::from_secs(2);
 /// Redialling while no peer is connected: first after this, doubling up to [`REDIAL_MAX`].
 const REDIAL_FIRST: Duration = Duration::from_secs(1);
 const REDIAL_MAX: Duration = Duration::from_secs(30);
+/// How long after a relay reservation ended or failed it is asked for again.
+const RELISTEN: Duration = Duration::from_secs(2);
 /// Seeds from discovery kept for redialling, besides the bootstrap list.
 const SEEDS: usize = 64;
 /// Peers from the routing table redialled at once when isolated, besides the bootstrap list.
@@ -104,7 +109,21 @@ struct Behaviour {
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
     transfer: request_response::Behaviour<TransferCodec>,
+    /// Reachable through relays (`p2p.relays`), and dialling others through theirs.
+    relay_client: relay::client::Behaviour,
+    /// Serving as a relay for others (`p2p.relay_server`).
+    relay: Toggle<relay::Behaviour>,
+    /// Upgrading a relayed connection to a direct one (hole punching).
+    dcutr: dcutr::Behaviour,
+    /// Whether this node can be dialled from outside (asked of its peers).
+    autonat: autonat::Behaviour,
 }
+
+/// What a relay this node serves allows each circuit (libp2p's defaults of 2 min and
+/// 128 KiB are for hole-punching coordination only; objects go over circuits here when no
+/// direct path exists).
+const CIRCUIT_DURATION: Duration = Duration::from_secs(10 * 60);
+const CIRCUIT_BYTES: u64 = 256 << 20;
 
 /// Builds the swarm as `setup` says, listens, dials the bootstrap peers, and serves the
 /// commands in `mailbox` until `shutdown` is cancelled or every handle is gone. A fresh swarm
@@ -123,7 +142,7 @@ pub async fn run(
         metrics,
         events,
     } = setup;
-    let use_mdns = section.mdns;
+    let (use_mdns, relay_server) = (section.mdns, section.relay_server);
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -133,7 +152,9 @@ pub async fn run(
         )
         .map_err(|e| e.to_string())?
         .with_quic()
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| e.to_string())?
+        .with_behaviour(|key, relay_client| {
             let id = key.public().to_peer_id();
             let store = kad::store::MemoryStore::with_config(
                 id,
@@ -150,16 +171,30 @@ pub async fn run(
             };
             Ok(Behaviour {
                 kad: kad::Behaviour::with_config(id, store, kad::Config::new(kad::PROTOCOL_NAME)),
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/ron/1".into(),
-                    key.public(),
-                )),
+                // Peers hear of new listen addresses (a relay reservation) as they appear.
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/ron/1".into(), key.public())
+                        .with_push_listen_addr_updates(true),
+                ),
                 ping: ping::Behaviour::new(
                     ping::Config::new()
                         .with_interval(PING_EVERY)
                         .with_timeout(PING_TIMEOUT),
                 ),
                 mdns: Toggle::from(mdns),
+                relay_client,
+                relay: Toggle::from(relay_server.then(|| {
+                    relay::Behaviour::new(
+                        id,
+                        relay::Config {
+                            max_circuit_duration: CIRCUIT_DURATION,
+                            max_circuit_bytes: CIRCUIT_BYTES,
+                            ..relay::Config::default()
+                        },
+                    )
+                })),
+                dcutr: dcutr::Behaviour::new(id),
+                autonat: autonat::Behaviour::new(id, autonat::Config::default()),
                 transfer: request_response::Behaviour::with_codec(
                     TransferCodec,
                     [(PROTOCOL, ProtocolSupport::Full)],
@@ -175,6 +210,11 @@ pub async fn run(
     // Answer DHT queries from the start: on loopback and private networks nothing would
     // confirm an external address, and a node in client mode serves nobody.
     swarm.behaviour_mut().kad.set_mode(Some(Mode::Server));
+    // An operator who turned the relay on wants it on: libp2p would wait for a confirmed
+    // external address first, which loopback and private networks never produce.
+    if let Some(relay) = swarm.behaviour_mut().relay.as_mut() {
+        relay.set_status(Some(relay::Status::Enable));
+    }
     for addr in &section.listen {
         let addr: Multiaddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
         swarm
@@ -184,6 +224,16 @@ pub async fn run(
     let mut bootstrap: Vec<Multiaddr> = Vec::new();
     for addr in &section.bootstrap {
         bootstrap.push(addr.parse().map_err(|e| format!("{addr}: {e}"))?);
+    }
+    // Reachable through each relay: a reservation there (the relay client dials the relay),
+    // announced as a listen address `<relay>/p2p-circuit/p2p/<this node>`.
+    let mut relays = Vec::new();
+    for relay in &section.relays {
+        relays.push(
+            relay
+                .parse::<Multiaddr>()
+                .map_err(|e| format!("{relay}: {e}"))?,
+        );
     }
     bootstrap.extend(extra);
     let mut actor = Actor {
@@ -207,10 +257,16 @@ pub async fn run(
         announce: VecDeque::new(),
         queued: HashSet::new(),
         announcing: HashSet::new(),
+        nat: "unknown",
+        relay_listeners: HashMap::new(),
+        relisten: Vec::new(),
         isolated: true,
         redial_at: None,
         backoff: REDIAL_FIRST,
     };
+    for relay in relays {
+        actor.listen_through(relay);
+    }
     actor.dial_known();
     let mut inbox = mailbox.lock().await;
     actor.run(shutdown, &mut inbox).await;
@@ -220,7 +276,7 @@ pub async fn run(
 /// A provider lookup: a Kademlia query, perhaps with a hedge of direct questions.
 struct Lookup {
     addr: Address,
-    reply: oneshot::Sender<Result<Vec<PeerId>, DhtError>>,
+    reply: oneshot::Sender<Result<Found, DhtError>>,
     started: Instant,
     query: QueryId,
     /// Parts still running: the query, and each hedge question.
@@ -261,6 +317,12 @@ struct Actor {
     queued: HashSet<RecordKey>,
     /// Announcements running.
     announcing: HashSet<QueryId>,
+    /// What autonat concluded: `public`, `private` or `unknown`.
+    nat: &'static str,
+    /// Listeners through relays, and the relay each goes through.
+    relay_listeners: HashMap<libp2p::core::transport::ListenerId, Multiaddr>,
+    /// Relays to listen through again (their reservation ended or could not be made), when.
+    relisten: Vec<(Instant, Multiaddr)>,
     /// No peer connected: redialling.
     isolated: bool,
     redial_at: Option<Instant>,
@@ -302,6 +364,13 @@ impl Actor {
                 _ = tick.tick() => {
                     if self.redial_at.is_some_and(|at| at <= Instant::now()) {
                         self.redial();
+                    }
+                    let now = Instant::now();
+                    let (due, later): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut self.relisten).into_iter().partition(|(at, _)| *at <= now);
+                    self.relisten = later;
+                    for (_, relay) in due {
+                        self.listen_through(relay);
                     }
                 }
             }
@@ -400,6 +469,7 @@ impl Actor {
                         .connected_peers()
                         .map(ToString::to_string)
                         .collect(),
+                    nat: self.nat.to_owned(),
                 });
             }
         }
@@ -523,16 +593,40 @@ impl Actor {
             return;
         };
         self.by_query.remove(&lookup.query);
+        let mut asked = 0;
         if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&lookup.query) {
+            asked = query.stats().num_requests();
             query.finish();
         }
-        let elapsed = lookup.started.elapsed().as_secs_f64();
-        self.metrics.lookup_seconds.observe(elapsed);
+        let elapsed = lookup.started.elapsed();
+        self.metrics.lookup_seconds.observe(elapsed.as_secs_f64());
         if self.latencies.len() == SAMPLES {
             self.latencies.pop_front();
         }
-        self.latencies.push_back(elapsed);
-        let _ = lookup.reply.send(result);
+        self.latencies.push_back(elapsed.as_secs_f64());
+        let hedged = lookup.hedged;
+        let _ = lookup.reply.send(result.map(|providers| Found {
+            providers,
+            asked,
+            elapsed,
+            hedged,
+        }));
+    }
+
+    /// Asks for a reservation on `relay`; tried again after [`RELISTEN`] if it ends.
+    fn listen_through(&mut self, relay: Multiaddr) {
+        match self
+            .swarm
+            .listen_on(relay.clone().with(Protocol::P2pCircuit))
+        {
+            Ok(id) => {
+                self.relay_listeners.insert(id, relay);
+            }
+            Err(e) => {
+                tracing::warn!(%relay, error = %e, "cannot listen through the relay");
+                self.relisten.push((Instant::now() + RELISTEN, relay));
+            }
+        }
     }
 
     /// Dials the bootstrap peers and (when isolated) peers the routing table remembers.
@@ -623,9 +717,36 @@ impl Actor {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "p2p listening");
+                // A relay hands its addresses to the nodes it holds reservations for: those it
+                // listens on (not relayed ones) are the addresses its operator offers.
+                if self.swarm.behaviour().relay.is_enabled()
+                    && !address.iter().any(|p| p == Protocol::P2pCircuit)
+                {
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.listen.push(address);
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } => self.listen.retain(|a| a != &address),
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.swarm.remove_external_address(&address);
+                self.listen.retain(|a| a != &address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                self.listen.retain(|a| !addresses.contains(a));
+                if let Err(e) = &reason {
+                    tracing::warn!(error = %e, "a listener closed");
+                }
+                if let Some(relay) = self.relay_listeners.remove(&listener_id) {
+                    tracing::debug!(%relay, "no reservation on the relay: asking again soon");
+                    self.relisten.push((Instant::now() + RELISTEN, relay));
+                }
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(%error, "a listener failed");
+            }
             SwarmEvent::ConnectionEstablished { .. } => self.connected(),
             SwarmEvent::ConnectionClosed { .. } => self.disconnected(),
             SwarmEvent::OutgoingConnectionError {
@@ -639,6 +760,37 @@ impl Actor {
             })) => {
                 tracing::debug!(%peer, error = %e, "ping failed: closing the connection");
                 self.swarm.close_connection(connection);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => {
+                tracing::info!(relay = %relay_peer_id, "reachable through a relay");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => {
+                let outcome = if result.is_ok() { "ok" } else { "failed" };
+                self.metrics.holepunch(outcome);
+                match result {
+                    Ok(_) => {
+                        tracing::info!(peer = %remote_peer_id, "hole punched: a direct connection replaces the relayed one")
+                    }
+                    Err(e) => {
+                        tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed: staying on the relay")
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => {
+                self.nat = match new {
+                    autonat::NatStatus::Public(_) => "public",
+                    autonat::NatStatus::Private => "private",
+                    autonat::NatStatus::Unknown => "unknown",
+                };
+                tracing::info!(nat = self.nat, "reachability from outside");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {

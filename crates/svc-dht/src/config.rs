@@ -26,6 +26,12 @@ pub struct P2pSection {
     /// Find peers on the local network by multicast DNS (default off: a server's LAN is not
     /// always its network; turn it on for home and office networks). Fixed at start.
     pub mdns: bool,
+    /// Relays to be reachable through (multiaddrs ending in `/p2p/<relay id>`), for a node
+    /// others cannot dial directly; `--relay` adds to them. Fixed at start.
+    pub relays: Vec<String>,
+    /// Serve as a relay for other nodes (circuits of up to 10 minutes and 256 MiB; libp2p's
+    /// limits on reservations and circuits). Fixed at start.
+    pub relay_server: bool,
 }
 
 impl Default for P2pSection {
@@ -40,6 +46,8 @@ impl Default for P2pSection {
             peer_bytes_per_sec: 64 << 20,
             cache_bytes: 8 << 30,
             mdns: false,
+            relays: Vec::new(),
+            relay_server: false,
         }
     }
 }
@@ -48,7 +56,11 @@ impl Section for P2pSection {
     const NAME: &'static str = "p2p";
 
     fn validate(&self) -> Result<(), FieldError> {
-        for (field, list) in [("listen", &self.listen), ("bootstrap", &self.bootstrap)] {
+        for (field, list) in [
+            ("listen", &self.listen),
+            ("bootstrap", &self.bootstrap),
+            ("relays", &self.relays),
+        ] {
             for addr in list {
                 addr.parse::<libp2p::Multiaddr>()
                     .map_err(|e| FieldError::new(field, format!("{addr}: {e}")))?;
@@ -72,6 +84,8 @@ impl Section for P2pSection {
     fn check_live(&self, next: &Self) -> Result<(), FieldError> {
         unchanged("listen", &self.listen, &next.listen)?;
         unchanged("bootstrap", &self.bootstrap, &next.bootstrap)?;
-        unchanged("mdns", &self.mdns, &next.mdns)
+        unchanged("mdns", &self.mdns, &next.mdns)?;
+        unchanged("relays", &self.relays, &next.relays)?;
+        unchanged("relay_server", &self.relay_server, &next.relay_server)
     }
 }

@@ -27,5 +27,5 @@ pub use config::P2pSection;
 pub use fetch::{INFLIGHT, PER_PEER, Probe, Transferred};
 pub use libp2p::{Multiaddr, PeerId, identity};
 pub use metrics::DhtMetrics;
-pub use node::{Command, DhtError, DhtHandle, MAILBOX, P2pStatus, PeerEvent, Source};
+pub use node::{Command, DhtError, DhtHandle, Found, MAILBOX, P2pStatus, PeerEvent, Source};
 pub use verify::GROUP_BYTES;

@@ -29,6 +29,7 @@ pub struct DhtMetrics {
     pub(crate) lookup_seconds: Histogram,
     pub(crate) hedges: Counter,
     pub(crate) hedge_wins: Counter,
+    pub(crate) holepunch: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for DhtMetrics {
@@ -41,6 +42,7 @@ impl Default for DhtMetrics {
             lookup_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             hedges: Counter::default(),
             hedge_wins: Counter::default(),
+            holepunch: Family::default(),
         }
     }
 }
@@ -78,6 +80,11 @@ impl DhtMetrics {
             "Hedged lookups whose direct questions answered first",
             self.hedge_wins.clone(),
         );
+        metrics.register(
+            "p2p_holepunch",
+            "Attempts to replace a relayed connection by a direct one, by outcome",
+            self.holepunch.clone(),
+        );
     }
 
     /// Lookups that started a hedge, and those the hedge answered first.
@@ -88,6 +95,12 @@ impl DhtMetrics {
     /// Counts one fetch's outcome.
     pub fn fetch_ended(&self, outcome: &'static str) {
         self.fetches.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    pub(crate) fn holepunch(&self, outcome: &'static str) {
+        self.holepunch
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     pub(crate) fn fault(&self, fault: &'static str) {

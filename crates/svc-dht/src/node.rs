@@ -63,6 +63,19 @@ pub trait Source: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Option<(u64, Bytes)>, String>>;
 }
 
+/// A provider lookup's answer and how it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The providers named first (none when the lookup finished without any).
+    pub providers: Vec<PeerId>,
+    /// Peers the Kademlia query had asked by then.
+    pub asked: u32,
+    /// Time to the answer.
+    pub elapsed: std::time::Duration,
+    /// Whether a hedge had started.
+    pub hedged: bool,
+}
+
 /// What the swarm learns of peers, for whoever keeps a peer table (`svc-discovery`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerEvent {
@@ -89,6 +102,8 @@ pub struct P2pStatus {
     pub listen: Vec<String>,
     /// Peers connected now.
     pub peers: Vec<String>,
+    /// Whether peers can dial this node (autonat): `public`, `private` or `unknown`.
+    pub nat: String,
 }
 
 /// A request to the swarm's actor (queued in its supervised mailbox; build one through
@@ -98,7 +113,7 @@ pub struct Command(pub(crate) Inner);
 pub(crate) enum Inner {
     Provide(Address),
     Unprovide(Address),
-    Providers(Address, oneshot::Sender<Result<Vec<PeerId>, DhtError>>),
+    Providers(Address, oneshot::Sender<Result<Found, DhtError>>),
     Request(
         PeerId,
         TransferRequest,
@@ -163,6 +178,11 @@ impl DhtHandle {
     /// Peers providing `addr`: the first answer that names any, or an empty list once the
     /// lookup finished without one.
     pub async fn providers(&self, addr: Address) -> Result<Vec<PeerId>, DhtError> {
+        self.lookup(addr).await.map(|found| found.providers)
+    }
+
+    /// Like [`DhtHandle::providers`], with how the lookup went.
+    pub async fn lookup(&self, addr: Address) -> Result<Found, DhtError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command(Inner::Providers(addr, tx)))
