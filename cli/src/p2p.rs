@@ -158,6 +158,7 @@ async fn fetch(
         .writer(options)
         .map_err(|e| FetchError::Unavailable(e.to_string()))?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(PIPELINE);
+    let started = std::time::Instant::now();
     let transfer = dht.transfer(probe, &providers, tx);
     let writer = &mut upload.writer;
     let store = async move {
@@ -169,6 +170,7 @@ async fn fetch(
     let (transferred, stored) = tokio::join!(transfer, store);
     let transferred = transferred.map_err(unavailable)?;
     stored.map_err(FetchError::Unavailable)?;
+    let transfer_ms = started.elapsed().as_millis();
     // The store checks the address again before anything becomes visible.
     upload
         .writer
@@ -181,7 +183,11 @@ async fn fetch(
         .filter(|(_, n)| *n > 0)
         .map(|(peer, n)| format!("{peer}={n}"))
         .collect();
-    tracing::info!(%addr, size = transferred.size, from = %from.join(","), faults = transferred.faults.len(), "fetched from peers");
+    let (commit_ms, faults) = (
+        started.elapsed().as_millis() - transfer_ms,
+        transferred.faults.len(),
+    );
+    tracing::info!(%addr, size = transferred.size, from = %from.join(","), faults, transfer_ms, commit_ms, "fetched from peers");
     if let Err(e) = dht.provide(addr).await {
         tracing::warn!(%addr, error = %e, "cannot announce a fetched object");
     }

@@ -10,8 +10,9 @@
 #         each 16 KiB group against the address, stores it (fsync) and serves it to curl.
 #         Timed from the GET to its last byte; "fetch" is the time to the first byte (the
 #         object is stored and verified before B serves a byte of it).
-# sendme: `sendme send` (relay disabled, addresses-only ticket), then `sendme receive` into an
-#         empty directory, timed to exit; the file is compared with the original.
+# sendme: `sendme send` (relay disabled, addresses-only ticket; a fresh sender per run, its
+#         import not timed), then `sendme receive` into an empty directory, timed to exit;
+#         the file is compared with the original.
 # RUNS (default 3) runs of each, alternating; medians compared.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -62,17 +63,19 @@ ron_run() { # -> "total_GB/s fetch_GB/s"
   echo "$(echo "scale=3; $G / $4 / 1000000000" | bc) $(echo "scale=3; $G / $3 / 1000000000" | bc)"
 }
 
-mkdir -p "$W/sm/recv"; cp -n "$W/rand1g" "$W/sm/file1g" 2>/dev/null || true
-(cd "$W/sm" && rm -rf .sendme-* && exec "$SENDME" send --relay disabled --ticket-type addresses --no-progress file1g > "$W/sm/send.log" 2>&1) &
-PIDS+=($!)
-until grep -q 'sendme receive' "$W/sm/send.log"; do sleep 0.1; done
-TICKET=$(grep -o 'blob[a-z0-9]*' "$W/sm/send.log" | head -1)
-sendme_run() {
+mkdir -p "$W/sm"; cp -n "$W/rand1g" "$W/sm/file1g" 2>/dev/null || true
+sendme_run() { # a fresh sender each run (its import is not timed), then the timed receive
+  rm -f "$W/sm/send.log"
+  (cd "$W/sm" && rm -rf .sendme-* && exec "$SENDME" send --relay disabled --ticket-type addresses --no-progress file1g > "$W/sm/send.log" 2>&1) &
+  local spid=$! s e ticket
+  until grep -q 'sendme receive' "$W/sm/send.log" 2>/dev/null; do sleep 0.1; done
+  ticket=$(grep -o 'blob[a-z0-9]*' "$W/sm/send.log" | head -1)
   rm -rf "$W/sm/recv" && mkdir -p "$W/sm/recv" && sync
-  local s e
   s=$(now)
-  (cd "$W/sm/recv" && timeout 600 "$SENDME" receive --relay disabled --no-progress "$TICKET" > "$W/sm/recv.log" 2>&1)
+  (cd "$W/sm/recv" && timeout 600 "$SENDME" receive --relay disabled --no-progress "$ticket" > "$W/sm/recv.log" 2>&1) ||
+    { echo "sendme receive failed: $(tail -1 "$W/sm/recv.log")" >&2; kill $spid; exit 1; }
   e=$(now)
+  kill $spid; wait $spid 2>/dev/null || true
   cmp -s "$W/sm/recv/file1g" "$W/rand1g" || { echo "bad sendme transfer" >&2; exit 1; }
   gbs "$s" "$e"
 }
