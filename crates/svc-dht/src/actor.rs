@@ -281,6 +281,8 @@ struct Lookup {
     query: QueryId,
     /// Parts still running: the query, and each hedge question.
     open: usize,
+    /// Peers the query had asked, as of its last progress.
+    asked: u32,
     timed_out: bool,
     hedged: bool,
 }
@@ -417,6 +419,7 @@ impl Actor {
                         started: Instant::now(),
                         query,
                         open: 1,
+                        asked: 0,
                         timed_out: false,
                         hedged: false,
                     },
@@ -573,6 +576,9 @@ impl Actor {
                 self.answer(id, Ok(providers.into_iter().collect()));
                 return;
             }
+            // This node's own record, found in its store before the query asked anyone: the
+            // query goes on.
+            Ok(providers) if !hedge && !providers.is_empty() => return,
             Ok(_) => {}
             Err(DhtError::Timeout) => lookup.timed_out = true,
             Err(_) => {}
@@ -593,9 +599,9 @@ impl Actor {
             return;
         };
         self.by_query.remove(&lookup.query);
-        let mut asked = 0;
+        let mut asked = lookup.asked;
         if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&lookup.query) {
-            asked = query.stats().num_requests();
+            asked = asked.max(query.stats().num_requests());
             query.finish();
         }
         let elapsed = lookup.started.elapsed();
@@ -717,11 +723,13 @@ impl Actor {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "p2p listening");
-                // A relay hands its addresses to the nodes it holds reservations for: those it
-                // listens on (not relayed ones) are the addresses its operator offers.
-                if self.swarm.behaviour().relay.is_enabled()
-                    && !address.iter().any(|p| p == Protocol::P2pCircuit)
-                {
+                // The addresses this node listens on are the ones it offers: provider records
+                // carry a node's external addresses, and a node answering a lookup leaves out
+                // a provider it has no address for. Without this, on loopback and private
+                // networks (where nothing confirms an external address) a record would be
+                // handed out only by nodes that happen to know the provider. A relay hands
+                // the same addresses to the nodes it holds reservations for.
+                if !address.iter().any(|p| p == Protocol::P2pCircuit) {
                     self.swarm.add_external_address(address.clone());
                 }
                 self.listen.push(address);
@@ -822,19 +830,22 @@ impl Actor {
                 id,
                 result,
                 step,
-                ..
-            })) => self.query_progressed(id, result, step.last),
+                stats,
+            })) => self.query_progressed(id, result, step.last, stats.num_requests()),
             SwarmEvent::Behaviour(BehaviourEvent::Transfer(event)) => self.transfer(event, served),
             _ => {}
         }
     }
 
-    fn query_progressed(&mut self, query: QueryId, result: QueryResult, last: bool) {
+    fn query_progressed(&mut self, query: QueryId, result: QueryResult, last: bool, asked: u32) {
         match result {
             QueryResult::GetProviders(result) => {
                 let Some(&id) = self.by_query.get(&query) else {
                     return;
                 };
+                if let Some(lookup) = self.lookups.get_mut(&id) {
+                    lookup.asked = lookup.asked.max(asked);
+                }
                 let found = match result {
                     Ok(GetProvidersOk::FoundProviders { providers, .. }) => Ok(providers),
                     Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => Ok(HashSet::new()),

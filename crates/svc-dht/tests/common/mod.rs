@@ -65,8 +65,20 @@ pub fn node(
     rate: u64,
     bootstrap: &[Multiaddr],
 ) -> Node {
+    node_on("/ip4/127.0.0.1/tcp/0", objects, lie_from, rate, bootstrap)
+}
+
+/// Like [`node`], listening on `listen` (QUIC keeps a many-node network in one process within
+/// its file descriptors: one socket per node, not two per connection).
+pub fn node_on(
+    listen: &str,
+    objects: &[Bytes],
+    lie_from: Option<usize>,
+    rate: u64,
+    bootstrap: &[Multiaddr],
+) -> Node {
     let section = P2pSection {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        listen: vec![listen.into()],
         ..P2pSection::default()
     };
     let config = ron_kernel::Config::builder()
@@ -98,7 +110,12 @@ pub fn node(
         metrics: handle.metrics().clone(),
         events: None,
     };
-    tokio::spawn(run(shutdown.clone(), mailbox, setup));
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = run(stop, mailbox, setup).await {
+            eprintln!("a swarm stopped: {e}");
+        }
+    });
     Node { handle, shutdown }
 }
 
