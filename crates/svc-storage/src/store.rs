@@ -517,6 +517,18 @@ fn remove_unpinned(
     budget: Option<u64>,
 ) -> Result<(GcReport, Vec<Address>), StoreError> {
     let mut report = GcReport::default();
+    if let Some(budget) = budget {
+        // Called before every fetch: when all objects together fit the budget (one counter
+        // read), the unpinned ones do too, and nothing is scanned, written or swept.
+        let txn = inner.db.begin_read()?;
+        let logical = txn
+            .open_table(TOTALS)?
+            .get(BYTES_LOGICAL)?
+            .map_or(0, |v| v.value());
+        if logical <= budget {
+            return Ok((report, Vec::new()));
+        }
+    }
     let mut dead_chunks = Vec::new();
     let mut dead_objects = Vec::new();
     let txn = inner.db.begin_write()?;
@@ -538,6 +550,10 @@ fn remove_unpinned(
                 total -= u.size;
             }
             unpinned.truncate(keep);
+            if unpinned.is_empty() {
+                // Within the budget: leave the files alone (no sweep).
+                return Ok((report, Vec::new()));
+            }
         }
         for Unpinned { key, encoded, .. } in unpinned {
             cached.remove(&key)?;
