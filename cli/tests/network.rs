@@ -615,3 +615,246 @@ async fn a_node_nobody_can_dial_is_reached_through_a_relay() {
             + metric(&c, "p2p_holepunch_total{outcome=\"failed\"}").await,
     );
 }
+
+/// Runs `cmd` (whitespace-separated) inside namespace `ns`, failing the test on error.
+fn in_ns(ns: &str, cmd: &str) {
+    ip(&format!("netns exec {ns} {cmd}"))
+}
+
+/// Two home networks behind NATs, joined by an "internet" namespace: node C behind one NAT,
+/// node A behind the other, the relay R on the internet side.
+///
+/// Each NAT is a router namespace doing what home routers do: it rewrites the private source
+/// (MASQUERADE, which keeps the port when it can), lets in only what answers a flow started
+/// from inside, and drops everything else unsolicited, so nothing from outside can open a
+/// connection to C or A. The test's own HTTP reaches each node over a link of its own that
+/// nothing routes to.
+struct NatLab {
+    ns: Vec<String>,
+    tag: String,
+    octet: u32,
+}
+
+impl NatLab {
+    fn create() -> NatLab {
+        let id = std::process::id() % 100_000;
+        let (tag, octet) = (format!("n{id}"), id % 200 + 20);
+        let names = ["inet", "rc", "ra", "nc", "na"].map(|n| format!("{tag}{n}"));
+        for name in &names {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", name])
+                .output();
+            ip(&format!("netns add {name}"));
+            in_ns(name, "ip link set lo up");
+        }
+        let lab = NatLab {
+            ns: names.to_vec(),
+            tag,
+            octet,
+        };
+        let (t, o) = (&lab.tag, octet);
+        lab.forward("inet");
+        // This side <-> the internet: the relay's HTTP.
+        ip(&format!("link add {t}hi type veth peer name {t}ih"));
+        ip(&format!("link set {t}ih netns {t}inet"));
+        ip(&format!("addr add 10.94.{o}.1/24 dev {t}hi"));
+        ip(&format!("link set {t}hi up"));
+        in_ns(
+            &format!("{t}inet"),
+            &format!("ip addr add 10.94.{o}.2/24 dev {t}ih"),
+        );
+        in_ns(&format!("{t}inet"), &format!("ip link set {t}ih up"));
+        for (x, net, http) in [("c", 91, 95), ("a", 92, 96)] {
+            let (inet, router, node) = (format!("{t}inet"), format!("{t}r{x}"), format!("{t}n{x}"));
+            // Internet <-> router: the NAT's public side.
+            in_ns(
+                &inet,
+                &format!("ip link add {t}i{x} type veth peer name {t}p{x} netns {router}"),
+            );
+            in_ns(&inet, &format!("ip addr add 10.{net}.1.1/24 dev {t}i{x}"));
+            in_ns(&inet, &format!("ip link set {t}i{x} up"));
+            in_ns(&router, &format!("ip addr add 10.{net}.1.2/24 dev {t}p{x}"));
+            in_ns(&router, &format!("ip link set {t}p{x} up"));
+            in_ns(&router, &format!("ip route add default via 10.{net}.1.1"));
+            // Router <-> node: the home network.
+            in_ns(
+                &router,
+                &format!("ip link add {t}l{x} type veth peer name {t}n{x} netns {node}"),
+            );
+            in_ns(
+                &router,
+                &format!("ip addr add 192.168.{net}.1/24 dev {t}l{x}"),
+            );
+            in_ns(&router, &format!("ip link set {t}l{x} up"));
+            in_ns(
+                &node,
+                &format!("ip addr add 192.168.{net}.2/24 dev {t}n{x}"),
+            );
+            in_ns(&node, &format!("ip link set {t}n{x} up"));
+            in_ns(&node, &format!("ip route add default via 192.168.{net}.1"));
+            lab.forward(&format!("r{x}"));
+            let public = format!("{t}p{x}");
+            in_ns(
+                &router,
+                &format!("iptables -t nat -A POSTROUTING -o {public} -j MASQUERADE"),
+            );
+            in_ns(
+                &router,
+                &format!(
+                    "iptables -A FORWARD -i {public} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+                ),
+            );
+            in_ns(&router, &format!("iptables -A FORWARD -i {public} -j DROP"));
+            // Dropped before conntrack confirms it, an unsolicited packet leaves no state
+            // behind that would make the NAT pick another port for the node's own flow.
+            in_ns(
+                &router,
+                &format!("iptables -A INPUT -i {public} -m conntrack --ctstate NEW -j DROP"),
+            );
+            // This side <-> node: the test's HTTP only.
+            ip(&format!("link add {t}h{x} type veth peer name {t}g{x}"));
+            ip(&format!("link set {t}g{x} netns {node}"));
+            ip(&format!("addr add 10.{http}.{o}.1/24 dev {t}h{x}"));
+            ip(&format!("link set {t}h{x} up"));
+            in_ns(
+                &node,
+                &format!("ip addr add 10.{http}.{o}.2/24 dev {t}g{x}"),
+            );
+            in_ns(&node, &format!("ip link set {t}g{x} up"));
+        }
+        lab
+    }
+
+    fn name(&self, short: &str) -> String {
+        format!("{}{short}", self.tag)
+    }
+
+    fn forward(&self, short: &str) {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name(short), "sh", "-c"])
+            .arg("echo 1 > /proc/sys/net/ipv4/ip_forward")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "forwarding on in {short}");
+    }
+}
+
+impl Drop for NatLab {
+    fn drop(&mut self) {
+        for name in &self.ns {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", name])
+                .output();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_node_behind_a_nat_is_reached_by_hole_punching() {
+    let lab = NatLab::create();
+    let o = lab.octet;
+    let dir = tempfile::tempdir().unwrap();
+    config(&dir.path().join("r"), "[p2p]\nrelay_server = true\n");
+    let relay = Node::start_in_netns(
+        &lab.name("inet"),
+        &format!("10.94.{o}.2:0"),
+        &dir.path().join("r"),
+        &[
+            "--p2p-listen",
+            "/ip4/10.91.1.1/udp/0/quic-v1",
+            "--p2p-listen",
+            "/ip4/10.92.1.1/udp/0/quic-v1",
+        ],
+    )
+    .await;
+    let status = relay
+        .wait_status("the relay listening twice", |s| {
+            s["p2p"]["listen"].as_array().is_some_and(|l| l.len() >= 2)
+        })
+        .await;
+    let on = |prefix: &str| {
+        status["p2p"]["listen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| a.starts_with(&format!("/ip4/{prefix}/")))
+            .unwrap()
+            .to_owned()
+    };
+    let (relay_c, relay_a) = (on("10.91.1.1"), on("10.92.1.1"));
+    let behind_nat = |x: &str, net: u8, relay: &str| {
+        (
+            lab.name(&format!("n{x}")),
+            vec![
+                "--p2p-listen".to_owned(),
+                format!("/ip4/192.168.{net}.2/udp/0/quic-v1"),
+                "--bootstrap".to_owned(),
+                relay.to_owned(),
+                "--relay".to_owned(),
+                relay.to_owned(),
+            ],
+        )
+    };
+    let (ns_c, flags_c) = behind_nat("c", 91, &relay_c);
+    let flags_c: Vec<&str> = flags_c.iter().map(String::as_str).collect();
+    let c = Node::start_in_netns(
+        &ns_c,
+        &format!("10.95.{o}.2:0"),
+        &dir.path().join("c"),
+        &flags_c,
+    )
+    .await;
+    c.wait_status("C's reservation on the relay", |s| {
+        s["p2p"]["listen"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|a| a.as_str().is_some_and(|a| a.contains("/p2p-circuit")))
+        })
+    })
+    .await;
+    let first = data(400_000, 61);
+    let second = data(700_000, 62);
+    let (addr1, addr2) = (c.put(first.clone()).await, c.put(second.clone()).await);
+    let c_id = p2p_addr(&c).await.rsplit('/').next().unwrap().to_owned();
+
+    let (ns_a, flags_a) = behind_nat("a", 92, &relay_a);
+    let flags_a: Vec<&str> = flags_a.iter().map(String::as_str).collect();
+    let a = Node::start_in_netns(
+        &ns_a,
+        &format!("10.96.{o}.2:0"),
+        &dir.path().join("a"),
+        &flags_a,
+    )
+    .await;
+    // The first connection between A and C can only be relayed; over it, DCUtR has both
+    // sides send to each other's NAT at once, which opens both NATs to the other's flow.
+    let got = get_until_found(&a, &addr1, "A fetching C's object").await;
+    assert!(got == first, "identical bytes");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let punched = loop {
+        let ok = metric(&a, "p2p_holepunch_total{outcome=\"ok\"}").await
+            + metric(&c, "p2p_holepunch_total{outcome=\"ok\"}").await;
+        if ok > 0.0 {
+            break ok;
+        }
+        assert!(Instant::now() < deadline, "no hole punched in 60 s");
+        sleep(Duration::from_millis(250)).await;
+    };
+    let failed = metric(&a, "p2p_holepunch_total{outcome=\"failed\"}").await
+        + metric(&c, "p2p_holepunch_total{outcome=\"failed\"}").await;
+
+    // The proof that the path is direct: with the relay gone, A still finds and fetches C's
+    // second object, over the connection the punch opened.
+    drop(relay);
+    let got = get_until_found(&a, &addr2, "A fetching from C with the relay gone").await;
+    assert!(got == second, "identical bytes over the direct connection");
+    let peers = a.status().await["p2p"]["peers"].clone();
+    assert!(
+        peers.as_array().unwrap().iter().any(|p| p == c_id.as_str()),
+        "A stays connected to C: {peers}"
+    );
+    println!(
+        "hole punching: {punched} punched ({failed} failed attempts first); with the relay gone \
+         A fetched 700 KB from C directly; A's peers {peers}"
+    );
+}
