@@ -68,10 +68,9 @@ const RELISTEN: Duration = Duration::from_secs(2);
 const SEEDS: usize = 64;
 /// Peers from the routing table redialled at once when isolated, besides the bootstrap list.
 const REDIAL_PEERS: usize = 16;
-/// Liveness: a ping per connection this often, each failing after this long; libp2p reports
-/// the second failure in a row, and the connection is closed then (a dead path is noticed
-/// within about 16 s).
-const PING_EVERY: Duration = Duration::from_secs(3);
+/// Liveness: a ping per connection every `p2p.ping_interval_ms`, each failing after this long;
+/// libp2p reports the second failure in a row, and the connection is closed then (at the
+/// default 3 s interval a dead path is noticed within about 16 s).
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What [`run`] builds a swarm from; cloned for each start under the supervisor.
@@ -143,6 +142,7 @@ pub async fn run(
         events,
     } = setup;
     let (use_mdns, relay_server) = (section.mdns, section.relay_server);
+    let ping_every = Duration::from_millis(section.ping_interval_ms);
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -178,7 +178,7 @@ pub async fn run(
                 ),
                 ping: ping::Behaviour::new(
                     ping::Config::new()
-                        .with_interval(PING_EVERY)
+                        .with_interval(ping_every)
                         .with_timeout(PING_TIMEOUT),
                 ),
                 mdns: Toggle::from(mdns),

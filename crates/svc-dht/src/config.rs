@@ -32,6 +32,11 @@ pub struct P2pSection {
     /// Serve as a relay for other nodes (circuits of up to 10 minutes and 256 MiB; libp2p's
     /// limits on reservations and circuits). Fixed at start.
     pub relay_server: bool,
+    /// How often each connected peer is pinged (milliseconds, default 3000, at least 500). A
+    /// peer that misses two pings (5 s timeout each) is disconnected, so this sets how soon a
+    /// node notices a dead link or a partition, against the pings it sends: one per peer per
+    /// interval. Fixed at start.
+    pub ping_interval_ms: u64,
 }
 
 impl Default for P2pSection {
@@ -48,6 +53,7 @@ impl Default for P2pSection {
             mdns: false,
             relays: Vec::new(),
             relay_server: false,
+            ping_interval_ms: 3000,
         }
     }
 }
@@ -72,6 +78,12 @@ impl Section for P2pSection {
                 "must be between 100 and 600000",
             ));
         }
+        if !(500..=600_000).contains(&self.ping_interval_ms) {
+            return Err(FieldError::new(
+                "ping_interval_ms",
+                "must be between 500 and 600000",
+            ));
+        }
         if self.peer_bytes_per_sec != 0 && self.peer_bytes_per_sec < 65_536 {
             return Err(FieldError::new(
                 "peer_bytes_per_sec",
@@ -86,6 +98,11 @@ impl Section for P2pSection {
         unchanged("bootstrap", &self.bootstrap, &next.bootstrap)?;
         unchanged("mdns", &self.mdns, &next.mdns)?;
         unchanged("relays", &self.relays, &next.relays)?;
-        unchanged("relay_server", &self.relay_server, &next.relay_server)
+        unchanged("relay_server", &self.relay_server, &next.relay_server)?;
+        unchanged(
+            "ping_interval_ms",
+            &self.ping_interval_ms,
+            &next.ping_interval_ms,
+        )
     }
 }

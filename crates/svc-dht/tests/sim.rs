@@ -4,6 +4,7 @@
 //!   cargo test -p svc-dht --release --test sim -- --ignored --nocapture
 //!   RON_SIM_NODES=300 cargo test -p svc-dht --release --test sim -- --ignored --nocapture
 //!   RON_SIM_LISTEN=/ip4/127.0.0.1/tcp/0 RON_SIM_NODES=60 ...   (TCP; fewer nodes fit the fds)
+//!   RON_SIM_PING_MS=3000 ...   (each node's ping interval; 30 s here, 3 s in a node by default)
 //!
 //! Each node listens on QUIC (one socket per node: TCP would take two descriptors per
 //! connection, and hundreds of nodes in one process run out) and joins through up to three
@@ -19,8 +20,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{address_of, node_on};
+use common::{address_of, node_with};
 use ron_proto::Address;
+use svc_dht::P2pSection;
 use tokio::sync::mpsc;
 
 fn pick(rng: &mut u64, n: usize) -> usize {
@@ -42,6 +44,13 @@ async fn lookups_across_hundreds_of_nodes_take_about_log2_n_rounds() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
+    // Every node pings each peer it is connected to; in one process nearly every node ends up
+    // connected to every other, so at 200 nodes the default 3 s would be ~13,000 pings a second
+    // on two cores. Nodes of a real network each do their own 1/N of that.
+    let ping_ms: u64 = std::env::var("RON_SIM_PING_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30_000);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let objects: Vec<Bytes> = (0..64u32)
         .map(|i| Bytes::from(format!("object {i} of the simulation").repeat(40)))
@@ -66,14 +75,15 @@ async fn lookups_across_hundreds_of_nodes_take_about_log2_n_rounds() {
                 .map(|_| addrs[pick(&mut rng, i)].clone())
                 .collect()
         };
-        let node = node_on(
-            &std::env::var("RON_SIM_LISTEN")
-                .unwrap_or_else(|_| "/ip4/127.0.0.1/udp/0/quic-v1".into()),
-            &held,
-            None,
-            0,
-            &bootstrap,
-        );
+        let section = P2pSection {
+            listen: vec![
+                std::env::var("RON_SIM_LISTEN")
+                    .unwrap_or_else(|_| "/ip4/127.0.0.1/udp/0/quic-v1".into()),
+            ],
+            ping_interval_ms: ping_ms,
+            ..P2pSection::default()
+        };
+        let node = node_with(section, &held, None, 0, &bootstrap);
         addrs.push(address_of(&node.handle).await);
         nodes.push(node);
     }

@@ -81,6 +81,17 @@ pub fn node_on(
         listen: vec![listen.into()],
         ..P2pSection::default()
     };
+    node_with(section, objects, lie_from, rate, bootstrap)
+}
+
+/// [`node_on`] with a whole `[p2p]` section.
+pub fn node_with(
+    section: P2pSection,
+    objects: &[Bytes],
+    lie_from: Option<usize>,
+    rate: u64,
+    bootstrap: &[Multiaddr],
+) -> Node {
     let config = ron_kernel::Config::builder()
         .register::<P2pSection>()
         .set("p2p.peer_bytes_per_sec", i64::try_from(rate).unwrap())
