@@ -11,7 +11,7 @@ use ron_kernel::Config;
 use ron_proto::Address;
 use svc_dht::{DhtError, DhtHandle, P2pSection};
 use svc_discovery::PeerTable;
-use svc_gateway::{FetchError, GatewaySection};
+use svc_gateway::{FetchError, GatewaySection, Incoming};
 use svc_overlay::OverlayHandle;
 use svc_storage::PutOptions;
 use tokio::sync::mpsc;
@@ -85,13 +85,39 @@ impl svc_gateway::Network for PeerNetwork {
             let result = tokio::time::timeout(deadline, fetch(&dht, overlay, addr, max, budget))
                 .await
                 .unwrap_or(Err(FetchError::Timeout));
-            dht.metrics().fetch_ended(match &result {
-                Ok(()) => "ok",
-                Err(FetchError::NotFound(_)) => "not_found",
-                Err(FetchError::Timeout) => "timeout",
-                Err(FetchError::Unavailable(_)) => "failed",
-            });
+            dht.metrics().fetch_ended(outcome(&result));
             result
+        }
+        .boxed()
+    }
+
+    fn stream(&self, addr: Address) -> BoxFuture<'static, Result<Incoming, FetchError>> {
+        let (dht, overlay) = (self.dht.clone(), self.overlay.clone());
+        let p2p = self.config.get::<P2pSection>();
+        let deadline = Duration::from_millis(p2p.fetch_timeout_ms);
+        let budget = p2p.cache_bytes;
+        let max = self.config.get::<GatewaySection>().max_put_bytes;
+        async move {
+            // The deadline covers finding the object and proving its size; the transfer then
+            // runs while it makes progress (every range request has its own timeout).
+            let ready = tokio::time::timeout(deadline, prepare(&dht, overlay, addr, max, budget))
+                .await
+                .unwrap_or(Err(FetchError::Timeout));
+            let ready = match ready {
+                Ok(ready) => ready,
+                Err(e) => {
+                    dht.metrics().fetch_ended(outcome(&Err(e.clone())));
+                    return Err(e);
+                }
+            };
+            let size = ready.probe.size;
+            let (tx, rx) = mpsc::channel(PIPELINE);
+            // Its own task: the copy is stored even when the client leaves.
+            tokio::spawn(async move {
+                let result = transfer(&dht, ready, Some(tx)).await;
+                dht.metrics().fetch_ended(outcome(&result));
+            });
+            Ok(Incoming { size, bytes: rx })
         }
         .boxed()
     }
@@ -116,6 +142,16 @@ impl svc_gateway::Network for PeerNetwork {
     }
 }
 
+/// The `outcome` label of `p2p_fetches_total`.
+fn outcome(result: &Result<(), FetchError>) -> &'static str {
+    match result {
+        Ok(()) => "ok",
+        Err(FetchError::NotFound(_)) => "not_found",
+        Err(FetchError::Timeout) => "timeout",
+        Err(FetchError::Unavailable(_)) => "failed",
+    }
+}
+
 /// Looks `addr` up, proves its size with one provider, makes room for it in the fetch cache,
 /// and transfers it from all its providers into the store (unpinned, each group verified on
 /// arrival and the whole address checked again before anything is committed); announces the
@@ -127,6 +163,25 @@ async fn fetch(
     max: u64,
     budget: u64,
 ) -> Result<(), FetchError> {
+    let ready = prepare(dht, overlay, addr, max, budget).await?;
+    transfer(dht, ready, None).await
+}
+
+/// A fetch with its providers found, the object's size proven and room made for it.
+struct Ready {
+    providers: Vec<svc_dht::PeerId>,
+    probe: svc_dht::Probe,
+    upload: svc_overlay::Upload,
+}
+
+/// The first half of a fetch: lookup, size proof, room in the cache, an upload started.
+async fn prepare(
+    dht: &DhtHandle,
+    overlay: OverlayHandle,
+    addr: Address,
+    max: u64,
+    budget: u64,
+) -> Result<Ready, FetchError> {
     let providers = match dht.providers(addr).await {
         Ok(providers) => providers,
         Err(DhtError::Timeout) => return Err(FetchError::Timeout),
@@ -137,7 +192,6 @@ async fn fetch(
     if providers.is_empty() {
         return Err(FetchError::NotFound(addr));
     }
-    let unavailable = |e: DhtError| FetchError::Unavailable(e.to_string());
     let probe = dht
         .probe(addr, &providers, max.min(budget))
         .await
@@ -145,7 +199,7 @@ async fn fetch(
             DhtError::TooLarge { size, .. } if size > budget => FetchError::Unavailable(format!(
                 "{addr} is {size} bytes, over the fetch cache's budget (p2p.cache_bytes = {budget})"
             )),
-            e => unavailable(e),
+            e => FetchError::Unavailable(e.to_string()),
         })?;
     make_room(dht, &overlay, budget.saturating_sub(probe.size)).await;
     let options = PutOptions {
@@ -154,22 +208,62 @@ async fn fetch(
         max_bytes: Some(max),
         unpinned: true,
     };
-    let mut upload = overlay
+    let upload = overlay
         .writer(options)
         .map_err(|e| FetchError::Unavailable(e.to_string()))?;
+    Ok(Ready {
+        providers,
+        probe,
+        upload,
+    })
+}
+
+/// The second half: the transfer into the store, each verified piece also handed to `tee`
+/// while it listens; the commit; the announcement.
+async fn transfer(
+    dht: &DhtHandle,
+    ready: Ready,
+    mut tee: Option<mpsc::Sender<Result<Bytes, String>>>,
+) -> Result<(), FetchError> {
+    let Ready {
+        providers,
+        probe,
+        mut upload,
+    } = ready;
+    let addr = probe.addr;
+    let unavailable = |e: DhtError| FetchError::Unavailable(e.to_string());
     let (tx, mut rx) = mpsc::channel::<Bytes>(PIPELINE);
     let started = std::time::Instant::now();
     let transfer = dht.transfer(probe, &providers, tx);
     let writer = &mut upload.writer;
+    let tee_ref = &mut tee;
     let store = async move {
         while let Some(bytes) = rx.recv().await {
+            if let Some(listener) = tee_ref
+                && listener.send(Ok(bytes.clone())).await.is_err()
+            {
+                // The client went away: the copy is still worth storing.
+                *tee_ref = None;
+            }
             writer.write(&bytes).await.map_err(|e| e.to_string())?;
         }
         Ok::<(), String>(())
     };
     let (transferred, stored) = tokio::join!(transfer, store);
-    let transferred = transferred.map_err(unavailable)?;
-    stored.map_err(FetchError::Unavailable)?;
+    let result = transferred
+        .map_err(unavailable)
+        .and_then(|t| stored.map(|()| t).map_err(FetchError::Unavailable));
+    let transferred = match result {
+        Ok(t) => t,
+        Err(e) => {
+            if let Some(listener) = tee {
+                let _ = listener.send(Err(e.to_string())).await;
+            }
+            return Err(e);
+        }
+    };
+    // Every byte has been handed on; the client's response ends when `tee` drops.
+    drop(tee);
     let transfer_ms = started.elapsed().as_millis();
     // The store checks the address again before anything becomes visible.
     upload

@@ -82,16 +82,22 @@ async fn five_nodes_find_and_verify_each_others_objects() {
         }
     }
     assert!(got.unwrap() == bytes, "node 5 served node 2's bytes");
-    // Node 5 now holds a copy (unpinned) and provides it too.
-    let stat: Value = nodes[4]
-        .anonymous()
-        .get(format!("{}/stat/{addr}", nodes[4].url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // Node 5 now holds a copy (unpinned) and provides it too: committed just after the last
+    // byte was sent (the response streams as the transfer verifies).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stat = loop {
+        let res = nodes[4]
+            .anonymous()
+            .get(format!("{}/stat/{addr}", nodes[4].url))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 200 {
+            break res.json::<Value>().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "node 5 never stored its copy");
+        sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(stat["pinned"], false, "{stat}");
 
     // PUT over OAP/1 on node 3, GET over HTTP on node 1.
@@ -224,6 +230,66 @@ async fn a_transfer_survives_its_only_original_provider_dying() {
     );
     assert!(metric(&reader, "p2p_peer_faults_total{fault=\"dead\"}").await >= 1.0);
     println!("12 MiB: node 1 killed {at_kill} bytes into node 3's transfer; node 2 finished it");
+}
+
+#[tokio::test]
+async fn a_get_streams_while_the_transfer_verifies_and_is_cut_short_when_it_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let paced = "[p2p]\npeer_bytes_per_sec = 2097152\nfetch_timeout_ms = 60000\n";
+    for n in ["n1", "n2"] {
+        config(&dir.path().join(n), paced);
+    }
+    let mut origin = Node::start(&dir.path().join("n1"), &[]).await;
+    let seed = p2p_addr(&origin).await;
+    let reader = Node::start(&dir.path().join("n2"), &["--bootstrap", &seed]).await;
+    reader
+        .wait_status("a peer", |s| {
+            s["p2p"]["peers"].as_array().is_some_and(|p| !p.is_empty())
+        })
+        .await;
+    let size = 12 << 20;
+    let bytes = data(size, 71);
+    let addr = origin.put(bytes.clone()).await;
+
+    // The answer starts once the size is proven, long before node 1 (2 MiB/s) has sent it all.
+    let mut res = reader
+        .anonymous()
+        .get(format!("{}/o/{addr}", reader.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.content_length(), Some(size as u64));
+    let mut got = Vec::new();
+    while got.len() < 2 << 20 {
+        let piece = res
+            .chunk()
+            .await
+            .unwrap()
+            .expect("bytes while the transfer runs");
+        got.extend_from_slice(&piece);
+    }
+    // The only provider dies: the response is cut short, and what came is the object's prefix.
+    origin.child.kill().await.unwrap();
+    loop {
+        match res.chunk().await {
+            Ok(Some(piece)) => got.extend_from_slice(&piece),
+            Ok(None) => panic!("a response ended whole with {} of {size} bytes", got.len()),
+            Err(_) => break,
+        }
+    }
+    assert!(got.len() < size, "node 1 died mid-transfer");
+    assert!(
+        got == bytes[..got.len()],
+        "a verified prefix, never a wrong byte"
+    );
+    // Nothing half-stored.
+    let (status, body) = reader.get(&format!("/stat/{addr}")).await;
+    assert_eq!(status, 404, "{body}");
+    println!(
+        "streamed: {} of {size} bytes sent before the provider died, then the response was cut",
+        got.len()
+    );
 }
 
 /// A provider that lies: it holds the object's outboard (so its parent hashes and its proof of

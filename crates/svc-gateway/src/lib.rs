@@ -25,7 +25,7 @@ mod tls;
 pub use admin::{AppState, StatusExtra, Traffic, router};
 pub use config::GatewaySection;
 pub use error::error_response;
-pub use network::{FetchError, Network};
+pub use network::{FetchError, Incoming, Network};
 pub use objects::EXPECT_ADDRESS;
 #[cfg(feature = "http3")]
 pub use tls::serve_h3;

@@ -2,8 +2,10 @@
 //! it lacks from other nodes. The node supplies the implementation (over `svc-dht`); a node
 //! without a peer network has none and answers 404 for what it does not hold.
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use ron_proto::Address;
+use tokio::sync::mpsc;
 
 /// Why an object could not be fetched from other nodes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,6 +21,17 @@ pub enum FetchError {
     Unavailable(String),
 }
 
+/// An object arriving from other nodes, handed on as it is verified.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The object's size (proven before any byte is handed on).
+    pub size: u64,
+    /// The object's bytes in order, each verified against its address before it is sent
+    /// here. An `Err` ends it early: the transfer failed, and the bytes so far are all there
+    /// will be. Storing goes on while the receiver is dropped.
+    pub bytes: mpsc::Receiver<Result<Bytes, String>>,
+}
+
 /// The peer network: the node's implementation of it.
 pub trait Network: std::fmt::Debug + Send + Sync + 'static {
     /// This node now holds `addr`: announce it as a provider.
@@ -27,6 +40,10 @@ pub trait Network: std::fmt::Debug + Send + Sync + 'static {
     fn withdrawn(&self, addr: Address);
     /// Finds `addr` on other nodes and stores a verified, unpinned copy here.
     fn fetch(&self, addr: Address) -> BoxFuture<'static, Result<(), FetchError>>;
+    /// Finds `addr` on other nodes and starts fetching it: answers once its size is proven,
+    /// with its verified bytes to follow in order while a copy is stored here as in
+    /// [`Network::fetch`].
+    fn stream(&self, addr: Address) -> BoxFuture<'static, Result<Incoming, FetchError>>;
     /// The network's part of `/status` (addresses, peers).
     fn status(&self) -> BoxFuture<'static, Option<serde_json::Value>>;
 }
