@@ -34,9 +34,9 @@ use crate::verify::GROUP_BYTES;
 /// Answers from the node's store to peers' requests, queued for the actor.
 const SERVED: usize = 64;
 /// Peer requests being read from the store at once; more are refused (503).
-const SERVING: usize = 32;
+const SERVING: usize = 64;
 /// Requests of one peer being answered at once; more are refused (429).
-const SERVING_PER_PEER: usize = 8;
+const SERVING_PER_PEER: usize = 24;
 /// Bytes a peer may take at once above its rate, in seconds of the rate.
 const BURST: Duration = Duration::from_secs(1);
 /// The longest a paced answer waits; a request that would wait longer is refused (429).

@@ -13,8 +13,10 @@ pub struct P2pSection {
     /// Peers to join the network through, as multiaddrs (with `/p2p/<id>` when known);
     /// `--bootstrap` adds to them.
     pub bootstrap: Vec<String>,
-    /// How long a GET for an object this node lacks may spend finding and fetching it from
-    /// other nodes before it answers 504 (milliseconds, default 10000). Live.
+    /// How long a GET for an object this node lacks may spend finding it on other nodes and
+    /// proving its size before it answers 504 (milliseconds, default 10000); a whole-object
+    /// GET then streams the transfer while it makes progress, a HEAD or range request waits
+    /// for the whole fetch within this. Live.
     pub fetch_timeout_ms: u64,
     /// Bytes per second this node sends one peer (answers are paced past a one-second burst;
     /// 0: unlimited; default 64 MiB/s). Live.

@@ -22,9 +22,9 @@ use crate::node::{DhtError, DhtHandle};
 use crate::verify::{GROUP_BYTES, Verified, decode};
 
 /// Range requests in flight for one fetch, over all its providers.
-pub const INFLIGHT: usize = 8;
+pub const INFLIGHT: usize = 24;
 /// Range requests in flight to one provider for one fetch.
-pub const PER_PEER: usize = 4;
+pub const PER_PEER: usize = 16;
 /// How far past the next byte to hand on a fetch may request: bounds what waits in memory
 /// for an earlier range.
 const WINDOW: u64 = 2 * INFLIGHT as u64 * MAX_RANGE;
