@@ -498,7 +498,16 @@ async fn get_until_found(node: &Node, addr: &str, what: &str) -> Vec<u8> {
             .await
             .unwrap();
         match res.status().as_u16() {
-            200 => return res.bytes().await.unwrap().to_vec(),
+            // A streamed answer cut short (its transfer failed part-way) is asked again, as a
+            // client would.
+            200 => match res.bytes().await {
+                Ok(bytes) => return bytes.to_vec(),
+                Err(e) if Instant::now() < deadline => {
+                    println!("{what}: the answer was cut short ({e}); asking again");
+                    sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("{what}: the answer was cut short: {e}"),
+            },
             404 | 503 | 504 if Instant::now() < deadline => sleep(Duration::from_millis(500)).await,
             other => panic!("{what}: {other} {}", res.text().await.unwrap()),
         }

@@ -32,6 +32,10 @@ const WINDOW: u64 = 2 * INFLIGHT as u64 * MAX_RANGE;
 const GOOD: i64 = 1;
 const DEAD: i64 = -20;
 const LIE: i64 = -1_000;
+/// A provider whose requests fail as dead (its connection dropped, a dial failed) is asked
+/// again once, after this pause, before it leaves the fetch: a connection can close while the
+/// peer lives (a relayed one replaced by a direct one, a NAT binding expiring).
+const DEAD_PAUSE: Duration = Duration::from_secs(1);
 /// Scores kept (the best-known peers win when the table is full).
 const SCORES: usize = 4096;
 
@@ -92,12 +96,17 @@ struct Provider {
     inflight: usize,
     /// Busy until then.
     until: Option<Instant>,
-    /// Out of this fetch: dead, lying or without the object.
+    /// Out of this fetch: dead twice, lying or without the object.
     gone: bool,
+    /// Times it was found dead; a request sent before the last of them failing tells
+    /// nothing new.
+    deaths: u32,
     delivered: u64,
 }
 
-type Answer = (usize, u64, u64, Result<TransferReply, DhtError>);
+/// A range answer: from which provider (and at which of its deaths it was asked), for which
+/// range.
+type Answer = (usize, u32, u64, u64, Result<TransferReply, DhtError>);
 
 impl DhtHandle {
     /// Finds, among `providers` (best scored first), one that holds `addr` and proves its
@@ -239,6 +248,7 @@ impl DhtHandle {
                 inflight: 0,
                 until: None,
                 gone: false,
+                deaths: 0,
                 delivered: if id == peer { tail_len } else { 0 },
             })
             .collect();
@@ -281,10 +291,10 @@ impl DhtHandle {
                 let Some(i) = free else { break };
                 wanted.remove(&start);
                 peers[i].inflight += 1;
-                let (this, id) = (self.clone(), peers[i].id);
+                let (this, id, deaths) = (self.clone(), peers[i].id, peers[i].deaths);
                 inflight.push(Box::pin(async move {
                     let request = TransferRequest::Range { addr, start, end };
-                    (i, start, end, this.request(id, request).await)
+                    (i, deaths, start, end, this.request(id, request).await)
                 }));
             }
             // Hand on what is ready, in order.
@@ -317,7 +327,7 @@ impl DhtHandle {
                 tokio::time::sleep_until(wake).await;
                 continue;
             }
-            let Some((i, start, end, answer)) = inflight.next().await else {
+            let Some((i, deaths, start, end, answer)) = inflight.next().await else {
                 continue;
             };
             peers[i].inflight -= 1;
@@ -350,7 +360,13 @@ impl DhtHandle {
                         self.metrics.fault("busy");
                     } else if fault == "stopped" {
                         return Err(DhtError::Stopped);
-                    } else if !peers[i].gone {
+                    } else if peers[i].gone || (fault == "dead" && deaths < peers[i].deaths) {
+                        // Already out, or asked before its last death: counted then.
+                    } else if fault == "dead" && peers[i].deaths == 0 {
+                        peers[i].deaths = 1;
+                        peers[i].until = Some(Instant::now() + DEAD_PAUSE);
+                        self.fault(id, fault, &mut report.faults, why);
+                    } else {
                         peers[i].gone = true;
                         self.fault(id, fault, &mut report.faults, why);
                     }

@@ -192,6 +192,23 @@ async fn a_transfer_resumes_from_another_provider_when_one_dies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_only_provider_failing_a_request_is_asked_again_after_a_pause() {
+    let object = pattern(3_000_000, 17);
+    let addr = Address::of(&object);
+    let a = node(std::slice::from_ref(&object), None, 0, &[]);
+    let c = node(&[], None, 0, &[address_of(&a.handle).await]);
+    wait_for_peers(&c.handle, 1).await;
+    // Its answer for the first range fails once, as a dropped connection or a failing disk
+    // would: the provider is set aside for a second, then asked again, and delivers.
+    a.failures.store(1, std::sync::atomic::Ordering::SeqCst);
+    let (got, report) = fetch(&c.handle, &[a.handle.peer_id()], addr).await.unwrap();
+    assert!(got == object, "identical bytes from the one provider");
+    assert_eq!(report.faults.len(), 1, "{:?}", report.faults);
+    assert!(report.faults[0].contains("dead"), "{:?}", report.faults);
+    assert_eq!(a.failures.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_lookup_is_hedged_and_the_hedge_answers() {
     use libp2p::kad::{KBucketKey, RecordKey};
     let object = pattern(40_000, 3);

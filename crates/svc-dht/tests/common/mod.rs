@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bao_tree::io::outboard::PreOrderMemOutboard;
@@ -19,10 +20,12 @@ pub const BLOCK: BlockSize = BlockSize::from_chunk_log(ron_proto::oap::GROUP_CHU
 
 /// Objects in memory with their outboards. A liar serves, from `lie_from` on, bytes with one
 /// bit flipped in every group, under honest parent hashes: its lies pass until a group's
-/// bytes are checked.
+/// bytes are checked. While `failures` is above zero, a request for a range starting at
+/// byte 0 fails (an internal error), counting it down.
 pub struct Memory {
     objects: HashMap<Address, (Bytes, Arc<PreOrderMemOutboard>)>,
     lie_from: Option<usize>,
+    failures: Arc<AtomicUsize>,
 }
 
 impl Source for Memory {
@@ -37,6 +40,14 @@ impl Source for Memory {
         start: u64,
         end: u64,
     ) -> BoxFuture<'static, Result<Option<(u64, Bytes)>, String>> {
+        if start == 0
+            && self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return async { Err("a hiccup".to_owned()) }.boxed();
+        }
         let got = self.objects.get(&addr).map(|(data, outboard)| {
             let mut served = data.to_vec();
             if let Some(from) = self.lie_from {
@@ -57,6 +68,8 @@ impl Source for Memory {
 pub struct Node {
     pub handle: DhtHandle,
     pub shutdown: CancellationToken,
+    /// Requests from byte 0 this node's source fails before it serves them again.
+    pub failures: Arc<AtomicUsize>,
 }
 
 pub fn node(
@@ -106,7 +119,9 @@ pub fn node_with(
             })
             .collect(),
         lie_from,
+        failures: Arc::new(AtomicUsize::new(0)),
     };
+    let failures = source.failures.clone();
     let keypair = libp2p::identity::Keypair::generate_ed25519();
     let peer_id = keypair.public().to_peer_id();
     let (tx, mailbox) = supervisor::mailbox(64);
@@ -127,7 +142,11 @@ pub fn node_with(
             eprintln!("a swarm stopped: {e}");
         }
     });
-    Node { handle, shutdown }
+    Node {
+        handle,
+        shutdown,
+        failures,
+    }
 }
 
 pub async fn address_of(node: &DhtHandle) -> Multiaddr {
