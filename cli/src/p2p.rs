@@ -58,6 +58,19 @@ pub(crate) struct PeerNetwork {
     pub(crate) config: Config,
 }
 
+impl PeerNetwork {
+    /// What bounds a fetch, read live: its deadline (`p2p.fetch_timeout_ms`), the largest
+    /// object (`gateway.max_put_bytes`), the fetch cache's budget (`p2p.cache_bytes`).
+    fn fetch_limits(&self) -> (Duration, u64, u64) {
+        let p2p = self.config.get::<P2pSection>();
+        (
+            Duration::from_millis(p2p.fetch_timeout_ms),
+            self.config.get::<GatewaySection>().max_put_bytes,
+            p2p.cache_bytes,
+        )
+    }
+}
+
 impl svc_gateway::Network for PeerNetwork {
     fn stored(&self, addr: Address) {
         let dht = self.dht.clone();
@@ -77,10 +90,7 @@ impl svc_gateway::Network for PeerNetwork {
 
     fn fetch(&self, addr: Address) -> BoxFuture<'static, Result<(), FetchError>> {
         let (dht, overlay) = (self.dht.clone(), self.overlay.clone());
-        let p2p = self.config.get::<P2pSection>();
-        let deadline = Duration::from_millis(p2p.fetch_timeout_ms);
-        let budget = p2p.cache_bytes;
-        let max = self.config.get::<GatewaySection>().max_put_bytes;
+        let (deadline, max, budget) = self.fetch_limits();
         async move {
             let result = tokio::time::timeout(deadline, fetch(&dht, overlay, addr, max, budget))
                 .await
@@ -93,10 +103,7 @@ impl svc_gateway::Network for PeerNetwork {
 
     fn stream(&self, addr: Address) -> BoxFuture<'static, Result<Incoming, FetchError>> {
         let (dht, overlay) = (self.dht.clone(), self.overlay.clone());
-        let p2p = self.config.get::<P2pSection>();
-        let deadline = Duration::from_millis(p2p.fetch_timeout_ms);
-        let budget = p2p.cache_bytes;
-        let max = self.config.get::<GatewaySection>().max_put_bytes;
+        let (deadline, max, budget) = self.fetch_limits();
         async move {
             // The deadline covers finding the object and proving its size; the transfer then
             // runs while it makes progress (every range request has its own timeout).

@@ -487,6 +487,26 @@ impl Drop for Netns {
     }
 }
 
+/// A relay's p2p addresses on the two given IPs (with `/p2p/<id>`), once it listens on both.
+async fn listening_on(relay: &Node, one: &str, other: &str) -> (String, String) {
+    let status = relay
+        .wait_status("the relay listening twice", |s| {
+            s["p2p"]["listen"].as_array().is_some_and(|l| l.len() >= 2)
+        })
+        .await;
+    let on = |ip: &str| {
+        status["p2p"]["listen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| a.starts_with(&format!("/ip4/{ip}/")))
+            .unwrap()
+            .to_owned()
+    };
+    (on(one), on(other))
+}
+
 /// GETs `addr` on `node` until it answers 200 (bounded), returning the bytes.
 async fn get_until_found(node: &Node, addr: &str, what: &str) -> Vec<u8> {
     let deadline = Instant::now() + Duration::from_secs(45);
@@ -621,22 +641,7 @@ async fn a_node_nobody_can_dial_is_reached_through_a_relay() {
         &["--p2p-listen", &listen_c, "--p2p-listen", &listen_a],
     )
     .await;
-    let status = relay
-        .wait_status("the relay listening twice", |s| {
-            s["p2p"]["listen"].as_array().is_some_and(|l| l.len() >= 2)
-        })
-        .await;
-    let on = |prefix: &str| {
-        status["p2p"]["listen"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|a| a.starts_with(&format!("/ip4/{prefix}/")))
-            .unwrap()
-            .to_owned()
-    };
-    let (relay_c, relay_a) = (on(r_c), on(r_a));
+    let (relay_c, relay_a) = listening_on(&relay, r_c, r_a).await;
 
     let c = Node::start_in_netns(
         &ns_c.name,
@@ -842,22 +847,7 @@ async fn a_node_behind_a_nat_is_reached_by_hole_punching() {
         ],
     )
     .await;
-    let status = relay
-        .wait_status("the relay listening twice", |s| {
-            s["p2p"]["listen"].as_array().is_some_and(|l| l.len() >= 2)
-        })
-        .await;
-    let on = |prefix: &str| {
-        status["p2p"]["listen"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|a| a.starts_with(&format!("/ip4/{prefix}/")))
-            .unwrap()
-            .to_owned()
-    };
-    let (relay_c, relay_a) = (on("10.91.1.1"), on("10.92.1.1"));
+    let (relay_c, relay_a) = listening_on(&relay, "10.91.1.1", "10.92.1.1").await;
     let behind_nat = |x: &str, net: u8, relay: &str| {
         (
             lab.name(&format!("n{x}")),
