@@ -88,19 +88,6 @@ impl svc_gateway::Network for PeerNetwork {
         });
     }
 
-    fn fetch(&self, addr: Address) -> BoxFuture<'static, Result<(), FetchError>> {
-        let (dht, overlay) = (self.dht.clone(), self.overlay.clone());
-        let (deadline, max, budget) = self.fetch_limits();
-        async move {
-            let result = tokio::time::timeout(deadline, fetch(&dht, overlay, addr, max, budget))
-                .await
-                .unwrap_or(Err(FetchError::Timeout));
-            dht.metrics().fetch_ended(outcome(&result));
-            result
-        }
-        .boxed()
-    }
-
     fn stream(&self, addr: Address) -> BoxFuture<'static, Result<Incoming, FetchError>> {
         let (dht, overlay) = (self.dht.clone(), self.overlay.clone());
         let (deadline, max, budget) = self.fetch_limits();
@@ -119,12 +106,18 @@ impl svc_gateway::Network for PeerNetwork {
             };
             let size = ready.probe.size;
             let (tx, rx) = mpsc::channel(PIPELINE);
+            let (ended, done) = tokio::sync::oneshot::channel();
             // Its own task: the copy is stored even when the client leaves.
             tokio::spawn(async move {
-                let result = transfer(&dht, ready, Some(tx)).await;
+                let result = transfer(&dht, ready, tx).await;
                 dht.metrics().fetch_ended(outcome(&result));
+                let _ = ended.send(result);
             });
-            Ok(Incoming { size, bytes: rx })
+            Ok(Incoming {
+                size,
+                bytes: rx,
+                done,
+            })
         }
         .boxed()
     }
@@ -157,21 +150,6 @@ fn outcome(result: &Result<(), FetchError>) -> &'static str {
         Err(FetchError::Timeout) => "timeout",
         Err(FetchError::Unavailable(_)) => "failed",
     }
-}
-
-/// Looks `addr` up, proves its size with one provider, makes room for it in the fetch cache,
-/// and transfers it from all its providers into the store (unpinned, each group verified on
-/// arrival and the whole address checked again before anything is committed); announces the
-/// copy once stored.
-async fn fetch(
-    dht: &DhtHandle,
-    overlay: OverlayHandle,
-    addr: Address,
-    max: u64,
-    budget: u64,
-) -> Result<(), FetchError> {
-    let ready = prepare(dht, overlay, addr, max, budget).await?;
-    transfer(dht, ready, None).await
 }
 
 /// A fetch with its providers found, the object's size proven and room made for it.
@@ -226,11 +204,11 @@ async fn prepare(
 }
 
 /// The second half: the transfer into the store, each verified piece also handed to `tee`
-/// while it listens; the commit; the announcement.
+/// while it listens (an `Err` there when the transfer fails); the commit; the announcement.
 async fn transfer(
     dht: &DhtHandle,
     ready: Ready,
-    mut tee: Option<mpsc::Sender<Result<Bytes, String>>>,
+    tee: mpsc::Sender<Result<Bytes, String>>,
 ) -> Result<(), FetchError> {
     let Ready {
         providers,
@@ -243,6 +221,7 @@ async fn transfer(
     let started = std::time::Instant::now();
     let transfer = dht.transfer(probe, &providers, tx);
     let writer = &mut upload.writer;
+    let mut tee = Some(tee);
     let tee_ref = &mut tee;
     let store = async move {
         while let Some(bytes) = rx.recv().await {

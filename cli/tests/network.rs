@@ -123,6 +123,25 @@ async fn five_nodes_find_and_verify_each_others_objects() {
         }
     }
 
+    // Node 3 lacks the 3 MiB object: a HEAD answers once a provider has proven the size, and
+    // a range request answers from the copy fetched meanwhile.
+    let url = format!("{}/o/{addr}", nodes[2].url);
+    let res = nodes[2].anonymous().head(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["content-length"],
+        (3u64 << 20).to_string().as_str()
+    );
+    let res = nodes[2]
+        .anonymous()
+        .get(&url)
+        .header("range", "bytes=1000000-1000099")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 206);
+    assert!(res.bytes().await.unwrap() == bytes[1_000_000..1_000_100]);
+
     // Node 5 (which cached the 3 MiB object) leaves and node 2 restarts on a new port: node 4,
     // which never held the object, still gets it, from the restarted node 2.
     let gone = nodes.remove(4);

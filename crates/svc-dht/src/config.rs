@@ -14,9 +14,9 @@ pub struct P2pSection {
     /// `--bootstrap` adds to them.
     pub bootstrap: Vec<String>,
     /// How long a GET for an object this node lacks may spend finding it on other nodes and
-    /// proving its size before it answers 504 (milliseconds, default 10000); a whole-object
-    /// GET then streams the transfer while it makes progress, a HEAD or range request waits
-    /// for the whole fetch within this. Live.
+    /// proving its size before it answers 504 (milliseconds, default 10000); the transfer then
+    /// runs while it makes progress (a whole-object GET streams it, a HEAD answers at once,
+    /// a range request waits for the stored copy). Live.
     pub fetch_timeout_ms: u64,
     /// Bytes per second this node sends one peer (answers are paced past a one-second burst;
     /// 0: unlimited; default 64 MiB/s). Live.

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use ron_proto::Address;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Why an object could not be fetched from other nodes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +30,8 @@ pub struct Incoming {
     /// here. An `Err` ends it early: the transfer failed, and the bytes so far are all there
     /// will be. Storing goes on while the receiver is dropped.
     pub bytes: mpsc::Receiver<Result<Bytes, String>>,
+    /// How the fetch ended: `Ok` once the copy is committed in this node's store.
+    pub done: oneshot::Receiver<Result<(), FetchError>>,
 }
 
 /// The peer network: the node's implementation of it.
@@ -38,11 +40,9 @@ pub trait Network: std::fmt::Debug + Send + Sync + 'static {
     fn stored(&self, addr: Address);
     /// This node no longer offers `addr` (unpinned by its owner): stop announcing it.
     fn withdrawn(&self, addr: Address);
-    /// Finds `addr` on other nodes and stores a verified, unpinned copy here.
-    fn fetch(&self, addr: Address) -> BoxFuture<'static, Result<(), FetchError>>;
-    /// Finds `addr` on other nodes and starts fetching it: answers once its size is proven,
-    /// with its verified bytes to follow in order while a copy is stored here as in
-    /// [`Network::fetch`].
+    /// Finds `addr` on other nodes and starts fetching it: answers once its size is proven
+    /// (within the node's fetch deadline), with its verified bytes to follow in order while a
+    /// verified, unpinned copy is stored here; the transfer goes on while it makes progress.
     fn stream(&self, addr: Address) -> BoxFuture<'static, Result<Incoming, FetchError>>;
     /// The network's part of `/status` (addresses, peers).
     fn status(&self) -> BoxFuture<'static, Option<serde_json::Value>>;

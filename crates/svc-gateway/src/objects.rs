@@ -326,18 +326,48 @@ fn body(reader: ObjectReader, parts: Vec<Part>, state: Shared) -> Body {
 
 /// An object this node lacks, fetched from the peer network (verified and stored unpinned
 /// first), or the answer when it cannot be: 404 when no node provides it (or there is no
-/// network), 504 when the deadline passed, 503 when providers failed.
+/// network), 504 when it was not found within the deadline, 503 when providers failed.
 async fn fetched(state: &AppState, addr: Address) -> Result<ObjectReader, Box<Response>> {
     let Some(network) = &state.network else {
         return Err(Box::new(not_found(&addr)));
     };
-    match network.fetch(addr).await {
-        Ok(()) => match state.overlay.open(addr).await {
+    let incoming = match network.stream(addr).await {
+        Ok(incoming) => incoming,
+        Err(e) => return Err(Box::new(fetch_error(state, e))),
+    };
+    // Only the stored copy is wanted here; the transfer stores it without a listener.
+    drop(incoming.bytes);
+    match incoming.done.await {
+        Ok(Ok(())) => match state.overlay.open(addr).await {
             Ok(Some(reader)) => Ok(reader),
             Ok(None) => Err(Box::new(not_found(&addr))),
             Err(e) => Err(Box::new(overlay_error(state, &e))),
         },
-        Err(e) => Err(Box::new(fetch_error(state, e))),
+        Ok(Err(e)) => Err(Box::new(fetch_error(state, e))),
+        Err(_) => Err(Box::new(fetch_error(
+            state,
+            crate::FetchError::Unavailable("the fetch stopped".into()),
+        ))),
+    }
+}
+
+/// `HEAD` of an object this node lacks: the headers a GET would carry, once a provider has
+/// proven the object's size (the copy is fetched and stored meanwhile, as for a GET).
+async fn headed(state: &AppState, addr: Address) -> Response {
+    let Some(network) = &state.network else {
+        return not_found(&addr);
+    };
+    match network.stream(addr).await {
+        Ok(incoming) => {
+            let mut base = common_headers(&addr);
+            base.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            base.insert(header::CONTENT_LENGTH, HeaderValue::from(incoming.size));
+            (StatusCode::OK, base).into_response()
+        }
+        Err(e) => fetch_error(state, e),
     }
 }
 
@@ -427,6 +457,7 @@ pub(crate) async fn get(
     }
     let reader = match state.overlay.open(addr).await {
         Ok(Some(r)) => r,
+        Ok(None) if method == Method::HEAD => return headed(&state, addr).await,
         // Held elsewhere, the whole object asked for: sent as it arrives.
         Ok(None)
             if method == Method::GET
