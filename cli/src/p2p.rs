@@ -100,7 +100,7 @@ impl svc_gateway::Network for PeerNetwork {
             let ready = match ready {
                 Ok(ready) => ready,
                 Err(e) => {
-                    dht.metrics().fetch_ended(outcome(&Err(e.clone())));
+                    dht.metrics().fetch_ended(outcome(Some(&e)));
                     return Err(e);
                 }
             };
@@ -110,7 +110,7 @@ impl svc_gateway::Network for PeerNetwork {
             // Its own task: the copy is stored even when the client leaves.
             tokio::spawn(async move {
                 let result = transfer(&dht, ready, tx).await;
-                dht.metrics().fetch_ended(outcome(&result));
+                dht.metrics().fetch_ended(outcome(result.as_ref().err()));
                 let _ = ended.send(result);
             });
             Ok(Incoming {
@@ -142,13 +142,13 @@ impl svc_gateway::Network for PeerNetwork {
     }
 }
 
-/// The `outcome` label of `p2p_fetches_total`.
-fn outcome(result: &Result<(), FetchError>) -> &'static str {
-    match result {
-        Ok(()) => "ok",
-        Err(FetchError::NotFound(_)) => "not_found",
-        Err(FetchError::Timeout) => "timeout",
-        Err(FetchError::Unavailable(_)) => "failed",
+/// The `outcome` label of `p2p_fetches_total`: `ok`, or the kind of `error`.
+fn outcome(error: Option<&FetchError>) -> &'static str {
+    match error {
+        None => "ok",
+        Some(FetchError::NotFound(_)) => "not_found",
+        Some(FetchError::Timeout) => "timeout",
+        Some(FetchError::Unavailable(_)) => "failed",
     }
 }
 
@@ -221,21 +221,23 @@ async fn transfer(
     let started = std::time::Instant::now();
     let transfer = dht.transfer(probe, &providers, tx);
     let writer = &mut upload.writer;
-    let mut tee = Some(tee);
-    let tee_ref = &mut tee;
+    // Hands back the listener, still there unless the client went away.
     let store = async move {
+        let mut tee = Some(tee);
         while let Some(bytes) = rx.recv().await {
-            if let Some(listener) = tee_ref
+            if let Some(listener) = &tee
                 && listener.send(Ok(bytes.clone())).await.is_err()
             {
                 // The client went away: the copy is still worth storing.
-                *tee_ref = None;
+                tee = None;
             }
-            writer.write(&bytes).await.map_err(|e| e.to_string())?;
+            if let Err(e) = writer.write(&bytes).await {
+                return (Err(e.to_string()), tee);
+            }
         }
-        Ok::<(), String>(())
+        (Ok(()), tee)
     };
-    let (transferred, stored) = tokio::join!(transfer, store);
+    let (transferred, (stored, tee)) = tokio::join!(transfer, store);
     let result = transferred
         .map_err(unavailable)
         .and_then(|t| stored.map(|()| t).map_err(FetchError::Unavailable));
