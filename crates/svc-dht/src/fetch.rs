@@ -2,9 +2,10 @@
 //! from several providers at once, every 16 KiB group checked against the address on arrival,
 //! and the bytes handed on in order. A provider that dies or refuses leaves its ranges to the
 //! others; one that sends a group that fails verification is caught at that group, scored
-//! down and not asked again for the object, and what it sent before the bad group is kept.
+//! down and not asked again for the object (in this fetch or a later one), and what it sent
+//! before the bad group is kept.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,20 +39,33 @@ const LIE: i64 = -1_000;
 const DEAD_PAUSE: Duration = Duration::from_secs(1);
 /// Scores kept (the best-known peers win when the table is full).
 const SCORES: usize = 4096;
+/// (object, peer) pairs caught lying that are remembered.
+const LIED: usize = 4096;
 
-/// How peers have behaved in transfers: the higher, the sooner a peer is asked.
+/// How peers have behaved in transfers: the higher, the sooner a peer is asked; and which peers
+/// lied about which object, never asked for it again.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Scores(Arc<Mutex<HashMap<PeerId, i64>>>);
+pub(crate) struct Scores {
+    scores: Arc<Mutex<HashMap<PeerId, i64>>>,
+    lied: Arc<Mutex<Lied>>,
+}
+
+/// The (object, peer) pairs caught lying, the oldest forgotten first past [`LIED`].
+#[derive(Debug, Default)]
+struct Lied {
+    pairs: HashSet<(Address, PeerId)>,
+    order: VecDeque<(Address, PeerId)>,
+}
 
 impl Scores {
     pub(crate) fn get(&self, peer: &PeerId) -> i64 {
-        self.0
+        self.scores
             .lock()
             .map_or(0, |s| s.get(peer).copied().unwrap_or(0))
     }
 
     fn add(&self, peer: PeerId, delta: i64) {
-        if let Ok(mut scores) = self.0.lock() {
+        if let Ok(mut scores) = self.scores.lock() {
             if scores.len() >= SCORES && !scores.contains_key(&peer) {
                 // Forget the least remarkable peer.
                 if let Some(plain) = scores.iter().min_by_key(|(_, s)| s.abs()).map(|(p, _)| *p) {
@@ -60,6 +74,26 @@ impl Scores {
             }
             let score = scores.entry(peer).or_default();
             *score = (*score + delta).clamp(-100_000, 100);
+        }
+    }
+
+    /// Whether `peer` was caught lying about `addr`.
+    fn lied(&self, addr: Address, peer: PeerId) -> bool {
+        self.lied
+            .lock()
+            .is_ok_and(|l| l.pairs.contains(&(addr, peer)))
+    }
+
+    fn caught(&self, addr: Address, peer: PeerId) {
+        if let Ok(mut lied) = self.lied.lock()
+            && lied.pairs.insert((addr, peer))
+        {
+            lied.order.push_back((addr, peer));
+            if lied.order.len() > LIED
+                && let Some(old) = lied.order.pop_front()
+            {
+                lied.pairs.remove(&old);
+            }
         }
     }
 }
@@ -76,8 +110,6 @@ pub struct Probe {
     pub peer: PeerId,
     /// Where the last group starts, and its verified bytes.
     tail: (u64, Vec<Bytes>),
-    /// Providers found lying while probing.
-    liars: HashSet<PeerId>,
 }
 
 /// How a transfer went.
@@ -119,9 +151,12 @@ impl DhtHandle {
     ) -> Result<Probe, DhtError> {
         let mut order = providers.to_vec();
         order.sort_by_key(|p| -self.scores.get(p));
-        let mut liars = HashSet::new();
         let mut failures = Vec::new();
         for peer in order {
+            if self.scores.lied(addr, peer) {
+                failures.push(format!("{peer}: lied about this object before"));
+                continue;
+            }
             let size = match self.request(peer, TransferRequest::Have { addr }).await {
                 Ok(TransferReply::Have { size }) => size,
                 Ok(TransferReply::Error { kind, body }) => {
@@ -130,17 +165,17 @@ impl DhtHandle {
                 }
                 Ok(_) => {
                     self.fault(
+                        addr,
                         peer,
                         "lie",
                         &mut failures,
                         "answered have with a range".into(),
                     );
-                    liars.insert(peer);
                     continue;
                 }
                 Err(DhtError::Stopped) => return Err(DhtError::Stopped),
                 Err(e) => {
-                    self.fault(peer, "dead", &mut failures, e.to_string());
+                    self.fault(addr, peer, "dead", &mut failures, e.to_string());
                     continue;
                 }
             };
@@ -158,16 +193,15 @@ impl DhtHandle {
                         size,
                         peer,
                         tail,
-                        liars,
                     });
                 }
                 self.fault(
+                    addr,
                     peer,
                     "lie",
                     &mut failures,
                     "an empty object under another address".into(),
                 );
-                liars.insert(peer);
                 continue;
             }
             let start = (size - 1) / GROUP_BYTES * GROUP_BYTES;
@@ -189,25 +223,19 @@ impl DhtHandle {
                         size,
                         peer,
                         tail,
-                        liars,
                     });
                 }
                 Ok(verified) => {
                     let why = verified.fault.unwrap_or_default();
                     self.fault(
+                        addr,
                         peer,
                         "lie",
                         &mut failures,
                         format!("size {size} not proven: {why}"),
                     );
-                    liars.insert(peer);
                 }
-                Err((fault, why)) => {
-                    if fault == "lie" {
-                        liars.insert(peer);
-                    }
-                    self.fault(peer, fault, &mut failures, why);
-                }
+                Err((fault, why)) => self.fault(addr, peer, fault, &mut failures, why),
             }
         }
         Err(DhtError::Unavailable(failures.join("; ")))
@@ -228,13 +256,13 @@ impl DhtHandle {
             size,
             peer,
             tail,
-            liars,
         } = probe;
         let mut peers = vec![peer];
         let mut rest: Vec<PeerId> = providers
             .iter()
             .copied()
-            .filter(|p| *p != peer && !liars.contains(p) && *p != self.peer_id())
+            .filter(|p| *p != peer && *p != self.peer_id())
+            .filter(|p| !self.scores.lied(addr, *p))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -348,7 +376,7 @@ impl DhtHandle {
                         Some(_) if peers[i].gone => {}
                         Some(why) => {
                             peers[i].gone = true;
-                            self.fault(id, "lie", &mut report.faults, why);
+                            self.fault(addr, id, "lie", &mut report.faults, why);
                         }
                     }
                 }
@@ -365,10 +393,10 @@ impl DhtHandle {
                     } else if fault == "dead" && peers[i].deaths == 0 {
                         peers[i].deaths = 1;
                         peers[i].until = Some(Instant::now() + DEAD_PAUSE);
-                        self.fault(id, fault, &mut report.faults, why);
+                        self.fault(addr, id, fault, &mut report.faults, why);
                     } else {
                         peers[i].gone = true;
-                        self.fault(id, fault, &mut report.faults, why);
+                        self.fault(addr, id, fault, &mut report.faults, why);
                     }
                 }
             }
@@ -419,11 +447,21 @@ impl DhtHandle {
         }
     }
 
-    fn fault(&self, peer: PeerId, fault: &'static str, log: &mut Vec<String>, why: String) {
-        tracing::warn!(%peer, fault, reason = %why, "a provider failed a transfer");
+    fn fault(
+        &self,
+        addr: Address,
+        peer: PeerId,
+        fault: &'static str,
+        log: &mut Vec<String>,
+        why: String,
+    ) {
+        tracing::warn!(%addr, %peer, fault, reason = %why, "a provider failed a transfer");
         self.metrics.fault(fault);
         match fault {
-            "lie" => self.scores.add(peer, LIE),
+            "lie" => {
+                self.scores.add(peer, LIE);
+                self.scores.caught(addr, peer);
+            }
             "dead" => self.scores.add(peer, DEAD),
             _ => {}
         }

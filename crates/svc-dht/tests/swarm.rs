@@ -141,9 +141,16 @@ async fn a_provider_that_lies_part_way_is_caught_at_the_group_and_the_honest_one
     assert_eq!(from(l) + from(h), 3_000_000);
     assert!(c.score(&l) < 0 && c.score(&h) > 0);
 
-    // Scored down, the liar is asked last next time (the honest peer proves the size).
-    let probe = c.probe(addr, &[l, h], 1 << 30).await.unwrap();
-    assert_eq!(probe.peer, h);
+    // Caught, the liar is not asked for this object again: a second fetch takes every byte
+    // from the honest peer, and with the liar alone there is nobody to ask.
+    let (got, report) = fetch(c, &[l, h], addr).await.unwrap();
+    assert!(got == object);
+    assert!(report.faults.is_empty(), "{:?}", report.faults);
+    assert_eq!(report.delivered, vec![(h, 3_000_000)]);
+    match c.probe(addr, &[l], 1 << 30).await {
+        Err(DhtError::Unavailable(why)) => assert!(why.contains("lied about this object"), "{why}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
