@@ -1,7 +1,8 @@
 //! The node's peer network: the `svc-dht` actor under the supervisor, the store as the source
 //! peers read from, and the gateway's [`svc_gateway::Network`] over both.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,10 +15,12 @@ use svc_discovery::PeerTable;
 use svc_gateway::{FetchError, GatewaySection, Incoming};
 use svc_overlay::OverlayHandle;
 use svc_storage::PutOptions;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Ranges queued between the transfer and the store.
 const PIPELINE: usize = 4;
+/// What a request that joined another's fetch reads of the stored copy at a time.
+const REPLAY_WINDOW: u64 = 1 << 20;
 
 /// Peers read objects through the overlay, verified as for any reader.
 pub(crate) struct StoreSource(pub(crate) OverlayHandle);
@@ -56,6 +59,8 @@ pub(crate) struct PeerNetwork {
     pub(crate) table: Arc<PeerTable>,
     pub(crate) overlay: OverlayHandle,
     pub(crate) config: Config,
+    /// The fetches under way: a request for an object already being fetched joins its fetch.
+    flights: Flights,
 }
 
 impl PeerNetwork {
@@ -68,6 +73,140 @@ impl PeerNetwork {
             self.config.get::<GatewaySection>().max_put_bytes,
             p2p.cache_bytes,
         )
+    }
+
+    /// Joins the fetch of `addr` under way, or starts one in its own task (it goes on, and
+    /// stores the copy, whoever leaves); the receiver of its verified bytes as they arrive
+    /// when this request started it.
+    fn join(
+        &self,
+        addr: Address,
+    ) -> (
+        watch::Receiver<Flight>,
+        Option<mpsc::Receiver<Result<Bytes, String>>>,
+    ) {
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(flight) = flights.get(&addr) {
+            return (flight.clone(), None);
+        }
+        let (state, flight) = watch::channel(Flight::Finding);
+        let (tee, bytes) = mpsc::channel(PIPELINE);
+        flights.insert(addr, flight.clone());
+        let landing = Landing {
+            flights: self.flights.clone(),
+            addr,
+        };
+        let (dht, overlay) = (self.dht.clone(), self.overlay.clone());
+        let limits = self.fetch_limits();
+        tokio::spawn(async move {
+            fly(dht, overlay, addr, limits, &state, tee).await;
+            drop(landing);
+        });
+        (flight, Some(bytes))
+    }
+}
+
+/// Where a fetch is: finding the object and proving its size, moving its bytes, or ended
+/// (with its size once the copy is committed).
+#[derive(Debug, Clone)]
+enum Flight {
+    Finding,
+    Moving(u64),
+    Ended(Result<u64, FetchError>),
+}
+
+/// The fetches under way, by object.
+type Flights = Arc<Mutex<HashMap<Address, watch::Receiver<Flight>>>>;
+
+/// Takes a fetch off [`Flights`] when its task ends, however it ends.
+struct Landing {
+    flights: Flights,
+    addr: Address,
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        self.flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.addr);
+    }
+}
+
+fn stopped() -> FetchError {
+    FetchError::Unavailable("the fetch stopped".into())
+}
+
+/// One fetch, start to end, told to `state`: the lookup and size proof within the deadline,
+/// then the transfer into the store, its verified bytes handed to `tee` while it listens.
+async fn fly(
+    dht: DhtHandle,
+    overlay: OverlayHandle,
+    addr: Address,
+    (deadline, max, budget): (Duration, u64, u64),
+    state: &watch::Sender<Flight>,
+    tee: mpsc::Sender<Result<Bytes, String>>,
+) {
+    // A fetch that ended between a request's look in the store and its joining.
+    if let Ok(Some(reader)) = overlay.open(addr).await {
+        state.send_replace(Flight::Ended(Ok(reader.size())));
+        return;
+    }
+    // The deadline covers finding the object and proving its size; the transfer then runs
+    // while it makes progress (every range request has its own timeout).
+    let ready = tokio::time::timeout(deadline, prepare(&dht, overlay, addr, max, budget))
+        .await
+        .unwrap_or(Err(FetchError::Timeout));
+    let ready = match ready {
+        Ok(ready) => ready,
+        Err(e) => {
+            dht.metrics().fetch_ended(outcome(Some(&e)));
+            state.send_replace(Flight::Ended(Err(e)));
+            return;
+        }
+    };
+    let size = ready.probe.size;
+    state.send_replace(Flight::Moving(size));
+    let result = transfer(&dht, ready, tee).await;
+    dht.metrics().fetch_ended(outcome(result.as_ref().err()));
+    state.send_replace(Flight::Ended(result.map(|()| size)));
+}
+
+/// Sends the stored copy of `addr` to `tx`, verified a window at a time (for a request that
+/// joined another's fetch); an `Err` cuts it short.
+async fn replay_stored(
+    overlay: OverlayHandle,
+    addr: Address,
+    tx: mpsc::Sender<Result<Bytes, String>>,
+) {
+    if tx.is_closed() {
+        return;
+    }
+    let reader = match overlay.open(addr).await {
+        Ok(Some(reader)) => reader,
+        Ok(None) => {
+            let _ = tx
+                .send(Err(format!("the fetched copy of {addr} is gone")))
+                .await;
+            return;
+        }
+        Err(e) => {
+            let _ = tx.send(Err(e.to_string())).await;
+            return;
+        }
+    };
+    let mut at = 0;
+    while at < reader.size() {
+        let piece = match reader.read_verified(at, at + REPLAY_WINDOW).await {
+            Ok(piece) if !piece.is_empty() => Ok(piece),
+            Ok(_) => Err(format!("the stored copy of {addr} ends at {at}")),
+            Err(e) => Err(e.to_string()),
+        };
+        let failed = piece.is_err();
+        at += piece.as_ref().map_or(0, |p| p.len() as u64);
+        if tx.send(piece).await.is_err() || failed {
+            return;
+        }
     }
 }
 
@@ -89,35 +228,43 @@ impl svc_gateway::Network for PeerNetwork {
     }
 
     fn stream(&self, addr: Address) -> BoxFuture<'static, Result<Incoming, FetchError>> {
-        let (dht, overlay) = (self.dht.clone(), self.overlay.clone());
-        let (deadline, max, budget) = self.fetch_limits();
+        let (mut flight, tee) = self.join(addr);
+        let overlay = self.overlay.clone();
         async move {
-            // The deadline covers finding the object and proving its size; the transfer then
-            // runs while it makes progress (every range request has its own timeout).
-            let ready = tokio::time::timeout(deadline, prepare(&dht, overlay, addr, max, budget))
-                .await
-                .unwrap_or(Err(FetchError::Timeout));
-            let ready = match ready {
-                Ok(ready) => ready,
-                Err(e) => {
-                    dht.metrics().fetch_ended(outcome(Some(&e)));
-                    return Err(e);
+            let state = match flight.wait_for(|f| !matches!(f, Flight::Finding)).await {
+                Ok(state) => state.clone(),
+                Err(_) => Flight::Ended(Err(stopped())),
+            };
+            let (ended, done) = tokio::sync::oneshot::channel();
+            let (size, bytes, replay) = match (state, tee) {
+                (Flight::Finding, _) => return Err(stopped()),
+                (Flight::Ended(Err(e)), _) => return Err(e),
+                // The fetch this request started: its bytes as they verify.
+                (Flight::Moving(size), Some(tee)) => (size, tee, None),
+                // Another request's fetch, or one already ended: the stored copy once it is
+                // committed.
+                (Flight::Moving(size) | Flight::Ended(Ok(size)), _) => {
+                    let (tx, rx) = mpsc::channel(PIPELINE);
+                    (size, rx, Some((overlay, tx)))
                 }
             };
-            let size = ready.probe.size;
-            let (tx, rx) = mpsc::channel(PIPELINE);
-            let (ended, done) = tokio::sync::oneshot::channel();
-            // Its own task: the copy is stored even when the client leaves.
             tokio::spawn(async move {
-                let result = transfer(&dht, ready, tx).await;
-                dht.metrics().fetch_ended(outcome(result.as_ref().err()));
-                let _ = ended.send(result);
+                let result = match flight.wait_for(|f| matches!(f, Flight::Ended(_))).await {
+                    Ok(state) => match &*state {
+                        Flight::Ended(result) => result.clone().map(|_| ()),
+                        _ => Err(stopped()),
+                    },
+                    Err(_) => Err(stopped()),
+                };
+                let _ = ended.send(result.clone());
+                if let Some((overlay, tx)) = replay {
+                    match result {
+                        Ok(()) => replay_stored(overlay, addr, tx).await,
+                        Err(e) => drop(tx.send(Err(e.to_string())).await),
+                    }
+                }
             });
-            Ok(Incoming {
-                size,
-                bytes: rx,
-                done,
-            })
+            Ok(Incoming { size, bytes, done })
         }
         .boxed()
     }
@@ -367,5 +514,6 @@ pub(crate) fn network(
         table,
         overlay,
         config,
+        flights: Flights::default(),
     })
 }

@@ -311,6 +311,70 @@ async fn a_get_streams_while_the_transfer_verifies_and_is_cut_short_when_it_fail
     );
 }
 
+#[tokio::test]
+async fn requests_for_an_object_being_fetched_join_its_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let paced = "[p2p]\npeer_bytes_per_sec = 2097152\nfetch_timeout_ms = 60000\n";
+    for n in ["n1", "n2"] {
+        config(&dir.path().join(n), paced);
+    }
+    let origin = Node::start(&dir.path().join("n1"), &[]).await;
+    let seed = p2p_addr(&origin).await;
+    let reader = Node::start(&dir.path().join("n2"), &["--bootstrap", &seed]).await;
+    reader
+        .wait_status("a peer", |s| {
+            s["p2p"]["peers"].as_array().is_some_and(|p| !p.is_empty())
+        })
+        .await;
+    let size = 6 << 20;
+    let bytes = data(size, 73);
+    let addr = origin.put(bytes.clone()).await;
+    let url = format!("{}/o/{addr}", reader.url);
+    let get = |range: Option<&'static str>| {
+        let (client, url) = (reader.anonymous(), url.clone());
+        tokio::spawn(async move {
+            let mut req = client.get(url);
+            if let Some(range) = range {
+                req = req.header("range", range);
+            }
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.bytes().await.unwrap())
+        })
+    };
+
+    // One GET starts the fetch; once bytes move, a second whole GET, a range and a HEAD come.
+    let first = get(None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&reader, "p2p_fetched_bytes_total").await == 0.0 {
+        assert!(Instant::now() < deadline, "node 2 never started fetching");
+        sleep(Duration::from_millis(20)).await;
+    }
+    let (second, range) = (get(None), get(Some("bytes=1000-2999999")));
+    let head = reader.anonymous().head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], size.to_string().as_str());
+    for (what, request) in [("first", first), ("second", second)] {
+        let (status, got) = request.await.unwrap();
+        assert_eq!(status, 200, "{what}");
+        assert!(got == bytes, "{what}: identical bytes");
+    }
+    let (status, got) = range.await.unwrap();
+    assert_eq!(status, 206);
+    assert!(got == bytes[1000..3_000_000], "the range");
+
+    // One fetch moved the object once.
+    assert_eq!(
+        metric(&reader, "p2p_fetches_total{outcome=\"ok\"}").await,
+        1.0
+    );
+    let moved = metric(&reader, "p2p_fetched_bytes_total").await;
+    assert!(
+        moved <= size as f64,
+        "{moved} bytes moved for one {size}-byte object"
+    );
+    println!("6 MiB: two GETs, a range and a HEAD during one fetch; the object moved once");
+}
+
 /// A provider that lies: it holds the object's outboard (so its parent hashes and its proof of
 /// the size are right) but serves every group's bytes with one bit flipped.
 struct Liar {

@@ -43,6 +43,8 @@ pub trait Network: std::fmt::Debug + Send + Sync + 'static {
     /// Finds `addr` on other nodes and starts fetching it: answers once its size is proven
     /// (within the node's fetch deadline), with its verified bytes to follow in order while a
     /// verified, unpinned copy is stored here; the transfer goes on while it makes progress.
+    /// A request for an object already being fetched joins that fetch (the object moves
+    /// once): its answer comes with the size, its bytes from the copy once it is committed.
     fn stream(&self, addr: Address) -> BoxFuture<'static, Result<Incoming, FetchError>>;
     /// The network's part of `/status` (addresses, peers).
     fn status(&self) -> BoxFuture<'static, Option<serde_json::Value>>;
