@@ -13,13 +13,16 @@
 # sendme: `sendme send` (relay disabled, addresses-only ticket; a fresh sender per run, its
 #         import not timed), then `sendme receive` into an empty directory, timed to exit;
 #         the file is compared with the original.
+# nginx:  when installed, the ceiling of an encrypted transfer on this machine: nginx serving
+#         the same file over HTTPS (TLS 1.3, sendfile from the page cache) to curl writing it
+#         to a file, nothing verified or stored.
 # RUNS (default 3) runs of each, alternating; medians compared.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 W=${W:-/tmp/ron-perf}
 RUNS=${RUNS:-3}
 SENDME=${SENDME:-$(command -v sendme || echo "$HOME/.cargo/bin/sendme")}
-PA=${PA:-17801}; PB=${PB:-17802}; P2P=${P2P:-17811}
+PA=${PA:-17801}; PB=${PB:-17802}; P2P=${P2P:-17811}; NGX=${NGX:-17843}
 [ -x "$SENDME" ] || { echo "sendme not found: cargo install --locked sendme, or SENDME=path" >&2; exit 1; }
 for t in curl bc cmp; do command -v $t >/dev/null || { echo "needs $t" >&2; exit 1; }; done
 
@@ -66,6 +69,39 @@ ron_run() { # -> "total_GB/s stored_GB/s"
   echo "$(echo "scale=3; $G / $4 / 1000000000" | bc) $(gbs "$s" "$e")"
 }
 
+NG=$W/nginx
+tls_start() { # -> 0 when nginx serves $W/rand1g on https://127.0.0.1:$NGX
+  command -v nginx >/dev/null && command -v openssl >/dev/null || return 1
+  mkdir -p "$NG/logs" "$NG/tmp"
+  [ -f "$NG/cert.pem" ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+    -nodes -keyout "$NG/key.pem" -out "$NG/cert.pem" -days 30 -subj /CN=127.0.0.1 2>/dev/null
+  cat > "$NG/nginx.conf" <<EOF
+worker_processes 1;
+pid $NG/nginx.pid; error_log $NG/logs/error.log warn;
+events { worker_connections 64; }
+http {
+  access_log off; sendfile on; tcp_nopush on;
+  client_body_temp_path $NG/tmp; proxy_temp_path $NG/tmp; fastcgi_temp_path $NG/tmp;
+  uwsgi_temp_path $NG/tmp; scgi_temp_path $NG/tmp;
+  default_type application/octet-stream;
+  server { listen 127.0.0.1:$NGX ssl; root $W;
+           ssl_certificate $NG/cert.pem; ssl_certificate_key $NG/key.pem; ssl_protocols TLSv1.3; }
+}
+EOF
+  nginx -c "$NG/nginx.conf" -p "$NG" 2>/dev/null || return 1
+  for _ in $(seq 50); do curl -skf -o /dev/null -r 0-0 "https://127.0.0.1:$NGX/rand1g" && return 0; sleep 0.1; done
+  return 1
+}
+tls_stop() { [ -f "$NG/nginx.pid" ] && kill "$(cat "$NG/nginx.pid")" 2>/dev/null || true; }
+tls_run() { # -> GB/s of one 1 GiB HTTPS download into a file
+  local out
+  out=$(curl -sk -o "$W/tls.out" -w '%{http_code} %{size_download} %{time_total}' "https://127.0.0.1:$NGX/rand1g")
+  set -- $out
+  [ "$1" = 200 ] && [ "$2" = $G ] || { echo "bad nginx transfer: $out" >&2; exit 1; }
+  rm -f "$W/tls.out"
+  echo "scale=3; $G / $3 / 1000000000" | bc
+}
+
 mkdir -p "$W/sm"; cp -n "$W/rand1g" "$W/sm/file1g" 2>/dev/null || true
 sendme_run() { # a fresh sender each run (its import is not timed), then the timed receive
   rm -f "$W/sm/send.log"
@@ -83,10 +119,12 @@ sendme_run() { # a fresh sender each run (its import is not timed), then the tim
   gbs "$s" "$e"
 }
 
-: > "$W/p2p-ron.txt"; : > "$W/p2p-sendme.txt"
+: > "$W/p2p-ron.txt"; : > "$W/p2p-sendme.txt"; : > "$W/p2p-tls.txt"
+TLS=0; tls_stop; tls_start && TLS=1 && trap 'cleanup; tls_stop' EXIT
 for _ in $(seq "$RUNS"); do
   ron_run >> "$W/p2p-ron.txt"
   sendme_run >> "$W/p2p-sendme.txt"
+  [ $TLS = 0 ] || tls_run >> "$W/p2p-tls.txt"
 done
 RON_TOTAL=$(awk '{print $1}' "$W/p2p-ron.txt" | med)
 RON_STORED=$(awk '{print $2}' "$W/p2p-ron.txt" | med)
@@ -96,5 +134,11 @@ echo "| 1 GiB between two local nodes | ron | sendme | ratio |"
 echo "|---|---|---|---|"
 echo "| end to end, GB/s (median of $RUNS) | $RON_TOTAL | $SM | $(echo "scale=2; $RON_TOTAL / $SM" | bc) |"
 echo "| ron's copy committed in the store (fsynced), GB/s | $RON_STORED | | $(echo "scale=2; $RON_STORED / $SM" | bc) |"
+if [ $TLS = 1 ]; then
+  CEIL=$(med < "$W/p2p-tls.txt")
+  echo "| ceiling: nginx HTTPS to curl, nothing verified or stored, GB/s | $CEIL | | $(echo "scale=2; $CEIL / $SM" | bc) |"
+  echo
+  echo "ron end to end is $(echo "scale=2; $RON_TOTAL / $CEIL" | bc) of the ceiling; 2x sendme would be $(echo "scale=2; 2 * $SM / $CEIL" | bc) of it."
+fi
 echo
-echo "runs (ron end-to-end stored / sendme):"; paste "$W/p2p-ron.txt" "$W/p2p-sendme.txt"
+echo "runs (ron end-to-end stored / sendme / nginx https):"; paste "$W/p2p-ron.txt" "$W/p2p-sendme.txt" "$W/p2p-tls.txt"
