@@ -194,6 +194,20 @@ async fn metric(node: &Node, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// PUTs `bytes` on `node` and waits until its announcement as their provider has gone out
+/// (a lookup right after a PUT may otherwise come before it, and answer 404).
+async fn put_announced(node: &Node, bytes: Vec<u8>) -> String {
+    let series = "p2p_announcements_total{outcome=\"ok\"}";
+    let before = metric(node, series).await;
+    let addr = node.put(bytes).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(node, series).await <= before {
+        assert!(Instant::now() < deadline, "{addr} was never announced");
+        sleep(Duration::from_millis(20)).await;
+    }
+    addr
+}
+
 /// Writes `<dir>/ron.toml` before the node starts.
 fn config(dir: &std::path::Path, toml: &str) {
     std::fs::create_dir_all(dir).unwrap();
@@ -219,7 +233,7 @@ async fn a_transfer_survives_its_only_original_provider_dying() {
         .await;
     }
     let bytes = data(12 << 20, 21);
-    let addr = origin.put(bytes.clone()).await;
+    let addr = put_announced(&origin, bytes.clone()).await;
     // Node 2 caches the object (from node 1, the only provider) and announces its copy.
     let (status, body) = cache.get(&format!("/o/{addr}")).await;
     assert_eq!(status, 200, "{body}");
@@ -268,7 +282,7 @@ async fn a_get_streams_while_the_transfer_verifies_and_is_cut_short_when_it_fail
         .await;
     let size = 12 << 20;
     let bytes = data(size, 71);
-    let addr = origin.put(bytes.clone()).await;
+    let addr = put_announced(&origin, bytes.clone()).await;
 
     // The answer starts once the size is proven, long before node 1 (2 MiB/s) has sent it all.
     let mut res = reader
@@ -328,7 +342,7 @@ async fn requests_for_an_object_being_fetched_join_its_fetch() {
         .await;
     let size = 6 << 20;
     let bytes = data(size, 73);
-    let addr = origin.put(bytes.clone()).await;
+    let addr = put_announced(&origin, bytes.clone()).await;
     let url = format!("{}/o/{addr}", reader.url);
     let get = |range: Option<&'static str>| {
         let (client, url) = (reader.anonymous(), url.clone());
@@ -425,7 +439,7 @@ async fn a_malicious_provider_is_caught_and_an_honest_node_serves_the_object() {
     let reader = Node::start(&dir.path().join("n2"), &["--bootstrap", &seed]).await;
     let reader_addr = p2p_addr(&reader).await;
     let bytes = data(4 << 20, 31);
-    let addr: ron_proto::Address = honest.put(bytes.clone()).await.parse().unwrap();
+    let addr: ron_proto::Address = put_announced(&honest, bytes.clone()).await.parse().unwrap();
 
     // The malicious node: a libp2p peer in this process that joins through node 2 and
     // announces the object.

@@ -831,13 +831,23 @@ impl Actor {
                 result,
                 step,
                 stats,
-            })) => self.query_progressed(id, result, step.last, stats.num_requests()),
+            })) => {
+                let (asked, reached) = (stats.num_requests(), stats.num_successes());
+                self.query_progressed(id, result, step.last, asked, reached);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Transfer(event)) => self.transfer(event, served),
             _ => {}
         }
     }
 
-    fn query_progressed(&mut self, query: QueryId, result: QueryResult, last: bool, asked: u32) {
+    fn query_progressed(
+        &mut self,
+        query: QueryId,
+        result: QueryResult,
+        last: bool,
+        asked: u32,
+        reached: u32,
+    ) {
         match result {
             QueryResult::GetProviders(result) => {
                 let Some(&id) = self.by_query.get(&query) else {
@@ -856,7 +866,12 @@ impl Actor {
                     self.lookup_part(id, found, false);
                 }
             }
-            QueryResult::StartProviding(_) if last && self.announcing.remove(&query) => {
+            QueryResult::StartProviding(result) if last && self.announcing.remove(&query) => {
+                self.metrics.announced(match result {
+                    Ok(_) if reached > 0 => "ok",
+                    Ok(_) => "alone",
+                    Err(_) => "failed",
+                });
                 self.pump();
             }
             _ => {}

@@ -30,6 +30,7 @@ pub struct DhtMetrics {
     pub(crate) hedges: Counter,
     pub(crate) hedge_wins: Counter,
     pub(crate) holepunch: Family<OutcomeLabel, Counter>,
+    pub(crate) announcements: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for DhtMetrics {
@@ -43,6 +44,7 @@ impl Default for DhtMetrics {
             hedges: Counter::default(),
             hedge_wins: Counter::default(),
             holepunch: Family::default(),
+            announcements: Family::default(),
         }
     }
 }
@@ -85,6 +87,12 @@ impl DhtMetrics {
             "Attempts to replace a relayed connection by a direct one, by outcome",
             self.holepunch.clone(),
         );
+        metrics.register(
+            "p2p_announcements",
+            "Announcements of this node as a provider of an object, by outcome (ok: sent to \
+             the closest peers; alone: no peer to send them to; failed: timed out)",
+            self.announcements.clone(),
+        );
     }
 
     /// Lookups that started a hedge, and those the hedge answered first.
@@ -95,6 +103,12 @@ impl DhtMetrics {
     /// Counts one fetch's outcome.
     pub fn fetch_ended(&self, outcome: &'static str) {
         self.fetches.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    pub(crate) fn announced(&self, outcome: &'static str) {
+        self.announcements
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     pub(crate) fn holepunch(&self, outcome: &'static str) {
