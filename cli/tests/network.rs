@@ -208,6 +208,24 @@ async fn put_announced(node: &Node, bytes: Vec<u8>) -> String {
     addr
 }
 
+/// Two nodes sending each other at most 2 MiB/s (after a one-second burst), so transfers
+/// take seconds; the second bootstrapped from the first and connected to it.
+async fn paced_pair(dir: &std::path::Path) -> (Node, Node) {
+    let paced = "[p2p]\npeer_bytes_per_sec = 2097152\nfetch_timeout_ms = 60000\n";
+    for n in ["n1", "n2"] {
+        config(&dir.join(n), paced);
+    }
+    let origin = Node::start(&dir.join("n1"), &[]).await;
+    let seed = p2p_addr(&origin).await;
+    let reader = Node::start(&dir.join("n2"), &["--bootstrap", &seed]).await;
+    reader
+        .wait_status("a peer", |s| {
+            s["p2p"]["peers"].as_array().is_some_and(|p| !p.is_empty())
+        })
+        .await;
+    (origin, reader)
+}
+
 /// Writes `<dir>/ron.toml` before the node starts.
 fn config(dir: &std::path::Path, toml: &str) {
     std::fs::create_dir_all(dir).unwrap();
@@ -268,18 +286,7 @@ async fn a_transfer_survives_its_only_original_provider_dying() {
 #[tokio::test]
 async fn a_get_streams_while_the_transfer_verifies_and_is_cut_short_when_it_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let paced = "[p2p]\npeer_bytes_per_sec = 2097152\nfetch_timeout_ms = 60000\n";
-    for n in ["n1", "n2"] {
-        config(&dir.path().join(n), paced);
-    }
-    let mut origin = Node::start(&dir.path().join("n1"), &[]).await;
-    let seed = p2p_addr(&origin).await;
-    let reader = Node::start(&dir.path().join("n2"), &["--bootstrap", &seed]).await;
-    reader
-        .wait_status("a peer", |s| {
-            s["p2p"]["peers"].as_array().is_some_and(|p| !p.is_empty())
-        })
-        .await;
+    let (mut origin, reader) = paced_pair(dir.path()).await;
     let size = 12 << 20;
     let bytes = data(size, 71);
     let addr = put_announced(&origin, bytes.clone()).await;
@@ -328,18 +335,7 @@ async fn a_get_streams_while_the_transfer_verifies_and_is_cut_short_when_it_fail
 #[tokio::test]
 async fn requests_for_an_object_being_fetched_join_its_fetch() {
     let dir = tempfile::tempdir().unwrap();
-    let paced = "[p2p]\npeer_bytes_per_sec = 2097152\nfetch_timeout_ms = 60000\n";
-    for n in ["n1", "n2"] {
-        config(&dir.path().join(n), paced);
-    }
-    let origin = Node::start(&dir.path().join("n1"), &[]).await;
-    let seed = p2p_addr(&origin).await;
-    let reader = Node::start(&dir.path().join("n2"), &["--bootstrap", &seed]).await;
-    reader
-        .wait_status("a peer", |s| {
-            s["p2p"]["peers"].as_array().is_some_and(|p| !p.is_empty())
-        })
-        .await;
+    let (origin, reader) = paced_pair(dir.path()).await;
     let size = 6 << 20;
     let bytes = data(size, 73);
     let addr = put_announced(&origin, bytes.clone()).await;
