@@ -5,7 +5,8 @@
 //! down and not asked again for the object (in this fetch or a later one), and what it sent
 //! before the bad group is kept.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,22 +40,25 @@ const LIE: i64 = -1_000;
 const DEAD_PAUSE: Duration = Duration::from_secs(1);
 /// Scores kept (the best-known peers win when the table is full).
 const SCORES: usize = 4096;
-/// (object, peer) pairs caught lying that are remembered.
-const LIED: usize = 4096;
+/// (object, peer) pairs caught lying that are remembered (the least recently asked about
+/// forgotten first).
+const LIED: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 
 /// How peers have behaved in transfers: the higher, the sooner a peer is asked; and which peers
 /// lied about which object, never asked for it again.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Scores {
     scores: Arc<Mutex<HashMap<PeerId, i64>>>,
-    lied: Arc<Mutex<Lied>>,
+    lied: Arc<Mutex<lru::LruCache<(Address, PeerId), ()>>>,
 }
 
-/// The (object, peer) pairs caught lying, the oldest forgotten first past [`LIED`].
-#[derive(Debug, Default)]
-struct Lied {
-    pairs: HashSet<(Address, PeerId)>,
-    order: VecDeque<(Address, PeerId)>,
+impl Default for Scores {
+    fn default() -> Self {
+        Self {
+            scores: Arc::default(),
+            lied: Arc::new(Mutex::new(lru::LruCache::new(LIED))),
+        }
+    }
 }
 
 impl Scores {
@@ -81,19 +85,12 @@ impl Scores {
     fn lied(&self, addr: Address, peer: PeerId) -> bool {
         self.lied
             .lock()
-            .is_ok_and(|l| l.pairs.contains(&(addr, peer)))
+            .is_ok_and(|mut l| l.get(&(addr, peer)).is_some())
     }
 
     fn caught(&self, addr: Address, peer: PeerId) {
-        if let Ok(mut lied) = self.lied.lock()
-            && lied.pairs.insert((addr, peer))
-        {
-            lied.order.push_back((addr, peer));
-            if lied.order.len() > LIED
-                && let Some(old) = lied.order.pop_front()
-            {
-                lied.pairs.remove(&old);
-            }
+        if let Ok(mut lied) = self.lied.lock() {
+            lied.put((addr, peer), ());
         }
     }
 }

@@ -358,15 +358,7 @@ async fn headed(state: &AppState, addr: Address) -> Response {
         return not_found(&addr);
     };
     match network.stream(addr).await {
-        Ok(incoming) => {
-            let mut base = common_headers(&addr);
-            base.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            base.insert(header::CONTENT_LENGTH, HeaderValue::from(incoming.size));
-            (StatusCode::OK, base).into_response()
-        }
+        Ok(incoming) => (StatusCode::OK, fetched_headers(&addr, incoming.size)).into_response(),
         Err(e) => fetch_error(state, e),
     }
 }
@@ -394,7 +386,7 @@ fn fetch_error(state: &AppState, error: crate::FetchError) -> Response {
 /// for the whole transfer and the store's commit. A transfer that fails part-way cuts the
 /// response short (never a wrong byte); the errors before the first byte are as for
 /// [`fetched`].
-async fn streamed(state: Shared, addr: Address, mut base: HeaderMap) -> Response {
+async fn streamed(state: Shared, addr: Address) -> Response {
     let Some(network) = &state.network else {
         return not_found(&addr);
     };
@@ -402,11 +394,7 @@ async fn streamed(state: Shared, addr: Address, mut base: HeaderMap) -> Response
         Ok(incoming) => incoming,
         Err(e) => return fetch_error(&state, e),
     };
-    base.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    base.insert(header::CONTENT_LENGTH, HeaderValue::from(incoming.size));
+    let base = fetched_headers(&addr, incoming.size);
     let pieces = stream::unfold(incoming.bytes, |mut rx| async move {
         rx.recv().await.map(|piece| (piece, rx))
     })
@@ -421,6 +409,18 @@ async fn streamed(state: Shared, addr: Address, mut base: HeaderMap) -> Response
         }
     });
     (StatusCode::OK, base, Body::from_stream(pieces)).into_response()
+}
+
+/// The headers of an answer with the whole of an object fetched from peers (its media type is
+/// not known here).
+fn fetched_headers(addr: &Address, size: u64) -> HeaderMap {
+    let mut base = common_headers(addr);
+    base.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    base.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    base
 }
 
 /// The headers every answer with an object's bytes carries: its ETag (the address), cached
@@ -464,7 +464,7 @@ pub(crate) async fn get(
                 && !headers.contains_key(header::RANGE)
                 && !headers.contains_key(header::IF_NONE_MATCH) =>
         {
-            return streamed(state.clone(), addr, common_headers(&addr)).await;
+            return streamed(state.clone(), addr).await;
         }
         Ok(None) => match fetched(&state, addr).await {
             Ok(r) => r,
