@@ -867,7 +867,7 @@ impl Actor {
                 }
             }
             QueryResult::StartProviding(result) if last && self.announcing.remove(&query) => {
-                self.metrics.announced(match result {
+                self.metrics.announcement(match result {
                     Ok(_) if reached > 0 => "ok",
                     Ok(_) => "alone",
                     Err(_) => "failed",

@@ -100,12 +100,19 @@ impl DhtMetrics {
         (self.hedges.get(), self.hedge_wins.get())
     }
 
+    /// Announcements of this node as a provider that were sent to peers.
+    pub fn announced(&self) -> u64 {
+        self.announcements
+            .get_or_create(&OutcomeLabel { outcome: "ok" })
+            .get()
+    }
+
     /// Counts one fetch's outcome.
     pub fn fetch_ended(&self, outcome: &'static str) {
         self.fetches.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
-    pub(crate) fn announced(&self, outcome: &'static str) {
+    pub(crate) fn announcement(&self, outcome: &'static str) {
         self.announcements
             .get_or_create(&OutcomeLabel { outcome })
             .inc();

@@ -224,7 +224,14 @@ async fn a_stalled_lookup_is_hedged_and_the_hedge_answers() {
     let b = node(&[], None, 0, &[address_of(&a.handle).await]);
     wait_for_peers(&b.handle, 1).await;
     a.handle.provide(addr).await.unwrap();
-    // B learns A's record (it is among A's closest peers in a network of two).
+    // B holds A's record (B is A's closest peer in a network of two): the hedge asks B.
+    for _ in 0..250 {
+        if a.handle.metrics().announced() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.handle.metrics().announced(), 1, "A announced to B");
     for _ in 0..100 {
         if b.handle
             .providers(addr)
