@@ -1,6 +1,7 @@
 //! Streaming upload: bytes in, chunks cut and stored durably as they become certain, then the
 //! object's outboard (whose root is its address) and one metadata commit.
 
+use std::collections::HashSet;
 use std::io::{BufWriter, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 
 type ChunkJob =
     tokio::task::JoinHandle<Result<Result<(Address, Inflight), StoreError>, StoreError>>;
+type SyncJob = tokio::task::JoinHandle<Result<(), StoreError>>;
 
 /// How to store an upload.
 #[derive(Debug, Clone, Default)]
@@ -58,6 +60,12 @@ pub struct ObjectWriter {
     guards: Vec<Inflight>,
     /// Chunk jobs in order, with each chunk's length.
     pending: std::collections::VecDeque<(ChunkJob, u64)>,
+    /// Chunk files this upload relies on that no sync has covered yet.
+    unsynced: Vec<Address>,
+    /// Every chunk address ever queued for syncing (each file is synced once).
+    queued: HashSet<Address>,
+    /// The sync running behind the upload, if any.
+    syncing: Option<SyncJob>,
 }
 
 impl std::fmt::Debug for ObjectWriter {
@@ -118,6 +126,11 @@ impl Read for ChunkChain {
     }
 }
 
+async fn join_sync(job: SyncJob) -> Result<(), StoreError> {
+    job.await
+        .map_err(|e| StoreError::Internal(format!("chunk sync failed: {e}")))?
+}
+
 /// An outboard computed but not yet in place.
 enum PendingOutboard {
     File(PathBuf),
@@ -176,6 +189,9 @@ impl ObjectWriter {
             size: 0,
             guards: Vec::new(),
             pending: std::collections::VecDeque::new(),
+            unsynced: Vec::new(),
+            queued: HashSet::new(),
+            syncing: None,
         }
     }
 
@@ -239,6 +255,30 @@ impl ObjectWriter {
             .map_err(|e| StoreError::Internal(format!("chunk job failed: {e}")))???;
         self.guards.push(guard);
         self.chunks.push(ChunkRef { address, len });
+        // Every chunk the object uses becomes durable before anything references it, also
+        // those found already present (another upload may not have synced them yet).
+        if self.queued.insert(address) {
+            self.unsynced.push(address);
+        }
+        self.sync_behind().await
+    }
+
+    /// Keeps one sync running behind the upload: when the last one has ended, the chunk files
+    /// written since go to the disk in one batch, so the commit waits only for the last few.
+    /// A failed sync fails the upload here or at [`ObjectWriter::finish`].
+    async fn sync_behind(&mut self) -> Result<(), PutError> {
+        if let Some(job) = self.syncing.take_if(|job| job.is_finished()) {
+            join_sync(job).await?;
+        }
+        if self.syncing.is_none() && !self.unsynced.is_empty() {
+            let batch = std::mem::take(&mut self.unsynced);
+            let inner = self.inner.clone();
+            // Waiting for the disk, not computing: outside the CPU pool, whose permits the
+            // chunk jobs need; one per upload at a time.
+            self.syncing = Some(tokio::task::spawn_blocking(move || {
+                inner.blobs.sync(Kind::Chunk, &batch)
+            }));
+        }
         Ok(())
     }
 
@@ -252,18 +292,19 @@ impl ObjectWriter {
         while !self.pending.is_empty() {
             self.complete_oldest().await?;
         }
-        // Every chunk the object uses becomes durable before anything references it, also
-        // those found already present (another upload may not have synced them yet).
+        // What the sync behind the upload has not covered yet: the batch it is on, then the
+        // rest. The sync is disk-bound and the outboard (a BLAKE3 pass over the stored bytes)
+        // is CPU-bound: run them side by side.
         let inner = self.inner.clone();
-        let mut unique: Vec<Address> = self.chunks.iter().map(|c| c.address).collect();
-        unique.sort_unstable();
-        unique.dedup();
-        // The sync is disk-bound and the outboard (a BLAKE3 pass over the stored bytes) is
-        // CPU-bound: run them side by side.
-        let sync = self
-            .inner
-            .pool
-            .run(move || inner.blobs.sync(Kind::Chunk, &unique));
+        let (running, rest) = (self.syncing.take(), std::mem::take(&mut self.unsynced));
+        let sync = async move {
+            if let Some(job) = running {
+                join_sync(job).await?;
+            }
+            tokio::task::spawn_blocking(move || inner.blobs.sync(Kind::Chunk, &rest))
+                .await
+                .map_err(|e| StoreError::Internal(format!("chunk sync failed: {e}")))
+        };
         let inner = self.inner.clone();
         let (chunks, size) = (self.chunks.clone(), self.size);
         let outboard = self
