@@ -388,7 +388,7 @@ async fn transfer(
     let result = transferred
         .map_err(unavailable)
         .and_then(|t| stored.map(|()| t).map_err(FetchError::Unavailable));
-    let transferred = match result {
+    let mut transferred = match result {
         Ok(t) => t,
         Err(e) => {
             if let Some(listener) = tee {
@@ -400,10 +400,12 @@ async fn transfer(
     // Every byte has been handed on; the client's response ends when `tee` drops.
     drop(tee);
     let transfer_ms = started.elapsed().as_millis();
-    // The store checks the address again before anything becomes visible.
+    // The outboard is the one the transfer assembled from verified pairs (no second BLAKE3
+    // pass over the stored bytes); the store checks it fits the address before anything
+    // becomes visible.
     upload
         .writer
-        .finish()
+        .finish_with_outboard(std::mem::take(&mut transferred.outboard))
         .await
         .map_err(|e| FetchError::Unavailable(e.to_string()))?;
     let from: Vec<String> = transferred

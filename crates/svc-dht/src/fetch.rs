@@ -10,6 +10,9 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bao_tree::BaoTree;
+use bao_tree::io::outboard::PostOrderOutboard;
+use bao_tree::io::sync::OutboardMut;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -21,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::codec::{MAX_RANGE, TransferReply, TransferRequest};
 use crate::node::{DhtError, DhtHandle};
-use crate::verify::{GROUP_BYTES, Verified, decode};
+use crate::verify::{BLOCK, GROUP_BYTES, Pair, Verified, decode};
 
 /// Range requests in flight for one fetch, over all its providers.
 pub const INFLIGHT: usize = 24;
@@ -105,8 +108,8 @@ pub struct Probe {
     pub size: u64,
     /// The provider that proved it.
     pub peer: PeerId,
-    /// Where the last group starts, and its verified bytes.
-    tail: (u64, Vec<Bytes>),
+    /// Where the last group starts, and what verified of it.
+    tail: (u64, Verified),
 }
 
 /// How a transfer went.
@@ -118,6 +121,10 @@ pub struct Transferred {
     pub delivered: Vec<(PeerId, u64)>,
     /// Each provider that failed, and how.
     pub faults: Vec<String>,
+    /// The object's outboard (bao-tree post order, 16 KiB groups; empty for an object of one
+    /// group), assembled from the hash pairs that verified during the transfer: every pair
+    /// on the way to every group, so complete when the transfer is.
+    pub outboard: Vec<u8>,
 }
 
 struct Provider {
@@ -136,6 +143,14 @@ struct Provider {
 /// A range answer: from which provider (and at which of its deaths it was asked), for which
 /// range.
 type Answer = (usize, u32, u64, u64, Result<TransferReply, DhtError>);
+
+/// Puts verified hash pairs in their places in the outboard being assembled.
+fn save(outboard: &mut PostOrderOutboard, parents: Vec<Pair>) {
+    for (node, pair) in parents {
+        // Into the buffer sized for this tree, at the node's own offset: nothing to fail.
+        let _ = outboard.save(node, &pair);
+    }
+}
 
 impl DhtHandle {
     /// Finds, among `providers` (best scored first), one that holds `addr` and proves its
@@ -184,7 +199,7 @@ impl DhtHandle {
             }
             if size == 0 {
                 if addr == Address::of(b"") {
-                    let tail = (0, Vec::new());
+                    let tail = (0, Verified::default());
                     return Ok(Probe {
                         addr,
                         size,
@@ -214,7 +229,7 @@ impl DhtHandle {
                 .await;
             match self.check(addr, size, start, size, answer).await {
                 Ok(verified) if verified.fault.is_none() => {
-                    let tail = (start, verified.groups);
+                    let tail = (start, verified);
                     return Ok(Probe {
                         addr,
                         size,
@@ -265,7 +280,16 @@ impl DhtHandle {
             .collect();
         rest.sort_by_key(|p| -self.scores.get(p));
         peers.extend(rest);
-        let tail_len: u64 = tail.1.iter().map(|g| g.len() as u64).sum();
+        let (tail_start, tail) = tail;
+        let tail_len = tail.len;
+        let tree = BaoTree::new(size, BLOCK);
+        // The size was proven and bounded by the probe: this is 64 bytes per 16 KiB group.
+        let mut outboard = PostOrderOutboard {
+            root: bao_tree::blake3::Hash::from_bytes(*addr.as_bytes()),
+            tree,
+            data: vec![0u8; usize::try_from(tree.outboard_size()).unwrap_or(0)],
+        };
+        save(&mut outboard, tail.parents);
         let mut peers: Vec<Provider> = peers
             .into_iter()
             .map(|id| Provider {
@@ -284,15 +308,15 @@ impl DhtHandle {
         // Ranges still wanted, by start.
         let mut wanted: BTreeMap<u64, u64> = BTreeMap::new();
         let mut at = 0;
-        while at < tail.0 {
-            let end = (at + MAX_RANGE).min(tail.0);
+        while at < tail_start {
+            let end = (at + MAX_RANGE).min(tail_start);
             wanted.insert(at, end);
             at = end;
         }
         // Verified groups not yet handed on, by start.
         let mut ready: BTreeMap<u64, Vec<Bytes>> = BTreeMap::new();
         if size > 0 {
-            ready.insert(tail.0, tail.1);
+            ready.insert(tail_start, tail.groups);
         }
         let mut next = 0;
         let mut inflight: FuturesUnordered<BoxFuture<'static, Answer>> = FuturesUnordered::new();
@@ -333,6 +357,7 @@ impl DhtHandle {
             }
             if next >= size {
                 report.delivered = peers.iter().map(|p| (p.id, p.delivered)).collect();
+                report.outboard = std::mem::take(&mut outboard.data);
                 return Ok(report);
             }
             if inflight.is_empty() {
@@ -358,7 +383,13 @@ impl DhtHandle {
             peers[i].inflight -= 1;
             let id = peers[i].id;
             match self.check(addr, size, start, end, answer).await {
-                Ok(Verified { groups, len, fault }) => {
+                Ok(Verified {
+                    groups,
+                    len,
+                    fault,
+                    parents,
+                }) => {
+                    save(&mut outboard, parents);
                     if len > 0 {
                         ready.insert(start, groups);
                         peers[i].delivered += len;

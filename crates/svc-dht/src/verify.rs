@@ -2,16 +2,20 @@
 
 use std::io::Cursor;
 
+use bao_tree::blake3::Hash;
 use bao_tree::io::BaoContentItem;
 use bao_tree::io::sync::DecodeResponseIter;
-use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
+use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges, TreeNode};
 use bytes::Bytes;
 use ron_proto::Address;
 use ron_proto::oap::GROUP_CHUNK_LOG;
 
 /// Bytes of one verification group.
 pub const GROUP_BYTES: u64 = 1024 << GROUP_CHUNK_LOG;
-const BLOCK: BlockSize = BlockSize::from_chunk_log(GROUP_CHUNK_LOG);
+pub(crate) const BLOCK: BlockSize = BlockSize::from_chunk_log(GROUP_CHUNK_LOG);
+
+/// A hash pair of the object's tree, and the node it belongs to.
+pub(crate) type Pair = (TreeNode, (Hash, Hash));
 
 /// What a range's encoding proved.
 #[derive(Debug, Default)]
@@ -20,6 +24,9 @@ pub(crate) struct Verified {
     pub(crate) groups: Vec<Bytes>,
     /// Their bytes.
     pub(crate) len: u64,
+    /// The hash pairs that verified on the way to them (each proven against the address):
+    /// where they sit in the object's outboard, and the pair.
+    pub(crate) parents: Vec<Pair>,
     /// Why decoding stopped before the range's end, if it did: the peer sent bytes that are
     /// not the object (or not the encoding asked for).
     pub(crate) fault: Option<String>,
@@ -37,7 +44,7 @@ pub(crate) fn decode(addr: Address, size: u64, start: u64, end: u64, encoded: &[
     let mut fault = None;
     for item in DecodeResponseIter::new(root, BaoTree::new(size, BLOCK), &mut reader, &ranges) {
         match item {
-            Ok(BaoContentItem::Parent(_)) => {}
+            Ok(BaoContentItem::Parent(parent)) => out.parents.push((parent.node, parent.pair)),
             Ok(BaoContentItem::Leaf(leaf)) if leaf.offset == at => {
                 at += leaf.data.len() as u64;
                 out.groups.push(leaf.data);

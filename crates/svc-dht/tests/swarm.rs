@@ -31,7 +31,17 @@ async fn fetch_with(
         got
     });
     let transferred = from.transfer(probe, providers, tx).await?;
-    Ok((collect.await.unwrap(), transferred))
+    let got = collect.await.unwrap();
+    // Every fetch (also those past a liar or a dead provider) hands back the object's whole
+    // outboard, assembled from the pairs that verified: the one hashing the bytes would give.
+    let block = bao_tree::BlockSize::from_chunk_log(ron_proto::oap::GROUP_CHUNK_LOG);
+    let outboard = bao_tree::io::outboard::PostOrderMemOutboard::create(&got[..], block);
+    assert_eq!(outboard.root.as_bytes(), addr.as_bytes());
+    assert!(
+        transferred.outboard == outboard.data,
+        "the assembled outboard differs"
+    );
+    Ok((got, transferred))
 }
 
 async fn fetch(

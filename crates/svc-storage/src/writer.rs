@@ -2,7 +2,7 @@
 //! object's outboard (whose root is its address) and one metadata commit.
 
 use std::collections::HashSet;
-use std::io::{BufWriter, Read};
+use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -179,6 +179,40 @@ fn compute_outboard(
     }
 }
 
+/// Whether `outboard` can be the outboard of an object of `size` bytes at `address`: its
+/// length is the tree's, and its last pair (the root's, in post order) hashes to the address.
+fn fits(outboard: &[u8], size: u64, address: &Address) -> bool {
+    let tree = BaoTree::new(size, BLOCK);
+    if outboard.len() as u64 != tree.outboard_size() || outboard.len() < 64 {
+        return false;
+    }
+    let pair = &outboard[outboard.len() - 64..];
+    let (mut left, mut right) = ([0u8; 32], [0u8; 32]);
+    left.copy_from_slice(&pair[..32]);
+    right.copy_from_slice(&pair[32..]);
+    let root = blake3::hazmat::merge_subtrees_root(&left, &right, blake3::hazmat::Mode::Hash);
+    root.as_bytes() == address.as_bytes()
+}
+
+/// A verified outboard written to a temporary file and fsynced (disk), or kept (memory).
+fn place_outboard(
+    inner: &Inner,
+    address: Address,
+    outboard: Vec<u8>,
+) -> Result<(Address, PendingOutboard), StoreError> {
+    match inner.blobs.temp_file()? {
+        Some((path, mut file)) => {
+            let written = file.write_all(&outboard).and_then(|()| file.sync_all());
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&path);
+                return Err(StoreError::io(format!("write {}", path.display()))(e));
+            }
+            Ok((address, PendingOutboard::File(path)))
+        }
+        None => Ok((address, PendingOutboard::Memory(outboard))),
+    }
+}
+
 impl ObjectWriter {
     pub(crate) fn new(inner: Arc<Inner>, options: PutOptions) -> Self {
         Self {
@@ -285,7 +319,23 @@ impl ObjectWriter {
     /// Ends the upload: stores the last chunks, computes the outboard from the stored bytes
     /// (its root is the address), checks the expected address, and commits. The object is
     /// durable and visible when this returns `Ok`.
-    pub async fn finish(mut self) -> Result<Stored, PutError> {
+    pub async fn finish(self) -> Result<Stored, PutError> {
+        self.commit(None).await
+    }
+
+    /// [`ObjectWriter::finish`] for bytes that were verified as they arrived: `outboard` is the
+    /// object's bao-tree outboard (post order, 16 KiB groups) built from hash pairs each
+    /// verified against the expected address ([`PutOptions::expect`]), and is stored instead
+    /// of a BLAKE3 pass over the stored bytes. It is taken only when its length fits the size
+    /// and its root pair hashes to the expected address; otherwise (or for objects of one
+    /// group, which have no pairs) the outboard is computed from the stored bytes as usual.
+    /// Reads check every window against the outboard, so a pair that did not belong to these
+    /// bytes could never make them serve wrong bytes.
+    pub async fn finish_with_outboard(self, outboard: Vec<u8>) -> Result<Stored, PutError> {
+        self.commit(Some(outboard)).await
+    }
+
+    async fn commit(mut self, verified: Option<Vec<u8>>) -> Result<Stored, PutError> {
         while let Some(chunk) = self.chunker.next_chunk(true) {
             self.store_chunk(chunk).await?;
         }
@@ -307,10 +357,18 @@ impl ObjectWriter {
         };
         let inner = self.inner.clone();
         let (chunks, size) = (self.chunks.clone(), self.size);
-        let outboard = self
-            .inner
-            .pool
-            .run(move || compute_outboard(&inner, chunks, size));
+        let verified = verified.and_then(|outboard| {
+            let expected = self.options.expect?;
+            if fits(&outboard, size, &expected) {
+                return Some((expected, outboard));
+            }
+            tracing::warn!(%expected, size, "a verified outboard does not fit the object; hashing the stored bytes");
+            None
+        });
+        let outboard = self.inner.pool.run(move || match verified {
+            Some((address, outboard)) => place_outboard(&inner, address, outboard),
+            None => compute_outboard(&inner, chunks, size),
+        });
         let (synced, outboard) = tokio::join!(sync, outboard);
         let (address, pending) = outboard??;
         if let Err(e) = synced.and_then(|r| r) {

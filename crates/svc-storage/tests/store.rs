@@ -196,6 +196,71 @@ async fn a_flipped_byte_is_caught_in_its_group_and_reported_by_stat() {
 }
 
 #[tokio::test]
+async fn a_verified_outboard_is_stored_as_given_and_one_that_does_not_fit_is_not() {
+    use bao_tree::BlockSize;
+    use bao_tree::io::outboard::PostOrderMemOutboard;
+    let block = BlockSize::from_chunk_log(ron_proto::oap::GROUP_CHUNK_LOG);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), CpuPool::new(2)).unwrap();
+    let bytes = data(1 << 20, 21);
+    let address = Address::of(&bytes);
+    let outboard = PostOrderMemOutboard::create(&bytes[..], block).data;
+    let upload = |outboard: Vec<u8>| {
+        let (store, bytes) = (store.clone(), bytes.clone());
+        async move {
+            let options = PutOptions {
+                expect: Some(Address::of(&bytes)),
+                unpinned: true,
+                ..PutOptions::default()
+            };
+            let mut w = store.writer(options);
+            for piece in bytes.chunks(100_003) {
+                w.write(piece).await.unwrap();
+            }
+            let stored = w.finish_with_outboard(outboard).await.unwrap();
+            assert_eq!(stored.address, Address::of(&bytes));
+        }
+    };
+
+    // A pair below the root flipped: the root pair still fits, so the outboard is stored as
+    // given (no pass over the bytes notices), and reads of the groups it covers are refused
+    // rather than served unproven; the rest still verify.
+    let mut wrong_below = outboard.clone();
+    wrong_below[0] ^= 1;
+    upload(wrong_below).await;
+    let reader = store.reader(&address).await.unwrap().unwrap();
+    let err = reader.read_verified(0, 16_384).await.unwrap_err();
+    assert!(
+        matches!(err, ReadError::Damaged { offset: 0, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        &reader.read_verified(524_288, 540_672).await.unwrap()[..],
+        &bytes[524_288..540_672]
+    );
+    drop(reader);
+    store.gc().await.unwrap();
+    assert!(store.reader(&address).await.unwrap().is_none());
+
+    // The root pair wrong, or the length wrong: not taken; the outboard is computed from the
+    // stored bytes and every read verifies.
+    let mut wrong_root = outboard.clone();
+    let last = wrong_root.len() - 1;
+    wrong_root[last] ^= 1;
+    for given in [wrong_root, outboard[..outboard.len() - 64].to_vec()] {
+        upload(given).await;
+        assert_eq!(read_all(&store, &address).await.unwrap(), bytes);
+        store.gc().await.unwrap();
+        assert!(store.reader(&address).await.unwrap().is_none());
+    }
+
+    // The right one: stored, and every read verifies against it.
+    upload(outboard).await;
+    assert_eq!(read_all(&store, &address).await.unwrap(), bytes);
+    assert!(!store.stat(&address).await.unwrap().unwrap().damaged);
+}
+
+#[tokio::test]
 async fn encoded_ranges_decode_against_the_address() {
     use bao_tree::io::BaoContentItem;
     use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
