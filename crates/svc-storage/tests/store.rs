@@ -258,6 +258,17 @@ async fn a_verified_outboard_is_stored_as_given_and_one_that_does_not_fit_is_not
     upload(outboard).await;
     assert_eq!(read_all(&store, &address).await.unwrap(), bytes);
     assert!(!store.stat(&address).await.unwrap().unwrap().damaged);
+
+    // One group has no pairs: an empty outboard, and the object is hashed as usual.
+    let small = data(10_000, 22);
+    let options = PutOptions {
+        expect: Some(Address::of(&small)),
+        ..PutOptions::default()
+    };
+    let mut w = store.writer(options);
+    w.write(&small).await.unwrap();
+    let stored = w.finish_with_outboard(Vec::new()).await.unwrap();
+    assert_eq!(read_all(&store, &stored.address).await.unwrap(), small);
 }
 
 #[tokio::test]
