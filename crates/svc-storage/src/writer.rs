@@ -15,8 +15,6 @@ use crate::blobs::{BlobData, Blobs, Kind};
 use crate::store::{Inflight, Inner, commit_object};
 use crate::{Chunker, PutError, StoreError};
 
-/// Bytes of one verification group.
-const GROUP_BYTES: u64 = 1024 << ron_proto::oap::GROUP_CHUNK_LOG;
 /// BLAKE3 outboard granularity: 16 KiB chunk groups.
 pub(crate) const BLOCK: BlockSize = BlockSize::from_chunk_log(ron_proto::oap::GROUP_CHUNK_LOG);
 /// Chunks hashed and written concurrently while the upload keeps arriving (memory: this many
@@ -189,10 +187,10 @@ fn fits(outboard: &[u8], size: u64, address: &Address) -> bool {
         return false;
     }
     let pair = &outboard[outboard.len() - 64..];
-    let (mut left, mut right) = ([0u8; 32], [0u8; 32]);
-    left.copy_from_slice(&pair[..32]);
-    right.copy_from_slice(&pair[32..]);
-    let root = blake3::hazmat::merge_subtrees_root(&left, &right, blake3::hazmat::Mode::Hash);
+    let (Ok(left), Ok(right)) = (pair[..32].try_into(), pair[32..].try_into()) else {
+        return false;
+    };
+    let root = blake3::hazmat::merge_subtrees_root(left, right, blake3::hazmat::Mode::Hash);
     root.as_bytes() == address.as_bytes()
 }
 
@@ -365,7 +363,7 @@ impl ObjectWriter {
         let verified = verified.and_then(|outboard| {
             let expected = self.options.expect?;
             // An object of one group has no pairs: hashing it is the check.
-            if outboard.is_empty() && size <= GROUP_BYTES {
+            if BaoTree::new(size, BLOCK).outboard_size() == 0 {
                 return None;
             }
             if fits(&outboard, size, &expected) {
