@@ -63,7 +63,7 @@ enum Command {
         #[command(flatten)]
         creds: client::Creds,
     },
-    /// Keep an object through garbage collection.
+    /// Keep an object through garbage collection (fetched from peers first when the node lacks it).
     Pin {
         /// `b3:<hex>`.
         address: String,

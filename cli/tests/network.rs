@@ -126,6 +126,14 @@ async fn five_nodes_find_and_verify_each_others_objects() {
         }
     }
 
+    // `ron pin` on node 1, which lacks the 3 MiB object: fetched, verified, stored and pinned.
+    support::ok_stdout(&nodes[0].cli(&["pin", &addr]).await);
+    let stat = nodes[0].get(&format!("/stat/{addr}")).await;
+    assert_eq!(stat.0, 200, "{}", stat.1);
+    let stat: Value = serde_json::from_str(&stat.1).unwrap();
+    assert_eq!(stat["pinned"], true, "{stat}");
+    assert_eq!(stat["damaged"], false, "{stat}");
+
     // Node 3 lacks the 3 MiB object: a HEAD answers once a provider has proven the size, and
     // a range request answers from the copy fetched meanwhile.
     let url = format!("{}/o/{addr}", nodes[2].url);
@@ -182,6 +190,14 @@ async fn five_nodes_find_and_verify_each_others_objects() {
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
+    // Nor can it be pinned: a one-line error and a non-zero exit.
+    let out = nodes[2].cli(&["pin", &nobody.to_string()]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HTTP 404") && err.trim().lines().count() == 1,
+        "{err}"
+    );
     println!(
         "five nodes: 3 MiB PUT on node 2 read on node 5, and on node 4 after node 2 restarted; \
          a missing object answered 404 in {:?}",

@@ -65,9 +65,10 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
             .map(MatchedPath::as_str),
     );
     let method = label_method(req.method());
-    // Object transfers stream for as long as they move (idle and write limits bound them);
+    // Object transfers stream for as long as they move (idle and write limits bound them), and
+    // a pin may fetch its object from peers first (bounded by the fetch's own deadlines);
     // every other route has a whole-request deadline.
-    let streaming = matches!(route.as_ref(), "/put" | "/o/{addr}");
+    let streaming = matches!(route.as_ref(), "/put" | "/o/{addr}" | "/pin/{addr}");
     // One field: the JSON log layer formats span fields when the span is created, on every
     // request (three fields cost ~10% of a small GET's instructions; decision 0008).
     let span = tracing::info_span!("request", request_id = %id);
@@ -77,8 +78,8 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
     };
     let run = next.run(req).instrument(span.clone());
     let response = if streaming {
-        // No whole-request deadline (and no timer) for transfers that stream as long as
-        // they move.
+        // No whole-request deadline (and no timer) for transfers that go on as long as they
+        // move.
         run.await
     } else {
         let deadline =

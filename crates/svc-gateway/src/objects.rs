@@ -594,7 +594,23 @@ async fn set_pin(state: Shared, headers: HeaderMap, addr: Address, pinned: bool)
     if let Err(d) = authorize(&state, &headers, op, &format!("/pin/{addr}")) {
         return denied(&state, &d);
     }
-    match state.overlay.set_pinned(addr, pinned).await {
+    let mut outcome = state.overlay.set_pinned(addr, pinned).await;
+    // Pinning an object this node lacks fetches it first (verified and stored, as for a GET):
+    // `ron pin` on any node keeps any object of the network there.
+    if pinned && matches!(outcome, Ok(false)) && state.network.is_some() {
+        if let Err(answer) = fetched(&state, addr).await {
+            return *answer;
+        }
+        outcome = state.overlay.set_pinned(addr, true).await;
+        if matches!(outcome, Ok(false)) {
+            // Evicted from the fetch cache between its commit and the pin.
+            let kind = ErrorKind::Overloaded;
+            let body = ErrorBody::new(kind, "the fetched copy was evicted before it was pinned")
+                .retry_after_ms(fastrand::u64(1000..=5000));
+            return error_response(kind, &body);
+        }
+    }
+    match outcome {
         Ok(true) => {
             if let Some(network) = &state.network {
                 if pinned {
@@ -610,7 +626,8 @@ async fn set_pin(state: Shared, headers: HeaderMap, addr: Address, pinned: bool)
     }
 }
 
-/// `POST /pin/{addr}`.
+/// `POST /pin/{addr}`: an object this node lacks is fetched from the peer network first (404
+/// when no node provides it, 504 when none was found within the fetch deadline).
 pub(crate) async fn pin(
     State(state): State<Shared>,
     Addr(addr): Addr,
