@@ -11,9 +11,14 @@
 #         while storing it. Timed from the GET to its last byte ("end to end"), and to the
 #         copy committed in B's store (fsynced): a range request for one byte, which joins the
 #         fetch and is answered from the committed copy (/stat would re-verify the whole object).
+# pin:    node to node, no client streaming: a fresh node B is told `ron pin ADDR`; it finds A,
+#         transfers and verifies every range as above, commits its copy (fsynced) and pins it.
+#         Timed to the command's exit; B's copy is then read back and compared (not timed).
 # sendme: `sendme send` (relay disabled, addresses-only ticket; a fresh sender per run, its
-#         import not timed), then `sendme receive` into an empty directory, timed to exit;
-#         the file is compared with the original.
+#         import not timed), then `sendme receive` into an empty directory, timed to exit
+#         (it verifies into a blob store in a temporary directory, then copies the file out:
+#         a read and a write of 1 GiB, ext4 has no reflink); the file is compared with the
+#         original.
 # nginx:  when installed, the ceiling of an encrypted transfer on this machine: nginx serving
 #         the same file over HTTPS (TLS 1.3, sendfile from the page cache) to curl writing it
 #         to a file, nothing verified or stored.
@@ -50,15 +55,31 @@ SEED=$(curl -s "127.0.0.1:$PA/status" | grep -o '/ip4/127.0.0.1/tcp/[0-9]*/p2p/[
 ADDR=$(RON_NODE="http://127.0.0.1:$PA" RON_DATA_DIR="$W/pa" "$RON" put "$W/rand1g")
 [ "$ADDR" = "b3:$(b3sum --no-names "$W/rand1g")" ] || { echo "address mismatch" >&2; exit 1; }
 
-ron_run() { # -> "total_GB/s stored_GB/s"
+node_b() { # a fresh node B, bootstrapped from A and connected to it; -> its pid in BPID
   rm -rf "$W/pb" && mkdir -p "$W/pb" && printf "$conf" > "$W/pb/ron.toml"
   "$RON" node --gateway "127.0.0.1:$PB" --p2p-listen /ip4/127.0.0.1/tcp/0 --bootstrap "$SEED" \
     --data-dir "$W/pb" 2>"$W/pb.log" >/dev/null &
-  local pid=$!
+  BPID=$!
   for _ in $(seq 100); do curl -sf "127.0.0.1:$PB/healthz" >/dev/null && break; sleep 0.1; done
   until curl -s "127.0.0.1:$PB/status" | grep -q '"peers":\["'; do sleep 0.1; done
   sync
-  local out s e
+}
+
+pin_run() { # -> GB/s of `ron pin` on B: fetched from A, verified, committed (fsynced), pinned
+  node_b
+  local pid=$BPID s e
+  s=$(now)
+  RON_NODE="http://127.0.0.1:$PB" RON_DATA_DIR="$W/pb" "$RON" pin "$ADDR" ||
+    { echo "ron pin failed" >&2; exit 1; }
+  e=$(now)
+  curl -s "127.0.0.1:$PB/o/$ADDR" | cmp -s - "$W/rand1g" || { echo "bad pinned copy on B" >&2; exit 1; }
+  kill $pid; wait $pid 2>/dev/null || true
+  gbs "$s" "$e"
+}
+
+ron_run() { # -> "total_GB/s stored_GB/s"
+  node_b
+  local pid=$BPID out s e
   s=$(now)
   out=$(curl -s -o "$W/pb.out" -w '%{http_code} %{size_download} %{time_starttransfer} %{time_total}' "127.0.0.1:$PB/o/$ADDR")
   [ "$(curl -s -o /dev/null -w '%{http_code}' -r 0-0 "127.0.0.1:$PB/o/$ADDR")" = 206 ] ||
@@ -121,21 +142,24 @@ sendme_run() { # a fresh sender each run (its import is not timed), then the tim
   gbs "$s" "$e"
 }
 
-: > "$W/p2p-ron.txt"; : > "$W/p2p-sendme.txt"; : > "$W/p2p-tls.txt"
+: > "$W/p2p-ron.txt"; : > "$W/p2p-pin.txt"; : > "$W/p2p-sendme.txt"; : > "$W/p2p-tls.txt"
 TLS=0; tls_stop; tls_start && TLS=1 && trap 'cleanup; tls_stop' EXIT
 for _ in $(seq "$RUNS"); do
   ron_run >> "$W/p2p-ron.txt"
+  pin_run >> "$W/p2p-pin.txt"
   sendme_run >> "$W/p2p-sendme.txt"
   [ $TLS = 0 ] || tls_run >> "$W/p2p-tls.txt"
 done
 RON_TOTAL=$(awk '{print $1}' "$W/p2p-ron.txt" | med)
 RON_STORED=$(awk '{print $2}' "$W/p2p-ron.txt" | med)
+RON_PIN=$(med < "$W/p2p-pin.txt")
 SM=$(med < "$W/p2p-sendme.txt")
 echo
 echo "| 1 GiB between two local nodes | ron | sendme | ratio |"
 echo "|---|---|---|---|"
 echo "| end to end, GB/s (median of $RUNS) | $RON_TOTAL | $SM | $(echo "scale=2; $RON_TOTAL / $SM" | bc) |"
 echo "| ron's copy committed in the store (fsynced), GB/s | $RON_STORED | | $(echo "scale=2; $RON_STORED / $SM" | bc) |"
+echo "| node to node: \`ron pin\` on B, GB/s | $RON_PIN | $SM | $(echo "scale=2; $RON_PIN / $SM" | bc) |"
 if [ $TLS = 1 ]; then
   CEIL=$(med < "$W/p2p-tls.txt")
   echo "| ceiling: nginx HTTPS to curl, nothing verified or stored, GB/s | $CEIL | | $(echo "scale=2; $CEIL / $SM" | bc) |"
@@ -143,4 +167,5 @@ if [ $TLS = 1 ]; then
   echo "ron end to end is $(echo "scale=2; $RON_TOTAL / $CEIL" | bc) of the ceiling; 2x sendme would be $(echo "scale=2; 2 * $SM / $CEIL" | bc) of it."
 fi
 echo
-echo "runs (ron end-to-end stored / sendme / nginx https):"; paste "$W/p2p-ron.txt" "$W/p2p-sendme.txt" "$W/p2p-tls.txt"
+echo "runs (ron end-to-end stored / ron pin / sendme / nginx https):"
+paste "$W/p2p-ron.txt" "$W/p2p-pin.txt" "$W/p2p-sendme.txt" "$W/p2p-tls.txt"
