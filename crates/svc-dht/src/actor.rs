@@ -256,7 +256,8 @@ pub async fn run(
         latencies: VecDeque::new(),
         announce: VecDeque::new(),
         queued: HashSet::new(),
-        announcing: HashSet::new(),
+        announcing: HashMap::new(),
+        unheard: HashSet::new(),
         nat: "unknown",
         relay_listeners: HashMap::new(),
         relisten: Vec::new(),
@@ -317,8 +318,12 @@ struct Actor {
     /// Keys waiting to be announced, and the set of them (no key waits twice).
     announce: VecDeque<RecordKey>,
     queued: HashSet<RecordKey>,
-    /// Announcements running.
-    announcing: HashSet<QueryId>,
+    /// Announcements running, and the key each announces.
+    announcing: HashMap<QueryId, RecordKey>,
+    /// Keys whose last announcement reached nobody (the routing table was still empty, which
+    /// it can be for a moment after a connection opens): announced again as soon as a peer
+    /// enters the routing table. At most the provided keys.
+    unheard: HashSet<RecordKey>,
     /// What autonat concluded: `public`, `private` or `unknown`.
     nat: &'static str,
     /// Listeners through relays, and the relay each goes through.
@@ -404,6 +409,7 @@ impl Actor {
                 if self.queued.remove(&key) {
                     self.announce.retain(|k| k != &key);
                 }
+                self.unheard.remove(&key);
                 self.swarm.behaviour_mut().kad.stop_providing(&key);
             }
             Inner::Providers(addr, reply) => {
@@ -492,9 +498,9 @@ impl Actor {
                 return;
             };
             self.queued.remove(&key);
-            match self.swarm.behaviour_mut().kad.start_providing(key) {
+            match self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
                 Ok(query) => {
-                    self.announcing.insert(query);
+                    self.announcing.insert(query, key);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot provide"),
             }
@@ -835,6 +841,14 @@ impl Actor {
                 let (asked, reached) = (stats.num_requests(), stats.num_successes());
                 self.query_progressed(id, result, step.last, asked, reached);
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                is_new_peer: true,
+                ..
+            })) => {
+                for key in std::mem::take(&mut self.unheard) {
+                    self.provide(key);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Transfer(event)) => self.transfer(event, served),
             _ => {}
         }
@@ -866,12 +880,17 @@ impl Actor {
                     self.lookup_part(id, found, false);
                 }
             }
-            QueryResult::StartProviding(result) if last && self.announcing.remove(&query) => {
-                self.metrics.announcement(match result {
+            QueryResult::StartProviding(result) if last && self.announcing.contains_key(&query) => {
+                let key = self.announcing.remove(&query);
+                let outcome = match result {
                     Ok(_) if reached > 0 => "ok",
-                    Ok(_) => "alone",
+                    Ok(_) => {
+                        self.unheard.extend(key);
+                        "alone"
+                    }
                     Err(_) => "failed",
-                });
+                };
+                self.metrics.announcement(outcome);
                 self.pump();
             }
             _ => {}
