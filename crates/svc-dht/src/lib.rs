@@ -1,5 +1,6 @@
 //! The peer network of a RustyOnions node: one libp2p swarm, owned by one actor, whose PeerId
-//! is the node's Ed25519 identity. TCP + Noise + Yamux and QUIC; Kademlia in server mode with
+//! is the node's Ed25519 identity. TCP (TLS 1.3 first, AES-GCM before ChaCha20; Noise for
+//! peers without it) + Yamux, and QUIC; Kademlia in server mode with
 //! provider records keyed by the 32-byte address; identify; and node-to-node transfer of
 //! object ranges over the stream protocol `/ron/oap/1`, one OAP/1 request per range
 //! (app 0x0102, `specs/OAP-1.md`).
