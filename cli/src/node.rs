@@ -455,7 +455,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
             config: config.clone(),
             section,
             bootstrap,
-            source: Arc::new(crate::p2p::StoreSource(overlay.clone())),
+            source: Arc::new(crate::p2p::StoreSource::new(overlay.clone())),
             metrics: dht.metrics().clone(),
             events: Some(events.clone()),
         };

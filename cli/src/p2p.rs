@@ -2,19 +2,21 @@
 //! peers read from, and the gateway's [`svc_gateway::Network`] over both.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use lru::LruCache;
 use ron_kernel::Config;
 use ron_proto::Address;
 use svc_dht::{DhtError, DhtHandle, P2pSection};
 use svc_discovery::PeerTable;
 use svc_gateway::{FetchError, GatewaySection, Incoming};
 use svc_overlay::OverlayHandle;
-use svc_storage::PutOptions;
+use svc_storage::{ObjectReader, PutOptions};
 use tokio::sync::{mpsc, watch};
 
 /// Ranges queued between the transfer and the store.
@@ -22,12 +24,41 @@ const PIPELINE: usize = 4;
 /// What a request that joined another's fetch reads of the stored copy at a time.
 const REPLAY_WINDOW: u64 = 1 << 20;
 
-/// Peers read objects through the overlay, verified as for any reader.
-pub(crate) struct StoreSource(pub(crate) OverlayHandle);
+/// Objects whose readers stay open for the ranges peers ask next.
+const OPEN_READERS: NonZeroUsize = NonZeroUsize::new(16).unwrap();
+/// How long an open reader is reused before the object is looked up again (so one removed
+/// since is not served from an old reader for longer than this).
+const READER_REUSE: Duration = Duration::from_secs(5);
+
+/// Peers read objects through the overlay, verified as for any reader. A transfer asks for an
+/// object range after range: the reader stays open between them, since opening it (a trip
+/// through the overlay's actor and a blocking thread to open the outboard) cost as much as
+/// reading half a MiB.
+pub(crate) struct StoreSource {
+    overlay: OverlayHandle,
+    open: Arc<OpenReaders>,
+}
+
+impl StoreSource {
+    pub(crate) fn new(overlay: OverlayHandle) -> Self {
+        Self {
+            overlay,
+            open: Arc::new(Mutex::new(LruCache::new(OPEN_READERS))),
+        }
+    }
+}
+
+/// The open readers, locked (a panic elsewhere cannot leave them inconsistent).
+fn locked(open: &OpenReaders) -> MutexGuard<'_, LruCache<Address, (Instant, ObjectReader)>> {
+    open.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Open readers by object, with when each was opened.
+type OpenReaders = Mutex<LruCache<Address, (Instant, ObjectReader)>>;
 
 impl svc_dht::Source for StoreSource {
     fn size(&self, addr: Address) -> BoxFuture<'static, Option<u64>> {
-        let overlay = self.0.clone();
+        let overlay = self.overlay.clone();
         async move { overlay.open(addr).await.ok().flatten().map(|r| r.size()) }.boxed()
     }
 
@@ -37,16 +68,31 @@ impl svc_dht::Source for StoreSource {
         start: u64,
         end: u64,
     ) -> BoxFuture<'static, Result<Option<(u64, Bytes)>, String>> {
-        let overlay = self.0.clone();
+        let (overlay, open) = (self.overlay.clone(), self.open.clone());
+        let cached = locked(&open)
+            .get(&addr)
+            .filter(|(at, _)| at.elapsed() < READER_REUSE)
+            .map(|(_, reader)| reader.clone());
         async move {
-            let Some(reader) = overlay.open(addr).await.map_err(|e| e.to_string())? else {
-                return Ok(None);
+            let reader = match cached {
+                Some(reader) => reader,
+                None => {
+                    let Some(reader) = overlay.open(addr).await.map_err(|e| e.to_string())? else {
+                        locked(&open).pop(&addr);
+                        return Ok(None);
+                    };
+                    locked(&open).put(addr, (Instant::now(), reader.clone()));
+                    reader
+                }
             };
-            let encoded = reader
-                .encode_range(start, end)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(Some((reader.size(), encoded)))
+            match reader.encode_range(start, end).await {
+                Ok(encoded) => Ok(Some((reader.size(), encoded))),
+                Err(e) => {
+                    // Looked up afresh next time (the object may have been removed).
+                    locked(&open).pop(&addr);
+                    Err(e.to_string())
+                }
+            }
         }
         .boxed()
     }
