@@ -38,8 +38,11 @@ mkdir -p "$W"
 [ -f "$W/rand1g" ] || head -c 1073741824 /dev/urandom > "$W/rand1g"
 G=1073741824
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+PIDS=(); BPID=
+cleanup() { for p in "${PIDS[@]}" $BPID; do kill "$p" 2>/dev/null || true; done; }
+for port in "$PA" "$PB"; do # a node left from an earlier run would answer for ours
+  ! curl -sf -o /dev/null "127.0.0.1:$port/healthz" || { echo "port $port is taken" >&2; exit 1; }
+done
 trap cleanup EXIT
 med() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 now() { date +%s.%N; }
@@ -61,6 +64,7 @@ node_b() { # a fresh node B, bootstrapped from A and connected to it; -> its pid
     --data-dir "$W/pb" 2>"$W/pb.log" >/dev/null &
   BPID=$!
   for _ in $(seq 100); do curl -sf "127.0.0.1:$PB/healthz" >/dev/null && break; sleep 0.1; done
+  kill -0 "$BPID" 2>/dev/null || { echo "node B did not start: $(tail -1 "$W/pb.log")" >&2; exit 1; }
   until curl -s "127.0.0.1:$PB/status" | grep -q '"peers":\["'; do sleep 0.1; done
   sync
 }
@@ -73,7 +77,7 @@ pin_run() { # -> GB/s of `ron pin` on B: fetched from A, verified, committed (fs
     { echo "ron pin failed" >&2; exit 1; }
   e=$(now)
   curl -s "127.0.0.1:$PB/o/$ADDR" | cmp -s - "$W/rand1g" || { echo "bad pinned copy on B" >&2; exit 1; }
-  kill $pid; wait $pid 2>/dev/null || true
+  kill $pid; wait $pid 2>/dev/null || true; BPID=
   gbs "$s" "$e"
 }
 
@@ -85,7 +89,7 @@ ron_run() { # -> "total_GB/s stored_GB/s"
   [ "$(curl -s -o /dev/null -w '%{http_code}' -r 0-0 "127.0.0.1:$PB/o/$ADDR")" = 206 ] ||
     { echo "no committed copy on B" >&2; exit 1; }
   e=$(now)
-  kill $pid; wait $pid 2>/dev/null || true
+  kill $pid; wait $pid 2>/dev/null || true; BPID=
   set -- $out
   [ "$1" = 200 ] && [ "$2" = $G ] && cmp -s "$W/pb.out" "$W/rand1g" || { echo "bad ron transfer: $out" >&2; exit 1; }
   rm -f "$W/pb.out"
