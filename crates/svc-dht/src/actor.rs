@@ -885,12 +885,14 @@ impl Actor {
                     self.lookup_part(id, found, false);
                 }
             }
-            QueryResult::StartProviding(result) if last && self.announcing.contains_key(&query) => {
-                let key = self.announcing.remove(&query);
+            QueryResult::StartProviding(result) if last => {
+                let Some(key) = self.announcing.remove(&query) else {
+                    return;
+                };
                 let outcome = match result {
                     Ok(_) if reached > 0 => "ok",
                     Ok(_) => {
-                        self.unheard.extend(key);
+                        self.unheard.insert(key);
                         "alone"
                     }
                     Err(_) => "failed",
