@@ -385,6 +385,8 @@ async fn prepare(
         expect: Some(addr),
         max_bytes: Some(max),
         unpinned: true,
+        // Nothing reads the copy back now: its outboard comes from the transfer.
+        around_cache: true,
     };
     let upload = overlay
         .writer(options)

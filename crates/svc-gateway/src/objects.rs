@@ -131,6 +131,8 @@ pub(crate) async fn put(State(state): State<Shared>, headers: HeaderMap, body: B
         expect,
         max_bytes: Some(limit),
         unpinned: false,
+        // The store reads the chunks back for the outboard: keep them in the page cache.
+        around_cache: false,
     };
     let mut writer = match state.overlay.writer(options) {
         Ok(upload) => upload,

@@ -501,6 +501,8 @@ async fn put(
         expect,
         max_bytes: Some(limit),
         unpinned: false,
+        // The store reads the chunks back for the outboard: keep them in the page cache.
+        around_cache: false,
     };
     let mut upload = match state.overlay.writer(options) {
         Ok(u) => u,

@@ -36,6 +36,11 @@ pub struct PutOptions {
     pub max_bytes: Option<u64>,
     /// Store without pinning (a cache copy garbage collection may drop).
     pub unpinned: bool,
+    /// Write the chunk files around the page cache (`O_DIRECT` where the file system allows
+    /// it): far less CPU per byte, for bytes the caller will not read back soon, such as a
+    /// fetched copy whose outboard arrives with it ([`ObjectWriter::finish_with_outboard`]).
+    /// Later reads come from the disk.
+    pub around_cache: bool,
 }
 
 /// A stored upload.
@@ -259,6 +264,7 @@ impl ObjectWriter {
         let inner = self.inner.clone();
         let len = chunk.len() as u64;
         let pool = self.inner.pool.clone();
+        let around_cache = self.options.around_cache;
         // Spawned, so a dropped writer's jobs still finish and release their registrations.
         let job = tokio::spawn(async move {
             pool.run(move || -> Result<(Address, Inflight), StoreError> {
@@ -267,7 +273,9 @@ impl ObjectWriter {
                 // are about to rely on.
                 let guard = Inflight::new(&inner, Kind::Chunk, address);
                 if !inner.blobs.contains(Kind::Chunk, &address) {
-                    inner.blobs.put_unsynced(Kind::Chunk, &address, &chunk)?;
+                    inner
+                        .blobs
+                        .put_unsynced(Kind::Chunk, &address, &chunk, around_cache)?;
                 }
                 Ok((address, guard))
             })

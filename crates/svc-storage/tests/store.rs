@@ -272,6 +272,49 @@ async fn a_verified_outboard_is_stored_as_given_and_one_that_does_not_fit_is_not
 }
 
 #[tokio::test]
+async fn a_copy_written_around_the_page_cache_is_the_same_copy() {
+    use bao_tree::BlockSize;
+    use bao_tree::io::outboard::PostOrderMemOutboard;
+    let block = BlockSize::from_chunk_log(ron_proto::oap::GROUP_CHUNK_LOG);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), CpuPool::new(2)).unwrap();
+    // Several chunks of lengths no block size divides, and one short object.
+    for (len, seed) in [((9 << 20) + 3, 60), (10_000, 61)] {
+        let bytes = data(len, seed);
+        let address = Address::of(&bytes);
+        let outboard = PostOrderMemOutboard::create(&bytes[..], block).data;
+        // With the outboard from a transfer, and without (the stored bytes read back from
+        // the disk and hashed).
+        for given in [Some(outboard), None] {
+            let options = PutOptions {
+                expect: Some(address),
+                unpinned: true,
+                around_cache: true,
+                ..PutOptions::default()
+            };
+            let mut w = store.writer(options);
+            for piece in bytes.chunks(65_537) {
+                w.write(piece).await.unwrap();
+            }
+            let stored = match given {
+                Some(outboard) => w.finish_with_outboard(outboard).await.unwrap(),
+                None => w.finish().await.unwrap(),
+            };
+            assert_eq!((stored.address, stored.size), (address, len as u64));
+            assert!(read_all(&store, &address).await.unwrap() == bytes);
+            assert!(!store.stat(&address).await.unwrap().unwrap().damaged);
+            let on_disk: u64 = chunk_files(dir.path())
+                .iter()
+                .map(|f| std::fs::metadata(f).unwrap().len())
+                .sum();
+            assert_eq!(on_disk, len as u64, "chunk files hold exactly the bytes");
+            store.gc().await.unwrap();
+            assert!(chunk_files(dir.path()).is_empty());
+        }
+    }
+}
+
+#[tokio::test]
 async fn encoded_ranges_decode_against_the_address() {
     use bao_tree::io::BaoContentItem;
     use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
