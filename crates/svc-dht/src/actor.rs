@@ -41,6 +41,11 @@ const SERVING_PER_PEER: usize = 24;
 const BURST: Duration = Duration::from_secs(1);
 /// The longest a paced answer waits; a request that would wait longer is refused (429).
 const MAX_PACE: Duration = Duration::from_secs(10);
+/// The largest yamux data frame this node writes (yamux's default is 16 KiB). A 512 KiB range
+/// goes out as 8 frames instead of 32: fewer hand-offs to the connection's task, TLS records
+/// and writes to the socket; ~10-15% less CPU per byte on both nodes (decision 0013). A small
+/// message waits behind at most one such frame per connection.
+const YAMUX_FRAME: usize = 64 * 1024;
 /// How long a transfer request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the routing table is refreshed from the network.
@@ -150,14 +155,11 @@ pub async fn run(
             // TLS 1.3 first (AES-GCM: a fraction of Noise's ChaCha20 per byte), Noise for
             // peers without it (decision 0012).
             (tls::Config::new, noise::Config::new),
-            yamux::Config::default,
+            muxer,
         )
         .map_err(|e| e.to_string())?
         .with_quic()
-        .with_relay_client(
-            (tls::Config::new, noise::Config::new),
-            yamux::Config::default,
-        )
+        .with_relay_client((tls::Config::new, noise::Config::new), muxer)
         .map_err(|e| e.to_string())?
         .with_behaviour(|key, relay_client| {
             let id = key.public().to_peer_id();
@@ -339,6 +341,13 @@ struct Actor {
     isolated: bool,
     redial_at: Option<Instant>,
     backoff: Duration,
+}
+
+/// Yamux over TCP, writing data frames of up to [`YAMUX_FRAME`] bytes.
+fn muxer() -> yamux::Config {
+    let mut config = yamux::Config::default();
+    config.set_split_send_size(YAMUX_FRAME);
+    config
 }
 
 fn refusal(kind: ErrorKind, message: &str, retry: Duration) -> TransferReply {
