@@ -343,7 +343,7 @@ struct Actor {
     backoff: Duration,
 }
 
-/// Yamux over TCP, writing data frames of up to [`YAMUX_FRAME`] bytes.
+/// Yamux for TCP and relayed connections, writing data frames of up to [`YAMUX_FRAME`] bytes.
 fn muxer() -> yamux::Config {
     let mut config = yamux::Config::default();
     config.set_split_send_size(YAMUX_FRAME);
