@@ -37,13 +37,16 @@ pub enum ErrorKind {
     Internal,
     /// The node as a whole is overloaded; retry later (503).
     Overloaded,
+    /// The stored bytes fail verification and no verified copy could be had from peers
+    /// (503, code `damaged`): never answered with wrong bytes.
+    Damaged,
     /// A deadline passed (504).
     Timeout,
 }
 
 impl ErrorKind {
     /// Every kind, in status order.
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         Self::BadInput,
         Self::Unauthorized,
         Self::PaymentRequired,
@@ -57,6 +60,7 @@ impl ErrorKind {
         Self::HeadersTooLarge,
         Self::Internal,
         Self::Overloaded,
+        Self::Damaged,
         Self::Timeout,
     ];
 
@@ -75,7 +79,7 @@ impl ErrorKind {
             Self::RateLimited => 429,
             Self::HeadersTooLarge => 431,
             Self::Internal => 500,
-            Self::Overloaded => 503,
+            Self::Overloaded | Self::Damaged => 503,
             Self::Timeout => 504,
         }
     }
@@ -97,13 +101,15 @@ impl ErrorKind {
             Self::HeadersTooLarge => "headers_too_large",
             Self::Internal => "internal",
             Self::Overloaded => "overloaded",
+            Self::Damaged => "damaged",
             Self::Timeout => "timeout",
         }
     }
 
     /// The kind of a received status or OAP/1 `code`. Codes below 400 are not errors (`None`);
     /// an unknown 4xx is treated as [`ErrorKind::BadInput`], an unknown 5xx (or anything above)
-    /// as [`ErrorKind::Internal`], as `specs/OAP-1.md` says.
+    /// as [`ErrorKind::Internal`], as `specs/OAP-1.md` says. A status two kinds share (503)
+    /// reads as the first of them; the body's `code` tells them apart.
     pub fn from_status(status: u16) -> Option<Self> {
         if status < 400 {
             return None;
@@ -167,6 +173,100 @@ impl ErrorBody {
     }
 }
 
+/// An error an edge (HTTP, OAP/1) can meet, described once for every encoding: its kind, a
+/// message safe to show a client, and when to retry. The gateway's response and the OAP/1
+/// error frame are two short functions over this; nothing else decides what a client sees.
+pub trait Failure: std::fmt::Display {
+    /// The shared kind (status and default code).
+    fn kind(&self) -> ErrorKind;
+
+    /// The snake_case `code` of the body: the kind's, unless the error is more specific.
+    fn code(&self) -> &'static str {
+        self.kind().code()
+    }
+
+    /// A message safe to show a client: an internal fault says only that (its details belong
+    /// in the log), anything else says what went wrong.
+    fn public_message(&self) -> String {
+        if self.kind() == ErrorKind::Internal {
+            "internal error".to_owned()
+        } else {
+            self.to_string()
+        }
+    }
+
+    /// When a retry makes sense, after how many milliseconds: [`retry_policy`] unless the
+    /// error knows better (a rate limit knows when its bucket refills).
+    fn retry_after_ms(&self) -> Option<u64> {
+        retry_policy(self.kind())
+    }
+
+    /// The JSON body every edge sends.
+    fn body(&self) -> ErrorBody {
+        let body = ErrorBody::with_code(self.code(), self.public_message());
+        match self.retry_after_ms() {
+            Some(ms) => body.retry_after_ms(ms),
+            None => body,
+        }
+    }
+}
+
+/// The one retry policy: retryable kinds ([`ErrorKind::is_retryable`]) come back after 1-5 s,
+/// randomized so refused clients do not return in step; others are not retried.
+pub fn retry_policy(kind: ErrorKind) -> Option<u64> {
+    kind.is_retryable().then(|| fastrand::u64(1000..=5000))
+}
+
+/// An error the edge itself finds (a malformed header, an unknown route): a kind, a specific
+/// code and a message, with the shared retry policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    kind: ErrorKind,
+    code: &'static str,
+    message: String,
+}
+
+impl Problem {
+    /// A problem of `kind` with its default code.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            code: kind.code(),
+            message: message.into(),
+        }
+    }
+
+    /// A problem with a more specific code (`protocol_violation` is a `BadInput`).
+    pub fn with_code(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Failure for Problem {
+    fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    fn code(&self) -> &'static str {
+        self.code
+    }
+
+    fn public_message(&self) -> String {
+        // The edge wrote this message for the client.
+        self.message.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +293,7 @@ mod tests {
                 (431, "headers_too_large"),
                 (500, "internal"),
                 (503, "overloaded"),
+                (503, "damaged"),
                 (504, "timeout"),
             ]
         );
@@ -201,7 +302,11 @@ mod tests {
     #[test]
     fn unknown_codes_fall_back_to_their_class() {
         for kind in ErrorKind::ALL {
-            assert_eq!(ErrorKind::from_status(kind.status()), Some(kind));
+            let expected = match kind {
+                ErrorKind::Damaged => ErrorKind::Overloaded,
+                other => other,
+            };
+            assert_eq!(ErrorKind::from_status(kind.status()), Some(expected));
         }
         assert_eq!(ErrorKind::from_status(0), None);
         assert_eq!(ErrorKind::from_status(206), None);
@@ -210,6 +315,44 @@ mod tests {
         assert_eq!(ErrorKind::from_status(499), Some(ErrorKind::BadInput));
         assert_eq!(ErrorKind::from_status(502), Some(ErrorKind::Internal));
         assert_eq!(ErrorKind::from_status(u16::MAX), Some(ErrorKind::Internal));
+    }
+
+    #[test]
+    fn failures_hide_internals_and_retry_only_when_it_helps() {
+        let internal = Problem::new(ErrorKind::Internal, "disk at /x failed");
+        assert_eq!(
+            internal.public_message(),
+            "disk at /x failed",
+            "a problem's message is the edge's own"
+        );
+        #[derive(Debug)]
+        struct Io;
+        impl std::fmt::Display for Io {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("open /secret/path: permission denied")
+            }
+        }
+        impl Failure for Io {
+            fn kind(&self) -> ErrorKind {
+                ErrorKind::Internal
+            }
+        }
+        let body = Io.body();
+        assert_eq!(
+            (body.code.as_ref(), body.message.as_str()),
+            ("internal", "internal error")
+        );
+        assert_eq!(body.retry_after_ms, None);
+        let busy = Problem::with_code(ErrorKind::Overloaded, "busy", "try later").body();
+        assert_eq!(busy.code, "busy");
+        assert!((1000..=5000).contains(&busy.retry_after_ms.unwrap()));
+        for kind in ErrorKind::ALL {
+            assert_eq!(
+                retry_policy(kind).is_some(),
+                kind.is_retryable(),
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]

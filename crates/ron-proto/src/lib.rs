@@ -20,7 +20,7 @@ mod manifest;
 pub mod oap;
 
 pub use address::{Address, AddressError, AddressPrefix};
-pub use error::{ErrorBody, ErrorKind};
+pub use error::{ErrorBody, ErrorKind, Failure, Problem, retry_policy};
 pub use manifest::{
     CHUNK_AVG_BYTES, CHUNK_MAX_BYTES, CHUNK_MIN_BYTES, ChunkRef, MANIFEST_VERSION, Manifest,
     ManifestError,
