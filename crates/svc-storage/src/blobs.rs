@@ -45,6 +45,17 @@ pub(crate) enum Blobs {
     Memory(Mutex<HashMap<(Kind, Address), Bytes>>),
 }
 
+/// What [`Blobs::holds`] found under an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holding {
+    /// Nothing is stored there.
+    Absent,
+    /// Exactly the expected bytes.
+    Same,
+    /// Other bytes than expected.
+    Damaged,
+}
+
 /// Random-access bytes of a blob.
 #[derive(Debug)]
 pub(crate) enum BlobData {
@@ -109,11 +120,43 @@ impl Blobs {
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn contains(&self, kind: Kind, addr: &Address) -> bool {
-        match self {
-            Self::Disk { root } => Self::path(root, kind, addr).exists(),
-            Self::Memory(m) => Self::map(m).contains_key(&(kind, *addr)),
+    /// Whether the blob stored under `addr` holds exactly `bytes`: [`Holding::Same`],
+    /// [`Holding::Absent`], or [`Holding::Damaged`] when a file is there with other bytes
+    /// (bit rot, a torn write, tampering). Compared byte for byte, a piece at a time, so
+    /// a deduplicated upload never trusts a stored copy it has not checked.
+    pub(crate) fn holds(
+        &self,
+        kind: Kind,
+        addr: &Address,
+        bytes: &[u8],
+    ) -> Result<Holding, StoreError> {
+        const PIECE: usize = 256 << 10;
+        let Some(data) = self.open(kind, addr)? else {
+            return Ok(Holding::Absent);
+        };
+        let mut buf = vec![0u8; PIECE.min(bytes.len()).max(1)];
+        let mut at = 0usize;
+        while at < bytes.len() {
+            let want = (bytes.len() - at).min(buf.len());
+            let n = data
+                .read_at(at as u64, &mut buf[..want])
+                .map_err(StoreError::io(format!("read stored blob {addr}")))?;
+            if n == 0 || buf[..n] != bytes[at..at + n] {
+                return Ok(Holding::Damaged);
+            }
+            at += n;
         }
+        // Longer than the bytes it should hold: damaged too.
+        let mut extra = [0u8; 1];
+        let longer = data
+            .read_at(bytes.len() as u64, &mut extra)
+            .map_err(StoreError::io(format!("read stored blob {addr}")))?
+            > 0;
+        Ok(if longer {
+            Holding::Damaged
+        } else {
+            Holding::Same
+        })
     }
 
     /// Stores `bytes` durably under `addr`.

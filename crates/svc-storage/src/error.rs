@@ -134,11 +134,12 @@ pub enum ReadError {
 }
 
 impl ReadError {
-    /// The shared error kind: damage is ours, so internal.
+    /// The shared error kind: stored bytes that fail verification, or are missing, are
+    /// [`ErrorKind::Damaged`] (503 `damaged`); a failing store is its own kind.
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Store(e) => e.kind(),
-            _ => ErrorKind::Internal,
+            Self::Damaged { .. } | Self::MissingChunk { .. } => ErrorKind::Damaged,
         }
     }
 }

@@ -18,6 +18,8 @@ pub(crate) struct Inner {
     pub(crate) blobs: Arc<Blobs>,
     pub(crate) pool: CpuPool,
     inflight: Mutex<HashMap<(Kind, Address), usize>>,
+    /// Damaged blobs replaced by verified bytes since the store opened.
+    pub(crate) repaired: std::sync::atomic::AtomicU64,
 }
 
 /// A cheap-to-clone handle on one node's store.
@@ -218,8 +220,17 @@ impl Store {
                 blobs: Arc::new(blobs),
                 pool,
                 inflight: Mutex::new(HashMap::new()),
+                repaired: std::sync::atomic::AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Damaged chunk files replaced by verified bytes (an upload or fetch of the same
+    /// content) since the store opened.
+    pub fn repaired_chunks(&self) -> u64 {
+        self.inner
+            .repaired
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The pool this store runs its blocking work on.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use positioned_io::ReadAt;
 use ron_proto::{Address, ChunkRef, MANIFEST_VERSION, Manifest, ManifestError};
 
-use crate::blobs::{BlobData, Blobs, Kind};
+use crate::blobs::{BlobData, Blobs, Holding, Kind};
 use crate::store::{Inflight, Inner, commit_object};
 use crate::{Chunker, PutError, StoreError};
 
@@ -272,10 +272,23 @@ impl ObjectWriter {
                 // Registered before looking, so garbage collection cannot remove a file we
                 // are about to rely on.
                 let guard = Inflight::new(&inner, Kind::Chunk, address);
-                if !inner.blobs.contains(Kind::Chunk, &address) {
-                    inner
-                        .blobs
-                        .put_unsynced(Kind::Chunk, &address, &chunk, around_cache)?;
+                // A chunk already stored is checked against the bytes that arrived: the
+                // address always comes from the upload, and an upload of bytes whose stored
+                // chunk is damaged repairs it for free.
+                match inner.blobs.holds(Kind::Chunk, &address, &chunk)? {
+                    Holding::Same => {}
+                    Holding::Absent => {
+                        inner
+                            .blobs
+                            .put_unsynced(Kind::Chunk, &address, &chunk, around_cache)?;
+                    }
+                    Holding::Damaged => {
+                        tracing::warn!(chunk = %address, "a stored chunk was damaged; replaced by the uploaded bytes");
+                        inner.repaired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        inner
+                            .blobs
+                            .put_unsynced(Kind::Chunk, &address, &chunk, around_cache)?;
+                    }
                 }
                 Ok((address, guard))
             })
@@ -433,12 +446,9 @@ impl ObjectWriter {
             .pool
             .run(move || -> Result<bool, StoreError> {
                 let _outboard = Inflight::new(&inner, Kind::Outboard, address);
+                // Placed even when one is stored already: this one was built from bytes just
+                // checked, the stored one may be damaged (a free repair; the rename is atomic).
                 match pending {
-                    PendingOutboard::File(path)
-                        if inner.blobs.contains(Kind::Outboard, &address) =>
-                    {
-                        let _ = std::fs::remove_file(path);
-                    }
                     PendingOutboard::File(path) => {
                         inner.blobs.place(Kind::Outboard, &address, &path)?
                     }
