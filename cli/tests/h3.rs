@@ -20,7 +20,11 @@ async fn objects_over_http3_match_what_was_put() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     std::fs::create_dir_all(&data_dir).unwrap();
-    std::fs::write(data_dir.join("ron.toml"), "[limits]\nper_peer_rps = 3\n").unwrap();
+    std::fs::write(
+        data_dir.join("ron.toml"),
+        "[limits]\nexempt = []\nper_peer_rps = 3\n",
+    )
+    .unwrap();
     let node = Node::start(
         &data_dir,
         &[

@@ -110,7 +110,7 @@ async fn a_header_bomb_is_431_and_harms_no_one() {
 
 #[tokio::test]
 async fn one_client_flooding_gets_429_with_a_retry_hint() {
-    let (_dir, node) = start("[limits]\nper_peer_rps = 20\n").await;
+    let (_dir, node) = start("[limits]\nexempt = []\nper_peer_rps = 20\n").await;
     let addr = node.put(data(100, 1)).await;
     let client = node.anonymous();
     let (mut ok, mut limited) = (0u64, 0u64);
@@ -313,7 +313,10 @@ async fn slow_readers_and_idle_connections_are_cut_off() {
 #[tokio::test]
 async fn a_client_over_its_byte_rate_is_slowed_to_it_and_refused_while_over() {
     let rate = 1u64 << 20;
-    let (_dir, node) = start(&format!("[limits]\nper_peer_bytes_per_sec = {rate}\n")).await;
+    let (_dir, node) = start(&format!(
+        "[limits]\nexempt = []\nper_peer_bytes_per_sec = {rate}\n"
+    ))
+    .await;
     let size = 4 << 20;
     let bytes = data(size, 9);
     // At most two seconds' burst, then the rest at the rate: the upload itself is slowed.

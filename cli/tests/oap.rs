@@ -312,7 +312,7 @@ async fn the_listener_holds_idle_connections_and_one_client_to_the_limits() {
     std::fs::create_dir_all(&data_dir).unwrap();
     std::fs::write(
         data_dir.join("ron.toml"),
-        "[limits]\nread_idle_ms = 700\nper_peer_rps = 5\n",
+        "[limits]\nexempt = []\nread_idle_ms = 700\nper_peer_rps = 5\n",
     )
     .unwrap();
     let node = node(dir.path()).await;

@@ -66,6 +66,29 @@ impl Denied {
     }
 }
 
+impl ron_proto::Failure for Denied {
+    fn kind(&self) -> ErrorKind {
+        Denied::kind(self)
+    }
+
+    fn public_message(&self) -> String {
+        // Every refusal's text is written for the client.
+        self.to_string()
+    }
+
+    fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            // The token's bucket says when it refills.
+            Denied::RateLimited { retry_after } => Some(
+                u64::try_from(retry_after.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            ),
+            other => ron_proto::retry_policy(Denied::kind(other)),
+        }
+    }
+}
+
 /// What a granted request may still consume. Uploads call [`Grant::charge`] as bytes
 /// arrive; a charge past any byte budget of the token is refused (and charges nothing).
 #[derive(Debug, Default)]

@@ -56,6 +56,11 @@ pub struct LimitsSection {
     /// writes are refused (and `/readyz?writes=1` answers 503), past all of it reads too
     /// (503).
     pub global_concurrency: usize,
+    /// Client networks the per-client limits (requests/s, bytes/s, streams) do not apply to,
+    /// as CIDRs (default `127.0.0.0/8` and `::1/128`: the node's own user on this machine).
+    /// Per-client limits protect a node on the open internet from strangers; the global
+    /// concurrency cap still applies to everyone.
+    pub exempt: Vec<String>,
 }
 
 impl Default for LimitsSection {
@@ -71,6 +76,7 @@ impl Default for LimitsSection {
             per_peer_bytes_per_sec: 64 << 20,
             per_peer_streams: 64,
             global_concurrency: 1024,
+            exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
         }
     }
 }
@@ -108,8 +114,27 @@ impl Section for LimitsSection {
         if self.global_concurrency < 1 {
             return Err(FieldError::new("global_concurrency", "must be at least 1"));
         }
+        if self.exempt.len() > MAX_EXEMPT {
+            return Err(FieldError::new(
+                "exempt",
+                format!("at most {MAX_EXEMPT} networks"),
+            ));
+        }
+        for net in &self.exempt {
+            parse_net(net).map_err(|why| FieldError::new("exempt", why))?;
+        }
         Ok(())
     }
+}
+
+/// Most networks `limits.exempt` may list.
+const MAX_EXEMPT: usize = 256;
+
+/// A CIDR (`10.0.0.0/8`, `::1/128`) or a bare address (one host).
+fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not a network (CIDR like 127.0.0.0/8) or an address"))
 }
 
 /// The client address of a connection, put on each of its requests.
@@ -157,6 +182,7 @@ pub struct Limiter {
     bytes_rate: AtomicU64,
     streams: AtomicU32,
     max_body: AtomicU64,
+    exempt: std::sync::RwLock<Arc<[ipnet::IpNet]>>,
 }
 
 impl Default for Limiter {
@@ -172,6 +198,7 @@ impl Default for Limiter {
             bytes_rate: AtomicU64::new(0),
             streams: AtomicU32::new(0),
             max_body: AtomicU64::new(0),
+            exempt: std::sync::RwLock::new(Arc::from(Vec::new())),
         };
         limiter.apply(&LimitsSection::default());
         limiter
@@ -207,8 +234,20 @@ impl Refused {
     /// The error body, with a randomized retry of 1-5 s so refused clients do not come
     /// back in step.
     pub fn to_body(&self) -> ErrorBody {
+        ron_proto::Failure::body(self)
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (Self::Peer(message) | Self::Global(message)) = *self;
-        ErrorBody::new(self.kind(), message).retry_after_ms(fastrand::u64(1000..=5000))
+        f.write_str(message)
+    }
+}
+
+impl ron_proto::Failure for Refused {
+    fn kind(&self) -> ErrorKind {
+        Refused::kind(self)
     }
 }
 
@@ -261,6 +300,27 @@ impl Limiter {
             .store(limits.per_peer_streams, Ordering::Relaxed);
         self.max_body
             .store(limits.max_body_bytes, Ordering::Relaxed);
+        // Validated with the section; an entry that does not parse was refused there.
+        let nets: Vec<ipnet::IpNet> = limits
+            .exempt
+            .iter()
+            .filter_map(|n| parse_net(n).ok())
+            .collect();
+        *self.exempt.write().unwrap_or_else(PoisonError::into_inner) = Arc::from(nets);
+    }
+
+    /// Whether `ip` is in `limits.exempt`: no per-client limit applies to it.
+    pub fn is_exempt(&self, ip: IpAddr) -> bool {
+        // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.exempt
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|net| net.contains(&ip))
     }
 
     /// The largest request body in force on routes other than uploads.
@@ -301,7 +361,7 @@ impl Limiter {
     /// its connections should pause to be back under it.
     pub fn charge(&self, ip: IpAddr, bytes: u64) -> Option<Duration> {
         let rate = self.bytes_rate.load(Ordering::Relaxed);
-        if rate == 0 {
+        if rate == 0 || self.is_exempt(ip) {
             return None;
         }
         let rps = self.rps.load(Ordering::Relaxed);
@@ -344,6 +404,8 @@ fn admit<L: Borrow<Limiter>>(
     let rps = this.rps.load(Ordering::Relaxed);
     let bytes_rate = this.bytes_rate.load(Ordering::Relaxed);
     let streams = this.streams.load(Ordering::Relaxed);
+    let per_peer = rps > 0 || streams > 0 || bytes_rate > 0;
+    let peer = peer.filter(|ip| per_peer && !this.is_exempt(*ip));
     // From here on, dropping the ticket undoes the count.
     let mut ticket = Ticket {
         limiter,
@@ -355,8 +417,7 @@ fn admit<L: Borrow<Limiter>>(
     if write && now_in_flight >= shed_at(global) {
         return Err(Refused::Global("the node is shedding writes"));
     }
-    let per_peer = rps > 0 || streams > 0 || bytes_rate > 0;
-    if let Some(ip) = peer.filter(|_| per_peer) {
+    if let Some(ip) = peer {
         let this = ticket.limiter.borrow();
         let mut peers = this
             .shard(ip)
@@ -463,6 +524,56 @@ mod tests {
             ..LimitsSection::default()
         });
         assert_eq!(l.charge(a, 1 << 30), None, "0 turns the check off");
+    }
+
+    #[test]
+    fn exempt_networks_skip_the_per_client_limits_but_not_the_global_cap() {
+        let (local, mapped, stranger): (IpAddr, IpAddr, IpAddr) = (
+            "127.0.0.1".parse().unwrap(),
+            "::ffff:127.0.0.2".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+        );
+        let l = limiter(100, 5, 2, 1 << 20);
+        for ip in [local, mapped, "::1".parse().unwrap()] {
+            assert!(l.is_exempt(ip), "{ip} is loopback, exempt by default");
+        }
+        assert!(!l.is_exempt(stranger));
+        assert_eq!(
+            (0..50)
+                .filter(|_| l.admit(Some(stranger), false).is_ok())
+                .count(),
+            10,
+            "a stranger: a burst of twice the rate"
+        );
+        let held: Vec<_> = (0..100)
+            .map(|_| l.admit(Some(local), false).ok().unwrap())
+            .collect();
+        assert_eq!(l.charge(local, 1 << 30), None, "never slowed");
+        assert!(
+            matches!(l.admit(Some(local), false), Err(Refused::Global(_))),
+            "the global cap applies to everyone"
+        );
+        drop(held);
+        l.apply(&LimitsSection {
+            per_peer_rps: 5,
+            exempt: vec![],
+            ..LimitsSection::default()
+        });
+        assert!(!l.is_exempt(local), "an empty list exempts nobody");
+    }
+
+    #[test]
+    fn exempt_entries_must_be_networks() {
+        let bad = LimitsSection {
+            exempt: vec!["127.0.0.0/33".into()],
+            ..LimitsSection::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "exempt");
+        let good = LimitsSection {
+            exempt: vec!["10.1.2.3".into(), "fd00::/8".into()],
+            ..LimitsSection::default()
+        };
+        assert!(good.validate().is_ok());
     }
 
     #[test]

@@ -44,8 +44,10 @@ async fn requests_bodies_peers_rates_and_trust_over_http3() {
     ron_transport::install_default_provider();
     let dev = DevCertificate::generate(&["localhost".into()]).unwrap();
     let roots = vec![rustls_pki_der(dev.cert_pem())];
+    // The client is on loopback: no network is exempt here, so its limits apply.
     let limits = LimitsSection {
         per_peer_bytes_per_sec: MIB as u64,
+        exempt: vec![],
         ..LimitsSection::default()
     };
     let config = Config::builder()
