@@ -17,7 +17,7 @@ use supervisor::{Policy, Supervisor};
 use svc_gateway::{AppState, GatewaySection, StatusExtra};
 use svc_index::Index;
 use svc_oap::OapSection;
-use svc_overlay::OverlayHandle;
+use svc_overlay::{OverlayHandle, OverlaySetup};
 use svc_storage::{CpuPool, StorageSection, Store};
 
 use crate::auth::KeyHome;
@@ -270,6 +270,26 @@ fn bind(listen: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
+/// The listeners a node serves on, bound before anything runs so a taken port is a clear
+/// start-up error.
+struct Listeners {
+    gateway: std::net::TcpListener,
+    tls: Option<TlsListener>,
+    oap: Option<(
+        std::net::TcpListener,
+        Arc<ron_transport::rustls::ServerConfig>,
+    )>,
+    h3: Option<(std::net::UdpSocket, ron_transport::TlsMaterial)>,
+}
+
+/// Where the node ended up listening, printed for scripts and tests.
+struct Bound {
+    gateway: SocketAddr,
+    tls: Option<SocketAddr>,
+    oap: Option<SocketAddr>,
+    h3: Option<SocketAddr>,
+}
+
 /// Runs a node until Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -280,46 +300,12 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let config = build_config(&args, &metrics)?;
     let log = Arc::new(logging::init(&config.get::<LogSection>())?);
-
     let bus = Bus::new(config.get::<KernelSection>().bus_capacity);
     bus.register_metrics(&metrics);
     let health = HealthState::new();
-    let store = if args.amnesia {
-        tracing::info!("amnesia: everything stays in memory and is lost at exit");
-        Store::in_memory_with(CpuPool::default())?
-    } else {
-        let dir = args.dir.data_dir.join("store");
-        Store::open(&dir, CpuPool::default())
-            .with_context(|| format!("cannot open the store in {}", dir.display()))?
-    };
-
-    // Bind before anything runs, so a taken port is a clear start-up error.
-    let listen = config.get::<GatewaySection>().listen;
-    let listener = std::net::TcpListener::bind(listen)
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    listener.set_nonblocking(true)?;
-    let gateway = listener.local_addr()?;
-    let tls = tls_listener(&args, &config.get::<GatewaySection>())?;
-    let oap = match &tls {
-        Some((_, _, material)) => {
-            let section = config.get::<OapSection>();
-            let tls = ron_transport::server_config(material.clone(), &[svc_oap::ALPN])?;
-            Some((bind(section.listen)?, tls))
-        }
-        None => None,
-    };
-    let h3 = h3_socket(&config.get::<GatewaySection>(), tls.as_ref())?;
-
-    let home = if args.amnesia {
-        KeyHome::Memory
-    } else {
-        KeyHome::Dir(&args.dir.data_dir)
-    };
-    let (auth, rotated) = crate::auth::open(&home, &config.get::<AuthSection>())?;
-    let auth = Arc::new(auth);
-    crate::auth::issue_owner_token(&auth, &home, rotated)?;
-    tracing::info!(node_id = auth.node_id(), "identity");
-
+    let store = open_store(&args)?;
+    let listeners = bind_listeners(&args, &config)?;
+    let auth = open_auth(&args, &config)?;
     let limiter = Arc::new(ron_transport::limits::Limiter::default());
     limiter.apply(&config.get::<ron_transport::limits::LimitsSection>());
 
@@ -329,39 +315,202 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         health.clone(),
         Policy::default(),
     );
-    {
+    spawn_config_watch(&mut sup, &config, &bus, &log, &auth, &limiter);
+    spawn_key_rotation(&mut sup, &args, &config, &auth, &limiter);
+    let (dht_tx, dht_mailbox) = supervisor::mailbox(svc_dht::MAILBOX);
+    let dht = svc_dht::DhtHandle::new(dht_tx, auth.identity().keypair().public().to_peer_id());
+    dht.metrics().register(&metrics);
+    let overlay = spawn_overlay(&mut sup, store, &config, dht.clone(), &metrics);
+    spawn_storage_upkeep(&mut sup, &overlay, &config);
+    let p2p_status = spawn_peer_network(
+        &mut sup,
+        &args,
+        &config,
+        &auth,
+        &dht,
+        dht_mailbox,
+        &overlay,
+        &metrics,
+    )?;
+    let state = AppState {
+        p2p_status: Some(p2p_status),
+        limiter,
+        auth,
+        traffic: svc_gateway::Traffic::new(&metrics),
+        metrics,
+        health: health.clone(),
+        config: config.clone(),
+        started,
+        extra: StatusExtra {
+            version: env!("CARGO_PKG_VERSION"),
+            gateway: listeners.gateway.local_addr()?,
+        },
+        overlay,
+    };
+    let bound = spawn_edges(&mut sup, listeners, state)?;
+    health.mark_started();
+    announce_started(&args, &config, &bound);
+
+    wait_for_ctrl_c().await;
+    tracing::info!("shutting down: no new requests, draining");
+    health.mark_stopping();
+    let deadline = Duration::from_millis(config.get::<NodeSection>().shutdown_deadline_ms);
+    let drained = sup.shutdown(deadline).await;
+    bus.publish(KernelEvent::Shutdown);
+    tracing::info!(drained, "node stopped");
+    Ok(())
+}
+
+fn open_store(args: &NodeArgs) -> anyhow::Result<Store> {
+    if args.amnesia {
+        tracing::info!("amnesia: everything stays in memory and is lost at exit");
+        return Ok(Store::in_memory_with(CpuPool::default())?);
+    }
+    let dir = args.dir.data_dir.join("store");
+    Store::open(&dir, CpuPool::default())
+        .with_context(|| format!("cannot open the store in {}", dir.display()))
+}
+
+fn bind_listeners(args: &NodeArgs, config: &Config) -> anyhow::Result<Listeners> {
+    let gateway = bind(config.get::<GatewaySection>().listen)?;
+    let tls = tls_listener(args, &config.get::<GatewaySection>())?;
+    let oap = match &tls {
+        Some((_, _, material)) => {
+            let section = config.get::<OapSection>();
+            let tls = ron_transport::server_config(material.clone(), &[svc_oap::ALPN])?;
+            Some((bind(section.listen)?, tls))
+        }
+        None => None,
+    };
+    let h3 = h3_socket(&config.get::<GatewaySection>(), tls.as_ref())?;
+    Ok(Listeners {
+        gateway,
+        tls,
+        oap,
+        h3,
+    })
+}
+
+fn key_home(args: &NodeArgs) -> KeyHome<'_> {
+    if args.amnesia {
+        KeyHome::Memory
+    } else {
+        KeyHome::Dir(&args.dir.data_dir)
+    }
+}
+
+fn open_auth(args: &NodeArgs, config: &Config) -> anyhow::Result<Arc<ron_auth::Auth>> {
+    let home = key_home(args);
+    let (auth, rotated) = crate::auth::open(&home, &config.get::<AuthSection>())?;
+    crate::auth::issue_owner_token(&auth, &home, rotated)?;
+    tracing::info!(node_id = auth.node_id(), "identity");
+    Ok(Arc::new(auth))
+}
+
+/// The config watcher, and the services' live settings applied on every new version.
+fn spawn_config_watch(
+    sup: &mut Supervisor,
+    config: &Config,
+    bus: &Bus,
+    log: &Arc<logging::LogControl>,
+    auth: &Arc<ron_auth::Auth>,
+    limiter: &Arc<ron_transport::limits::Limiter>,
+) {
+    let (config, bus, log, auth) = (config.clone(), bus.clone(), log.clone(), auth.clone());
+    let limiter = limiter.clone();
+    sup.spawn("config", Duty::Background, move |ctx| {
         let (config, bus, log, auth) = (config.clone(), bus.clone(), log.clone(), auth.clone());
         let limiter = limiter.clone();
-        sup.spawn("config", Duty::Background, move |ctx| {
-            let (config, bus, log, auth) = (config.clone(), bus.clone(), log.clone(), auth.clone());
-            let limiter = limiter.clone();
-            async move {
-                let mut events = bus.subscribe();
-                let apply_log_levels = async {
-                    while let Some(event) = events.recv().await {
-                        if let KernelEvent::ConfigUpdated { .. } = event {
-                            log.apply(&config.get::<LogSection>());
-                            auth.apply(&config.get::<AuthSection>());
-                            limiter.apply(&config.get::<ron_transport::limits::LimitsSection>());
-                        }
+        async move {
+            let mut events = bus.subscribe();
+            let apply_live_settings = async {
+                while let Some(event) = events.recv().await {
+                    if let KernelEvent::ConfigUpdated { .. } = event {
+                        log.apply(&config.get::<LogSection>());
+                        auth.apply(&config.get::<AuthSection>());
+                        limiter.apply(&config.get::<ron_transport::limits::LimitsSection>());
                     }
-                };
+                }
+            };
+            tokio::select! {
+                watched = config.watch(&bus, CONFIG_DEBOUNCE) => watched.map_err(|e| e.to_string()),
+                () = apply_live_settings => Ok(()),
+                () = ctx.shutdown.cancelled() => Ok(()),
+            }
+        }
+    });
+}
+
+/// Signing-key rotation (and keys rotated by `ron key rotate`), with the owner token
+/// reissued on rotation.
+fn spawn_key_rotation(
+    sup: &mut Supervisor,
+    args: &NodeArgs,
+    config: &Config,
+    auth: &Arc<ron_auth::Auth>,
+    limiter: &Arc<ron_transport::limits::Limiter>,
+) {
+    let (auth, config, limiter) = (auth.clone(), config.clone(), limiter.clone());
+    let (data_dir, amnesia) = (args.dir.data_dir.clone(), args.amnesia);
+    sup.spawn("auth-keys", Duty::Background, move |ctx| {
+        let (auth, config, data_dir) = (auth.clone(), config.clone(), data_dir.clone());
+        let limiter = limiter.clone();
+        async move {
+            // Config updates reach `auth` through the bus at once; this catches one a
+            // lagging subscriber missed.
+            let mut applied = config.version();
+            let home = if amnesia {
+                KeyHome::Memory
+            } else {
+                KeyHome::Dir(&data_dir)
+            };
+            loop {
                 tokio::select! {
-                    watched = config.watch(&bus, CONFIG_DEBOUNCE) => watched.map_err(|e| e.to_string()),
-                    () = apply_log_levels => Ok(()),
-                    () = ctx.shutdown.cancelled() => Ok(()),
+                    () = tokio::time::sleep(KEY_CHECK) => {}
+                    () = ctx.shutdown.cancelled() => return Ok::<(), String>(()),
+                }
+                if config.version() != applied {
+                    applied = config.version();
+                    auth.apply(&config.get::<AuthSection>());
+                    limiter.apply(&config.get::<ron_transport::limits::LimitsSection>());
+                }
+                let done = auth
+                    .maintain(ron_auth::unix_now())
+                    .map_err(|e| e.to_string())?;
+                if done.rotated {
+                    crate::auth::issue_owner_token(&auth, &home, true)
+                        .map_err(|e| format!("{e:#}"))?;
                 }
             }
-        });
-    }
+        }
+    });
+}
+
+/// The overlay actor under the supervisor, over the store, with the peer network.
+fn spawn_overlay(
+    sup: &mut Supervisor,
+    store: Store,
+    config: &Config,
+    dht: svc_dht::DhtHandle,
+    metrics: &Metrics,
+) -> OverlayHandle {
     let index = Index::new(store.clone(), INDEX_CACHE);
-    let (overlay_tx, overlay_mailbox) = supervisor::mailbox(OVERLAY_QUEUE);
-    let overlay = OverlayHandle::new(overlay_tx, store.clone(), index.clone(), MAX_UPLOADS);
-    overlay.register_metrics(&metrics);
+    let (tx, mailbox) = supervisor::mailbox(OVERLAY_QUEUE);
+    let limits = config.clone();
+    let overlay = OverlayHandle::new(OverlaySetup {
+        tx,
+        store: store.clone(),
+        index: index.clone(),
+        max_uploads: MAX_UPLOADS,
+        config: config.clone(),
+        max_object: Arc::new(move || limits.get::<GatewaySection>().max_put_bytes),
+        dht: Some(dht),
+    });
+    overlay.register_metrics(metrics);
     sup.spawn_actor(
         "overlay",
         Duty::ReadsAndWrites,
-        overlay_mailbox,
+        mailbox,
         move |ctx, mailbox| {
             svc_overlay::run(
                 ctx.shutdown,
@@ -372,171 +521,127 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
             )
         },
     );
-    {
-        let (auth, config, limiter) = (auth.clone(), config.clone(), limiter.clone());
-        let (data_dir, amnesia) = (args.dir.data_dir.clone(), args.amnesia);
-        sup.spawn("auth-keys", Duty::Background, move |ctx| {
-            let (auth, config, data_dir) = (auth.clone(), config.clone(), data_dir.clone());
-            let limiter = limiter.clone();
-            async move {
-                // Config updates reach `auth` through the bus at once; this catches one a
-                // lagging subscriber missed.
-                let mut applied = config.version();
-                let home = if amnesia {
-                    KeyHome::Memory
-                } else {
-                    KeyHome::Dir(&data_dir)
-                };
-                loop {
-                    tokio::select! {
-                        () = tokio::time::sleep(KEY_CHECK) => {}
-                        () = ctx.shutdown.cancelled() => return Ok::<(), String>(()),
-                    }
-                    if config.version() != applied {
-                        applied = config.version();
-                        auth.apply(&config.get::<AuthSection>());
-                        limiter.apply(&config.get::<ron_transport::limits::LimitsSection>());
-                    }
-                    let done = auth
-                        .maintain(ron_auth::unix_now())
-                        .map_err(|e| e.to_string())?;
-                    if done.rotated {
-                        crate::auth::issue_owner_token(&auth, &home, true)
-                            .map_err(|e| format!("{e:#}"))?;
-                    }
-                }
-            }
-        });
-    }
-    let (tx, mailbox) = supervisor::mailbox(svc_dht::MAILBOX);
-    let dht = svc_dht::DhtHandle::new(tx, auth.identity().keypair().public().to_peer_id());
-    dht.metrics().register(&metrics);
-    {
-        let (overlay, config, dht) = (overlay.clone(), config.clone(), dht.clone());
-        sup.spawn("storage-gc", Duty::Background, move |ctx| {
-            let (overlay, config, dht) = (overlay.clone(), config.clone(), dht.clone());
-            async move {
-                loop {
-                    let every = Duration::from_secs(config.get::<StorageSection>().gc_interval_s);
-                    tokio::select! {
-                        () = tokio::time::sleep(every) => {}
-                        () = ctx.shutdown.cancelled() => return Ok::<(), String>(()),
-                    }
-                    crate::p2p::keep_cache(&dht, &overlay, &config).await;
-                }
-            }
-        });
-    }
-    let network = {
-        let keypair = auth.identity().keypair().clone();
-        let mut section = (*config.get::<svc_dht::P2pSection>()).clone();
-        if !args.p2p_listen.is_empty() {
-            section.listen = args.p2p_listen.iter().map(ToString::to_string).collect();
-        }
-        section
-            .relays
-            .extend(args.relay.iter().map(ToString::to_string));
-        // The peer table: the peers that answered before, recently good first, join the
-        // bootstrap list; discovery keeps it from the swarm's events.
-        let table = Arc::new(if args.amnesia {
-            svc_discovery::PeerTable::in_memory()
-        } else {
-            svc_discovery::PeerTable::open(&args.dir.data_dir.join("peers.redb"))
-        }?);
-        let seeds = table.seeds(16, svc_discovery::unix_now())?;
-        if !seeds.is_empty() {
-            tracing::info!(seeds = seeds.len(), "bootstrapping from the peer table too");
-        }
-        let mut bootstrap = args.bootstrap.clone();
-        bootstrap.extend(svc_discovery::seed_addrs(&seeds));
-        let (events, _) = tokio::sync::broadcast::channel(1024);
-        let setup = svc_dht::Setup {
-            keypair,
-            config: config.clone(),
-            section,
-            bootstrap,
-            source: Arc::new(crate::p2p::StoreSource::new(overlay.clone())),
-            metrics: dht.metrics().clone(),
-            events: Some(events.clone()),
-        };
-        sup.spawn_actor("dht", Duty::Background, mailbox, move |ctx, mailbox| {
-            svc_dht::run(ctx.shutdown, mailbox, setup.clone())
-        });
-        let (updates, _) = tokio::sync::broadcast::channel(svc_discovery::UPDATES);
-        crate::p2p::count_known(&metrics, &table, updates.subscribe());
-        {
-            let (table, dht) = (table.clone(), dht.clone());
-            sup.spawn("discovery", Duty::Background, move |ctx| {
-                svc_discovery::run(
-                    ctx.shutdown,
-                    table.clone(),
-                    events.subscribe(),
-                    updates.clone(),
-                    dht.clone(),
-                )
-            });
-        }
-        crate::p2p::announce_all(dht.clone(), overlay.clone());
-        crate::p2p::network(dht, table, overlay.clone(), config.clone())
-    };
-    let state = AppState {
-        network: Some(network),
-        limiter: limiter.clone(),
-        auth: auth.clone(),
-        traffic: svc_gateway::Traffic::new(&metrics),
-        metrics: metrics.clone(),
-        health: health.clone(),
-        config: config.clone(),
-        started,
-        extra: StatusExtra {
-            version: env!("CARGO_PKG_VERSION"),
-            gateway,
-        },
-        overlay,
-    };
-    let tls_state = state.clone();
-    let state_h3 = state.clone();
-    sup.spawn("gateway", Duty::ReadsAndWrites, move |ctx| {
-        let (listener, state) = (listener.try_clone(), state.clone());
+    overlay
+}
+
+/// Announces what the store holds at start, then keeps the fetch cache within its budget
+/// every `storage.gc_interval_s`.
+fn spawn_storage_upkeep(sup: &mut Supervisor, overlay: &OverlayHandle, config: &Config) {
+    let (overlay, config) = (overlay.clone(), config.clone());
+    sup.spawn("storage-gc", Duty::Background, move |ctx| {
+        let (overlay, config) = (overlay.clone(), config.clone());
         async move {
-            let listener = tokio::net::TcpListener::from_std(listener?)?;
-            svc_gateway::serve(listener, state, ctx.shutdown.clone()).await
+            tokio::select! {
+                () = overlay.announce_all() => {}
+                () = ctx.shutdown.cancelled() => return Ok::<(), String>(()),
+            }
+            loop {
+                let every = Duration::from_secs(config.get::<StorageSection>().gc_interval_s);
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = ctx.shutdown.cancelled() => return Ok(()),
+                }
+                overlay.keep_cache().await;
+            }
         }
     });
-    let oap_addr = match oap {
-        Some((listener, tls_config)) => {
-            let addr = listener.local_addr()?;
-            let section = config.get::<OapSection>();
-            let oap_state = svc_oap::OapState {
-                overlay: tls_state.overlay.clone(),
-                auth: auth.clone(),
-                max_frame: section.max_frame,
-                max_inflight: section.max_inflight,
-                max_put_bytes: config.get::<GatewaySection>().max_put_bytes,
-                version: env!("CARGO_PKG_VERSION"),
-                config: config.clone(),
-                limiter: tls_state.limiter.clone(),
-                metrics: tls_state.metrics.clone(),
-                on_stored: tls_state.network.clone().map(|network| {
-                    Arc::new(move |addr| network.stored(addr)) as Arc<dyn Fn(_) + Send + Sync>
-                }),
-            };
-            sup.spawn("oap", Duty::ReadsAndWrites, move |ctx| {
-                let (listener, state, tls_config) =
-                    (listener.try_clone(), oap_state.clone(), tls_config.clone());
-                async move {
-                    let listener = tokio::net::TcpListener::from_std(listener?)?;
-                    svc_oap::serve(listener, tls_config, state, ctx.shutdown.clone()).await
-                }
-            });
-            Some(addr)
-        }
+}
+
+/// The swarm's actor and discovery under the supervisor; returns the peer network's part of
+/// `/status`.
+#[allow(clippy::too_many_arguments)] // the node's parts this wiring needs, each once
+fn spawn_peer_network(
+    sup: &mut Supervisor,
+    args: &NodeArgs,
+    config: &Config,
+    auth: &ron_auth::Auth,
+    dht: &svc_dht::DhtHandle,
+    mailbox: supervisor::Mailbox<svc_dht::Command>,
+    overlay: &OverlayHandle,
+    metrics: &Metrics,
+) -> anyhow::Result<svc_gateway::PeerStatus> {
+    let mut section = (*config.get::<svc_dht::P2pSection>()).clone();
+    if !args.p2p_listen.is_empty() {
+        section.listen = args.p2p_listen.iter().map(ToString::to_string).collect();
+    }
+    section
+        .relays
+        .extend(args.relay.iter().map(ToString::to_string));
+    // The peer table: the peers that answered before, recently good first, join the
+    // bootstrap list; discovery keeps it from the swarm's events.
+    let table = Arc::new(if args.amnesia {
+        svc_discovery::PeerTable::in_memory()
+    } else {
+        svc_discovery::PeerTable::open(&args.dir.data_dir.join("peers.redb"))
+    }?);
+    let seeds = table.seeds(16, svc_discovery::unix_now())?;
+    if !seeds.is_empty() {
+        tracing::info!(seeds = seeds.len(), "bootstrapping from the peer table too");
+    }
+    let mut bootstrap = args.bootstrap.clone();
+    bootstrap.extend(svc_discovery::seed_addrs(&seeds));
+    let (events, _) = tokio::sync::broadcast::channel(1024);
+    let setup = svc_dht::Setup {
+        keypair: auth.identity().keypair().clone(),
+        config: config.clone(),
+        section,
+        bootstrap,
+        source: overlay.peer_source(),
+        metrics: dht.metrics().clone(),
+        events: Some(events.clone()),
+    };
+    sup.spawn_actor("dht", Duty::Background, mailbox, move |ctx, mailbox| {
+        svc_dht::run(ctx.shutdown, mailbox, setup.clone())
+    });
+    let (updates, _) = tokio::sync::broadcast::channel(svc_discovery::UPDATES);
+    crate::p2p::count_known(metrics, &table, updates.subscribe());
+    {
+        let (table, dht) = (table.clone(), dht.clone());
+        sup.spawn("discovery", Duty::Background, move |ctx| {
+            svc_discovery::run(
+                ctx.shutdown,
+                table.clone(),
+                events.subscribe(),
+                updates.clone(),
+                dht.clone(),
+            )
+        });
+    }
+    Ok(crate::p2p::status(dht.clone(), table))
+}
+
+/// The edges under the supervisor: the HTTP gateway, and with a certificate the TLS gateway,
+/// the OAP/1 listener and HTTP/3.
+fn spawn_edges(
+    sup: &mut Supervisor,
+    listeners: Listeners,
+    state: AppState,
+) -> anyhow::Result<Bound> {
+    let Listeners {
+        gateway,
+        tls,
+        oap,
+        h3,
+    } = listeners;
+    let bound = gateway.local_addr()?;
+    {
+        let state = state.clone();
+        sup.spawn("gateway", Duty::ReadsAndWrites, move |ctx| {
+            let (listener, state) = (gateway.try_clone(), state.clone());
+            async move {
+                let listener = tokio::net::TcpListener::from_std(listener?)?;
+                svc_gateway::serve(listener, state, ctx.shutdown.clone()).await
+            }
+        });
+    }
+    let oap = match oap {
+        Some((listener, tls_config)) => Some(spawn_oap(sup, listener, tls_config, &state)?),
         None => None,
     };
-    let tls_addr = match tls {
+    let tls = match tls {
         Some((listener, tls_config, _)) => {
             let addr = listener.local_addr()?;
-            let state = tls_state;
+            let state = state.clone();
             sup.spawn("gateway-tls", Duty::ReadsAndWrites, move |ctx| {
                 let (listener, state, tls_config) =
                     (listener.try_clone(), state.clone(), tls_config.clone());
@@ -549,30 +654,59 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let h3_addr = match h3 {
-        Some(h3) => Some(spawn_h3(&mut sup, h3, state_h3)?),
+    let h3 = match h3 {
+        Some(h3) => Some(spawn_h3(sup, h3, state)?),
         None => None,
     };
-    health.mark_started();
+    Ok(Bound {
+        gateway: bound,
+        tls,
+        oap,
+        h3,
+    })
+}
+
+fn spawn_oap(
+    sup: &mut Supervisor,
+    listener: std::net::TcpListener,
+    tls_config: Arc<ron_transport::rustls::ServerConfig>,
+    state: &AppState,
+) -> anyhow::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    let section = state.config.get::<OapSection>();
+    let oap_state = svc_oap::OapState {
+        overlay: state.overlay.clone(),
+        auth: state.auth.clone(),
+        max_frame: section.max_frame,
+        max_inflight: section.max_inflight,
+        version: env!("CARGO_PKG_VERSION"),
+        config: state.config.clone(),
+        limiter: state.limiter.clone(),
+        metrics: state.metrics.clone(),
+    };
+    sup.spawn("oap", Duty::ReadsAndWrites, move |ctx| {
+        let (listener, state, tls_config) =
+            (listener.try_clone(), oap_state.clone(), tls_config.clone());
+        async move {
+            let listener = tokio::net::TcpListener::from_std(listener?)?;
+            svc_oap::serve(listener, tls_config, state, ctx.shutdown.clone()).await
+        }
+    });
+    Ok(addr)
+}
+
+/// The log line, and the lines a script (or a test) reads to find the node.
+fn announce_started(args: &NodeArgs, config: &Config, bound: &Bound) {
+    let gateway = bound.gateway;
     tracing::info!(%gateway, data_dir = %args.dir.data_dir.display(), config_version = config.version(), "node started");
-    // The one line a script (or a test) reads to find the node.
     println!("ron node: gateway http://{gateway}");
-    if let Some(addr) = tls_addr {
+    if let Some(addr) = bound.tls {
         println!("ron node: gateway https://{addr}");
     }
-    if let Some(addr) = oap_addr {
+    if let Some(addr) = bound.oap {
         println!("ron node: oap {addr}");
     }
-    if let Some(addr) = h3_addr {
+    if let Some(addr) = bound.h3 {
         println!("ron node: gateway h3 https://{addr}");
     }
-
-    wait_for_ctrl_c().await;
-    tracing::info!("shutting down: no new requests, draining");
-    health.mark_stopping();
-    let deadline = Duration::from_millis(config.get::<NodeSection>().shutdown_deadline_ms);
-    let drained = sup.shutdown(deadline).await;
-    bus.publish(KernelEvent::Shutdown);
-    tracing::info!(drained, "node stopped");
-    Ok(())
 }

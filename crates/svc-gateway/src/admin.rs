@@ -71,10 +71,25 @@ pub struct AppState {
     pub auth: std::sync::Arc<ron_auth::Auth>,
     /// Admission under `[limits]`.
     pub limiter: std::sync::Arc<ron_transport::limits::Limiter>,
-    /// The peer network, when the node runs one: objects missing here are fetched from it.
-    pub network: Option<std::sync::Arc<dyn crate::Network>>,
+    /// The peer network's part of `/status` (addresses, peers), when the node runs one.
+    pub p2p_status: Option<PeerStatus>,
 }
 
+/// Reads the peer network's part of `/status`; supplied by the node.
+#[derive(Clone)]
+pub struct PeerStatus(
+    pub  std::sync::Arc<
+        dyn Fn() -> futures_util::future::BoxFuture<'static, Option<serde_json::Value>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for PeerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerStatus")
+    }
+}
 /// The state handlers see: shared, so extracting it is one reference count.
 pub(crate) type Shared = std::sync::Arc<AppState>;
 
@@ -154,8 +169,8 @@ async fn status(State(state): State<Shared>) -> Response {
         Err(e) => json!({"error": e.to_string()}),
     };
     let index = state.overlay.index().stats();
-    let p2p = match &state.network {
-        Some(network) => network.status().await,
+    let p2p = match &state.p2p_status {
+        Some(read) => (read.0)().await,
         None => None,
     };
     let signing = state.auth.ring().active().map(|k| {
@@ -209,18 +224,9 @@ mod tests {
 
     /// An in-memory overlay whose actor runs on the test's runtime.
     fn test_overlay() -> svc_overlay::OverlayHandle {
-        let store = svc_storage::Store::in_memory().unwrap();
-        let index = svc_index::Index::new(store.clone(), 64);
-        let (tx, mailbox) = supervisor::mailbox(16);
-        let token = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(svc_overlay::run(
-            token,
-            mailbox,
-            store.clone(),
-            index.clone(),
-            8,
-        ));
-        svc_overlay::OverlayHandle::new(tx, store, index, 8)
+        let (overlay, actor) = svc_overlay::in_memory(8).unwrap();
+        tokio::spawn(actor);
+        overlay
     }
 
     fn state() -> AppState {
@@ -241,7 +247,7 @@ mod tests {
             },
             overlay: test_overlay(),
             limiter: std::sync::Arc::default(),
-            network: None,
+            p2p_status: None,
             auth: std::sync::Arc::new(
                 ron_auth::Auth::new(
                     ron_auth::NodeIdentity::ephemeral(),
@@ -386,10 +392,13 @@ mod tests {
             .with_state(st.clone());
         let (code, body, _) = get(&slow, "/slow").await;
         assert_eq!(code, StatusCode::GATEWAY_TIMEOUT);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(
-            body,
-            r#"{"code":"timeout","message":"request deadline passed"}"#
+            (&body["code"], &body["message"]),
+            (&json!("timeout"), &json!("request deadline passed"))
         );
+        // A timeout is worth retrying: the one retry policy gives it a hint.
+        assert!(body["retry_after_ms"].as_u64().is_some(), "{body}");
         assert!(
             st.metrics
                 .encode()

@@ -2,17 +2,14 @@
 //! refusals in the shared error shape (401 with `WWW-Authenticate`, 403, 429 with
 //! `Retry-After`).
 
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::Response;
+use axum::http::{HeaderMap, header};
 use ron_auth::token::Op;
 use ron_auth::{Denied, Grant, Request};
-use ron_proto::ErrorBody;
 
 use crate::AppState;
-use crate::error::error_response;
-use crate::objects::reject;
 
-/// Checks the request's bearer token for `op` on `path`; answer a refusal with [`denied`].
+/// Checks the request's bearer token for `op` on `path` (a refusal answers through
+/// [`crate::ApiError`]: 401 with `WWW-Authenticate`, 403, 429 with `Retry-After`).
 pub(crate) fn authorize(
     state: &AppState,
     headers: &HeaderMap,
@@ -41,29 +38,6 @@ fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-/// The response for a refusal, counted in `rejected_total{reason}`.
-pub(crate) fn denied(state: &AppState, denied: &Denied) -> Response {
-    let kind = denied.kind();
-    reject(state, kind.code());
-    let mut body = ErrorBody::new(kind, denied.to_string());
-    match denied {
-        Denied::RateLimited { retry_after } => {
-            let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
-            body = body.retry_after_ms(ms.max(1));
-        }
-        Denied::Busy => body = body.retry_after_ms(fastrand::u64(1000..=5000)),
-        Denied::Unauthenticated(_) | Denied::Forbidden(_) => {}
-    }
-    let mut response = error_response(kind, &body);
-    if let Denied::Unauthenticated(_) = denied {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"ron\""),
-        );
-    }
-    response
 }
 
 #[cfg(test)]

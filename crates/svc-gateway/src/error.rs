@@ -1,17 +1,108 @@
-//! The one place an error becomes an HTTP response.
+//! The one place an error becomes an HTTP response: [`ApiError`], made from any
+//! [`ron_proto::Failure`] (the overlay's, a refused capability, a refused admission, or a
+//! problem the edge finds itself), answered as its status, the shared JSON body and
+//! `Retry-After`. Handlers return `Result<Response, ApiError>` and use `?`.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ron_proto::{ErrorBody, ErrorKind};
+use ron_proto::{ErrorBody, ErrorKind, Failure};
 
-/// The response for an error of `kind`: its status, the shared JSON body, and `Retry-After`
-/// (whole seconds, rounded up) when the body carries `retry_after_ms`.
-pub fn error_response(kind: ErrorKind, body: &ErrorBody) -> Response {
-    let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_error(status, body)
+/// A failure on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    kind: ErrorKind,
+    body: ErrorBody,
 }
 
-/// Like [`error_response`] for statuses outside [`ErrorKind`] (405).
+impl<E: Failure> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        let kind = e.kind();
+        if matches!(kind, ErrorKind::Internal | ErrorKind::Damaged) {
+            // The details stay here; the client gets the safe message.
+            tracing::error!(error = %e, code = e.code(), "request failed");
+        }
+        Self {
+            kind,
+            body: e.body(),
+        }
+    }
+}
+
+impl ApiError {
+    /// The error's kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+}
+
+/// Marks a response as a refusal, so the gateway's middleware counts it once in
+/// `rejected_total{reason}` (the body's code: a closed set).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rejected(pub(crate) &'static str);
+
+/// Codes a refusal is counted under; anything else counts as `other`.
+const REASONS: [&str; 19] = [
+    "bad_input",
+    "unauthorized",
+    "payment_required",
+    "forbidden",
+    "conflict",
+    "too_large",
+    "range_not_satisfiable",
+    "content_mismatch",
+    "rate_limited",
+    "headers_too_large",
+    "internal",
+    "overloaded",
+    "damaged",
+    "timeout",
+    "providers_unavailable",
+    "too_many_streams",
+    "protocol_violation",
+    "method_not_allowed",
+    "other",
+];
+
+fn reason(code: &str) -> &'static str {
+    REASONS
+        .iter()
+        .find(|r| **r == code)
+        .copied()
+        .unwrap_or("other")
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = json_error(status, &self.body);
+        if self.kind == ErrorKind::Unauthorized {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ron\""),
+            );
+        }
+        if self.kind != ErrorKind::NotFound {
+            response
+                .extensions_mut()
+                .insert(Rejected(reason(&self.body.code)));
+        }
+        response
+    }
+}
+
+/// The response for an error of `kind` with `body` (for callers outside the gateway's
+/// handlers, such as the HTTP/3 and TLS listeners' own refusals).
+pub fn error_response(kind: ErrorKind, body: &ErrorBody) -> Response {
+    ApiError {
+        kind,
+        body: body.clone(),
+    }
+    .into_response()
+}
+
+/// The shared JSON body with any status (405 is outside [`ErrorKind`]), and `Retry-After`
+/// (whole seconds, rounded up) when the body carries `retry_after_ms`.
 pub(crate) fn json_error(status: StatusCode, body: &ErrorBody) -> Response {
     let mut response = (
         status,

@@ -1,8 +1,8 @@
 //! The HTTP face of a RustyOnions node: objects (`POST /put`, `GET|HEAD /o/{addr}` with
 //! ranges, `GET /stat/{addr}`, `POST|DELETE /pin/{addr}`) and the admin endpoints (`/healthz`,
 //! `/readyz`, `/metrics`, `/status`), with request ids and latency metrics on every route.
-//! Every error leaves through one function,
-//! [`error_response`], in the shared JSON shape `{"code","message","retry_after_ms"?}`.
+//! Handlers are thin: decode, authorise, call one overlay method, encode. Every error leaves
+//! through one type, [`ApiError`], in the shared JSON shape `{"code","message","retry_after_ms"?}`.
 //!
 //! ```no_run
 //! # async fn run(state: svc_gateway::AppState) -> std::io::Result<()> {
@@ -18,14 +18,12 @@ mod config;
 mod error;
 mod limits;
 mod middleware;
-mod network;
 mod objects;
 mod tls;
 
-pub use admin::{AppState, StatusExtra, Traffic, router};
+pub use admin::{AppState, PeerStatus, StatusExtra, Traffic, router};
 pub use config::GatewaySection;
-pub use error::error_response;
-pub use network::{FetchError, Incoming, Network};
+pub use error::{ApiError, error_response};
 pub use objects::EXPECT_ADDRESS;
 #[cfg(feature = "http3")]
 pub use tls::serve_h3;

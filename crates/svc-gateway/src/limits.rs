@@ -4,13 +4,10 @@
 
 use axum::extract::Request;
 use axum::http::{Method, header};
-use axum::response::Response;
-use ron_proto::{ErrorBody, ErrorKind};
+use ron_proto::{ErrorKind, Problem};
 use ron_transport::limits::{Limiter, Peer, Ticket};
 
-use crate::AppState;
-use crate::error::error_response;
-use crate::objects::reject;
+use crate::{ApiError, AppState};
 
 /// Routes that must answer whatever the load: health and metrics.
 fn exempt(path: &str) -> bool {
@@ -23,7 +20,7 @@ fn exempt(path: &str) -> bool {
 pub(crate) fn admit_request<'a>(
     state: &'a AppState,
     req: &Request,
-) -> Result<Option<Ticket<&'a Limiter>>, Box<Response>> {
+) -> Result<Option<Ticket<&'a Limiter>>, ApiError> {
     if exempt(req.uri().path()) {
         return Ok(None);
     }
@@ -36,13 +33,8 @@ pub(crate) fn admit_request<'a>(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if announced.is_some_and(|n| n > max_body) {
-            reject(state, "too_large");
-            let kind = ErrorKind::TooLarge;
             let message = format!("request body exceeds {max_body} bytes");
-            return Err(Box::new(error_response(
-                kind,
-                &ErrorBody::new(kind, message),
-            )));
+            return Err(Problem::new(ErrorKind::TooLarge, message).into());
         }
     }
     let peer = req.extensions().get::<Peer>().map(|p| p.0);
@@ -51,9 +43,6 @@ pub(crate) fn admit_request<'a>(
         // opening and first verified window (the rest streams under the connection's own
         // bounds).
         Ok(ticket) => Ok(Some(ticket)),
-        Err(refused) => {
-            reject(state, refused.reason());
-            Err(Box::new(error_response(refused.kind(), &refused.to_body())))
-        }
+        Err(refused) => Err(refused.into()),
     }
 }

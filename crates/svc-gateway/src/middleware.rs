@@ -8,13 +8,14 @@ use std::borrow::Cow;
 
 use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use ron_kernel::metrics::{ReasonLabel, RequestLabels};
-use ron_proto::{ErrorBody, ErrorKind};
+use ron_proto::{ErrorKind, Problem};
 use tracing::Instrument;
 
 use crate::admin::Shared;
-use crate::{AppState, GatewaySection, error_response};
+use crate::error::Rejected;
+use crate::{ApiError, AppState, GatewaySection};
 
 const REQUEST_ID: &str = "x-request-id";
 /// Every route pattern the router has, so labels can borrow them.
@@ -33,17 +34,26 @@ const STATUS_CLASSES: [&str; 6] = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
 fn label_route(matched: Option<&str>) -> Cow<'static, str> {
     let matched = matched.unwrap_or("<unmatched>");
-    ROUTES
-        .iter()
-        .find(|r| **r == matched)
-        .map_or_else(|| Cow::Owned(matched.to_owned()), |r| Cow::Borrowed(*r))
+    // Every pattern is one of the router's; a new route missing here counts as unmatched.
+    Cow::Borrowed(
+        ROUTES
+            .iter()
+            .find(|r| **r == matched)
+            .copied()
+            .unwrap_or("<unmatched>"),
+    )
 }
 
+/// A method label from a closed set: any other method a client makes up is `other`, so no
+/// client can grow the metric series.
 fn label_method(method: &Method) -> Cow<'static, str> {
-    const KNOWN: [&str; 5] = ["GET", "HEAD", "POST", "PUT", "DELETE"];
-    KNOWN.iter().find(|m| **m == method.as_str()).map_or_else(
-        || Cow::Owned(method.as_str().to_owned()),
-        |m| Cow::Borrowed(*m),
+    const KNOWN: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"];
+    Cow::Borrowed(
+        KNOWN
+            .iter()
+            .find(|m| **m == method.as_str())
+            .copied()
+            .unwrap_or("other"),
     )
 }
 
@@ -74,7 +84,9 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
     let span = tracing::info_span!("request", request_id = %id);
     let ticket = match crate::limits::admit_request(&state, &req) {
         Ok(ticket) => ticket,
-        Err(refused) => return finish(&state, *refused, route, method, started, &id),
+        Err(refused) => {
+            return finish(&state, refused.into_response(), route, method, started, &id);
+        }
     };
     let run = next.run(req).instrument(span.clone());
     let response = if streaming {
@@ -87,18 +99,9 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
         match tokio::time::timeout(deadline, run).await {
             Ok(response) => response,
             Err(_) => {
-                state
-                    .metrics
-                    .rejected()
-                    .get_or_create(&ReasonLabel {
-                        reason: "timeout".to_owned(),
-                    })
-                    .inc();
                 span.in_scope(|| tracing::warn!(?deadline, "request deadline passed"));
-                error_response(
-                    ErrorKind::Timeout,
-                    &ErrorBody::new(ErrorKind::Timeout, "request deadline passed"),
-                )
+                ApiError::from(Problem::new(ErrorKind::Timeout, "request deadline passed"))
+                    .into_response()
             }
         }
     };
@@ -115,6 +118,15 @@ fn finish(
     started: Instant,
     id: &str,
 ) -> Response {
+    if let Some(Rejected(reason)) = response.extensions().get::<Rejected>().copied() {
+        state
+            .metrics
+            .rejected()
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
     let status = response.status().as_u16();
     state
         .metrics

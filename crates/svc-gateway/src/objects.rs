@@ -10,17 +10,14 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
-use ron_kernel::metrics::ReasonLabel;
-use ron_proto::{Address, ErrorBody, ErrorKind};
-use serde_json::json;
-use svc_overlay::OverlayError;
-use svc_storage::{ObjectReader, PutError, PutOptions};
-
 use ron_auth::token::Op;
+use ron_proto::{Address, ErrorKind, Problem};
+use serde_json::json;
+use svc_overlay::{Got, Incoming, Object, PutRequest};
 
+use crate::ApiError;
 use crate::admin::Shared;
-use crate::auth::{authorize, denied};
-use crate::{AppState, GatewaySection, error_response};
+use crate::auth::authorize;
 
 /// Header naming the address an upload must have.
 pub const EXPECT_ADDRESS: &str = "x-ron-expect-address";
@@ -31,89 +28,64 @@ const WINDOW: u64 = 1 << 20;
 /// Windows verified ahead of the one being sent.
 const READ_AHEAD: usize = 2;
 
-fn bad(kind: ErrorKind, message: impl Into<String>) -> Response {
-    error_response(kind, &ErrorBody::new(kind, message))
+fn bad(message: impl Into<String>) -> ApiError {
+    Problem::new(ErrorKind::BadInput, message).into()
 }
 
 /// A `b3:` address from the path; anything else is a 400 in the shared error shape.
 pub(crate) struct Addr(Address);
 
 impl<S: Send + Sync> FromRequestParts<S> for Addr {
-    type Rejection = Response;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path(text) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|e| bad(ErrorKind::BadInput, e.body_text()))?;
+            .map_err(|e| bad(e.body_text()))?;
         text.parse::<Address>()
             .map(Addr)
-            .map_err(|e| bad(ErrorKind::BadInput, format!("malformed address: {e}")))
+            .map_err(|e| bad(format!("malformed address: {e}")))
     }
-}
-
-/// Counts a refused request in `rejected_total{reason}`.
-pub(crate) fn reject(state: &AppState, reason: &str) {
-    state
-        .metrics
-        .rejected()
-        .get_or_create(&ReasonLabel {
-            reason: reason.to_owned(),
-        })
-        .inc();
-}
-
-/// Logs a failure in full and answers with a message safe for a client (internal details
-/// stay in the log).
-fn logged(what: &str, e: &dyn std::fmt::Display, kind: ErrorKind) -> Response {
-    tracing::error!(error = %e, "{what}");
-    let message = if kind == ErrorKind::Internal {
-        "internal error".to_owned()
-    } else {
-        e.to_string()
-    };
-    bad(kind, message)
 }
 
 fn etag(addr: &Address) -> String {
     format!("\"{addr}\"")
 }
 
-/// `POST /put`: the raw body, streamed into the store.
-pub(crate) async fn put(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    let grant = match authorize(&state, &headers, Op::Put, "/put") {
-        Ok(grant) => grant,
-        Err(d) => return denied(&state, &d),
-    };
-    let limit = state.config.get::<GatewaySection>().max_put_bytes;
+/// The upload's announced length, expected address and media type, from its headers.
+fn put_request(headers: &HeaderMap) -> Result<(Option<u64>, PutRequest), ApiError> {
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > limit) {
-        reject(&state, "too_large");
-        return bad(
-            ErrorKind::TooLarge,
-            format!("upload exceeds the limit of {limit} bytes"),
-        );
-    }
     let expect = match headers.get(EXPECT_ADDRESS).map(|v| v.to_str()) {
         None => None,
-        Some(Ok(text)) => match text.parse::<Address>() {
-            Ok(addr) => Some(addr),
-            Err(e) => {
-                return bad(
-                    ErrorKind::BadInput,
-                    format!("malformed x-ron-expect-address: {e}"),
-                );
-            }
-        },
-        Some(Err(_)) => return bad(ErrorKind::BadInput, "malformed x-ron-expect-address"),
+        Some(Ok(text)) => Some(
+            text.parse::<Address>()
+                .map_err(|e| bad(format!("malformed x-ron-expect-address: {e}")))?,
+        ),
+        Some(Err(_)) => return Err(bad("malformed x-ron-expect-address")),
     };
     let media_type = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
         None => None,
         Some(Ok(mt)) => Some(mt.to_owned()),
-        Some(Err(_)) => return bad(ErrorKind::BadInput, "content-type is not visible ASCII"),
+        Some(Err(_)) => return Err(bad("content-type is not visible ASCII")),
     };
+    Ok((announced, PutRequest { media_type, expect }))
+}
+
+/// `POST /put`: the raw body, streamed into the overlay.
+pub(crate) async fn put(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let grant = authorize(&state, &headers, Op::Put, "/put")?;
+    let (announced, request) = put_request(&headers)?;
+    let limit = state.overlay.max_object_bytes();
+    if announced.is_some_and(|n| n > limit) {
+        return Err(svc_overlay::OverlayError::TooLarge { limit }.into());
+    }
     // Bytes count against the token's budget as they arrive (all at once when the length is
     // announced); an upload that does not complete gives them back.
     let mut charge = Charge {
@@ -121,68 +93,43 @@ pub(crate) async fn put(State(state): State<Shared>, headers: HeaderMap, body: B
         charged: 0,
         kept: false,
     };
-    if let Some(n) = announced
-        && let Err(d) = charge.add(n)
-    {
-        return denied(&state, &d);
+    if let Some(n) = announced {
+        charge.add(n)?;
     }
-    let options = PutOptions {
-        media_type,
-        expect,
-        max_bytes: Some(limit),
-        unpinned: false,
-        // The store reads the chunks back for the outboard: keep them in the page cache.
-        around_cache: false,
-    };
-    let mut writer = match state.overlay.writer(options) {
-        Ok(upload) => upload,
-        Err(e) => return overlay_error(&state, &e),
-    };
+    let mut upload = state.overlay.put(request)?;
     let mut body = body.into_data_stream();
     while let Some(piece) = body.next().await {
-        let piece = match piece {
-            Ok(piece) => piece,
-            // The client went away or broke the framing: nothing is stored (the writer's drop
-            // removes what it wrote).
-            Err(e) => {
-                tracing::info!(error = %e, "upload aborted by the client");
-                return bad(ErrorKind::BadInput, "upload body was cut short");
-            }
-        };
+        // The client went away or broke the framing: nothing is stored (the upload's drop
+        // removes what it wrote).
+        let piece = piece.map_err(|e| {
+            tracing::info!(error = %e, "upload aborted by the client");
+            bad("upload body was cut short")
+        })?;
         state.traffic.received.inc_by(piece.len() as u64);
-        if announced.is_none()
-            && let Err(d) = charge.add(piece.len() as u64)
-        {
-            return denied(&state, &d);
+        if announced.is_none() {
+            charge.add(piece.len() as u64)?;
         }
-        if let Err(e) = writer.writer.write(&piece).await {
-            return put_error(&state, e);
-        }
+        upload.write(&piece).await?;
     }
-    match writer.writer.finish().await {
-        Ok(stored) => {
-            charge.kept = true;
-            if let Some(network) = &state.network {
-                network.stored(stored.address);
-            }
-            let status = if stored.created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            let location = format!("/o/{}", stored.address);
-            let mut response = (
-                status,
-                Json(json!({"address": stored.address, "size": stored.size})),
-            )
-                .into_response();
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                response.headers_mut().insert(header::LOCATION, v);
-            }
-            response
-        }
-        Err(e) => put_error(&state, e),
+    if announced.is_some_and(|n| n != upload.received()) {
+        return Err(bad("upload body does not match its announced length"));
     }
+    let stored = upload.finish().await?;
+    charge.kept = true;
+    let status = if stored.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (
+        status,
+        Json(json!({"address": stored.address, "size": stored.size})),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/o/{}", stored.address)) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
 }
 
 /// Bytes charged to an upload's grant, refunded on drop unless the upload was kept.
@@ -206,40 +153,6 @@ impl Drop for Charge<'_> {
             self.grant.refund(self.charged);
         }
     }
-}
-
-fn put_error(state: &AppState, e: PutError) -> Response {
-    let kind = e.kind();
-    reject(state, kind.code());
-    match e {
-        PutError::Store(e) => logged("upload failed", &e, kind),
-        other => bad(kind, other.to_string()),
-    }
-}
-
-/// Busy or down: 503 with a randomized retry hint (1-5 s); anything else is ours.
-fn overlay_error(state: &AppState, e: &OverlayError) -> Response {
-    let kind = e.kind();
-    match e {
-        OverlayError::Busy | OverlayError::Unavailable => {
-            reject(state, "overloaded");
-            let body =
-                ErrorBody::new(kind, e.to_string()).retry_after_ms(fastrand::u64(1000..=5000));
-            error_response(kind, &body)
-        }
-        OverlayError::Read(_) => {
-            reject(state, "damaged");
-            logged("stored object cannot be read", e, kind)
-        }
-        _ => {
-            reject(state, kind.code());
-            logged("object operation failed", e, kind)
-        }
-    }
-}
-
-fn not_found(addr: &Address) -> Response {
-    bad(ErrorKind::NotFound, format!("no object {addr}"))
 }
 
 /// What a GET will send.
@@ -284,9 +197,9 @@ enum Part {
 }
 
 /// The body: static parts as they are, spans read and verified a window at a time, a few
-/// windows ahead. A window that fails verification ends the stream with an error, so the
-/// response is cut short instead of carrying wrong bytes.
-fn body(reader: ObjectReader, parts: Vec<Part>, state: Shared) -> Body {
+/// windows ahead. A window that fails verification (and cannot be repaired from peers) ends
+/// the stream with an error, so the response is cut short instead of carrying wrong bytes.
+fn body(object: Object, parts: Vec<Part>, state: Shared) -> Body {
     let steps = parts.into_iter().flat_map(|part| -> Vec<Part> {
         match part {
             Part::Static(b) => vec![Part::Static(b)],
@@ -304,11 +217,11 @@ fn body(reader: ObjectReader, parts: Vec<Part>, state: Shared) -> Body {
     });
     let pieces = stream::iter(steps)
         .map(move |step| {
-            let reader = reader.clone();
+            let object = object.clone();
             async move {
                 match step {
                     Part::Static(b) => Ok(b),
-                    Part::Span(a, b) => reader.read_verified(a, b).await,
+                    Part::Span(a, b) => object.read_verified(a, b).await,
                 }
             }
         })
@@ -318,85 +231,30 @@ fn body(reader: ObjectReader, parts: Vec<Part>, state: Shared) -> Body {
                 state.traffic.sent.inc_by(piece.len() as u64);
             }
             r.map_err(|e| {
-                reject(&state, "damaged");
+                // The head has gone out: the refusal is the cut, counted here.
                 tracing::error!(error = %e, "aborting a response: stored bytes fail verification");
+                state
+                    .metrics
+                    .rejected()
+                    .get_or_create(&ron_kernel::metrics::ReasonLabel {
+                        reason: ron_proto::Failure::code(&e).to_owned(),
+                    })
+                    .inc();
                 std::io::Error::other(e.to_string())
             })
         });
     Body::from_stream(pieces)
 }
 
-/// An object this node lacks, fetched from the peer network (verified and stored unpinned
-/// first), or the answer when it cannot be: 404 when no node provides it (or there is no
-/// network), 504 when it was not found within the deadline, 503 when providers failed.
-async fn fetched(state: &AppState, addr: Address) -> Result<ObjectReader, Box<Response>> {
-    let Some(network) = &state.network else {
-        return Err(Box::new(not_found(&addr)));
-    };
-    let incoming = match network.stream(addr).await {
-        Ok(incoming) => incoming,
-        Err(e) => return Err(Box::new(fetch_error(state, e))),
-    };
-    // Only the stored copy is wanted here; the transfer stores it without a listener.
-    drop(incoming.bytes);
-    match incoming.done.await {
-        Ok(Ok(())) => match state.overlay.open(addr).await {
-            Ok(Some(reader)) => Ok(reader),
-            Ok(None) => Err(Box::new(not_found(&addr))),
-            Err(e) => Err(Box::new(overlay_error(state, &e))),
-        },
-        Ok(Err(e)) => Err(Box::new(fetch_error(state, e))),
-        Err(_) => Err(Box::new(fetch_error(
-            state,
-            crate::FetchError::Unavailable("the fetch stopped".into()),
-        ))),
-    }
-}
-
-/// `HEAD` of an object this node lacks: the headers a GET would carry, once a provider has
-/// proven the object's size (the copy is fetched and stored meanwhile, as for a GET).
-async fn headed(state: &AppState, addr: Address) -> Response {
-    let Some(network) = &state.network else {
-        return not_found(&addr);
-    };
-    match network.stream(addr).await {
-        Ok(incoming) => (StatusCode::OK, fetched_headers(&addr, incoming.size)).into_response(),
-        Err(e) => fetch_error(state, e),
-    }
-}
-
-/// 404 when no node provides the object, 504 when the deadline passed, 503 when providers
-/// failed.
-fn fetch_error(state: &AppState, error: crate::FetchError) -> Response {
-    match error {
-        crate::FetchError::NotFound(addr) => not_found(&addr),
-        e @ crate::FetchError::Timeout => {
-            reject(state, "timeout");
-            let kind = ErrorKind::Timeout;
-            error_response(kind, &ErrorBody::new(kind, e.to_string()))
-        }
-        crate::FetchError::Unavailable(message) => {
-            let kind = ErrorKind::Overloaded;
-            let body = ErrorBody::new(kind, message).retry_after_ms(fastrand::u64(1000..=5000));
-            error_response(kind, &body)
-        }
-    }
-}
-
-/// A whole-object GET of an object this node lacks: answered once a provider has proven its
-/// size, its bytes sent as they arrive verified (and are stored), so the client does not wait
-/// for the whole transfer and the store's commit. A transfer that fails part-way cuts the
-/// response short (never a wrong byte); the errors before the first byte are as for
-/// [`fetched`].
-async fn streamed(state: Shared, addr: Address) -> Response {
-    let Some(network) = &state.network else {
-        return not_found(&addr);
-    };
-    let incoming = match network.stream(addr).await {
-        Ok(incoming) => incoming,
-        Err(e) => return fetch_error(&state, e),
-    };
+/// A whole object arriving from peers: answered once a provider has proven its size, its
+/// bytes sent as they arrive verified (and are stored), so the client does not wait for the
+/// whole transfer and the store's commit. A transfer that fails part-way cuts the response
+/// short (never a wrong byte).
+fn streamed(state: Shared, addr: Address, incoming: Incoming, head: bool) -> Response {
     let base = fetched_headers(&addr, incoming.size);
+    if head {
+        return (StatusCode::OK, base).into_response();
+    }
     let pieces = stream::unfold(incoming.bytes, |mut rx| async move {
         rx.recv().await.map(|piece| (piece, rx))
     })
@@ -444,42 +302,53 @@ fn common_headers(addr: &Address) -> HeaderMap {
     base
 }
 
-/// `GET|HEAD /o/{addr}`.
+/// `GET|HEAD /o/{addr}`: this node's copy, or one fetched from peers (404 when no node
+/// provides it, 504 when none was found within the fetch deadline, 503 when providers
+/// failed or the stored copy is damaged beyond repair).
 pub(crate) async fn get(
     State(state): State<Shared>,
     method: Method,
     Addr(addr): Addr,
     headers: HeaderMap,
-) -> Response {
+) -> Result<Response, ApiError> {
     // Reads are open unless config says otherwise: skip building the path then.
-    if state.auth.requires_token(Op::Get)
-        && let Err(d) = authorize(&state, &headers, Op::Get, &format!("/o/{addr}"))
-    {
-        return denied(&state, &d);
+    if state.auth.requires_token(Op::Get) {
+        authorize(&state, &headers, Op::Get, &format!("/o/{addr}"))?;
     }
-    let reader = match state.overlay.open(addr).await {
-        Ok(Some(r)) => r,
-        Ok(None) if method == Method::HEAD => return headed(&state, addr).await,
-        // Held elsewhere, the whole object asked for: sent as it arrives.
-        Ok(None)
-            if method == Method::GET
-                && !headers.contains_key(header::RANGE)
-                && !headers.contains_key(header::IF_NONE_MATCH) =>
-        {
-            return streamed(state.clone(), addr).await;
+    // Ranges and conditional requests need the stored copy; a whole object may stream from
+    // peers as it arrives.
+    let whole =
+        !headers.contains_key(header::RANGE) && !headers.contains_key(header::IF_NONE_MATCH);
+    let object = if whole {
+        match state.overlay.get(addr).await? {
+            Got::Stored(object) => object,
+            Got::Arriving(incoming) => {
+                return Ok(streamed(
+                    state.clone(),
+                    addr,
+                    incoming,
+                    method == Method::HEAD,
+                ));
+            }
         }
-        Ok(None) => match fetched(&state, addr).await {
-            Ok(r) => r,
-            Err(response) => return *response,
-        },
-        Err(e) => return overlay_error(&state, &e),
+    } else {
+        state.overlay.get_stored(addr).await?
     };
-    let size = reader.size();
+    answer(&state, &method, &headers, addr, object).await
+}
+
+/// The answer with a stored object's bytes: conditional, ranges, multipart.
+async fn answer(
+    state: &Shared,
+    method: &Method,
+    headers: &HeaderMap,
+    addr: Address,
+    object: Object,
+) -> Result<Response, ApiError> {
+    let size = object.size();
     let tag = etag(&addr);
-    let media_type = reader
-        .manifest()
-        .media_type
-        .clone()
+    let media_type = object
+        .media_type()
         .unwrap_or_else(|| "application/octet-stream".into());
 
     let mut base = common_headers(&addr);
@@ -497,10 +366,10 @@ pub(crate) async fn get(
             .map(|t| t.trim().trim_start_matches("W/"))
             .any(|t| t == tag || t == "*")
     {
-        return (StatusCode::NOT_MODIFIED, base).into_response();
+        return Ok((StatusCode::NOT_MODIFIED, base).into_response());
     }
 
-    let (status, parts, length) = match plan(&headers, size, &tag) {
+    let (status, parts, length) = match plan(headers, size, &tag) {
         Plan::Full => {
             put(&mut base, header::CONTENT_TYPE, &media_type);
             (StatusCode::OK, vec![Part::Span(0, size)], size)
@@ -518,59 +387,62 @@ pub(crate) async fn get(
                 r.end() + 1 - r.start(),
             )
         }
-        Plan::Multi(ranges) => {
-            let boundary = format!("ron-{:016x}", fastrand::u64(..));
-            put(
-                &mut base,
-                header::CONTENT_TYPE,
-                &format!("multipart/byteranges; boundary={boundary}"),
-            );
-            let mut parts = Vec::with_capacity(ranges.len() * 2 + 1);
-            let mut length = 0u64;
-            for r in &ranges {
-                let head = format!(
-                    "--{boundary}\r\nContent-Type: {media_type}\r\nContent-Range: bytes {}-{}/{size}\r\n\r\n",
-                    r.start(),
-                    r.end()
-                );
-                length += head.len() as u64 + (r.end() + 1 - r.start()) + 2;
-                parts.push(Part::Static(Bytes::from(head)));
-                parts.push(Part::Span(*r.start(), r.end() + 1));
-                parts.push(Part::Static(Bytes::from_static(b"\r\n")));
-            }
-            let tail = format!("--{boundary}--\r\n");
-            length += tail.len() as u64;
-            parts.push(Part::Static(Bytes::from(tail)));
-            (StatusCode::PARTIAL_CONTENT, parts, length)
-        }
+        Plan::Multi(ranges) => multipart(&mut base, &media_type, size, &ranges),
         Plan::Unsatisfiable(why) => {
-            let mut response = bad(ErrorKind::RangeNotSatisfiable, why);
+            let mut response =
+                ApiError::from(Problem::new(ErrorKind::RangeNotSatisfiable, why)).into_response();
             put(
                 response.headers_mut(),
                 header::CONTENT_RANGE,
                 &format!("bytes */{size}"),
             );
-            return response;
+            return Ok(response);
         }
     };
     base.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     if method == Method::HEAD {
-        return (status, base).into_response();
+        return Ok((status, base).into_response());
     }
     // A small single-span answer is read and verified before anything is sent: one write,
-    // and damage becomes a clean error response instead of a cut-off body.
+    // and damage (after a repair attempt) becomes a clean error instead of a cut-off body.
     if let [Part::Span(a, b)] = parts[..]
         && b - a <= WINDOW
     {
-        return match reader.read_verified(a, b).await {
-            Ok(bytes) => {
-                state.traffic.sent.inc_by(bytes.len() as u64);
-                (status, base, bytes).into_response()
-            }
-            Err(e) => overlay_error(&state, &OverlayError::Read(e)),
-        };
+        let bytes = object.read_verified(a, b).await?;
+        state.traffic.sent.inc_by(bytes.len() as u64);
+        return Ok((status, base, bytes).into_response());
     }
-    (status, base, body(reader, parts, state)).into_response()
+    Ok((status, base, body(object, parts, state.clone())).into_response())
+}
+
+/// The parts and length of a `multipart/byteranges` answer, its content type set in `base`.
+fn multipart(
+    base: &mut HeaderMap,
+    media_type: &str,
+    size: u64,
+    ranges: &[RangeInclusive<u64>],
+) -> (StatusCode, Vec<Part>, u64) {
+    let boundary = format!("ron-{:016x}", fastrand::u64(..));
+    if let Ok(v) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}")) {
+        base.insert(header::CONTENT_TYPE, v);
+    }
+    let mut parts = Vec::with_capacity(ranges.len() * 3 + 1);
+    let mut length = 0u64;
+    for r in ranges {
+        let head = format!(
+            "--{boundary}\r\nContent-Type: {media_type}\r\nContent-Range: bytes {}-{}/{size}\r\n\r\n",
+            r.start(),
+            r.end()
+        );
+        length += head.len() as u64 + (r.end() + 1 - r.start()) + 2;
+        parts.push(Part::Static(Bytes::from(head)));
+        parts.push(Part::Span(*r.start(), r.end() + 1));
+        parts.push(Part::Static(Bytes::from_static(b"\r\n")));
+    }
+    let tail = format!("--{boundary}--\r\n");
+    length += tail.len() as u64;
+    parts.push(Part::Static(Bytes::from(tail)));
+    (StatusCode::PARTIAL_CONTENT, parts, length)
 }
 
 /// `GET /stat/{addr}`.
@@ -578,53 +450,13 @@ pub(crate) async fn stat(
     State(state): State<Shared>,
     Addr(addr): Addr,
     headers: HeaderMap,
-) -> Response {
-    if state.auth.requires_token(Op::Stat)
-        && let Err(d) = authorize(&state, &headers, Op::Stat, &format!("/stat/{addr}"))
-    {
-        return denied(&state, &d);
+) -> Result<Response, ApiError> {
+    if state.auth.requires_token(Op::Stat) {
+        authorize(&state, &headers, Op::Stat, &format!("/stat/{addr}"))?;
     }
-    match state.overlay.stat(addr).await {
-        Ok(Some(stat)) => Json(stat).into_response(),
-        Ok(None) => not_found(&addr),
-        Err(e) => overlay_error(&state, &e),
-    }
-}
-
-async fn set_pin(state: Shared, headers: HeaderMap, addr: Address, pinned: bool) -> Response {
-    let op = if pinned { Op::Pin } else { Op::Unpin };
-    if let Err(d) = authorize(&state, &headers, op, &format!("/pin/{addr}")) {
-        return denied(&state, &d);
-    }
-    let mut outcome = state.overlay.set_pinned(addr, pinned).await;
-    // Pinning an object this node lacks fetches it first (verified and stored, as for a GET):
-    // `ron pin` on any node keeps any object of the network there.
-    if pinned && matches!(outcome, Ok(false)) && state.network.is_some() {
-        if let Err(answer) = fetched(&state, addr).await {
-            return *answer;
-        }
-        outcome = state.overlay.set_pinned(addr, true).await;
-        if matches!(outcome, Ok(false)) {
-            // Evicted from the fetch cache between its commit and the pin.
-            let kind = ErrorKind::Overloaded;
-            let body = ErrorBody::new(kind, "the fetched copy was evicted before it was pinned")
-                .retry_after_ms(fastrand::u64(1000..=5000));
-            return error_response(kind, &body);
-        }
-    }
-    match outcome {
-        Ok(true) => {
-            if let Some(network) = &state.network {
-                if pinned {
-                    network.stored(addr);
-                } else {
-                    network.withdrawn(addr);
-                }
-            }
-            Json(json!({"address": addr, "pinned": pinned})).into_response()
-        }
-        Ok(false) => not_found(&addr),
-        Err(e) => overlay_error(&state, &e),
+    match state.overlay.stat(addr).await? {
+        Some(stat) => Ok(Json(stat).into_response()),
+        None => Err(svc_overlay::OverlayError::NotFound(addr).into()),
     }
 }
 
@@ -634,8 +466,10 @@ pub(crate) async fn pin(
     State(state): State<Shared>,
     Addr(addr): Addr,
     headers: HeaderMap,
-) -> Response {
-    set_pin(state, headers, addr, true).await
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Op::Pin, &format!("/pin/{addr}"))?;
+    state.overlay.pin(addr).await?;
+    Ok(Json(json!({"address": addr, "pinned": true})).into_response())
 }
 
 /// `DELETE /pin/{addr}`.
@@ -643,6 +477,8 @@ pub(crate) async fn unpin(
     State(state): State<Shared>,
     Addr(addr): Addr,
     headers: HeaderMap,
-) -> Response {
-    set_pin(state, headers, addr, false).await
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Op::Unpin, &format!("/pin/{addr}"))?;
+    state.overlay.unpin(addr).await?;
+    Ok(Json(json!({"address": addr, "pinned": false})).into_response())
 }

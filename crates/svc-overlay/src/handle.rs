@@ -1,85 +1,26 @@
-//! The handle callers hold, and the commands it sends.
+//! The handle callers hold: every operation on an object, local or from peers.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use ron_proto::{Address, ErrorKind};
+use bytes::Bytes;
+use ron_kernel::Config;
+use ron_proto::Address;
+use svc_dht::DhtHandle;
 use svc_index::Index;
 use svc_storage::{
     GcReport, ObjectReader, ObjectStat, ObjectWriter, PutOptions, ReadError, Store, StoreError,
-    StoreStats,
+    StoreStats, Stored,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-/// Objects up to this size are kept, verified, in the small-object cache.
-const SMALL_OBJECT: u64 = 64 << 10;
-/// Bytes the small-object cache may hold.
-const SMALL_CACHE_BYTES: usize = 16 << 20;
-
-/// Verified small objects in memory, least recently used evicted first, bounded by bytes.
-#[derive(Debug)]
-struct SmallCache {
-    entries: lru::LruCache<Address, ObjectReader>,
-    bytes: usize,
-}
-
-impl SmallCache {
-    fn get(&mut self, addr: &Address) -> Option<ObjectReader> {
-        self.entries.get(addr).cloned()
-    }
-
-    fn insert(&mut self, addr: Address, reader: ObjectReader) {
-        self.bytes += reader.inline_len();
-        if let Some(old) = self.entries.put(addr, reader) {
-            self.bytes -= old.inline_len();
-        }
-        while self.bytes > SMALL_CACHE_BYTES {
-            match self.entries.pop_lru() {
-                Some((_, evicted)) => self.bytes -= evicted.inline_len(),
-                None => break,
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        self.entries.clear();
-        self.bytes = 0;
-    }
-}
+use crate::OverlayError;
+use crate::cache::{SMALL_OBJECT, SmallCache};
+use crate::fetch::{Incoming, Net};
 
 /// How long a caller waits for room in a full queue before giving up with
 /// [`OverlayError::Busy`].
 const ENQUEUE_DEADLINE: Duration = Duration::from_secs(2);
-
-/// Why an overlay operation failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OverlayError {
-    /// The overlay is down (restarting, quarantined or stopped); the command was not run, or
-    /// was lost with the incarnation that was running it.
-    #[error("object service unavailable")]
-    Unavailable,
-    /// Too many operations are waiting; retry later.
-    #[error("object service busy")]
-    Busy,
-    /// Reading failed.
-    #[error(transparent)]
-    Read(#[from] ReadError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl OverlayError {
-    /// The shared error kind.
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Unavailable | Self::Busy => ErrorKind::Overloaded,
-            Self::Read(e) => e.kind(),
-            Self::Store(e) => e.kind(),
-        }
-    }
-}
 
 /// A command for the overlay actor.
 #[derive(Debug)]
@@ -117,43 +58,171 @@ pub enum Command {
     },
 }
 
-/// An admitted upload: the store's writer plus the permit that counts it.
+/// What an upload asks for.
+#[derive(Debug, Clone, Default)]
+pub struct PutRequest {
+    /// The object's media type.
+    pub media_type: Option<String>,
+    /// The address the client expects; on mismatch nothing is stored (422).
+    pub expect: Option<Address>,
+}
+
+/// An object being uploaded. Dropping it before [`Upload::finish`] leaves nothing behind.
 #[derive(Debug)]
 pub struct Upload {
-    /// The writer; see [`ObjectWriter`].
-    pub writer: ObjectWriter,
+    writer: ObjectWriter,
+    overlay: OverlayHandle,
     _permit: OwnedSemaphorePermit,
 }
 
-/// A cheap-to-clone handle on the overlay.
+impl Upload {
+    /// Takes the next piece of the upload.
+    ///
+    /// # Cancel safety
+    /// Not resumable: after a cancelled call drop the upload (which cleans up).
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), OverlayError> {
+        Ok(self.writer.write(data).await?)
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.writer.size()
+    }
+
+    /// Commits the object (durable when this returns `Ok`), pinned, and announces it to the
+    /// peer network. The address is always the BLAKE3 of the bytes that arrived.
+    pub async fn finish(self) -> Result<Stored, OverlayError> {
+        let stored = self.writer.finish().await?;
+        self.overlay.announce(stored.address).await;
+        Ok(stored)
+    }
+}
+
+/// An object's verified bytes: a stored copy that repairs itself from peers when its bytes
+/// are found damaged, before giving up with [`OverlayError::Damaged`].
 #[derive(Debug, Clone)]
+pub struct Object {
+    reader: Arc<Mutex<ObjectReader>>,
+    overlay: OverlayHandle,
+}
+
+impl Object {
+    fn reader(&self) -> ObjectReader {
+        self.reader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The object's address.
+    pub fn address(&self) -> Address {
+        self.reader().address()
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> u64 {
+        self.reader().size()
+    }
+
+    /// Its media type, if one was given.
+    pub fn media_type(&self) -> Option<String> {
+        self.reader().manifest().media_type.clone()
+    }
+
+    /// Bytes `start..end` (clamped to the size), each checked against the address before it
+    /// is returned. Damage found on the way is repaired from peers (once per object) and the
+    /// bytes read again; without a verified copy anywhere, [`OverlayError::Damaged`].
+    pub async fn read_verified(&self, start: u64, end: u64) -> Result<Bytes, OverlayError> {
+        let reader = self.reader();
+        match reader.read_verified(start, end).await {
+            Ok(bytes) => Ok(bytes),
+            Err(ReadError::Damaged { address, .. } | ReadError::MissingChunk { address, .. }) => {
+                let fresh = self.overlay.repaired(address).await?;
+                *self.reader.lock().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
+                Ok(fresh.read_verified(start, end).await?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A GET's answer: the stored copy, or the object arriving from peers as it verifies.
+#[derive(Debug)]
+pub enum Got {
+    /// This node holds the object.
+    Stored(Object),
+    /// Fetched from peers: its size is proven, its bytes follow (see [`Incoming`]).
+    Arriving(Incoming),
+}
+
+/// What builds an [`OverlayHandle`].
+#[derive(Clone)]
+pub struct OverlaySetup {
+    /// The sender of the actor's mailbox.
+    pub tx: mpsc::Sender<Command>,
+    /// The node's store.
+    pub store: Store,
+    /// The resolver in front of it.
+    pub index: Index,
+    /// Uploads (and fetches) admitted at once.
+    pub max_uploads: usize,
+    /// The node's configuration (`[p2p]` is read live for fetches).
+    pub config: Config,
+    /// The largest object the node takes, read live (`gateway.max_put_bytes`).
+    pub max_object: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// The peer network, when the node runs one.
+    pub dht: Option<DhtHandle>,
+}
+
+impl std::fmt::Debug for OverlaySetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OverlaySetup")
+            .field("max_uploads", &self.max_uploads)
+            .field("dht", &self.dht.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cheap-to-clone handle on the overlay.
+#[derive(Clone)]
 pub struct OverlayHandle {
     tx: mpsc::Sender<Command>,
-    store: Store,
+    pub(crate) store: Store,
     index: Index,
     uploads: Arc<Semaphore>,
     max_uploads: usize,
     small: Arc<Mutex<SmallCache>>,
+    max_object: Arc<dyn Fn() -> u64 + Send + Sync>,
+    pub(crate) net: Option<Arc<Net>>,
+}
+
+impl std::fmt::Debug for OverlayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OverlayHandle")
+            .field("max_uploads", &self.max_uploads)
+            .field("peers", &self.net.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl OverlayHandle {
-    /// A handle sending to `tx` (the mailbox's sender), admitting `max_uploads` at once.
-    pub fn new(tx: mpsc::Sender<Command>, store: Store, index: Index, max_uploads: usize) -> Self {
+    /// A handle on the overlay described by `setup`.
+    pub fn new(setup: OverlaySetup) -> Self {
+        let max_uploads = setup.max_uploads.max(1);
         Self {
-            tx,
-            store,
-            index,
-            uploads: Arc::new(Semaphore::new(max_uploads.max(1))),
-            max_uploads: max_uploads.max(1),
-            small: Arc::new(Mutex::new(SmallCache {
-                entries: lru::LruCache::unbounded(),
-                bytes: 0,
-            })),
+            tx: setup.tx,
+            store: setup.store,
+            index: setup.index,
+            uploads: Arc::new(Semaphore::new(max_uploads)),
+            max_uploads,
+            small: Arc::new(Mutex::new(SmallCache::default())),
+            max_object: setup.max_object,
+            net: setup.dht.map(|dht| Arc::new(Net::new(dht, setup.config))),
         }
     }
 
     fn small(&self) -> MutexGuard<'_, SmallCache> {
-        self.small.lock().unwrap_or_else(|p| p.into_inner())
+        self.small.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn ask<T>(
@@ -169,11 +238,12 @@ impl OverlayHandle {
         rx.await.map_err(|_| OverlayError::Unavailable)?
     }
 
-    /// A verified reader of `address`, or `None` if it is not stored.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: a dropped call's answer is discarded.
-    pub async fn open(&self, address: Address) -> Result<Option<ObjectReader>, OverlayError> {
+    /// The stored copy's reader, verified small objects from memory; `None` when this node
+    /// does not hold it.
+    pub(crate) async fn reader(
+        &self,
+        address: Address,
+    ) -> Result<Option<ObjectReader>, OverlayError> {
         if let Some(hit) = self.small().get(&address) {
             return Ok(Some(hit));
         }
@@ -188,19 +258,183 @@ impl OverlayHandle {
         Ok(Some(reader))
     }
 
-    /// Size, media type, chunks, pin and damage of `address`.
-    pub async fn stat(&self, address: Address) -> Result<Option<ObjectStat>, OverlayError> {
-        self.ask(|reply| Command::Stat { address, reply }).await
+    /// This node's copy of `address`, or `None` if it holds none. A copy that cannot even be
+    /// opened (its outboard damaged or gone) is repaired from peers first.
+    pub async fn open(&self, address: Address) -> Result<Option<Object>, OverlayError> {
+        let reader = match self.reader(address).await {
+            Ok(Some(reader)) => reader,
+            Ok(None) => return Ok(None),
+            Err(OverlayError::Damaged(_)) => self.repaired(address).await?,
+            Err(e) => return Err(e),
+        };
+        Ok(Some(self.object(reader)))
     }
 
-    /// Pins or unpins; `Ok(false)` when the object is not stored.
-    pub async fn set_pinned(&self, address: Address, pinned: bool) -> Result<bool, OverlayError> {
-        self.ask(|reply| Command::SetPinned {
-            address,
-            pinned,
-            reply,
+    fn object(&self, reader: ObjectReader) -> Object {
+        Object {
+            reader: Arc::new(Mutex::new(reader)),
+            overlay: self.clone(),
+        }
+    }
+
+    /// The whole object: this node's copy, or, when it holds none, the object fetched from
+    /// peers (one flight per object, stored unpinned as it verifies), its bytes handed on as
+    /// they arrive.
+    pub async fn get(&self, address: Address) -> Result<Got, OverlayError> {
+        if let Some(object) = self.open(address).await? {
+            return Ok(Got::Stored(object));
+        }
+        let Some(net) = &self.net else {
+            return Err(OverlayError::NotFound(address));
+        };
+        Ok(Got::Arriving(net.stream(self, address, false).await?))
+    }
+
+    /// A stored copy: this node's, or one fetched from peers and committed first (for range
+    /// requests and pins).
+    pub async fn get_stored(&self, address: Address) -> Result<Object, OverlayError> {
+        if let Some(object) = self.open(address).await? {
+            return Ok(object);
+        }
+        self.fetched(address, false).await?;
+        match self.open(address).await? {
+            Some(object) => Ok(object),
+            None => Err(OverlayError::NotFound(address)),
+        }
+    }
+
+    /// Fetches `address` from peers into the store and waits for the commit. (Boxed: a
+    /// fetch's replay reads the stored copy, whose repair fetches: the future is recursive.)
+    fn fetched(
+        &self,
+        address: Address,
+        repair: bool,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), OverlayError>> {
+        Box::pin(async move {
+            let Some(net) = &self.net else {
+                return Err(OverlayError::NotFound(address));
+            };
+            let incoming = net.stream(self, address, repair).await?;
+            drop(incoming.bytes);
+            incoming.done.await
         })
-        .await
+    }
+
+    /// Repairs the stored copy of `address` from peers: the object is fetched again,
+    /// verified, and its damaged chunk files (and outboard) replaced by verified bytes.
+    /// Returns a fresh reader, or [`OverlayError::Damaged`] when no peer could supply it.
+    pub(crate) async fn repaired(&self, address: Address) -> Result<ObjectReader, OverlayError> {
+        self.small().remove(&address);
+        self.index.forget(&address);
+        if self.net.is_none() {
+            tracing::error!(%address, "stored object is damaged and this node has no peers to repair it from");
+            return Err(OverlayError::Damaged(address));
+        }
+        match self.fetched(address, true).await {
+            Ok(()) => {
+                tracing::info!(%address, "repaired a damaged object from peers");
+                match self.ask(|reply| Command::Open { address, reply }).await {
+                    Ok(Some(reader)) => Ok(reader),
+                    Ok(None) => Err(OverlayError::NotFound(address)),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => {
+                tracing::error!(%address, error = %e, "stored object is damaged and no peer could repair it");
+                Err(OverlayError::Damaged(address))
+            }
+        }
+    }
+
+    /// Size, media type, chunks, pin and damage of `address` (every stored byte verified). A
+    /// damaged copy is repaired from peers when it can be, and the answer is the state after.
+    pub async fn stat(&self, address: Address) -> Result<Option<ObjectStat>, OverlayError> {
+        let stat = self.ask(|reply| Command::Stat { address, reply }).await?;
+        if stat.as_ref().is_some_and(|s| s.damaged) {
+            // Served from memory no longer: GET and stat tell the same story.
+            self.small().remove(&address);
+            if self.net.is_some() && self.repaired(address).await.is_ok() {
+                return self.ask(|reply| Command::Stat { address, reply }).await;
+            }
+        }
+        Ok(stat)
+    }
+
+    /// Pins `address`, fetching it from peers first when this node lacks it, and announces
+    /// it.
+    pub async fn pin(&self, address: Address) -> Result<(), OverlayError> {
+        let set = |pinned| {
+            self.ask(move |reply| Command::SetPinned {
+                address,
+                pinned,
+                reply,
+            })
+        };
+        if !set(true).await? {
+            self.get_stored(address).await?;
+            if !set(true).await? {
+                return Err(OverlayError::FetchFailed(
+                    "the fetched copy was evicted before it was pinned".into(),
+                ));
+            }
+        }
+        self.announce(address).await;
+        Ok(())
+    }
+
+    /// Unpins `address` (garbage collection may then remove it) and stops announcing it.
+    pub async fn unpin(&self, address: Address) -> Result<(), OverlayError> {
+        let unset = self
+            .ask(|reply| Command::SetPinned {
+                address,
+                pinned: false,
+                reply,
+            })
+            .await?;
+        if !unset {
+            return Err(OverlayError::NotFound(address));
+        }
+        if let Some(net) = &self.net {
+            net.withdraw(address).await;
+        }
+        Ok(())
+    }
+
+    /// Starts an upload if fewer than the maximum are running, else [`OverlayError::Busy`].
+    /// The object is pinned when it commits; bytes past the largest object are refused.
+    pub fn put(&self, request: PutRequest) -> Result<Upload, OverlayError> {
+        let options = PutOptions {
+            media_type: request.media_type,
+            expect: request.expect,
+            max_bytes: Some(self.max_object_bytes()),
+            unpinned: false,
+            // The store reads the chunks back for the outboard: keep them in the page cache.
+            around_cache: false,
+        };
+        Ok(Upload {
+            writer: self.store.writer(options),
+            _permit: self.admit_upload()?,
+            overlay: self.clone(),
+        })
+    }
+
+    pub(crate) fn admit_upload(&self) -> Result<OwnedSemaphorePermit, OverlayError> {
+        self.uploads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| OverlayError::Busy)
+    }
+
+    /// The largest object this node takes now (`gateway.max_put_bytes`, live).
+    pub fn max_object_bytes(&self) -> u64 {
+        (self.max_object)()
+    }
+
+    /// Tells the peer network this node holds `address`.
+    pub(crate) async fn announce(&self, address: Address) {
+        if let Some(net) = &self.net {
+            net.announce(address).await;
+        }
     }
 
     /// Removes unpinned objects and unreferenced chunks.
@@ -209,7 +443,7 @@ impl OverlayHandle {
     }
 
     /// Removes unpinned objects, those cached or unpinned longest ago first, until the rest
-    /// take at most `budget` bytes, and unreferenced chunks; returns what it removed.
+    /// take at most `budget` bytes, and unreferenced chunks; stops announcing what it removed.
     pub async fn evict(&self, budget: u64) -> Result<(GcReport, Vec<Address>), OverlayError> {
         let report = self.ask(|reply| Command::Gc { budget, reply }).await;
         if report
@@ -219,20 +453,42 @@ impl OverlayHandle {
             // Collected objects must not be served from memory either.
             self.small().clear();
         }
+        if let (Ok((_, removed)), Some(net)) = (&report, &self.net) {
+            for addr in removed {
+                net.withdraw(*addr).await;
+            }
+        }
         report
     }
 
-    /// Starts an upload if fewer than `max_uploads` are running, else [`OverlayError::Busy`].
-    pub fn writer(&self, options: PutOptions) -> Result<Upload, OverlayError> {
-        let permit = self
-            .uploads
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| OverlayError::Busy)?;
-        Ok(Upload {
-            writer: self.store.writer(options),
-            _permit: permit,
-        })
+    /// Keeps the objects fetched from peers (unpinned) within `p2p.cache_bytes`.
+    pub async fn keep_cache(&self) {
+        let Some(net) = &self.net else { return };
+        net.make_room(self, net.cache_budget()).await;
+    }
+
+    /// Announces every object the store holds (a restarted node must say it again: provider
+    /// records live in other nodes' memory only for libp2p's TTL).
+    pub async fn announce_all(&self) {
+        let Some(net) = &self.net else { return };
+        let store = self.store.clone();
+        let held = match tokio::task::spawn_blocking(move || store.addresses()).await {
+            Ok(Ok(held)) => held,
+            Ok(Err(e)) => return tracing::warn!(error = %e, "cannot list stored objects"),
+            Err(e) => return tracing::warn!(error = %e, "cannot list stored objects"),
+        };
+        let n = held.len();
+        for addr in held {
+            // The DHT actor's bounded mailbox paces this.
+            net.announce(addr).await;
+        }
+        tracing::info!(objects = n, "announced stored objects to the peer network");
+    }
+
+    /// What peers read objects through: the stored copies, verified, readers kept open
+    /// between a transfer's range requests.
+    pub fn peer_source(&self) -> Arc<dyn svc_dht::Source> {
+        Arc::new(crate::source::PeerSource::new(self.clone()))
     }
 
     /// Store-wide figures.
@@ -243,11 +499,6 @@ impl OverlayHandle {
     /// The resolver's cache counters.
     pub fn index(&self) -> &Index {
         &self.index
-    }
-
-    /// The store behind the overlay.
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     /// Commands waiting in the queue.
@@ -262,7 +513,7 @@ impl OverlayHandle {
 
     /// Bytes held by the small-object cache.
     pub fn small_cache_bytes(&self) -> usize {
-        self.small().bytes
+        self.small().bytes()
     }
 
     /// Shows queue depth, uploads, cache and storage figures in `metrics`.

@@ -73,7 +73,7 @@ impl Collector for OverlayCollector {
             "Manifests cached",
             index.cached as u64,
         )?;
-        match h.store().stats_now() {
+        match h.store.stats_now() {
             Ok(s) => {
                 gauge(&mut encoder, "storage_objects", "Objects stored", s.objects)?;
                 gauge(
@@ -97,6 +97,12 @@ impl Collector for OverlayCollector {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read storage figures for /metrics"),
         }
+        counter(
+            &mut encoder,
+            "storage_chunks_repaired",
+            "Damaged chunk files replaced by verified bytes since start",
+            h.store.repaired_chunks(),
+        )?;
         Ok(())
     }
 }

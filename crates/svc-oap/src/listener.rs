@@ -1,0 +1,343 @@
+//! Accepting OAP/1 connections, and one connection's demultiplexing: frames in, streams
+//! tracked, uploads' bodies handed to their handlers, replies out through one writer.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use ron_auth::Auth;
+use ron_kernel::config::Config;
+use ron_kernel::metrics::{Metrics, ReasonLabel};
+use ron_proto::oap::objects::ObjectRequest;
+use ron_proto::oap::{
+    APP_HELLO, APP_OBJECTS, CodecError, Flags, Frame, FrameCodec, Hello, StreamTracker, inflate,
+};
+use ron_proto::{ErrorKind, Failure, Problem};
+use ron_transport::TlsAcceptor;
+use ron_transport::deadline::{Deadlined, Meter};
+use ron_transport::limits::{Limiter, LimitsSection};
+use svc_overlay::OverlayHandle;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::objects::{Piece, handle};
+
+/// The ALPN protocol id of OAP/1 over TLS.
+pub const ALPN: &[u8] = b"ron/1";
+/// Frames queued for a connection's writer.
+const OUTBOUND: usize = 32;
+/// Body pieces queued for one upload.
+const BODY_QUEUE: usize = 8;
+
+/// What the listener serves with.
+#[derive(Clone)]
+pub struct OapState {
+    /// The object service.
+    pub overlay: OverlayHandle,
+    /// Capabilities.
+    pub auth: Arc<Auth>,
+    /// Largest frame accepted and sent, length field included.
+    pub max_frame: usize,
+    /// Open streams per connection.
+    pub max_inflight: usize,
+    /// Software version, for HELLO.
+    pub version: &'static str,
+    /// The node's configuration (`[limits]` is read per connection).
+    pub config: Config,
+    /// Admission under `[limits]`, shared with the node's other listeners.
+    pub limiter: Arc<Limiter>,
+    /// The node's metrics (`rejected_total{reason}`).
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for OapState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OapState")
+            .field("max_frame", &self.max_frame)
+            .field("max_inflight", &self.max_inflight)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves OAP/1 on `listener` until `shutdown` is cancelled; then stops accepting, stops
+/// reading new frames, and waits for streams in progress (the caller bounds the wait).
+/// `tls` should offer [`ALPN`].
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ron_transport::rustls::ServerConfig>,
+    state: OapState,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    let state = Arc::new(state);
+    let connections = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = ron_transport::accept(&listener) => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let (acceptor, state, shutdown) = (acceptor.clone(), state.clone(), shutdown.clone());
+        let limits = state.config.get::<LimitsSection>();
+        connections.spawn(async move {
+            let handshake = Duration::from_millis(limits.handshake_ms);
+            let stream = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "oap TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "oap TLS handshake timed out");
+                    return;
+                }
+            };
+            // A peer that goes quiet mid-frame or stops reading is cut off; its bytes count
+            // against its address's byte rate.
+            let stream = Deadlined::new(
+                stream,
+                Duration::from_millis(limits.read_idle_ms),
+                Duration::from_millis(limits.write_ms),
+            )
+            .metered(Meter::new(state.limiter.clone(), peer.ip()));
+            connection(stream, peer.ip(), state, shutdown).await;
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+type Tracker = Arc<Mutex<StreamTracker>>;
+
+/// Sends frames to the connection's writer.
+#[derive(Clone)]
+pub(crate) struct Out {
+    tx: mpsc::Sender<Frame>,
+    metrics: Metrics,
+}
+
+impl Out {
+    pub(crate) async fn send(&self, frame: Frame) -> bool {
+        self.tx.send(frame).await.is_ok()
+    }
+
+    /// The one way a failure becomes a reply on OAP/1: an error frame with the kind's status
+    /// as `code` and the shared JSON body (`end_only`: the stream has started, so the frame
+    /// closes it instead of opening it). Refusals are counted in `rejected_total{reason}`.
+    pub(crate) async fn failure(
+        &self,
+        app: u16,
+        corr: u64,
+        e: &(dyn Failure + Sync),
+        end_only: bool,
+    ) -> bool {
+        let kind = e.kind();
+        if matches!(kind, ErrorKind::Internal | ErrorKind::Damaged) {
+            tracing::error!(error = %e, code = e.code(), "oap request failed");
+        }
+        if kind != ErrorKind::NotFound {
+            self.metrics
+                .rejected()
+                .get_or_create(&ReasonLabel {
+                    reason: e.code().to_owned(),
+                })
+                .inc();
+        }
+        let mut frame = Frame::error_reply(app, corr, kind, &e.body());
+        if end_only {
+            frame.flags = Flags::RESP | Flags::END;
+        }
+        self.send(frame).await
+    }
+
+    /// A failure of an object request, answered at its start.
+    pub(crate) async fn fail(&self, corr: u64, e: &(dyn Failure + Sync)) -> bool {
+        self.failure(APP_OBJECTS, corr, e, false).await
+    }
+
+    pub(crate) async fn reply(&self, corr: u64, code: u16, flags: Flags, payload: Bytes) -> bool {
+        let mut frame = Frame::new(flags, APP_OBJECTS, corr);
+        frame.code = code;
+        frame.payload = payload;
+        self.send(frame).await
+    }
+}
+
+async fn connection<S>(
+    stream: S,
+    ip: std::net::IpAddr,
+    state: Arc<OapState>,
+    shutdown: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let codec = FrameCodec::new(state.max_frame);
+    let mut reader = FramedRead::new(rd, codec);
+    let tracker: Tracker = Arc::new(Mutex::new(StreamTracker::new(state.max_inflight)));
+    let (tx, mut rx) = mpsc::channel::<Frame>(OUTBOUND);
+    let out = Out {
+        tx,
+        metrics: state.metrics.clone(),
+    };
+    let writer = {
+        let tracker = tracker.clone();
+        tokio::spawn(async move {
+            let mut sink = FramedWrite::new(wr, codec);
+            while let Some(frame) = rx.recv().await {
+                if frame.flags.contains(Flags::RESP) {
+                    let seen = tracker
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .observe(&frame);
+                    if let Err(e) = seen {
+                        tracing::debug!(error = %e, "response outside a stream (a connection-level error)");
+                    }
+                }
+                if sink.send(frame).await.is_err() {
+                    return;
+                }
+            }
+            let _ = SinkExt::<Frame>::close(&mut sink).await;
+        })
+    };
+    let streams = TaskTracker::new();
+    let mut bodies: HashMap<u64, mpsc::Sender<Piece>> = HashMap::new();
+    loop {
+        let next = tokio::select! {
+            next = reader.next() => next,
+            () = shutdown.cancelled() => break,
+        };
+        let mut frame = match next {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(CodecError::Frame(e))) => {
+                // Framing is lost: answer if we can, then close.
+                out.send(Frame::error_reply(0, 0, e.kind(), &e.to_body()))
+                    .await;
+                break;
+            }
+            Some(Err(_)) => break,
+        };
+        let (app, corr) = (frame.app_proto_id, frame.corr_id);
+        let observed = tracker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observe(&frame);
+        if let Err(e) = observed {
+            out.send(Frame::error_reply(app, corr, e.kind(), &e.to_body()))
+                .await;
+            continue;
+        }
+        if !frame.flags.contains(Flags::REQ) {
+            let problem = Problem::with_code(
+                ErrorKind::BadInput,
+                "protocol_violation",
+                "a client sends only REQ frames",
+            );
+            out.failure(app, corr, &problem, false).await;
+            continue;
+        }
+        if frame.flags.contains(Flags::COMP) {
+            match inflate(&frame.payload, state.max_frame) {
+                Ok(bytes) => frame.payload = bytes,
+                Err(e) => {
+                    let problem = Problem::with_code(e.kind(), e.code(), e.to_string());
+                    out.failure(app, corr, &problem, false).await;
+                    bodies.remove(&corr);
+                    continue;
+                }
+            }
+        }
+        let end = frame.flags.contains(Flags::END);
+        if !frame.flags.contains(Flags::START) {
+            // A continuation: body bytes for an upload (dropped if the upload already ended).
+            if let Some(body) = bodies.get(&corr) {
+                let mut gone = !frame.payload.is_empty()
+                    && body.send(Piece::Data(frame.payload)).await.is_err();
+                if end {
+                    gone |= body.send(Piece::End).await.is_err();
+                }
+                if gone || end {
+                    bodies.remove(&corr);
+                }
+            }
+            continue;
+        }
+        match app {
+            APP_HELLO => {
+                let hello = Hello {
+                    version: Some(state.version.to_owned()),
+                    flags: Some(vec!["COMP".into()]),
+                    transports: Some(vec!["tls".into()]),
+                    max_frame: u32::try_from(state.max_frame).unwrap_or(u32::MAX),
+                    max_inflight: u32::try_from(state.max_inflight).unwrap_or(u32::MAX),
+                    ..Hello::default()
+                };
+                let mut reply =
+                    Frame::new(Flags::RESP | Flags::START | Flags::END, APP_HELLO, corr);
+                reply.payload = Bytes::from(serde_json::to_vec(&hello).unwrap_or_default());
+                out.send(reply).await;
+            }
+            APP_OBJECTS => {
+                let request = match serde_json::from_slice::<ObjectRequest>(&frame.payload) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let problem =
+                            Problem::new(ErrorKind::BadInput, format!("bad request: {e}"));
+                        out.fail(corr, &problem).await;
+                        continue;
+                    }
+                };
+                let token = match std::str::from_utf8(&frame.cap) {
+                    Ok("") => None,
+                    Ok(t) => Some(t.to_owned()),
+                    Err(_) => {
+                        let d = ron_auth::Denied::Unauthenticated(
+                            "the capability is not a token".into(),
+                        );
+                        out.fail(corr, &d).await;
+                        continue;
+                    }
+                };
+                let write = matches!(request, ObjectRequest::Put { .. });
+                let ticket = match state.limiter.admit_owned(Some(ip), write) {
+                    Ok(ticket) => ticket,
+                    Err(refused) => {
+                        out.fail(corr, &refused).await;
+                        continue;
+                    }
+                };
+                let body = if write && !end {
+                    let (body_tx, body_rx) = mpsc::channel(BODY_QUEUE);
+                    bodies.insert(corr, body_tx);
+                    Some(body_rx)
+                } else {
+                    None
+                };
+                let (state, out) = (state.clone(), out.clone());
+                streams.spawn(async move {
+                    handle(&state, &out, corr, request, token.as_deref(), body).await;
+                    drop(ticket);
+                });
+            }
+            other => {
+                let problem =
+                    Problem::new(ErrorKind::NotFound, format!("no application {other:#06x}"));
+                out.failure(other, corr, &problem, false).await;
+            }
+        }
+    }
+    // Uploads still waiting for bytes are abandoned (their writers remove what they wrote).
+    drop(bodies);
+    streams.close();
+    streams.wait().await;
+    drop(out);
+    let _ = writer.await;
+}
