@@ -272,60 +272,12 @@ async fn connection<S>(
         }
         match app {
             APP_HELLO => {
-                let hello = Hello {
-                    version: Some(state.version.to_owned()),
-                    flags: Some(vec!["COMP".into()]),
-                    transports: Some(vec!["tls".into()]),
-                    max_frame: u32::try_from(state.max_frame).unwrap_or(u32::MAX),
-                    max_inflight: u32::try_from(state.max_inflight).unwrap_or(u32::MAX),
-                    ..Hello::default()
-                };
-                let mut reply =
-                    Frame::new(Flags::RESP | Flags::START | Flags::END, APP_HELLO, corr);
-                reply.payload = Bytes::from(serde_json::to_vec(&hello).unwrap_or_default());
-                out.send(reply).await;
+                out.send(hello(&state, corr)).await;
             }
             APP_OBJECTS => {
-                let request = match serde_json::from_slice::<ObjectRequest>(&frame.payload) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let problem =
-                            Problem::new(ErrorKind::BadInput, format!("bad request: {e}"));
-                        out.fail(corr, &problem).await;
-                        continue;
-                    }
-                };
-                let token = match std::str::from_utf8(&frame.cap) {
-                    Ok("") => None,
-                    Ok(t) => Some(t.to_owned()),
-                    Err(_) => {
-                        let d = ron_auth::Denied::Unauthenticated(
-                            "the capability is not a token".into(),
-                        );
-                        out.fail(corr, &d).await;
-                        continue;
-                    }
-                };
-                let write = matches!(request, ObjectRequest::Put { .. });
-                let ticket = match state.limiter.admit_owned(Some(ip), write) {
-                    Ok(ticket) => ticket,
-                    Err(refused) => {
-                        out.fail(corr, &refused).await;
-                        continue;
-                    }
-                };
-                let body = if write && !end {
-                    let (body_tx, body_rx) = mpsc::channel(BODY_QUEUE);
-                    bodies.insert(corr, body_tx);
-                    Some(body_rx)
-                } else {
-                    None
-                };
-                let (state, out) = (state.clone(), out.clone());
-                streams.spawn(async move {
-                    handle(&state, &out, corr, request, token.as_deref(), body).await;
-                    drop(ticket);
-                });
+                if let Some(body) = open_object_stream(&state, &out, ip, frame, &streams).await {
+                    bodies.insert(corr, body);
+                }
             }
             other => {
                 let problem =
@@ -340,4 +292,70 @@ async fn connection<S>(
     streams.wait().await;
     drop(out);
     let _ = writer.await;
+}
+
+/// The answer to HELLO: what this listener speaks and its limits.
+fn hello(state: &OapState, corr: u64) -> Frame {
+    let hello = Hello {
+        version: Some(state.version.to_owned()),
+        flags: Some(vec!["COMP".into()]),
+        transports: Some(vec!["tls".into()]),
+        max_frame: u32::try_from(state.max_frame).unwrap_or(u32::MAX),
+        max_inflight: u32::try_from(state.max_inflight).unwrap_or(u32::MAX),
+        ..Hello::default()
+    };
+    let mut reply = Frame::new(Flags::RESP | Flags::START | Flags::END, APP_HELLO, corr);
+    reply.payload = Bytes::from(serde_json::to_vec(&hello).unwrap_or_default());
+    reply
+}
+
+/// Opens an object request stream: decodes its request and token, admits it under the
+/// node's limits, and runs its handler as a task of `streams`; the sender of the upload's
+/// body when the request is a `put` whose bytes follow.
+async fn open_object_stream(
+    state: &Arc<OapState>,
+    out: &Out,
+    ip: std::net::IpAddr,
+    frame: Frame,
+    streams: &TaskTracker,
+) -> Option<mpsc::Sender<Piece>> {
+    let corr = frame.corr_id;
+    let end = frame.flags.contains(Flags::END);
+    let request = match serde_json::from_slice::<ObjectRequest>(&frame.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            let problem = Problem::new(ErrorKind::BadInput, format!("bad request: {e}"));
+            out.fail(corr, &problem).await;
+            return None;
+        }
+    };
+    let token = match std::str::from_utf8(&frame.cap) {
+        Ok("") => None,
+        Ok(t) => Some(t.to_owned()),
+        Err(_) => {
+            let d = ron_auth::Denied::Unauthenticated("the capability is not a token".into());
+            out.fail(corr, &d).await;
+            return None;
+        }
+    };
+    let write = matches!(request, ObjectRequest::Put { .. });
+    let ticket = match state.limiter.admit_owned(Some(ip), write) {
+        Ok(ticket) => ticket,
+        Err(refused) => {
+            out.fail(corr, &refused).await;
+            return None;
+        }
+    };
+    let (sender, body) = if write && !end {
+        let (tx, rx) = mpsc::channel(BODY_QUEUE);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let (state, out) = (state.clone(), out.clone());
+    streams.spawn(async move {
+        handle(&state, &out, corr, request, token.as_deref(), body).await;
+        drop(ticket);
+    });
+    sender
 }
