@@ -194,7 +194,7 @@ fn reload_applies_valid_and_keeps_previous_on_invalid() {
 #[tokio::test]
 async fn watcher_publishes_applied_changes_only() {
     let dir = tempfile::tempdir().unwrap();
-    let (path, config, _metrics) = config_in(dir.path(), "[net]\ntimeout_ms = 10\n");
+    let (path, config, metrics) = config_in(dir.path(), "[net]\ntimeout_ms = 10\n");
     let bus = Bus::new(16);
     let mut events = bus.subscribe();
     let watcher = {
@@ -224,5 +224,30 @@ async fn watcher_publishes_applied_changes_only() {
     assert!(quiet.is_err(), "invalid file must not publish: {quiet:?}");
     assert_eq!(config.version(), 2);
     assert!(config.last_error().is_some());
+    // Left in place, read by the reload, touched with the same bytes: reported once (a
+    // reload's own read of the file is not a change, nor is a rewrite of the same bytes).
+    std::fs::write(&path, "[net]\ntimeout_ms = 0\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let text = metrics.encode();
+    assert!(
+        text.contains("config_reloads_total{result=\"rejected\"} 1"),
+        "{text}"
+    );
     watcher.abort();
+}
+
+#[tokio::test]
+async fn a_watcher_without_a_directory_waits_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::builder()
+        .optional_file(dir.path().join("missing/ron.toml"))
+        .build()
+        .unwrap();
+    let bus = Bus::new(4);
+    let watched = tokio::time::timeout(
+        Duration::from_millis(300),
+        config.watch(&bus, Duration::from_millis(50)),
+    )
+    .await;
+    assert!(watched.is_err(), "still waiting, not an error: {watched:?}");
 }

@@ -46,11 +46,20 @@ impl Config {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        if !dir.is_dir() {
+            // Amnesia, or a data dir not made yet: there is nothing to watch, and trying
+            // again would only fail again.
+            tracing::info!(dir = %dir.display(), "no config directory to watch");
+            std::future::pending::<()>().await;
+            return Ok(());
+        }
         let name = path.file_name().map(|n| n.to_os_string());
         // One pending signal is enough: any number of events means "look again".
         let (tx, mut rx) = mpsc::channel::<()>(1);
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Reading the file (as a reload does) is an access event: not a change.
             if let Ok(event) = res
+                && !matches!(event.kind, notify::EventKind::Access(_))
                 && event.paths.iter().any(|p| p.file_name() == name.as_deref())
             {
                 let _ = tx.try_send(());
@@ -67,6 +76,10 @@ impl Config {
                 source,
             })?;
         tracing::info!(path = %path.display(), "watching config file");
+        // What the file held when it was last looked at: a touch, a metadata change or a
+        // rewrite with the same bytes is not a change (and an invalid file is reported once
+        // per change, not once per event).
+        let mut seen = contents(&path);
         loop {
             rx.recv().await.ok_or(WatchError::Closed)?;
             // Debounce: wait until the file has been quiet for `debounce`.
@@ -77,6 +90,11 @@ impl Config {
                     Err(_quiet) => break,
                 }
             }
+            let now = contents(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
             match self.reload() {
                 Ok(Reload::Applied { version }) => {
                     tracing::info!(version, "config reloaded");
@@ -94,4 +112,13 @@ impl Config {
             }
         }
     }
+}
+
+/// A digest of the file's contents (`None` while it cannot be read).
+fn contents(path: &Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
 }
