@@ -564,6 +564,8 @@ fn spawn_peer_network(
     if !args.p2p_listen.is_empty() {
         section.listen = args.p2p_listen.iter().map(ToString::to_string).collect();
     }
+    // A port another process holds is a start-up error here, not a restart loop later.
+    svc_dht::check_listen_free(&section.listen).map_err(anyhow::Error::msg)?;
     section
         .relays
         .extend(args.relay.iter().map(ToString::to_string));

@@ -108,3 +108,50 @@ impl Section for P2pSection {
         )
     }
 }
+
+/// Checks that no other process listens on `listen`'s TCP and UDP ports, so a port already in
+/// use is a start-up error, as the gateway's is. libp2p binds its listeners with
+/// `SO_REUSEPORT`, so without this check two nodes on one machine would silently share a
+/// port (and each other's connections). Each address with a fixed port is bound briefly
+/// without port sharing; port 0 and non-IP addresses pass.
+pub fn check_listen_free(listen: &[String]) -> Result<(), String> {
+    use libp2p::multiaddr::Protocol;
+    for text in listen {
+        let addr: libp2p::Multiaddr = text.parse().map_err(|e| format!("{text}: {e}"))?;
+        let mut parts = addr.iter();
+        let ip: std::net::IpAddr = match parts.next() {
+            Some(Protocol::Ip4(ip)) => ip.into(),
+            Some(Protocol::Ip6(ip)) => ip.into(),
+            _ => continue,
+        };
+        let taken = match parts.next() {
+            Some(Protocol::Tcp(port)) if port != 0 => std::net::TcpListener::bind((ip, port)).err(),
+            Some(Protocol::Udp(port)) if port != 0 => std::net::UdpSocket::bind((ip, port)).err(),
+            _ => None,
+        };
+        if let Some(e) = taken {
+            return Err(format!("cannot listen on {text}: {e}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::check_listen_free;
+
+    #[test]
+    fn a_taken_port_is_refused_and_a_free_or_chosen_one_passes() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let err = check_listen_free(&[format!("/ip4/127.0.0.1/tcp/{port}")]).unwrap_err();
+        assert!(err.contains("cannot listen on"), "{err}");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let uport = udp.local_addr().unwrap().port();
+        assert!(check_listen_free(&[format!("/ip4/127.0.0.1/udp/{uport}/quic-v1")]).is_err());
+        drop((held, udp));
+        assert!(check_listen_free(&[format!("/ip4/127.0.0.1/tcp/{port}")]).is_ok());
+        assert!(check_listen_free(&["/ip4/127.0.0.1/tcp/0".into()]).is_ok());
+        assert!(check_listen_free(&["not a multiaddr".into()]).is_err());
+    }
+}

@@ -24,7 +24,7 @@ pub use codec::{
     MAX_ADDRS, MAX_PROVIDERS, MAX_RANGE, PROTOCOL, ProviderEntry, TransferCodec, TransferReply,
     TransferRequest,
 };
-pub use config::P2pSection;
+pub use config::{P2pSection, check_listen_free};
 pub use fetch::{INFLIGHT, PER_PEER, Probe, Transferred};
 pub use libp2p::{Multiaddr, PeerId, identity};
 pub use metrics::DhtMetrics;
