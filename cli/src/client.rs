@@ -54,17 +54,25 @@ pub(crate) struct Creds {
 }
 
 impl Creds {
-    /// The token: `--token`, `RON_TOKEN`, or `<data dir>/owner.token` if it exists.
-    fn find(&self) -> anyhow::Result<Option<String>> {
+    /// The token: `--token`, `RON_TOKEN`, or `<data dir>/owner.token` if it exists; and where
+    /// it was looked for (for a 401's message).
+    fn find(&self) -> anyhow::Result<(Option<String>, String)> {
         if let Some(t) = &self.token {
-            return Ok(Some(t.trim().to_owned()));
+            return Ok((Some(t.trim().to_owned()), "--token / RON_TOKEN".to_owned()));
         }
         let path = self.dir.data_dir.join(crate::auth::OWNER_TOKEN);
+        let looked = format!("--token, RON_TOKEN, {}", path.display());
         match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(text.trim().to_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Ok(text) => Ok((Some(text.trim().to_owned()), looked)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((None, looked)),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
+    }
+
+    /// The certificate a node of this data dir serves with `--tls-self-signed`.
+    fn dev_certificate(&self) -> Option<PathBuf> {
+        let path = self.dir.data_dir.join("tls/cert.pem");
+        path.exists().then_some(path)
     }
 }
 
@@ -74,20 +82,25 @@ pub(crate) struct OapArgs {
     /// Use the node's OAP/1 listener at HOST:PORT (TLS) instead of HTTP.
     #[arg(long, value_name = "HOST:PORT")]
     oap: Option<String>,
-    /// Trust the node's certificate if it is (or is issued by) one in this PEM file.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "oap",
-        conflicts_with = "insecure"
-    )]
+    /// Trust the node's certificate (OAP/1, or an https:// node) if it is, or is issued by,
+    /// one in this PEM file [default for https: `<data dir>/tls/cert.pem` when present].
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
     ca: Option<PathBuf>,
     /// Accept any certificate (encrypted, not authenticated: for development).
-    #[arg(long, requires = "oap")]
+    #[arg(long)]
     insecure: bool,
 }
 
 impl OapArgs {
+    /// The certificates `--ca` / `--insecure` say to trust.
+    fn trust(&self) -> Option<ron_client::Trust> {
+        match (&self.ca, self.insecure) {
+            (Some(ca), _) => Some(ron_client::Trust::Ca(ca.clone())),
+            (None, true) => Some(ron_client::Trust::Insecure),
+            (None, false) => None,
+        }
+    }
+
     /// A connected client, when `--oap` was given.
     async fn connect(&self) -> anyhow::Result<Option<ron_client::OapClient>> {
         let Some(addr) = &self.oap else {
@@ -106,14 +119,29 @@ impl OapArgs {
 pub(crate) struct Target {
     url: String,
     token: Option<String>,
+    /// Where the token was looked for.
+    looked: String,
+    /// Which certificates an https:// node may present.
+    trust: Option<ron_client::Trust>,
 }
 
 impl Target {
     pub(crate) fn new(node: &NodeUrl, creds: &Creds) -> anyhow::Result<Self> {
+        let (token, looked) = creds.find()?;
         Ok(Self {
             url: node.resolve(),
-            token: creds.find()?,
+            token,
+            looked,
+            trust: creds.dev_certificate().map(ron_client::Trust::Ca),
         })
+    }
+
+    /// This target, trusting what `--ca` / `--insecure` say when given.
+    pub(crate) fn trusting(mut self, oap: &OapArgs) -> Self {
+        if let Some(trust) = oap.trust() {
+            self.trust = Some(trust);
+        }
+        self
     }
 
     fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -121,6 +149,39 @@ impl Target {
             Some(token) => req.bearer_auth(token),
             None => req,
         }
+    }
+
+    /// The HTTP client: plain for http://, TLS (HTTP/2 or 1.1 by ALPN) with the trusted
+    /// certificates for https://.
+    fn http(&self) -> anyhow::Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        if self.url.starts_with("https://") {
+            let trust = self.trust.as_ref().context(
+                "an https:// node needs --ca FILE (its certificate) or --insecure \
+                 (<data dir>/tls/cert.pem is trusted when present)",
+            )?;
+            let mut tls = (*ron_client::client_config(trust)?).clone();
+            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        builder.build().context("cannot build the HTTP client")
+    }
+
+    /// [`check`], with where the token was looked for when the node answers 401.
+    async fn check(&self, res: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+        let unauthorized = res.status() == reqwest::StatusCode::UNAUTHORIZED;
+        check(res).await.map_err(|e| {
+            if unauthorized {
+                let presented = if self.token.is_some() {
+                    "a token was presented"
+                } else {
+                    "no token found"
+                };
+                e.context(format!("{presented}; looked in {}", self.looked))
+            } else {
+                e
+            }
+        })
     }
 }
 
@@ -179,6 +240,9 @@ pub(crate) async fn put(
     media_type: Option<String>,
     oap: &OapArgs,
 ) -> anyhow::Result<()> {
+    if file.is_dir() {
+        bail!("{} is a directory: ron put stores one file", file.display());
+    }
     if let Some(mut client) = oap.connect().await? {
         let stored = if file == Path::new("-") {
             client
@@ -216,19 +280,20 @@ pub(crate) async fn put(
         });
         (reqwest::Body::wrap_stream(stream), Some(len))
     };
-    let mut req = node.authorized(client()?.post(format!("{}/put", base(node))).body(body));
+    let mut req = node.authorized(node.http()?.post(format!("{}/put", base(node))).body(body));
     if let Some(len) = len {
         req = req.header(reqwest::header::CONTENT_LENGTH, len);
     }
     if let Some(mt) = media_type {
         req = req.header(reqwest::header::CONTENT_TYPE, mt);
     }
-    let res = check(
-        req.send()
-            .await
-            .with_context(|| format!("cannot reach the node at {}", base(node)))?,
-    )
-    .await?;
+    let res = node
+        .check(
+            req.send()
+                .await
+                .with_context(|| format!("cannot reach the node at {}", base(node)))?,
+        )
+        .await?;
     let stored: serde_json::Value = res.json().await.context("the node's answer is not JSON")?;
     let addr = stored["address"]
         .as_str()
@@ -237,7 +302,21 @@ pub(crate) async fn put(
     Ok(())
 }
 
-/// `ron get ADDR [-o FILE]`: writes the object to FILE (atomically) or stdout, verifying
+/// Where `ron get` writes: `-o FILE`; into `-o DIR` as `DIR/<hex>`; `-o -` or no `-o` to
+/// standard output, which must not be a terminal without `-o -` (no binary dumped on a
+/// screen by accident).
+fn destination(addr: &Address, out: Option<&PathBuf>) -> anyhow::Result<Option<PathBuf>> {
+    match out {
+        Some(dir) if dir.is_dir() => Ok(Some(dir.join(&addr.to_string()[3..]))),
+        Some(path) => Ok(Some(path.clone())),
+        None if std::io::stdout().is_terminal() => {
+            bail!("refusing to write an object to the terminal: use -o FILE (or -o - to insist)")
+        }
+        None => Ok(None),
+    }
+}
+
+/// `ron get ADDR [-o FILE|DIR]`: writes the object to FILE (atomically) or stdout, verifying
 /// it against its address as it arrives.
 pub(crate) async fn get(
     node: &Target,
@@ -246,15 +325,17 @@ pub(crate) async fn get(
     oap: &OapArgs,
 ) -> anyhow::Result<()> {
     let addr = parse_addr(addr)?;
+    let dest = destination(&addr, out)?;
+    let out = dest.as_ref();
     if let Some(mut client) = oap.connect().await? {
         return get_oap(&mut client, node, &addr, out).await;
     }
     let res = node
-        .authorized(client()?.get(format!("{}/o/{addr}", base(node))))
+        .authorized(node.http()?.get(format!("{}/o/{addr}", base(node))))
         .send()
         .await
         .with_context(|| format!("cannot reach the node at {}", base(node)))?;
-    let res = check(res).await?;
+    let res = node.check(res).await?;
     let bar = progress(res.content_length(), "get");
     let mut hasher = blake3::Hasher::new();
     let (mut sink, part): (
@@ -310,11 +391,12 @@ pub(crate) async fn get(
 pub(crate) async fn stat(node: &Target, addr: &str) -> anyhow::Result<()> {
     let addr = parse_addr(addr)?;
     let res = node
-        .authorized(client()?.get(format!("{}/stat/{addr}", base(node))))
+        .authorized(node.http()?.get(format!("{}/stat/{addr}", base(node))))
         .send()
         .await
         .with_context(|| format!("cannot reach the node at {}", base(node)))?;
-    let value: serde_json::Value = check(res)
+    let value: serde_json::Value = node
+        .check(res)
         .await?
         .json()
         .await
@@ -327,13 +409,13 @@ pub(crate) async fn stat(node: &Target, addr: &str) -> anyhow::Result<()> {
 pub(crate) async fn pin(node: &Target, addr: &str, pinned: bool) -> anyhow::Result<()> {
     let addr = parse_addr(addr)?;
     let url = format!("{}/pin/{addr}", base(node));
-    let http = client()?;
+    let http = node.http()?;
     let req = node.authorized(if pinned {
         http.post(url)
     } else {
         http.delete(url)
     });
-    check(
+    node.check(
         req.send()
             .await
             .with_context(|| format!("cannot reach the node at {}", base(node)))?,

@@ -48,7 +48,7 @@ enum Command {
     Get {
         /// `b3:<hex>`.
         address: String,
-        /// Write here (atomically) instead of standard output.
+        /// Write here (atomically) instead of standard output; into a directory as DIR/<hex>; `-` for standard output even on a terminal.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
         #[command(flatten)]
@@ -89,6 +89,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // One rustls provider for the whole process (ring), before any TLS is configured: the
+    // node's listeners and the CLI's HTTPS client alike.
+    ron_transport::install_default_provider();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -110,13 +113,21 @@ fn main() -> ExitCode {
                 media_type,
                 creds,
                 oap,
-            } => client::put(&target(&creds)?, &file, media_type, &oap).await,
+            } => client::put(&target(&creds)?.trusting(&oap), &file, media_type, &oap).await,
             Command::Get {
                 address,
                 output,
                 creds,
                 oap,
-            } => client::get(&target(&creds)?, &address, output.as_ref(), &oap).await,
+            } => {
+                client::get(
+                    &target(&creds)?.trusting(&oap),
+                    &address,
+                    output.as_ref(),
+                    &oap,
+                )
+                .await
+            }
             Command::Stat { address, creds } => client::stat(&target(&creds)?, &address).await,
             Command::Pin { address, creds } => client::pin(&target(&creds)?, &address, true).await,
             Command::Unpin { address, creds } => {

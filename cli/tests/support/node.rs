@@ -64,6 +64,8 @@ impl Node {
         extra: &[&str],
         adjust: impl FnOnce(&mut Command),
     ) -> Node {
+        // The test's HTTP clients speak TLS too: one rustls provider for the process.
+        ron_transport::install_default_provider();
         cmd.arg("--data-dir")
             .arg(data_dir)
             .args(extra)
