@@ -712,3 +712,24 @@ fn announce_started(args: &NodeArgs, config: &Config, bound: &Bound) {
         println!("ron node: gateway h3 https://{addr}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
+
+    /// The README's sample `ron.toml` is a file a user can copy: it parses, every section
+    /// and field is known, every value validates.
+    #[test]
+    fn the_readme_sample_config_is_a_valid_config() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n[kernel]").unwrap() + "```toml\n".len();
+        let sample = &readme[start..];
+        let sample = &sample[..sample.find("```").unwrap()];
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ron.toml");
+        std::fs::write(&file, sample).unwrap();
+        let config = super::offline_config(dir.path(), Some(&file)).unwrap();
+        let limits = config.get::<ron_transport::limits::LimitsSection>();
+        assert_eq!(*limits, ron_transport::limits::LimitsSection::default());
+    }
+}
