@@ -127,6 +127,22 @@ pub struct Transferred {
     pub outboard: Vec<u8>,
 }
 
+/// One range's answer, checked, with the provider's death count when it was asked.
+struct Settle {
+    deaths: u32,
+    start: u64,
+    end: u64,
+    verified: Result<Verified, (&'static str, String)>,
+}
+
+/// What a transfer keeps track of, lent to [`DhtHandle::settle`].
+struct Book<'a> {
+    outboard: &'a mut PostOrderOutboard,
+    ready: &'a mut BTreeMap<u64, Vec<Bytes>>,
+    wanted: &'a mut BTreeMap<u64, u64>,
+    faults: &'a mut Vec<String>,
+}
+
 struct Provider {
     id: PeerId,
     inflight: usize,
@@ -381,54 +397,87 @@ impl DhtHandle {
                 continue;
             };
             peers[i].inflight -= 1;
-            let id = peers[i].id;
-            match self.check(addr, size, start, end, answer) {
-                Ok(Verified {
-                    groups,
-                    len,
-                    fault,
-                    parents,
-                }) => {
-                    save(&mut outboard, parents);
-                    if len > 0 {
-                        ready.insert(start, groups);
-                        peers[i].delivered += len;
-                        self.metrics.fetched_bytes.inc_by(len);
-                    }
-                    if start + len < end {
-                        wanted.insert(start + len, end);
-                    }
-                    match fault {
-                        None => self.scores.add(id, GOOD),
-                        // Counted once: its other answers in flight may fail too.
-                        Some(_) if peers[i].gone => {}
-                        Some(why) => {
-                            peers[i].gone = true;
-                            self.fault(addr, id, "lie", &mut report.faults, why);
-                        }
-                    }
+            let verified = self.check(addr, size, start, end, answer);
+            let range = Settle {
+                deaths,
+                start,
+                end,
+                verified,
+            };
+            let book = Book {
+                outboard: &mut outboard,
+                ready: &mut ready,
+                wanted: &mut wanted,
+                faults: &mut report.faults,
+            };
+            self.settle(addr, &mut peers[i], range, book)?;
+        }
+    }
+
+    /// Takes one range answer from `provider` into the transfer's books: verified groups to
+    /// hand on (and their pairs into the outboard), what is still wanted of the range, and
+    /// the provider's standing (busy for a while, dead once, or out of this fetch).
+    fn settle(
+        &self,
+        addr: Address,
+        provider: &mut Provider,
+        range: Settle,
+        book: Book<'_>,
+    ) -> Result<(), DhtError> {
+        let Settle {
+            deaths,
+            start,
+            end,
+            verified,
+        } = range;
+        let id = provider.id;
+        match verified {
+            Ok(Verified {
+                groups,
+                len,
+                fault,
+                parents,
+            }) => {
+                save(book.outboard, parents);
+                if len > 0 {
+                    book.ready.insert(start, groups);
+                    provider.delivered += len;
+                    self.metrics.fetched_bytes.inc_by(len);
                 }
-                Err((fault, why)) => {
-                    wanted.insert(start, end);
-                    if fault == "busy" {
-                        let wait = why.parse().unwrap_or(1000);
-                        peers[i].until = Some(Instant::now() + Duration::from_millis(wait));
-                        self.metrics.fault("busy");
-                    } else if fault == "stopped" {
-                        return Err(DhtError::Stopped);
-                    } else if peers[i].gone || (fault == "dead" && deaths < peers[i].deaths) {
-                        // Already out, or asked before its last death: counted then.
-                    } else if fault == "dead" && peers[i].deaths == 0 {
-                        peers[i].deaths = 1;
-                        peers[i].until = Some(Instant::now() + DEAD_PAUSE);
-                        self.fault(addr, id, fault, &mut report.faults, why);
-                    } else {
-                        peers[i].gone = true;
-                        self.fault(addr, id, fault, &mut report.faults, why);
+                if start + len < end {
+                    book.wanted.insert(start + len, end);
+                }
+                match fault {
+                    None => self.scores.add(id, GOOD),
+                    // Counted once: its other answers in flight may fail too.
+                    Some(_) if provider.gone => {}
+                    Some(why) => {
+                        provider.gone = true;
+                        self.fault(addr, id, "lie", book.faults, why);
                     }
                 }
             }
+            Err((fault, why)) => {
+                book.wanted.insert(start, end);
+                if fault == "busy" {
+                    let wait = why.parse().unwrap_or(1000);
+                    provider.until = Some(Instant::now() + Duration::from_millis(wait));
+                    self.metrics.fault("busy");
+                } else if fault == "stopped" {
+                    return Err(DhtError::Stopped);
+                } else if provider.gone || (fault == "dead" && deaths < provider.deaths) {
+                    // Already out, or asked before its last death: counted then.
+                } else if fault == "dead" && provider.deaths == 0 {
+                    provider.deaths = 1;
+                    provider.until = Some(Instant::now() + DEAD_PAUSE);
+                    self.fault(addr, id, fault, book.faults, why);
+                } else {
+                    provider.gone = true;
+                    self.fault(addr, id, fault, book.faults, why);
+                }
+            }
         }
+        Ok(())
     }
 
     /// Verifies one range answer. `Err((fault, why))` when there is nothing to verify: `busy`

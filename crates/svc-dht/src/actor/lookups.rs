@@ -1,0 +1,219 @@
+//! Provider lookups and announcements: Kademlia queries, hedged at the running p95 with
+//! direct questions to the closest peers, their answers merged; announcements paced.
+
+use super::*;
+
+impl Actor {
+    /// Queues `key` for announcement; at most [`ANNOUNCING`] run at once.
+    pub(super) fn provide(&mut self, key: RecordKey) {
+        if self.queued.insert(key.clone()) {
+            self.announce.push_back(key);
+        }
+        self.pump();
+    }
+
+    pub(super) fn pump(&mut self) {
+        while self.announcing.len() < ANNOUNCING {
+            let Some(key) = self.announce.pop_front() else {
+                return;
+            };
+            self.queued.remove(&key);
+            match self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
+                Ok(query) => {
+                    self.announcing.insert(query, key);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot provide"),
+            }
+        }
+    }
+
+    /// The running p95 of lookup latencies, bounded; a default until there are samples.
+    pub(super) fn hedge_delay(&self) -> Duration {
+        if self.latencies.len() < 16 {
+            return HEDGE_DEFAULT;
+        }
+        let mut sorted: Vec<f64> = self.latencies.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        let p95 = sorted[(sorted.len() * 95).div_ceil(100) - 1];
+        Duration::from_secs_f64(p95).clamp(HEDGE_MIN, HEDGE_MAX)
+    }
+
+    /// The lookup has not answered by the p95: ask up to [`HEDGE_PEERS`] connected peers
+    /// other than the [`ALPHA`] closest to the key (whom the query asked first) for the
+    /// provider records they hold.
+    pub(super) fn hedge(&mut self, id: u64) {
+        let Some(lookup) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        if lookup.hedged {
+            return;
+        }
+        lookup.hedged = true;
+        let addr = lookup.addr;
+        let behaviour = self.swarm.behaviour_mut();
+        let target = KBucketKey::new(key(&addr));
+        let closest: HashSet<PeerId> = behaviour
+            .kad
+            .get_closest_local_peers(&target)
+            .take(ALPHA)
+            .map(|k| *k.preimage())
+            .collect();
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let mut ask: Vec<PeerId> = connected
+            .iter()
+            .filter(|p| !closest.contains(p))
+            .take(HEDGE_PEERS)
+            .copied()
+            .collect();
+        if ask.is_empty() {
+            // A small network: everyone is among the closest; ask them directly anyway.
+            ask = connected.into_iter().take(HEDGE_PEERS).collect();
+        }
+        if ask.is_empty() {
+            return;
+        }
+        self.metrics.hedges.inc();
+        tracing::debug!(%addr, peers = ask.len(), "hedging a slow provider lookup");
+        for peer in ask {
+            let request = TransferRequest::Providers { addr };
+            let req = self
+                .swarm
+                .behaviour_mut()
+                .transfer
+                .send_request(&peer, request);
+            self.by_hedge.insert(req, id);
+            if let Some(lookup) = self.lookups.get_mut(&id) {
+                lookup.open += 1;
+            }
+        }
+    }
+
+    /// One part of lookup `id` ended: with providers (the lookup answers), or without.
+    pub(super) fn lookup_part(
+        &mut self,
+        id: u64,
+        found: Result<HashSet<PeerId>, DhtError>,
+        hedge: bool,
+    ) {
+        let Some(lookup) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        let me = *self.swarm.local_peer_id();
+        match found {
+            Ok(providers) if providers.iter().any(|p| *p != me) => {
+                if hedge {
+                    self.metrics.hedge_wins.inc();
+                }
+                self.answer(id, Ok(providers.into_iter().collect()));
+                return;
+            }
+            // This node's own record, found in its store before the query asked anyone: the
+            // query goes on.
+            Ok(providers) if !hedge && !providers.is_empty() => return,
+            Ok(_) => {}
+            Err(DhtError::Timeout) => lookup.timed_out = true,
+            Err(_) => {}
+        }
+        lookup.open -= 1;
+        if lookup.open == 0 {
+            let result = if lookup.timed_out {
+                Err(DhtError::Timeout)
+            } else {
+                Ok(Vec::new())
+            };
+            self.answer(id, result);
+        }
+    }
+
+    pub(super) fn answer(&mut self, id: u64, result: Result<Vec<PeerId>, DhtError>) {
+        let Some(lookup) = self.lookups.remove(&id) else {
+            return;
+        };
+        self.by_query.remove(&lookup.query);
+        let mut asked = lookup.asked;
+        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&lookup.query) {
+            asked = asked.max(query.stats().num_requests());
+            query.finish();
+        }
+        let elapsed = lookup.started.elapsed();
+        self.metrics.lookup_seconds.observe(elapsed.as_secs_f64());
+        if self.latencies.len() == SAMPLES {
+            self.latencies.pop_front();
+        }
+        self.latencies.push_back(elapsed.as_secs_f64());
+        let hedged = lookup.hedged;
+        let _ = lookup.reply.send(result.map(|providers| Found {
+            providers,
+            asked,
+            elapsed,
+            hedged,
+        }));
+    }
+
+    pub(super) fn query_progressed(
+        &mut self,
+        query: QueryId,
+        result: QueryResult,
+        last: bool,
+        asked: u32,
+        reached: u32,
+    ) {
+        match result {
+            QueryResult::GetProviders(result) => {
+                let Some(&id) = self.by_query.get(&query) else {
+                    return;
+                };
+                if let Some(lookup) = self.lookups.get_mut(&id) {
+                    lookup.asked = lookup.asked.max(asked);
+                }
+                let found = match result {
+                    Ok(GetProvidersOk::FoundProviders { providers, .. }) => Ok(providers),
+                    Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => Ok(HashSet::new()),
+                    Err(kad::GetProvidersError::Timeout { .. }) => Err(DhtError::Timeout),
+                };
+                let found_some = found.as_ref().is_ok_and(|p| !p.is_empty());
+                if found_some || last {
+                    self.lookup_part(id, found, false);
+                }
+            }
+            QueryResult::StartProviding(result) if last => {
+                let Some(key) = self.announcing.remove(&query) else {
+                    return;
+                };
+                let outcome = match result {
+                    Ok(_) if reached > 0 => "ok",
+                    Ok(_) => {
+                        self.unheard.insert(key);
+                        "alone"
+                    }
+                    Err(_) => "failed",
+                };
+                self.metrics.announcement(outcome);
+                self.pump();
+            }
+            _ => {}
+        }
+    }
+
+    /// Learns the providers (and their addresses) a hedge question named.
+    pub(super) fn hedge_answer(&mut self, response: TransferReply) -> HashSet<PeerId> {
+        let TransferReply::Providers { providers } = response else {
+            return HashSet::new();
+        };
+        let mut found = HashSet::new();
+        for entry in providers {
+            let Ok(peer) = entry.peer.parse::<PeerId>() else {
+                continue;
+            };
+            for addr in entry
+                .addrs
+                .iter()
+                .filter_map(|a| a.parse::<Multiaddr>().ok())
+            {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+            }
+            found.insert(peer);
+        }
+        found
+    }
+}
