@@ -31,7 +31,7 @@ pub use keys::{
     KeyError, NodeIdentity, SigningKey, key_id, parse_public, public_text, write_secret,
 };
 pub use ring::{KeyRing, Maintenance, RingKey};
-pub use verify::{Auth, Denied, Grant, Request, unix_now};
+pub use verify::{Auth, Charge, Denied, Grant, Request, unix_now};
 
 /// The public key type tokens are verified with.
 pub use biscuit_auth::PublicKey;

@@ -89,6 +89,37 @@ impl ron_proto::Failure for Denied {
     }
 }
 
+/// Bytes an upload charged to its grant, given back when dropped unless the upload was
+/// kept: an upload that fails or is cut short costs its token nothing.
+#[derive(Debug)]
+pub struct Charge<'a> {
+    grant: &'a Grant,
+    charged: u64,
+    kept: bool,
+}
+
+impl Charge<'_> {
+    /// Charges `bytes` more (refused past any byte budget, charging nothing).
+    pub fn add(&mut self, bytes: u64) -> Result<(), Denied> {
+        self.grant.charge(bytes)?;
+        self.charged += bytes;
+        Ok(())
+    }
+
+    /// The upload was kept: what it charged stays charged.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        if !self.kept && self.charged > 0 {
+            self.grant.refund(self.charged);
+        }
+    }
+}
+
 /// What a granted request may still consume. Uploads call [`Grant::charge`] as bytes
 /// arrive; a charge past any byte budget of the token is refused (and charges nothing).
 #[derive(Debug, Default)]
@@ -100,6 +131,15 @@ impl Grant {
     /// A grant with no budget (open routes, anonymous writes).
     pub fn open() -> Self {
         Self::default()
+    }
+
+    /// Starts charging an upload's bytes to this grant ([`Charge`]).
+    pub fn charging(&self) -> Charge<'_> {
+        Charge {
+            grant: self,
+            charged: 0,
+            kept: false,
+        }
     }
 
     /// Counts `bytes` against every byte budget of the token.

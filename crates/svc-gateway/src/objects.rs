@@ -88,11 +88,7 @@ pub(crate) async fn put(
     }
     // Bytes count against the token's budget as they arrive (all at once when the length is
     // announced); an upload that does not complete gives them back.
-    let mut charge = Charge {
-        grant: &grant,
-        charged: 0,
-        kept: false,
-    };
+    let mut charge = grant.charging();
     if let Some(n) = announced {
         charge.add(n)?;
     }
@@ -115,7 +111,7 @@ pub(crate) async fn put(
         return Err(bad("upload body does not match its announced length"));
     }
     let stored = upload.finish().await?;
-    charge.kept = true;
+    charge.keep();
     let status = if stored.created {
         StatusCode::CREATED
     } else {
@@ -130,29 +126,6 @@ pub(crate) async fn put(
         response.headers_mut().insert(header::LOCATION, v);
     }
     Ok(response)
-}
-
-/// Bytes charged to an upload's grant, refunded on drop unless the upload was kept.
-struct Charge<'a> {
-    grant: &'a ron_auth::Grant,
-    charged: u64,
-    kept: bool,
-}
-
-impl Charge<'_> {
-    fn add(&mut self, bytes: u64) -> Result<(), ron_auth::Denied> {
-        self.grant.charge(bytes)?;
-        self.charged += bytes;
-        Ok(())
-    }
-}
-
-impl Drop for Charge<'_> {
-    fn drop(&mut self) {
-        if !self.kept && self.charged > 0 {
-            self.grant.refund(self.charged);
-        }
-    }
 }
 
 /// What a GET will send.

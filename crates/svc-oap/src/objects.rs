@@ -188,29 +188,6 @@ async fn send_arriving(
     }
 }
 
-/// Bytes charged to an upload's grant, refunded on drop unless the upload was kept.
-struct Charge<'a> {
-    grant: &'a Grant,
-    charged: u64,
-    kept: bool,
-}
-
-impl Charge<'_> {
-    fn add(&mut self, bytes: u64) -> Result<(), Denied> {
-        self.grant.charge(bytes)?;
-        self.charged += bytes;
-        Ok(())
-    }
-}
-
-impl Drop for Charge<'_> {
-    fn drop(&mut self) {
-        if !self.kept && self.charged > 0 {
-            self.grant.refund(self.charged);
-        }
-    }
-}
-
 fn size_mismatch(announced: u64, received: u64) -> Refusal {
     refusal(Problem::new(
         ErrorKind::BadInput,
@@ -235,11 +212,7 @@ async fn put(
     if size.is_some_and(|s| s > limit) {
         return Err(refusal(OverlayError::TooLarge { limit }));
     }
-    let mut charge = Charge {
-        grant: &grant,
-        charged: 0,
-        kept: false,
-    };
+    let mut charge = grant.charging();
     if let Some(n) = size {
         charge.add(n).map_err(refusal)?;
     }
@@ -273,7 +246,7 @@ async fn put(
         return Err(size_mismatch(n, upload.received()));
     }
     let stored = upload.finish().await.map_err(refusal)?;
-    charge.kept = true;
+    charge.keep();
     let code = if stored.created { 201 } else { 200 };
     let reply = PutReply {
         address: stored.address,
