@@ -148,14 +148,7 @@ async fn a_damaged_object_is_503_damaged_alone_and_repaired_from_a_peer_that_hol
     assert_eq!(range.json::<Value>().await.unwrap()["code"], "damaged");
 
     // B joins and gets the true bytes (put there too); A's next read repairs from B.
-    let seed = a
-        .wait_status("a p2p address", |s| {
-            s["p2p"]["listen"].as_array().is_some_and(|l| !l.is_empty())
-        })
-        .await["p2p"]["listen"][0]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let seed = a.p2p_addr().await;
     let b = Node::start(&dir.path().join("b"), &["--bootstrap", &seed]).await;
     assert_eq!(b.put(bytes.clone()).await, addr);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -194,14 +187,7 @@ async fn a_damaged_object_is_503_damaged_alone_and_repaired_from_a_peer_that_hol
 async fn an_oap_get_on_one_node_fetches_what_only_another_node_holds() {
     let dir = tempfile::tempdir().unwrap();
     let a = Node::start(&dir.path().join("a"), &[]).await;
-    let seed = a
-        .wait_status("a p2p address", |s| {
-            s["p2p"]["listen"].as_array().is_some_and(|l| !l.is_empty())
-        })
-        .await["p2p"]["listen"][0]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let seed = a.p2p_addr().await;
     let mut flags = vec!["--bootstrap", seed.as_str()];
     flags.extend(TLS);
     let b = Node::start(&dir.path().join("b"), &flags).await;

@@ -207,6 +207,19 @@ impl Node {
         }
     }
 
+    /// The node's first p2p listen address (with `/p2p/<id>`), once it has one.
+    pub async fn p2p_addr(&self) -> String {
+        let status = self
+            .wait_status("a p2p listen address", |s| {
+                s["p2p"]["listen"].as_array().is_some_and(|a| !a.is_empty())
+            })
+            .await;
+        status["p2p"]["listen"][0]
+            .as_str()
+            .expect("a listen address")
+            .to_owned()
+    }
+
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("running").to_string();
         let ok = std::process::Command::new("kill")
