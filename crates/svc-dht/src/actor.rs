@@ -182,6 +182,7 @@ pub async fn run(
         isolated: true,
         redial_at: None,
         backoff: REDIAL_FIRST,
+        answering: tokio::task::JoinSet::new(),
     };
     for relay in relays {
         actor.listen_through(relay);
@@ -252,6 +253,9 @@ struct Actor {
     isolated: bool,
     redial_at: Option<Instant>,
     backoff: Duration,
+    /// The reads answering peers' range requests (at most [`SERVING`]); aborted with the
+    /// actor.
+    answering: tokio::task::JoinSet<()>,
 }
 
 impl Actor {
@@ -275,6 +279,8 @@ impl Actor {
                     }
                 }
                 Some(lookup) = timers.next() => self.hedge(lookup),
+                // Reap the answering reads (their answers come back through `served`).
+                Some(_) = self.answering.join_next(), if !self.answering.is_empty() => {}
                 _ = refresh.tick() => {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }

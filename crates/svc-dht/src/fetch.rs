@@ -201,7 +201,7 @@ impl DhtHandle {
                     );
                     continue;
                 }
-                Err(DhtError::Stopped) => return Err(DhtError::Stopped),
+                Err(e @ (DhtError::Stopped | DhtError::Busy)) => return Err(e),
                 Err(e) => {
                     self.fault(addr, peer, "dead", &mut failures, e.to_string());
                     continue;
@@ -520,6 +520,8 @@ impl DhtHandle {
                 _ => Err(("dead", DhtError::Refused(kind, body.message).to_string())),
             },
             Err(DhtError::Stopped) => Err(("stopped", String::new())),
+            // This node's own network actor was saturated: ask again shortly, blame nobody.
+            Err(DhtError::Busy) => Err(("busy", "100".into())),
             Err(e) => Err(("dead", e.to_string())),
         }
     }

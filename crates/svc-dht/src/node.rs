@@ -19,6 +19,9 @@ pub enum DhtError {
     /// The actor is gone (the node is shutting down).
     #[error("the peer network is not running")]
     Stopped,
+    /// The actor's mailbox stayed full past the enqueue deadline; retry later.
+    #[error("the peer network is busy")]
+    Busy,
     /// A lookup found nobody it could ask.
     #[error("no known peers to ask")]
     NoPeers,
@@ -47,6 +50,26 @@ pub enum DhtError {
     #[error("no provider delivered: {0}")]
     Unavailable(String),
 }
+
+impl DhtError {
+    /// The shared error kind: the network's own state is `Overloaded` (worth a retry), a
+    /// deadline `Timeout`, a peer's refusal its own kind, anything a peer did wrong or the
+    /// sink failing `Internal`; an object past the caller's limit `TooLarge`.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Stopped | Self::Busy | Self::NoPeers | Self::Unavailable(_) => {
+                ErrorKind::Overloaded
+            }
+            Self::Timeout => ErrorKind::Timeout,
+            Self::Refused(kind, _) => *kind,
+            Self::TooLarge { .. } => ErrorKind::TooLarge,
+            Self::Peer(_) | Self::Sink(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// How long a caller waits for room in the actor's full mailbox before [`DhtError::Busy`].
+const ENQUEUE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reads objects for peers that ask.
 pub trait Source: Send + Sync + 'static {
@@ -159,20 +182,28 @@ impl DhtHandle {
         self.peer_id
     }
 
+    /// Queues `command`, waiting at most [`ENQUEUE_DEADLINE`] for room: busy, never a silent
+    /// wait.
+    async fn send(&self, command: Inner) -> Result<(), DhtError> {
+        match self
+            .tx
+            .send_timeout(Command(command), ENQUEUE_DEADLINE)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(DhtError::Busy),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(DhtError::Stopped),
+        }
+    }
+
     /// Announces this node as a provider of `addr` (republished at libp2p's interval).
     pub async fn provide(&self, addr: Address) -> Result<(), DhtError> {
-        self.tx
-            .send(Command(Inner::Provide(addr)))
-            .await
-            .map_err(|_| DhtError::Stopped)
+        self.send(Inner::Provide(addr)).await
     }
 
     /// Stops announcing `addr`.
     pub async fn unprovide(&self, addr: Address) -> Result<(), DhtError> {
-        self.tx
-            .send(Command(Inner::Unprovide(addr)))
-            .await
-            .map_err(|_| DhtError::Stopped)
+        self.send(Inner::Unprovide(addr)).await
     }
 
     /// Peers providing `addr`: the first answer that names any, or an empty list once the
@@ -184,10 +215,7 @@ impl DhtHandle {
     /// Like [`DhtHandle::providers`], with how the lookup went.
     pub async fn lookup(&self, addr: Address) -> Result<Found, DhtError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command(Inner::Providers(addr, tx)))
-            .await
-            .map_err(|_| DhtError::Stopped)?;
+        self.send(Inner::Providers(addr, tx)).await?;
         rx.await.map_err(|_| DhtError::Stopped)?
     }
 
@@ -198,29 +226,20 @@ impl DhtHandle {
         request: TransferRequest,
     ) -> Result<TransferReply, DhtError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command(Inner::Request(peer, request, tx)))
-            .await
-            .map_err(|_| DhtError::Stopped)?;
+        self.send(Inner::Request(peer, request, tx)).await?;
         rx.await.map_err(|_| DhtError::Stopped)?
     }
 
     /// Dials `addrs` (each ending in `/p2p/<peer id>` when known: the peer goes into the
     /// routing table, and is redialled with the bootstrap peers while the node is alone).
     pub async fn dial(&self, addrs: Vec<libp2p::Multiaddr>) -> Result<(), DhtError> {
-        self.tx
-            .send(Command(Inner::Dial(addrs)))
-            .await
-            .map_err(|_| DhtError::Stopped)
+        self.send(Inner::Dial(addrs)).await
     }
 
     /// The swarm's addresses and peers.
     pub async fn status(&self) -> Result<P2pStatus, DhtError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command(Inner::Status(tx)))
-            .await
-            .map_err(|_| DhtError::Stopped)?;
+        self.send(Inner::Status(tx)).await?;
         rx.await.map_err(|_| DhtError::Stopped)
     }
 }

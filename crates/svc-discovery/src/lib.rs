@@ -8,6 +8,10 @@
 //! start the node bootstraps from the [`PeerTable::seeds`], recently good peers first; while
 //! it has few peers, [`run`] asks the swarm to dial the next seeds in turn (seed rotation).
 //! Every change of the table is announced as [`PeersUpdated`] on discovery's own broadcast.
+//!
+//! Shape: a supervised task ([`run`]) without a command handle, because nothing sends it
+//! commands: it consumes the swarm's events and its own timer, and others read the table
+//! ([`PeerTable`] is safe to share) or subscribe to its broadcast.
 #![forbid(unsafe_code)]
 
 mod table;

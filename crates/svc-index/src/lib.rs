@@ -3,6 +3,9 @@
 //! always right while the object exists; the cache is cleared when garbage collection may
 //! have removed objects.
 //!
+//! A library, not an actor: a lookup is a cache hit or one short read transaction, made
+//! by the overlay actor's tasks; a queue in front of it would cost more than the lookup.
+//!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let store = svc_storage::Store::in_memory().unwrap();

@@ -111,6 +111,18 @@ impl Net {
         }
     }
 
+    /// Announces `addr`, waiting out a busy network (announcing a whole store at start);
+    /// `false` once the network has stopped.
+    pub(crate) async fn announce_patiently(&self, addr: Address) -> bool {
+        loop {
+            match self.dht.provide(addr).await {
+                Ok(()) => return true,
+                Err(DhtError::Busy) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
     pub(crate) async fn withdraw(&self, addr: Address) {
         let _ = self.dht.unprovide(addr).await;
     }

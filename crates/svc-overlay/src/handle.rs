@@ -480,7 +480,9 @@ impl OverlayHandle {
         let n = held.len();
         for addr in held {
             // The DHT actor's bounded mailbox paces this.
-            net.announce(addr).await;
+            if !net.announce_patiently(addr).await {
+                return;
+            }
         }
         tracing::info!(objects = n, "announced stored objects to the peer network");
     }

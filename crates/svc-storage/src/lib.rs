@@ -3,6 +3,10 @@
 //! reference counts, pins) in one redb database, and a BLAKE3 outboard per object so every
 //! byte read can be verified against the object's address in 16 KiB groups.
 //!
+//! A library, not an actor: the overlay actor owns the object's life and calls the store,
+//! whose blocking work runs on its own bounded [`CpuPool`]; a queue of its own would only add
+//! a hop to every chunk.
+//!
 //! Durability: a chunk or outboard file is written to a temporary file, fsynced, renamed into
 //! place and its directory fsynced; an object becomes visible only when the redb transaction
 //! recording it commits (fsynced), after all its files are durable. A crash at any point leaves

@@ -113,7 +113,7 @@ impl Actor {
         self.serving += 1;
         *self.serving_by.entry(peer).or_default() += 1;
         let (source, served) = (self.source.clone(), served.clone());
-        tokio::spawn(async move {
+        self.answering.spawn(async move {
             let reply = answer(source.as_ref(), request).await;
             // Paced after reading: the read overlaps the wait.
             tokio::time::sleep(pace).await;
