@@ -406,3 +406,27 @@ async fn ten_thousand_idle_connections_leave_the_node_answering() {
     drop(held);
     assert_eq!(healthz(&node).await, 200);
 }
+
+/// Issue 22, item 2: a client making up HTTP methods grows no metric series.
+#[tokio::test]
+async fn made_up_methods_share_one_metric_label() {
+    let (_dir, node) = start("").await;
+    let client = node.anonymous();
+    for i in 0..100 {
+        let method = reqwest::Method::from_bytes(format!("M{i}X").as_bytes()).unwrap();
+        let res = client
+            .request(method, format!("{}/o/b3:{}", node.url, "0".repeat(64)))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_client_error(), "{}", res.status());
+    }
+    let metrics = node.get("/metrics").await.1;
+    assert!(!metrics.contains("method=\"M"), "a client-made label");
+    assert!(metrics.contains("method=\"other\""), "{metrics}");
+    let series = metrics
+        .lines()
+        .filter(|l| l.starts_with("request_latency_seconds_count"))
+        .count();
+    assert!(series < 20, "{series} series");
+}

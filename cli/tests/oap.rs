@@ -362,3 +362,85 @@ async fn the_listener_holds_idle_connections_and_one_client_to_the_limits() {
         idle_after.as_millis()
     );
 }
+
+/// Issue 22, items 4 and 6: an OAP/1 put is charged what arrives and must match its announced
+/// size before it is committed; its largest object is the live `gateway.max_put_bytes`.
+#[tokio::test]
+async fn an_oap_put_with_a_false_size_is_refused_and_the_live_limit_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    let oap = node.oap_addr.clone().unwrap();
+    let budget = ok_stdout(
+        &node
+            .cli(&[
+                "cap",
+                "mint",
+                "--data-dir",
+                node.data_dir.to_str().unwrap(),
+                "--max-bytes",
+                "100",
+            ])
+            .await,
+    );
+    let bytes = data(5 * MIB, 41);
+    for announced in [0u64, 1] {
+        let mut client = OapClient::connect(&oap, &Trust::Insecure).await.unwrap();
+        let err = client
+            .put(&bytes[..], Some(announced), None, Some(&budget))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ClientError::Remote {
+                    kind: ErrorKind::BadInput | ErrorKind::Forbidden,
+                    ..
+                }
+            ),
+            "announced {announced}: {err}"
+        );
+    }
+    // Nothing was stored under the bytes' address.
+    let addr = ron_proto::Address::of(&bytes);
+    assert_eq!(node.get(&format!("/stat/{addr}")).await.0, 404);
+    // The owner's put with a size that is too small is refused too (no budget involved).
+    let mut client = OapClient::connect(&oap, &Trust::Insecure).await.unwrap();
+    let err = client
+        .put(&bytes[..], Some(10), None, Some(&node.token))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ClientError::Remote {
+                kind: ErrorKind::BadInput,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // A live change of gateway.max_put_bytes reaches OAP/1 as it reaches HTTP.
+    let conf = node.data_dir.join("ron.toml");
+    let before = node.status().await["config"]["version"].as_u64().unwrap();
+    std::fs::write(&conf, "[gateway]\nmax_put_bytes = 1000\n").unwrap();
+    node.wait_status("the new limit", |s| {
+        s["config"]["version"].as_u64() > Some(before)
+    })
+    .await;
+    let mut client = OapClient::connect(&oap, &Trust::Insecure).await.unwrap();
+    let err = client
+        .put(&bytes[..2000], Some(2000), None, Some(&node.token))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ClientError::Remote {
+                kind: ErrorKind::TooLarge,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
