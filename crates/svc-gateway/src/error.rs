@@ -11,6 +11,9 @@ use ron_proto::{ErrorBody, ErrorKind, Failure};
 #[derive(Debug)]
 pub struct ApiError {
     kind: ErrorKind,
+    /// The body's code, for `rejected_total{reason}`: a code compiled into the node, never
+    /// one a client chose.
+    code: &'static str,
     body: ErrorBody,
 }
 
@@ -23,6 +26,7 @@ impl<E: Failure> From<E> for ApiError {
         }
         Self {
             kind,
+            code: e.code(),
             body: e.body(),
         }
     }
@@ -40,37 +44,6 @@ impl ApiError {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Rejected(pub(crate) &'static str);
 
-/// Codes a refusal is counted under; anything else counts as `other`.
-const REASONS: [&str; 19] = [
-    "bad_input",
-    "unauthorized",
-    "payment_required",
-    "forbidden",
-    "conflict",
-    "too_large",
-    "range_not_satisfiable",
-    "content_mismatch",
-    "rate_limited",
-    "headers_too_large",
-    "internal",
-    "overloaded",
-    "damaged",
-    "timeout",
-    "providers_unavailable",
-    "too_many_streams",
-    "protocol_violation",
-    "method_not_allowed",
-    "other",
-];
-
-fn reason(code: &str) -> &'static str {
-    REASONS
-        .iter()
-        .find(|r| **r == code)
-        .copied()
-        .unwrap_or("other")
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status =
@@ -83,9 +56,7 @@ impl IntoResponse for ApiError {
             );
         }
         if self.kind != ErrorKind::NotFound {
-            response
-                .extensions_mut()
-                .insert(Rejected(reason(&self.body.code)));
+            response.extensions_mut().insert(Rejected(self.code));
         }
         response
     }
@@ -94,8 +65,14 @@ impl IntoResponse for ApiError {
 /// The response for an error of `kind` with `body` (for callers outside the gateway's
 /// handlers, such as the HTTP/3 and TLS listeners' own refusals).
 pub fn error_response(kind: ErrorKind, body: &ErrorBody) -> Response {
+    let code = match body.code {
+        std::borrow::Cow::Borrowed(code) => code,
+        // A code made at run time is not a label: count it under its kind's.
+        std::borrow::Cow::Owned(_) => kind.code(),
+    };
     ApiError {
         kind,
+        code,
         body: body.clone(),
     }
     .into_response()
