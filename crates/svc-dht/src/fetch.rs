@@ -5,7 +5,7 @@
 //! down and not asked again for the object (in this fetch or a later one), and what it sent
 //! before the bad group is kept.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,25 +22,19 @@ use ron_proto::{Address, ErrorKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::codec::{MAX_RANGE, TransferReply, TransferRequest};
+use crate::codec::{TransferReply, TransferRequest};
 use crate::node::{DhtError, DhtHandle};
 use crate::verify::{BLOCK, GROUP_BYTES, Pair, Verified, decode};
 
-/// Range requests in flight for one fetch, over all its providers.
-pub const INFLIGHT: usize = 24;
-/// Range requests in flight to one provider for one fetch.
-pub const PER_PEER: usize = 16;
-/// How far past the next byte to hand on a fetch may request: bounds what waits in memory
-/// for an earlier range.
-const WINDOW: u64 = 2 * INFLIGHT as u64 * MAX_RANGE;
+mod schedule;
+
+use schedule::{Ask, Delivered, Failed, Idle, Schedule, Verdict};
+pub use schedule::{INFLIGHT, PER_PEER};
+
 /// Score changes: a verified range, a dead peer, a lie.
 const GOOD: i64 = 1;
 const DEAD: i64 = -20;
 const LIE: i64 = -1_000;
-/// A provider whose requests fail as dead (its connection dropped, a dial failed) is asked
-/// again once, after this pause, before it leaves the fetch: a connection can close while the
-/// peer lives (a relayed one replaced by a direct one, a NAT binding expiring).
-const DEAD_PAUSE: Duration = Duration::from_secs(1);
 /// Scores kept (the best-known peers win when the table is full).
 const SCORES: usize = 4096;
 /// (object, peer) pairs caught lying that are remembered (the least recently asked about
@@ -127,38 +121,8 @@ pub struct Transferred {
     pub outboard: Vec<u8>,
 }
 
-/// One range's answer, checked, with the provider's death count when it was asked.
-struct Settle {
-    deaths: u32,
-    start: u64,
-    end: u64,
-    verified: Result<Verified, (&'static str, String)>,
-}
-
-/// What a transfer keeps track of, lent to [`DhtHandle::settle`].
-struct Book<'a> {
-    outboard: &'a mut PostOrderOutboard,
-    ready: &'a mut BTreeMap<u64, Vec<Bytes>>,
-    wanted: &'a mut BTreeMap<u64, u64>,
-    faults: &'a mut Vec<String>,
-}
-
-struct Provider {
-    id: PeerId,
-    inflight: usize,
-    /// Busy until then.
-    until: Option<Instant>,
-    /// Out of this fetch: dead twice, lying or without the object.
-    gone: bool,
-    /// Times it was found dead; a request sent before the last of them failing tells
-    /// nothing new.
-    deaths: u32,
-    delivered: u64,
-}
-
-/// A range answer: from which provider (and at which of its deaths it was asked), for which
-/// range.
-type Answer = (usize, u32, u64, u64, Result<TransferReply, DhtError>);
+/// A range answer, and the ask it answers.
+type Answer = (Ask, Result<TransferReply, DhtError>);
 
 /// Puts verified hash pairs in their places in the outboard being assembled.
 fn save(outboard: &mut PostOrderOutboard, parents: Vec<Pair>) {
@@ -263,7 +227,10 @@ impl DhtHandle {
                         format!("size {size} not proven: {why}"),
                     );
                 }
-                Err((fault, why)) => self.fault(addr, peer, fault, &mut failures, why),
+                Err(failed) => {
+                    let fault = failed.kind();
+                    self.fault(addr, peer, fault, &mut failures, failed.into_why());
+                }
             }
         }
         Err(DhtError::Unavailable(failures.join("; ")))
@@ -273,6 +240,7 @@ impl DhtHandle {
     /// [`INFLIGHT`] ranges at once and [`PER_PEER`] to one provider, handing the verified
     /// bytes to `sink` in order. On `Ok` the sink has received exactly the object, every
     /// group of it verified against the address; on `Err` it has received a verified prefix.
+    /// Which range goes to whom, and when, is the [`Schedule`]'s; this moves the bytes.
     pub async fn transfer(
         &self,
         probe: Probe,
@@ -283,7 +251,7 @@ impl DhtHandle {
             addr,
             size,
             peer,
-            tail,
+            tail: (tail_start, tail),
         } = probe;
         let mut peers = vec![peer];
         let mut rest: Vec<PeerId> = providers
@@ -296,8 +264,6 @@ impl DhtHandle {
             .collect();
         rest.sort_by_key(|p| -self.scores.get(p));
         peers.extend(rest);
-        let (tail_start, tail) = tail;
-        let tail_len = tail.len;
         let tree = BaoTree::new(size, BLOCK);
         // The size was proven and bounded by the probe: this is 64 bytes per 16 KiB group.
         let mut outboard = PostOrderOutboard {
@@ -306,182 +272,73 @@ impl DhtHandle {
             data: vec![0u8; usize::try_from(tree.outboard_size()).unwrap_or(0)],
         };
         save(&mut outboard, tail.parents);
-        let mut peers: Vec<Provider> = peers
-            .into_iter()
-            .map(|id| Provider {
-                id,
-                inflight: 0,
-                until: None,
-                gone: false,
-                deaths: 0,
-                delivered: if id == peer { tail_len } else { 0 },
-            })
-            .collect();
-        let mut report = Transferred {
-            size,
-            ..Transferred::default()
-        };
-        // Ranges still wanted, by start.
-        let mut wanted: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut at = 0;
-        while at < tail_start {
-            let end = (at + MAX_RANGE).min(tail_start);
-            wanted.insert(at, end);
-            at = end;
-        }
-        // Verified groups not yet handed on, by start.
-        let mut ready: BTreeMap<u64, Vec<Bytes>> = BTreeMap::new();
-        if size > 0 {
-            ready.insert(tail_start, tail.groups);
-        }
-        let mut next = 0;
+        let mut schedule = Schedule::new(size, peers, tail_start, tail.groups);
+        let mut faults = Vec::new();
         let mut inflight: FuturesUnordered<BoxFuture<'static, Answer>> = FuturesUnordered::new();
         loop {
-            // Ask for what is wanted, near the next byte first, of the least busy provider.
-            let now = Instant::now();
-            while inflight.len() < INFLIGHT {
-                let Some((&start, &end)) = wanted.first_key_value() else {
-                    break;
-                };
-                if start >= next + WINDOW {
-                    break;
-                }
-                let free = peers
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| !p.gone && p.inflight < PER_PEER)
-                    .filter(|(_, p)| p.until.is_none_or(|t| t <= now))
-                    .min_by_key(|(_, p)| p.inflight)
-                    .map(|(i, _)| i);
-                let Some(i) = free else { break };
-                wanted.remove(&start);
-                peers[i].inflight += 1;
-                let (this, id, deaths) = (self.clone(), peers[i].id, peers[i].deaths);
+            let now = Instant::now().into_std();
+            while let Some(ask) = schedule.ask(now) {
+                let this = self.clone();
                 inflight.push(Box::pin(async move {
+                    let (start, end) = (ask.start, ask.end);
                     let request = TransferRequest::Range { addr, start, end };
-                    (i, deaths, start, end, this.request(id, request).await)
+                    (ask, this.request(ask.peer, request).await)
                 }));
             }
-            // Hand on what is ready, in order.
-            while let Some(groups) = ready.remove(&next) {
-                for group in groups {
-                    next += group.len() as u64;
-                    sink.send(group)
-                        .await
-                        .map_err(|_| DhtError::Sink("the store stopped".into()))?;
-                }
+            for group in schedule.take_ready() {
+                sink.send(group)
+                    .await
+                    .map_err(|_| DhtError::Sink("the store stopped".into()))?;
             }
-            if next >= size {
-                report.delivered = peers.iter().map(|p| (p.id, p.delivered)).collect();
-                report.outboard = std::mem::take(&mut outboard.data);
-                return Ok(report);
+            if schedule.done() {
+                return Ok(Transferred {
+                    size,
+                    delivered: schedule.delivered(),
+                    faults,
+                    outboard: std::mem::take(&mut outboard.data),
+                });
             }
             if inflight.is_empty() {
-                if peers.iter().all(|p| p.gone) {
-                    return Err(DhtError::Unavailable(format!(
-                        "every provider failed at byte {next} of {size}: {}",
-                        report.faults.join("; ")
-                    )));
-                }
-                // Everyone left is busy: wait for the first to be free again.
-                let wake = peers
-                    .iter()
-                    .filter(|p| !p.gone)
-                    .filter_map(|p| p.until)
-                    .min()
-                    .unwrap_or_else(|| now + Duration::from_millis(100));
-                tokio::time::sleep_until(wake).await;
-                continue;
-            }
-            let Some((i, deaths, start, end, answer)) = inflight.next().await else {
-                continue;
-            };
-            peers[i].inflight -= 1;
-            let verified = self.check(addr, size, start, end, answer);
-            let range = Settle {
-                deaths,
-                start,
-                end,
-                verified,
-            };
-            let book = Book {
-                outboard: &mut outboard,
-                ready: &mut ready,
-                wanted: &mut wanted,
-                faults: &mut report.faults,
-            };
-            self.settle(addr, &mut peers[i], range, book)?;
-        }
-    }
-
-    /// Takes one range answer from `provider` into the transfer's books: verified groups to
-    /// hand on (and their pairs into the outboard), what is still wanted of the range, and
-    /// the provider's standing (busy for a while, dead once, or out of this fetch).
-    fn settle(
-        &self,
-        addr: Address,
-        provider: &mut Provider,
-        range: Settle,
-        book: Book<'_>,
-    ) -> Result<(), DhtError> {
-        let Settle {
-            deaths,
-            start,
-            end,
-            verified,
-        } = range;
-        let id = provider.id;
-        match verified {
-            Ok(Verified {
-                groups,
-                len,
-                fault,
-                parents,
-            }) => {
-                save(book.outboard, parents);
-                if len > 0 {
-                    book.ready.insert(start, groups);
-                    provider.delivered += len;
-                    self.metrics.fetched_bytes.inc_by(len);
-                }
-                if start + len < end {
-                    book.wanted.insert(start + len, end);
-                }
-                match fault {
-                    None => self.scores.add(id, GOOD),
-                    // Counted once: its other answers in flight may fail too.
-                    Some(_) if provider.gone => {}
-                    Some(why) => {
-                        provider.gone = true;
-                        self.fault(addr, id, "lie", book.faults, why);
+                match schedule.idle(now) {
+                    Idle::Lost => {
+                        return Err(DhtError::Unavailable(format!(
+                            "every provider failed at byte {} of {size}: {}",
+                            schedule.next_byte(),
+                            faults.join("; ")
+                        )));
+                    }
+                    Idle::WakeAt(wake) => {
+                        tokio::time::sleep_until(Instant::from_std(wake)).await;
+                        continue;
                     }
                 }
             }
-            Err((fault, why)) => {
-                book.wanted.insert(start, end);
-                if fault == "busy" {
-                    let wait = why.parse().unwrap_or(1000);
-                    provider.until = Some(Instant::now() + Duration::from_millis(wait));
-                    self.metrics.fault("busy");
-                } else if fault == "stopped" {
-                    return Err(DhtError::Stopped);
-                } else if provider.gone || (fault == "dead" && deaths < provider.deaths) {
-                    // Already out, or asked before its last death: counted then.
-                } else if fault == "dead" && provider.deaths == 0 {
-                    provider.deaths = 1;
-                    provider.until = Some(Instant::now() + DEAD_PAUSE);
-                    self.fault(addr, id, fault, book.faults, why);
-                } else {
-                    provider.gone = true;
-                    self.fault(addr, id, fault, book.faults, why);
+            let Some((ask, answer)) = inflight.next().await else {
+                continue;
+            };
+            let outcome = match self.check(addr, size, ask.start, ask.end, answer) {
+                Ok(verified) => {
+                    save(&mut outboard, verified.parents);
+                    self.metrics.fetched_bytes.inc_by(verified.len);
+                    Ok(Delivered {
+                        groups: verified.groups,
+                        len: verified.len,
+                        lie: verified.fault,
+                    })
                 }
+                Err(Failed::Stopped) => return Err(DhtError::Stopped),
+                Err(failed) => Err(failed),
+            };
+            match schedule.settle(ask, outcome, Instant::now().into_std()) {
+                Verdict::Good => self.scores.add(ask.peer, GOOD),
+                Verdict::Busy => self.metrics.fault("busy"),
+                Verdict::Known => {}
+                Verdict::Fault(fault, why) => self.fault(addr, ask.peer, fault, &mut faults, why),
             }
         }
-        Ok(())
     }
 
-    /// Verifies one range answer. `Err((fault, why))` when there is nothing to verify: `busy`
-    /// (with the retry delay in milliseconds as `why`), `missing`, `dead`, `lie`, `stopped`.
+    /// Verifies one range answer; [`Failed`] when there is nothing to verify.
     fn check(
         &self,
         addr: Address,
@@ -489,7 +346,7 @@ impl DhtHandle {
         start: u64,
         end: u64,
         answer: Result<TransferReply, DhtError>,
-    ) -> Result<Verified, (&'static str, String)> {
+    ) -> Result<Verified, Failed> {
         match answer {
             Ok(TransferReply::Range {
                 size: s,
@@ -504,25 +361,25 @@ impl DhtHandle {
             }
             Ok(TransferReply::Range {
                 size: s, start: st, ..
-            }) => Err((
-                "lie",
-                format!("answered {st}.. of {s} bytes for {start}..{end} of {size}"),
-            )),
+            }) => Err(Failed::Lie(format!(
+                "answered {st}.. of {s} bytes for {start}..{end} of {size}"
+            ))),
             Ok(TransferReply::Have { .. } | TransferReply::Providers { .. }) => {
-                Err(("lie", "answered a range with something else".into()))
+                Err(Failed::Lie("answered a range with something else".into()))
             }
             Ok(TransferReply::Error { kind, body }) => match kind {
-                ErrorKind::RateLimited | ErrorKind::Overloaded => Err((
-                    "busy",
-                    body.retry_after_ms.unwrap_or(1000).min(5000).to_string(),
+                ErrorKind::RateLimited | ErrorKind::Overloaded => Err(Failed::Busy(
+                    Duration::from_millis(body.retry_after_ms.unwrap_or(1000).min(5000)),
                 )),
-                ErrorKind::NotFound => Err(("missing", body.message)),
-                _ => Err(("dead", DhtError::Refused(kind, body.message).to_string())),
+                ErrorKind::NotFound => Err(Failed::Missing(body.message)),
+                _ => Err(Failed::Dead(
+                    DhtError::Refused(kind, body.message).to_string(),
+                )),
             },
-            Err(DhtError::Stopped) => Err(("stopped", String::new())),
+            Err(DhtError::Stopped) => Err(Failed::Stopped),
             // This node's own network actor was saturated: ask again shortly, blame nobody.
-            Err(DhtError::Busy) => Err(("busy", "100".into())),
-            Err(e) => Err(("dead", e.to_string())),
+            Err(DhtError::Busy) => Err(Failed::Busy(Duration::from_millis(100))),
+            Err(e) => Err(Failed::Dead(e.to_string())),
         }
     }
 
