@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -68,6 +68,28 @@ impl ReadAt for BlobData {
         match self {
             Self::File(f) => f.read_at(pos, buf),
             Self::Memory(b) => b.as_ref().read_at(pos, buf),
+        }
+    }
+}
+
+impl BlobData {
+    /// Appends up to `len` bytes from `pos` to `out` (fewer only at the blob's end), reading
+    /// into `out`'s spare capacity: no zeroing pass before the read. Returns how many.
+    pub(crate) fn append_at(&self, pos: u64, len: u64, out: &mut Vec<u8>) -> std::io::Result<u64> {
+        match self {
+            Self::File(file) => {
+                let mut file = file;
+                file.seek(SeekFrom::Start(pos))?;
+                out.reserve(usize::try_from(len).unwrap_or(usize::MAX));
+                file.take(len).read_to_end(out).map(|n| n as u64)
+            }
+            Self::Memory(bytes) => {
+                let start = usize::try_from(pos).unwrap_or(usize::MAX).min(bytes.len());
+                let len = usize::try_from(len).unwrap_or(usize::MAX);
+                let end = start.saturating_add(len).min(bytes.len());
+                out.extend_from_slice(&bytes[start..end]);
+                Ok((end - start) as u64)
+            }
         }
     }
 }

@@ -160,11 +160,7 @@ impl ObjectReader {
                 bytes: bytes.as_ref(),
             },
             None => {
-                let len = usize::try_from(we - ws)
-                    .map_err(|_| StoreError::Internal("window too large".into()))?;
-                let mut buf = vec![0u8; len];
-                self.read_raw(ws, &mut buf)?;
-                owned = buf;
+                owned = self.read_raw(ws, we - ws)?;
                 Window {
                     offset: ws,
                     bytes: &owned,
@@ -216,51 +212,43 @@ impl ObjectReader {
         }
     }
 
-    /// Reads raw stored bytes `start..start+buf.len()` from the chunk files.
-    fn read_raw(&self, start: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+    /// Reads `len` raw stored bytes from `start` out of the chunk files, into memory that is
+    /// not zeroed first.
+    fn read_raw(&self, start: u64, len: u64) -> Result<Vec<u8>, ReadError> {
         let address = self.address();
         let (mut index, mut chunk_start) = self
             .manifest
             .locate(start)
             .ok_or_else(|| ReadError::Store(StoreError::Internal("read past the end".into())))?;
-        let mut filled = 0usize;
-        while filled < buf.len() {
+        let mut buf = Vec::with_capacity(
+            usize::try_from(len).map_err(|_| StoreError::Internal("window too large".into()))?,
+        );
+        while (buf.len() as u64) < len {
             let chunk = self.manifest.chunks[index];
-            let data = self.inner.blobs.open(Kind::Chunk, &chunk.address)?.ok_or(
-                ReadError::MissingChunk {
-                    address,
-                    chunk: chunk.address,
-                },
-            )?;
-            let mut at = start + filled as u64 - chunk_start;
-            while at < chunk.len && filled < buf.len() {
-                let want = usize::try_from(chunk.len - at)
-                    .unwrap_or(usize::MAX)
-                    .min(buf.len() - filled);
-                let n = data
-                    .read_at(at, &mut buf[filled..filled + want])
-                    .map_err(StoreError::io(format!("read chunk {}", chunk.address)))?;
-                if n == 0 {
-                    return Err(ReadError::MissingChunk {
-                        address,
-                        chunk: chunk.address,
-                    });
-                }
-                filled += n;
-                at += n as u64;
+            let missing = || ReadError::MissingChunk {
+                address,
+                chunk: chunk.address,
+            };
+            let data = self.inner.blobs.open(Kind::Chunk, &chunk.address)?;
+            let data = data.ok_or_else(missing)?;
+            let at = start + buf.len() as u64 - chunk_start;
+            let want = (chunk.len - at).min(len - buf.len() as u64);
+            let n = data
+                .append_at(at, want, &mut buf)
+                .map_err(StoreError::io(format!("read chunk {}", chunk.address)))?;
+            if n < want {
+                // Shorter than the manifest says: truncated.
+                return Err(missing());
             }
             chunk_start += chunk.len;
             index += 1;
         }
-        Ok(())
+        Ok(buf)
     }
 
     fn read_window(&self, start: u64, end: u64) -> Result<Bytes, ReadError> {
         let (ws, we) = self.group_window(start, end);
-        let len = usize::try_from(we - ws)
-            .map_err(|_| StoreError::Internal("window too large".into()))?;
-        let mut buf = vec![0u8; len];
-        self.read_raw(ws, &mut buf)?;
+        let buf = self.read_raw(ws, we - ws)?;
 
         let wanted = ChunkNum(ws / BLAKE3_CHUNK)..ChunkNum(we.div_ceil(BLAKE3_CHUNK));
         let window = Window {

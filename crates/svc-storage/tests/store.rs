@@ -397,6 +397,24 @@ async fn a_deleted_chunk_file_is_an_error_not_a_panic() {
 }
 
 #[tokio::test]
+async fn a_truncated_chunk_file_is_an_error_not_short_or_wrong_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), CpuPool::new(2)).unwrap();
+    let bytes = data(3 << 20, 11);
+    let stored = put(&store, &bytes, PutOptions::default()).await.unwrap();
+    for f in chunk_files(dir.path()) {
+        let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+        let len = file.metadata().unwrap().len();
+        file.set_len(len - 1000).unwrap();
+    }
+    assert!(matches!(
+        read_all(&store, &stored.address).await,
+        Err(ReadError::MissingChunk { .. })
+    ));
+    assert!(store.stat(&stored.address).await.unwrap().unwrap().damaged);
+}
+
+#[tokio::test]
 async fn refused_and_abandoned_uploads_leave_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), CpuPool::new(2)).unwrap();
