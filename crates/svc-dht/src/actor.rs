@@ -28,6 +28,7 @@ use crate::codec::{
     TransferRequest,
 };
 use crate::config::P2pSection;
+use crate::hedge::{Latencies, Parts};
 use crate::metrics::DhtMetrics;
 use crate::node::{Command, DhtError, Found, Inner, P2pStatus, PeerEvent, Source};
 use crate::verify::GROUP_BYTES;
@@ -60,16 +61,6 @@ const REFRESH: Duration = Duration::from_secs(60);
 const ANNOUNCING: usize = 32;
 /// Provider records this node keeps, its own and others' (libp2p's default is 1,024).
 const RECORDS: usize = 1 << 18;
-/// Peers a hedged lookup asks directly.
-const HEDGE_PEERS: usize = 3;
-/// Kademlia's parallelism: the closest peers a lookup asks first; a hedge asks others.
-const ALPHA: usize = 3;
-/// Lookup latencies the running p95 is taken over.
-const SAMPLES: usize = 128;
-/// The hedge delay before there are enough samples, and its bounds.
-const HEDGE_DEFAULT: Duration = Duration::from_millis(250);
-const HEDGE_MIN: Duration = Duration::from_millis(25);
-const HEDGE_MAX: Duration = Duration::from_secs(2);
 /// Redialling while no peer is connected: first after this, doubling up to [`REDIAL_MAX`].
 const REDIAL_FIRST: Duration = Duration::from_secs(1);
 const REDIAL_MAX: Duration = Duration::from_secs(30);
@@ -171,7 +162,7 @@ pub async fn run(
         next_lookup: 0,
         by_query: HashMap::new(),
         by_hedge: HashMap::new(),
-        latencies: VecDeque::new(),
+        latencies: Latencies::default(),
         announce: VecDeque::new(),
         queued: HashSet::new(),
         announcing: HashMap::new(),
@@ -199,11 +190,10 @@ struct Lookup {
     reply: oneshot::Sender<Result<Found, DhtError>>,
     started: Instant,
     query: QueryId,
-    /// Parts still running: the query, and each hedge question.
-    open: usize,
+    /// Its parts still running: the query, and each hedge question.
+    parts: Parts,
     /// Peers the query had asked, as of its last progress.
     asked: u32,
-    timed_out: bool,
     hedged: bool,
 }
 
@@ -232,8 +222,8 @@ struct Actor {
     next_lookup: u64,
     by_query: HashMap<QueryId, u64>,
     by_hedge: HashMap<OutboundRequestId, u64>,
-    /// Recent lookup latencies, seconds.
-    latencies: VecDeque<f64>,
+    /// Recent lookup latencies: when to hedge.
+    latencies: Latencies,
     /// Keys waiting to be announced, and the set of them (no key waits twice).
     announce: VecDeque<RecordKey>,
     queued: HashSet<RecordKey>,
@@ -330,13 +320,12 @@ impl Actor {
                         reply,
                         started: Instant::now(),
                         query,
-                        open: 1,
+                        parts: Parts::default(),
                         asked: 0,
-                        timed_out: false,
                         hedged: false,
                     },
                 );
-                let delay = self.hedge_delay();
+                let delay = self.latencies.hedge_delay();
                 timers.push(Box::pin(async move {
                     tokio::time::sleep(delay).await;
                     id

@@ -15,6 +15,7 @@ mod actor;
 mod codec;
 mod config;
 mod fetch;
+mod hedge;
 mod metrics;
 mod node;
 mod verify;

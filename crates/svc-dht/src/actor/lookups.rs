@@ -1,7 +1,9 @@
 //! Provider lookups and announcements: Kademlia queries, hedged at the running p95 with
-//! direct questions to the closest peers, their answers merged; announcements paced.
+//! direct questions to other peers, their answers merged; announcements paced. When to
+//! hedge, whom to ask and when a lookup has its answer are `crate::hedge`'s, as plain code.
 
 use super::*;
+use crate::hedge::{ALPHA, Step, hedge_targets};
 
 impl Actor {
     /// Queues `key` for announcement; at most [`ANNOUNCING`] run at once.
@@ -27,17 +29,6 @@ impl Actor {
         }
     }
 
-    /// The running p95 of lookup latencies, bounded; a default until there are samples.
-    pub(super) fn hedge_delay(&self) -> Duration {
-        if self.latencies.len() < 16 {
-            return HEDGE_DEFAULT;
-        }
-        let mut sorted: Vec<f64> = self.latencies.iter().copied().collect();
-        sorted.sort_by(f64::total_cmp);
-        let p95 = sorted[(sorted.len() * 95).div_ceil(100) - 1];
-        Duration::from_secs_f64(p95).clamp(HEDGE_MIN, HEDGE_MAX)
-    }
-
     /// The lookup has not answered by the p95: ask up to [`HEDGE_PEERS`] connected peers
     /// other than the [`ALPHA`] closest to the key (whom the query asked first) for the
     /// provider records they hold.
@@ -59,16 +50,7 @@ impl Actor {
             .map(|k| *k.preimage())
             .collect();
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-        let mut ask: Vec<PeerId> = connected
-            .iter()
-            .filter(|p| !closest.contains(p))
-            .take(HEDGE_PEERS)
-            .copied()
-            .collect();
-        if ask.is_empty() {
-            // A small network: everyone is among the closest; ask them directly anyway.
-            ask = connected.into_iter().take(HEDGE_PEERS).collect();
-        }
+        let ask = hedge_targets(&connected, &closest);
         if ask.is_empty() {
             return;
         }
@@ -83,7 +65,7 @@ impl Actor {
                 .send_request(&peer, request);
             self.by_hedge.insert(req, id);
             if let Some(lookup) = self.lookups.get_mut(&id) {
-                lookup.open += 1;
+                lookup.parts.hedged(1);
             }
         }
     }
@@ -99,28 +81,10 @@ impl Actor {
             return;
         };
         let me = *self.swarm.local_peer_id();
-        match found {
-            Ok(providers) if providers.iter().any(|p| *p != me) => {
-                if hedge {
-                    self.metrics.hedge_wins.inc();
-                }
-                self.answer(id, Ok(providers.into_iter().collect()));
-                return;
+        if let Step::Answer(result) = lookup.parts.end(found, !hedge, me) {
+            if hedge && result.as_ref().is_ok_and(|p| !p.is_empty()) {
+                self.metrics.hedge_wins.inc();
             }
-            // This node's own record, found in its store before the query asked anyone: the
-            // query goes on.
-            Ok(providers) if !hedge && !providers.is_empty() => return,
-            Ok(_) => {}
-            Err(DhtError::Timeout) => lookup.timed_out = true,
-            Err(_) => {}
-        }
-        lookup.open -= 1;
-        if lookup.open == 0 {
-            let result = if lookup.timed_out {
-                Err(DhtError::Timeout)
-            } else {
-                Ok(Vec::new())
-            };
             self.answer(id, result);
         }
     }
@@ -137,10 +101,7 @@ impl Actor {
         }
         let elapsed = lookup.started.elapsed();
         self.metrics.lookup_seconds.observe(elapsed.as_secs_f64());
-        if self.latencies.len() == SAMPLES {
-            self.latencies.pop_front();
-        }
-        self.latencies.push_back(elapsed.as_secs_f64());
+        self.latencies.record(elapsed);
         let hedged = lookup.hedged;
         let _ = lookup.reply.send(result.map(|providers| Found {
             providers,
