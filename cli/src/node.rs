@@ -290,16 +290,38 @@ struct Bound {
     h3: Option<SocketAddr>,
 }
 
+/// Creates the data dir as a folder only this user may enter (0700), or tightens an existing
+/// one (`true`): it holds keys, tokens and every object, some perhaps protected
+/// (`auth.protect_reads`).
+fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<bool> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read data dir {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))
+            .with_context(|| format!("cannot make data dir {} private", dir.display()))?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 /// Runs a node until Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    if !args.amnesia {
-        std::fs::create_dir_all(&args.dir.data_dir)
-            .with_context(|| format!("cannot create data dir {}", args.dir.data_dir.display()))?;
-    }
+    let tightened = !args.amnesia && private_data_dir(&args.dir.data_dir)?;
     let metrics = Metrics::new();
     let config = build_config(&args, &metrics)?;
     let log = Arc::new(logging::init(&config.get::<LogSection>())?);
+    if tightened {
+        tracing::info!(dir = %args.dir.data_dir.display(), "the data dir was open to other users: now 0700");
+    }
     let bus = Bus::new(config.get::<KernelSection>().bus_capacity);
     bus.register_metrics(&metrics);
     let health = HealthState::new();

@@ -669,3 +669,79 @@ async fn amnesia_writes_nothing_anywhere() {
     assert!(exit.success());
     empty("after exit");
 }
+
+#[tokio::test]
+async fn the_data_dir_is_the_nodes_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    // A data dir left open to every local user (as the default umask made them) is tightened.
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let node = Node::start(&data_dir, &[]).await;
+    node.put(data(3 * MIB, 5)).await;
+    assert_eq!(mode(&data_dir), 0o700);
+    assert_eq!(mode(&data_dir.join("store")), 0o700);
+    let files = files_under(&data_dir);
+    for name in ["meta.redb", "peers.redb", "owner.token"] {
+        assert!(
+            files
+                .iter()
+                .any(|f| f.file_name().is_some_and(|n| n == name)),
+            "no {name} in {files:?}"
+        );
+    }
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with(data_dir.join("store").join("chunks")))
+    );
+    for file in &files {
+        assert_eq!(
+            mode(file) & 0o077,
+            0,
+            "{} is readable by others",
+            file.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_http_1_1_request_without_one_host_header_is_a_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("data"), &[]).await;
+    let host = node.url.strip_prefix("http://").unwrap().to_owned();
+    let ask = |request: String| {
+        let host = host.clone();
+        async move {
+            let mut conn = tokio::net::TcpStream::connect(&host).await.unwrap();
+            conn.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut answer),
+            )
+            .await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    for request in [
+        "GET /healthz HTTP/1.1\r\nconnection: close\r\n\r\n".to_owned(),
+        format!(
+            "GET /healthz HTTP/1.1\r\nhost: {host}\r\nhost: other\r\nconnection: close\r\n\r\n"
+        ),
+    ] {
+        let answer = ask(request).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer:.300}");
+        assert!(answer.contains("\"code\":\"bad_input\""), "{answer:.400}");
+    }
+    // One Host header, or HTTP/1.0 (which has none): answered.
+    let answer = ask(format!(
+        "GET /healthz HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    ))
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.300}");
+    let answer = ask("GET /healthz HTTP/1.0\r\n\r\n".to_owned()).await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer:.300}");
+}

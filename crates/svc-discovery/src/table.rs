@@ -48,9 +48,13 @@ pub struct PeerTable {
 }
 
 impl PeerTable {
-    /// Opens (creating) the table at `path`.
+    /// Opens (creating) the table at `path`, a file only this user may read (0600).
     pub fn open(path: &Path) -> Result<Self, TableError> {
-        Self::init(Database::create(path)?)
+        use std::os::unix::fs::PermissionsExt;
+        let db = Database::create(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| TableError(format!("chmod {}: {e}", path.display())))?;
+        Self::init(db)
     }
 
     /// A table in memory (`--amnesia`).

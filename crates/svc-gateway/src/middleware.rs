@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{MatchedPath, Request, State};
 use std::borrow::Cow;
 
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderValue, Method, Version, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ron_kernel::metrics::{ReasonLabel, RequestLabels};
@@ -82,6 +82,16 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
     // One field: the JSON log layer formats span fields when the span is created, on every
     // request (three fields cost ~10% of a small GET's instructions; decision 0008).
     let span = tracing::info_span!("request", request_id = %id);
+    // RFC 9112 3.2: an HTTP/1.1 request without exactly one Host header is answered 400.
+    if req.version() == Version::HTTP_11 && req.headers().get_all(header::HOST).iter().count() != 1
+    {
+        let refused = Problem::new(
+            ErrorKind::BadInput,
+            "an HTTP/1.1 request needs exactly one Host header",
+        );
+        let response = ApiError::from(refused).into_response();
+        return finish(&state, response, route, method, started, &id);
+    }
     let ticket = match crate::limits::admit_request(&state, &req) {
         Ok(ticket) => ticket,
         Err(refused) => {

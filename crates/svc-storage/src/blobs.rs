@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -94,6 +95,25 @@ impl BlobData {
     }
 }
 
+/// Creates `path` and its missing parents as folders only this user may enter (0700): objects
+/// may be protected (`auth.protect_reads`), and other local users must not read around that.
+pub(crate) fn private_dirs(path: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// Creates (or truncates) `path` as a file only this user may read (0600).
+fn private_file(path: &Path) -> std::io::Result<File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -107,13 +127,13 @@ impl Blobs {
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(StoreError::io(format!("clear {}", tmp.display())))?;
         }
-        fs::create_dir_all(&tmp).map_err(StoreError::io(format!("create {}", tmp.display())))?;
+        private_dirs(&tmp).map_err(StoreError::io(format!("create {}", tmp.display())))?;
         for kind in [Kind::Chunk, Kind::Outboard] {
             let base = root.join(kind.dir());
             for b in 0..=255u8 {
                 let dir = base.join(format!("{b:02x}"));
                 if !dir.exists() {
-                    fs::create_dir_all(&dir)
+                    private_dirs(&dir)
                         .map_err(StoreError::io(format!("create {}", dir.display())))?;
                 }
             }
@@ -207,7 +227,7 @@ impl Blobs {
                     if around_cache && direct::write(&tmp, bytes)? {
                         return Ok(());
                     }
-                    let mut f = File::create(&tmp)?;
+                    let mut f = private_file(&tmp)?;
                     f.write_all(bytes)
                 };
                 write().map_err(StoreError::io(format!("write {}", tmp.display())))?;
@@ -245,7 +265,7 @@ impl Blobs {
         match self {
             Self::Disk { root } => {
                 let path = root.join("tmp").join(format!("{:016x}", fastrand::u64(..)));
-                let file = File::create(&path)
+                let file = private_file(&path)
                     .map_err(StoreError::io(format!("create {}", path.display())))?;
                 Ok(Some((path, file)))
             }
@@ -363,6 +383,7 @@ mod direct {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .custom_flags(libc::O_DIRECT)
             .open(path);
         let mut file = match file {

@@ -188,10 +188,16 @@ impl Store {
     /// Opens (creating) the store under `dir`: `meta.redb`, `chunks/`, `outboards/`. Files left
     /// by uploads that never committed (a crash) are swept.
     pub fn open(dir: &Path, pool: CpuPool) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
+        use std::os::unix::fs::PermissionsExt;
+        // The store is the node's alone (a store made by an older version is tightened too).
+        crate::blobs::private_dirs(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
             .map_err(StoreError::io(format!("create {}", dir.display())))?;
         let blobs = Blobs::open_disk(dir)?;
-        let db = Database::create(dir.join("meta.redb"))?;
+        let meta = dir.join("meta.redb");
+        let db = Database::create(&meta)?;
+        std::fs::set_permissions(&meta, std::fs::Permissions::from_mode(0o600))
+            .map_err(StoreError::io(format!("chmod {}", meta.display())))?;
         create_tables(&db)?;
         let store = Self::from_parts(db, blobs, pool);
         let swept = store.inner.sweep()?;
