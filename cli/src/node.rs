@@ -342,7 +342,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let (dht_tx, dht_mailbox) = supervisor::mailbox(svc_dht::MAILBOX);
     let dht = svc_dht::DhtHandle::new(dht_tx, auth.identity().keypair().public().to_peer_id());
     dht.metrics().register(&metrics);
-    let overlay = spawn_overlay(&mut sup, store, &config, dht.clone(), &metrics);
+    let overlay = spawn_overlay(&mut sup, store, &config, dht.clone(), &metrics, &auth);
     spawn_storage_upkeep(&mut sup, &overlay, &config);
     let p2p_status = spawn_peer_network(
         &mut sup,
@@ -515,6 +515,7 @@ fn spawn_overlay(
     config: &Config,
     dht: svc_dht::DhtHandle,
     metrics: &Metrics,
+    auth: &Arc<ron_auth::Auth>,
 ) -> OverlayHandle {
     let index = Index::new(store.clone(), INDEX_CACHE);
     let (tx, mailbox) = supervisor::mailbox(OVERLAY_QUEUE);
@@ -527,6 +528,11 @@ fn spawn_overlay(
         config: config.clone(),
         max_object: Arc::new(move || limits.get::<GatewaySection>().max_put_bytes),
         dht: Some(dht),
+        // One authority for reads: what HTTP serves only with a token, no peer is served.
+        peers_may_read: {
+            let auth = auth.clone();
+            Arc::new(move || !auth.requires_token(ron_auth::token::Op::Get))
+        },
     });
     overlay.register_metrics(metrics);
     sup.spawn_actor(

@@ -1035,3 +1035,54 @@ async fn a_node_behind_a_nat_is_reached_by_hole_punching() {
          A fetched 700 KB from C directly; A's peers {peers}"
     );
 }
+
+#[tokio::test]
+async fn reads_protected_over_http_are_protected_on_the_peer_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let quick = "[p2p]\nfetch_timeout_ms = 5000\n";
+    for n in ["n1", "n2"] {
+        config(&dir.path().join(n), quick);
+    }
+    let origin = Node::start(&dir.path().join("n1"), &[]).await;
+    let seed = p2p_addr(&origin).await;
+    let reader = Node::start(&dir.path().join("n2"), &["--bootstrap", &seed]).await;
+    reader
+        .wait_status("a peer", |s| {
+            s["p2p"]["peers"].as_array().is_some_and(|p| !p.is_empty())
+        })
+        .await;
+    // Reads open: announced, and served to peers.
+    let served = put_announced(&origin, data(300_000, 1)).await;
+    assert_eq!(reader.get(&format!("/o/{served}")).await.0, 200);
+    let before = put_announced(&origin, data(300_000, 2)).await;
+
+    // Reads protected, by a live change of the origin's config.
+    std::fs::write(
+        dir.path().join("n1").join("ron.toml"),
+        format!("{quick}[auth]\nprotect_reads = true\n"),
+    )
+    .unwrap();
+    origin
+        .wait_status("reads protected", |s| {
+            s["auth"]["reads_need_token"] == Value::Bool(true)
+        })
+        .await;
+    let announced = metric(&origin, "p2p_announcements_total{outcome=\"ok\"}").await;
+    let after = origin.put(data(300_000, 3)).await;
+    for addr in [&before, &after] {
+        let anonymous = origin.anonymous();
+        let res = anonymous.get(format!("{}/o/{addr}", origin.url)).send();
+        assert_eq!(res.await.unwrap().status().as_u16(), 401);
+        // The peer network refuses it too: the record announced before leads to a node that
+        // answers as if it held nothing, and the object put since was never announced.
+        let (status, body) = reader.get(&format!("/o/{addr}")).await;
+        assert_ne!(status, 200, "{addr} reached a peer: {body:.200}");
+    }
+    assert_eq!(
+        metric(&origin, "p2p_announcements_total{outcome=\"ok\"}").await,
+        announced,
+        "an object was announced while reads were protected"
+    );
+    // The owner still reads everything.
+    assert_eq!(origin.get(&format!("/o/{after}")).await.0, 200);
+}

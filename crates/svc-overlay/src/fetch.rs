@@ -89,23 +89,47 @@ fn stopped() -> FetchError {
 }
 
 /// The overlay's side of the peer network.
-#[derive(Debug)]
 pub(crate) struct Net {
     dht: DhtHandle,
     config: Config,
     flights: Flights,
+    /// Whether peers may read this node's objects now ([`crate::OverlaySetup`]).
+    peers_may_read: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("dht", &self.dht)
+            .field("flights", &self.flights)
+            .field("peers_may_read", &self.peers_may_read())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Net {
-    pub(crate) fn new(dht: DhtHandle, config: Config) -> Self {
+    pub(crate) fn new(
+        dht: DhtHandle,
+        config: Config,
+        peers_may_read: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> Self {
         Self {
             dht,
             config,
             flights: Flights::default(),
+            peers_may_read,
         }
     }
 
+    /// Whether peers may read this node's objects now: when not, none is served or announced.
+    pub(crate) fn peers_may_read(&self) -> bool {
+        (self.peers_may_read)()
+    }
+
     pub(crate) async fn announce(&self, addr: Address) {
+        if !self.peers_may_read() {
+            return;
+        }
         if let Err(e) = self.dht.provide(addr).await {
             tracing::warn!(%addr, error = %e, "cannot announce a stored object");
         }
@@ -114,6 +138,9 @@ impl Net {
     /// Announces `addr`, waiting out a busy network (announcing a whole store at start);
     /// `false` once the network has stopped.
     pub(crate) async fn announce_patiently(&self, addr: Address) -> bool {
+        if !self.peers_may_read() {
+            return true;
+        }
         loop {
             match self.dht.provide(addr).await {
                 Ok(()) => return true,
@@ -275,6 +302,9 @@ async fn fly(
     let size = ready.probe.size;
     state.send_replace(Flight::Moving(size));
     let result = transfer(dht, ready, tee).await;
+    if result.is_ok() {
+        overlay.announce(addr).await;
+    }
     dht.metrics()
         .fetch_ended(result.as_ref().err().map_or("ok", FetchError::outcome));
     state.send_replace(Flight::Ended(result.map(|()| size)));
@@ -381,7 +411,7 @@ async fn prepare(
 }
 
 /// The second half: the transfer into the store, each verified piece also handed to `tee`
-/// while it listens (an `Err` there when the transfer fails); the commit; the announcement.
+/// while it listens (an `Err` there when the transfer fails); the commit.
 async fn transfer(
     dht: &DhtHandle,
     ready: Ready,
@@ -449,8 +479,5 @@ async fn transfer(
         transferred.faults.len(),
     );
     tracing::info!(%addr, size = transferred.size, from = %from.join(","), faults, transfer_ms, commit_ms, "fetched from peers");
-    if let Err(e) = dht.provide(addr).await {
-        tracing::warn!(%addr, error = %e, "cannot announce a fetched object");
-    }
     Ok(())
 }

@@ -172,6 +172,10 @@ pub struct OverlaySetup {
     pub max_object: Arc<dyn Fn() -> u64 + Send + Sync>,
     /// The peer network, when the node runs one.
     pub dht: Option<DhtHandle>,
+    /// Whether peers may read this node's objects now (read live). While it says no (the
+    /// node's reads need a capability, `auth.protect_reads`), no object is served to a peer
+    /// and none is announced: a read refused over HTTP is refused on the peer network too.
+    pub peers_may_read: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl std::fmt::Debug for OverlaySetup {
@@ -217,7 +221,9 @@ impl OverlayHandle {
             max_uploads,
             small: Arc::new(Mutex::new(SmallCache::default())),
             max_object: setup.max_object,
-            net: setup.dht.map(|dht| Arc::new(Net::new(dht, setup.config))),
+            net: setup
+                .dht
+                .map(|dht| Arc::new(Net::new(dht, setup.config, setup.peers_may_read))),
         }
     }
 

@@ -71,6 +71,7 @@ pub fn in_memory(
         config,
         max_object: std::sync::Arc::new(|| u64::MAX),
         dht: None,
+        peers_may_read: std::sync::Arc::new(|| true),
     });
     let actor = run(
         tokio_util::sync::CancellationToken::new(),

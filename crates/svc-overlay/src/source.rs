@@ -44,8 +44,22 @@ fn locked(open: &OpenReaders) -> MutexGuard<'_, LruCache<Address, (Instant, Obje
     open.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+impl PeerSource {
+    /// Whether peers may read this node's objects now: when not, every object is answered as
+    /// not held (a peer learns nothing of what a protected node stores).
+    fn open_to_peers(&self) -> bool {
+        self.overlay
+            .net
+            .as_ref()
+            .is_some_and(|net| net.peers_may_read())
+    }
+}
+
 impl svc_dht::Source for PeerSource {
     fn size(&self, addr: Address) -> BoxFuture<'static, Option<u64>> {
+        if !self.open_to_peers() {
+            return async { None }.boxed();
+        }
         let overlay = self.overlay.clone();
         async move { overlay.reader(addr).await.ok().flatten().map(|r| r.size()) }.boxed()
     }
@@ -56,6 +70,9 @@ impl svc_dht::Source for PeerSource {
         start: u64,
         end: u64,
     ) -> BoxFuture<'static, Result<Option<(u64, Bytes)>, String>> {
+        if !self.open_to_peers() {
+            return async { Ok(None) }.boxed();
+        }
         let (overlay, open) = (self.overlay.clone(), self.open.clone());
         let cached = locked(&open)
             .get(&addr)

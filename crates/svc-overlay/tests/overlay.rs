@@ -25,6 +25,7 @@ fn overlay_over(store: Store, max_uploads: usize) -> (OverlayHandle, Supervisor)
         config: Config::builder().build().unwrap(),
         max_object: Arc::new(|| 64 << 20),
         dht: None,
+        peers_may_read: Arc::new(|| true),
     });
     let mut sup = Supervisor::new(
         Bus::new(64),
