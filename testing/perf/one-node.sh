@@ -5,7 +5,7 @@
 #   bash testing/perf/one-node.sh            # about 5 minutes after the release build
 #
 # (a) GET of a 100 MiB object: ron vs nginx serving the same file (curl, alternating, median of 9)
-# (b) 1 KiB GETs, 64 connections, wrk: ron vs nginx (req/s and p99, median of 3)
+# (b) 1 KiB GETs, 64 connections, wrk: ron vs nginx, alternating (req/s and p99, median of 5)
 # (c) `ron put` of 1 GiB: ron vs `b3sum` plus `dd conv=fsync` of the same file (median of 3)
 # All with the node's default config.
 # (d) node RSS when idle and after the runs
@@ -83,16 +83,21 @@ done
 NGX_GET=$(med < "$W/get-ngx.txt")
 RON_GET=$(med < "$W/get-ron.txt")
 
-wrk3() { # url -> "req/s p99_ms" medians of 3
-  for _ in 1 2 3; do
-    wrk -t2 -c64 -d"$DUR" --latency "$1" | tee -a "$W/wrk.log" | awk '
-      /Requests\/sec/{r=$2}
-      / 99%/{v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; p=v}
-      END{print r, p}'
-  done | sort -g | awk 'NR==2'
+wrk1() { # url -> "req/s p99_ms" of one run
+  wrk -t2 -c64 -d"$DUR" --latency "$1" | tee -a "$W/wrk.log" | awk '
+    /Requests\/sec/{r=$2}
+    / 99%/{v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; p=v}
+    END{print r, p}'
 }
-read -r NGX_RPS NGX_P99 <<<"$(wrk3 "http://127.0.0.1:$NGX_PORT/1k")"
-read -r RON_RPS RON_P99 <<<"$(wrk3 "$RON_NODE/o/$A1K")"
+# (b) alternates too: 5 runs of each, nginx then ron, so both meet the same hour; medians.
+: > "$W/wrk-ngx.txt"; : > "$W/wrk-ron.txt"
+for _ in $(seq "${WRK_RUNS:-5}"); do
+  wrk1 "http://127.0.0.1:$NGX_PORT/1k" >> "$W/wrk-ngx.txt"
+  wrk1 "$RON_NODE/o/$A1K" >> "$W/wrk-ron.txt"
+done
+NGX_RPS=$(awk '{print $1}' "$W/wrk-ngx.txt" | med); NGX_P99=$(awk '{print $2}' "$W/wrk-ngx.txt" | med)
+RON_RPS=$(awk '{print $1}' "$W/wrk-ron.txt" | med); RON_P99=$(awk '{print $2}' "$W/wrk-ron.txt" | med)
+echo "1 KiB req/s, nginx: $(awk '{print $1}' "$W/wrk-ngx.txt" | tr '\n' ' ')| ron: $(awk '{print $1}' "$W/wrk-ron.txt" | tr '\n' ' ')" >&2
 
 secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
 base_put() { b3sum --no-mmap "$W/rand1g" >/dev/null; dd if="$W/rand1g" of="$W/copy1g" bs=1M conv=fsync status=none; rm -f "$W/copy1g"; }
