@@ -263,7 +263,12 @@ mod tests {
     async fn get(app: &Router, uri: &str) -> (StatusCode, String, axum::http::HeaderMap) {
         let res = app
             .clone()
-            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .oneshot(
+                Request::get(uri)
+                    .header("host", "node.test")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         let status = res.status();
@@ -313,7 +318,12 @@ mod tests {
 
         let res = app
             .clone()
-            .oneshot(Request::post("/healthz").body(Body::empty()).unwrap())
+            .oneshot(
+                Request::post("/healthz")
+                    .header("host", "node.test")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
@@ -327,6 +337,7 @@ mod tests {
             .clone()
             .oneshot(
                 Request::get("/status")
+                    .header("host", "node.test")
                     .header("x-request-id", "abc-123")
                     .body(Body::empty())
                     .unwrap(),
@@ -367,6 +378,7 @@ mod tests {
             .clone()
             .oneshot(
                 Request::get("/healthz")
+                    .header("host", "node.test")
                     .header("x-request-id", long.as_str())
                     .body(Body::empty())
                     .unwrap(),
