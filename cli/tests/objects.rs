@@ -745,3 +745,42 @@ async fn an_http_1_1_request_without_one_host_header_is_a_400() {
     let answer = ask("GET /healthz HTTP/1.0\r\n\r\n".to_owned()).await;
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer:.300}");
 }
+
+#[tokio::test]
+async fn stored_pages_run_sandboxed_and_media_types_must_be_well_formed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("data"), &[]).await;
+    let put = |media_type: &'static str| {
+        node.http
+            .post(format!("{}/put", node.url))
+            .header("content-type", media_type)
+            .body(b"<script>fetch('/status')</script>".to_vec())
+            .send()
+    };
+    let res = put("text/html; charset=utf-8").await.unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let addr: Value = res.json().await.unwrap();
+    let res = node
+        .anonymous()
+        .get(format!(
+            "{}/o/{}",
+            node.url,
+            addr["address"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
+    let policy = res.headers()["content-security-policy"].to_str().unwrap();
+    assert!(policy.starts_with("sandbox"), "{policy}");
+    assert!(!policy.contains("allow-same-origin"), "{policy}");
+    // A media type that is not RFC 9110 is refused, never reflected.
+    for bad in [
+        "text/html;charset=\"><script>alert(1)</script>",
+        "text/",
+        "text/html; charset",
+    ] {
+        let res = put(bad).await.unwrap();
+        assert_eq!(error_code(res).await, (400, "bad_input".into()), "{bad}");
+    }
+}

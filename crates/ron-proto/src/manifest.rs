@@ -65,14 +65,17 @@ pub enum ManifestError {
     MediaType(String),
 }
 
-/// Whether `s` is a plausible `type/subtype[; params]` of visible ASCII.
+/// Whether `s` is an RFC 9110 media type: `type/subtype` tokens, then parameters whose
+/// values are tokens or well-formed quoted strings (parsed by the `mime` crate), in visible
+/// ASCII and spaces, at most [`MAX_MEDIA_TYPE`] bytes. It is served back as `Content-Type`, so
+/// nothing else gets in.
 pub(crate) fn valid_media_type(s: &str) -> bool {
     s.len() <= MAX_MEDIA_TYPE
         && s.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
-        && s.split(';')
-            .next()
-            .and_then(|essence| essence.trim().split_once('/'))
-            .is_some_and(|(t, sub)| !t.is_empty() && !sub.is_empty() && !sub.contains('/'))
+        && s.parse::<mime::Mime>().is_ok_and(|m| {
+            // `mime` takes an empty subtype ("text/"); RFC 9110 does not.
+            !m.type_().as_str().is_empty() && !m.subtype().as_str().is_empty()
+        })
 }
 
 impl Manifest {
@@ -225,6 +228,12 @@ mod tests {
             "a/b/c",
             "text/plain\n",
             "tëxt/plain",
+            "text/html;charset=\"><script>alert(1)</script>",
+            "text/html; charset",
+            "text/html; =utf-8",
+            "text/html; charset=a\"b",
+            "te(xt/html",
+            "text/ht ml",
         ] {
             let mut m = manifest(&[1]);
             m.media_type = Some(bad.into());
@@ -267,6 +276,20 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = Manifest::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn well_formed_media_types_are_taken() {
+        for good in [
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "text/html;charset=\"utf-8\"",
+            "image/svg+xml",
+            "application/vnd.api+json",
+            "multipart/mixed; boundary=\"a b\"",
+        ] {
+            assert!(valid_media_type(good), "{good:?}");
         }
     }
 }
