@@ -222,6 +222,67 @@ fn header(len: u32, ver: u8, flags: u16, app: u16, corr: u64, cap_len: u16) -> B
     b
 }
 
+/// Sends `payload` as a one-frame request (`REQ|START|END`) of `app` and reads the answer:
+/// its code and payload.
+async fn ask(
+    conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    app: u16,
+    corr: u64,
+    payload: &[u8],
+) -> (u16, String) {
+    let mut f = header(33 + payload.len() as u32, 1, 0b11001, app, corr, 0);
+    f.put_slice(payload);
+    conn.write_all(&f).await.unwrap();
+    // The length field, then 33 bytes of header (the length counts them and what follows).
+    let mut head = [0u8; 37];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
+    let cap = usize::from(u16::from_le_bytes([head[27], head[28]]));
+    let mut rest = vec![0u8; len - 33];
+    conn.read_exact(&mut rest).await.unwrap();
+    let code = u16::from_le_bytes([head[7], head[8]]);
+    (code, String::from_utf8_lossy(&rest[cap..]).into_owned())
+}
+
+/// HELLO, as every connection starts.
+async fn greet(conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) {
+    let (code, body) = ask(conn, 0, 1, b"{}").await;
+    assert_eq!(code, 0, "{body}");
+}
+
+#[tokio::test]
+async fn nothing_is_served_before_hello_and_hello_must_be_well_formed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    let oap = node.oap_addr.clone().unwrap();
+    let addr = node.put(b"hello world".to_vec()).await;
+    let get = format!(r#"{{"op":"get","addr":"{addr}"}}"#);
+    let mut conn = raw(&oap).await;
+    let (code, body) = ask(&mut conn, 0x0101, 2, get.as_bytes()).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("protocol_violation"), "{body}");
+    // Malformed HELLOs are refused, and do not open the connection either.
+    let (code, body) = ask(&mut conn, 0, 3, b"not json").await;
+    assert_eq!((code, body.contains("bad_input")), (400, true), "{body}");
+    let (code, body) = ask(&mut conn, 0, 4, br#"{"oap_versions":[2]}"#).await;
+    assert_eq!((code, body.contains("bad_version")), (400, true), "{body}");
+    let (code, body) = ask(&mut conn, 0x0101, 5, get.as_bytes()).await;
+    assert_eq!(
+        (code, body.contains("protocol_violation")),
+        (400, true),
+        "{body}"
+    );
+    // After a HELLO, the same connection is served.
+    let (code, body) = ask(&mut conn, 0, 6, br#"{"oap_versions":[1],"later":true}"#).await;
+    assert_eq!(code, 0, "{body}");
+    assert!(body.contains("max_frame"), "{body}");
+    let (code, body) = ask(&mut conn, 0x0101, 7, get.as_bytes()).await;
+    assert_eq!(code, 0, "{body}");
+}
+
 #[tokio::test]
 async fn parser_rules_hold_on_the_wire_and_hostile_bytes_harm_no_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -247,6 +308,7 @@ async fn parser_rules_hold_on_the_wire_and_hostile_bytes_harm_no_one() {
 
     // A capability on a continuation frame: 400 protocol_violation, the connection stays.
     let mut conn = raw(&oap).await;
+    greet(&mut conn).await;
     let mut f = header(33 + 2, 1, 0b01001, 0x0101, 5, 2); // REQ|START, no END
     f.put_slice(b"{}");
     let mut g = header(33 + 3, 1, 0b00001, 0x0101, 5, 3); // REQ with a cap

@@ -26,8 +26,7 @@ const MAX_RANGES: usize = 64;
 /// Bytes verified and sent per step of a response.
 const WINDOW: u64 = 1 << 20;
 /// The `Content-Security-Policy` of every stored object served.
-const USER_CONTENT_POLICY: &str =
-    "sandbox allow-scripts allow-forms allow-popups allow-downloads";
+const USER_CONTENT_POLICY: &str = "sandbox allow-scripts allow-forms allow-popups allow-downloads";
 /// Windows verified ahead of the one being sent.
 const READ_AHEAD: usize = 2;
 

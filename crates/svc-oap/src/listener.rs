@@ -209,6 +209,8 @@ async fn connection<S>(
     };
     let streams = TaskTracker::new();
     let mut bodies: HashMap<u64, mpsc::Sender<Piece>> = HashMap::new();
+    // A connection starts with HELLO: nothing else is served before it (specs/OAP-1.md).
+    let mut greeted = false;
     loop {
         let next = tokio::select! {
             next = reader.next() => next,
@@ -271,8 +273,22 @@ async fn connection<S>(
             continue;
         }
         match app {
-            APP_HELLO => {
-                out.send(hello(&state, corr)).await;
+            APP_HELLO => match check_hello(&frame.payload) {
+                Ok(()) => {
+                    greeted = true;
+                    out.send(hello(&state, corr)).await;
+                }
+                Err(problem) => {
+                    out.failure(app, corr, &problem, false).await;
+                }
+            },
+            _ if !greeted => {
+                let problem = Problem::with_code(
+                    ErrorKind::BadInput,
+                    "protocol_violation",
+                    "a connection starts with HELLO (app 0)",
+                );
+                out.failure(app, corr, &problem, false).await;
             }
             APP_OBJECTS => {
                 if let Some(body) = open_object_stream(&state, &out, ip, frame, &streams).await {
@@ -292,6 +308,27 @@ async fn connection<S>(
     streams.wait().await;
     drop(out);
     let _ = writer.await;
+}
+
+/// Checks a client's HELLO payload: a JSON object (`{}` will do) whose `oap_versions`, when
+/// given, include 1.
+fn check_hello(payload: &[u8]) -> Result<(), Problem> {
+    let bad = |why: &str| Problem::new(ErrorKind::BadInput, format!("HELLO: {why}"));
+    let fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(payload).map_err(|_| bad("the payload is not a JSON object"))?;
+    match fields.get("oap_versions") {
+        None => Ok(()),
+        Some(serde_json::Value::Array(versions))
+            if versions.iter().any(|v| v.as_u64() == Some(1)) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(Problem::with_code(
+            ErrorKind::BadInput,
+            "bad_version",
+            "HELLO: this node speaks OAP version 1 only",
+        )),
+    }
 }
 
 /// The answer to HELLO: what this listener speaks and its limits.
