@@ -249,7 +249,7 @@ fn streamed(state: Shared, addr: Address, incoming: Incoming, head: bool) -> Res
 /// The headers of an answer with the whole of an object fetched from peers (its media type is
 /// not known here).
 fn fetched_headers(addr: &Address, size: u64) -> HeaderMap {
-    let mut base = common_headers(addr);
+    let mut base = common_headers(&etag(addr));
     base.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
@@ -260,9 +260,10 @@ fn fetched_headers(addr: &Address, size: u64) -> HeaderMap {
 
 /// The headers every answer with an object's bytes carries: its ETag (the address), cached
 /// forever (an address's bytes never change), byte ranges accepted, no sniffing.
-fn common_headers(addr: &Address) -> HeaderMap {
-    let mut base = HeaderMap::new();
-    if let Ok(tag) = HeaderValue::from_str(&etag(addr)) {
+fn common_headers(tag: &str) -> HeaderMap {
+    // Room for these and what an answer adds (type, length, range, request id): no regrowth.
+    let mut base = HeaderMap::with_capacity(12);
+    if let Ok(tag) = HeaderValue::from_str(tag) {
         base.insert(header::ETAG, tag);
     }
     base.insert(
@@ -333,7 +334,7 @@ async fn answer(
         .media_type()
         .unwrap_or_else(|| "application/octet-stream".into());
 
-    let mut base = common_headers(&addr);
+    let mut base = common_headers(&tag);
     let put = |h: &mut HeaderMap, k: header::HeaderName, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(k, v);
