@@ -50,3 +50,38 @@ impl ron_kernel::config::Section for OapSection {
         unchanged("max_inflight", &self.max_inflight, &next.max_inflight)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ron_kernel::config::Section;
+
+    use super::*;
+
+    #[test]
+    fn limits_are_checked_and_none_changes_live() {
+        let ok = OapSection::default();
+        assert!(ok.validate().is_ok());
+        for bad in [
+            OapSection {
+                max_frame: 4095,
+                ..OapSection::default()
+            },
+            OapSection {
+                max_frame: (16 << 20) + 1,
+                ..OapSection::default()
+            },
+            OapSection {
+                max_inflight: 0,
+                ..OapSection::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        let moved = OapSection {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7703)),
+            ..OapSection::default()
+        };
+        assert!(ok.check_live(&ok.clone()).is_ok());
+        assert!(ok.check_live(&moved).is_err());
+    }
+}

@@ -396,3 +396,42 @@ async fn open_object_stream(
     });
     sender
 }
+
+#[cfg(test)]
+mod tests {
+    use ron_proto::Failure;
+
+    use super::*;
+
+    fn refused(payload: &[u8]) -> Option<&'static str> {
+        check_hello(payload).err().map(|p| {
+            if p.code() == "bad_version" {
+                "bad_version"
+            } else {
+                "bad_input"
+            }
+        })
+    }
+
+    #[test]
+    fn a_hello_is_a_json_object_that_speaks_version_1() {
+        for good in [
+            &br#"{}"#[..],
+            br#"{"oap_versions":[1]}"#,
+            br#"{"oap_versions":[2,1],"max_frame":4096,"unknown":{"later":true}}"#,
+        ] {
+            assert_eq!(refused(good), None, "{}", String::from_utf8_lossy(good));
+        }
+        for (bad, why) in [
+            (&b""[..], "bad_input"),
+            (b"not json", "bad_input"),
+            (b"[1]", "bad_input"),
+            (b"\"{}\"", "bad_input"),
+            (br#"{"oap_versions":[2]}"#, "bad_version"),
+            (br#"{"oap_versions":[]}"#, "bad_version"),
+            (br#"{"oap_versions":"1"}"#, "bad_version"),
+        ] {
+            assert_eq!(refused(bad), Some(why), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}
