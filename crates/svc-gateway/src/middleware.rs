@@ -58,21 +58,18 @@ fn label_method(method: &Method) -> Cow<'static, str> {
 }
 
 /// The client's `x-request-id` when sane (1-64 visible ASCII characters), else 16 fresh hex
-/// digits; made straight into the header value it is echoed as.
+/// digits, as the header value it is echoed as.
 fn request_id(req: &Request) -> HeaderValue {
     let sane = |v: &&HeaderValue| {
         let b = v.as_bytes();
         !b.is_empty() && b.len() <= 64 && b.iter().all(u8::is_ascii_graphic)
     };
-    if let Some(id) = req.headers().get(REQUEST_ID).filter(sane) {
-        return id.clone();
+    match req.headers().get(REQUEST_ID).filter(sane) {
+        Some(id) => id.clone(),
+        // Hex digits are always a valid header value; the fallback is never taken.
+        None => HeaderValue::try_from(format!("{:016x}", fastrand::u64(..)))
+            .unwrap_or(HeaderValue::from_static("0")),
     }
-    let n = fastrand::u64(..);
-    let mut hex = [0u8; 16];
-    for (i, digit) in hex.iter_mut().enumerate() {
-        *digit = b"0123456789abcdef"[(n >> (4 * i)) as usize & 0xf];
-    }
-    HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"))
 }
 
 pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Response {

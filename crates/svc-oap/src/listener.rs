@@ -238,11 +238,7 @@ async fn connection<S>(
             continue;
         }
         if !frame.flags.contains(Flags::REQ) {
-            let problem = Problem::with_code(
-                ErrorKind::BadInput,
-                "protocol_violation",
-                "a client sends only REQ frames",
-            );
+            let problem = violation("a client sends only REQ frames");
             out.failure(app, corr, &problem, false).await;
             continue;
         }
@@ -283,11 +279,7 @@ async fn connection<S>(
                 }
             },
             _ if !greeted => {
-                let problem = Problem::with_code(
-                    ErrorKind::BadInput,
-                    "protocol_violation",
-                    "a connection starts with HELLO (app 0)",
-                );
+                let problem = violation("a connection starts with HELLO (app 0)");
                 out.failure(app, corr, &problem, false).await;
             }
             APP_OBJECTS => {
@@ -308,6 +300,11 @@ async fn connection<S>(
     streams.wait().await;
     drop(out);
     let _ = writer.await;
+}
+
+/// A 400 `protocol_violation`: a frame this listener's rules do not allow where it came.
+fn violation(why: &'static str) -> Problem {
+    Problem::with_code(ErrorKind::BadInput, "protocol_violation", why)
 }
 
 /// Checks a client's HELLO payload: a JSON object (`{}` will do) whose `oap_versions`, when
