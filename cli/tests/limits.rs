@@ -430,3 +430,140 @@ async fn made_up_methods_share_one_metric_label() {
         .count();
     assert!(series < 20, "{series} series");
 }
+
+/// An HTTP/2 client that keeps every stream's flow-control window shut (initial window 0) and
+/// the connection alive with PINGs, as a hostile client would.
+struct ShutWindows {
+    /// The `:status` of each answer whose head has arrived.
+    statuses: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+    /// Ends when the node closes the connection.
+    closed: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for ShutWindows {
+    fn drop(&mut self) {
+        self.closed.abort();
+        self.tasks.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
+/// Opens an HTTP/2 connection with shut windows and asks `url` on `streams` streams.
+async fn shut_windows(node: &Node, url: &str, streams: usize) -> ShutWindows {
+    let tcp = TcpStream::connect(host(node)).await.unwrap();
+    let (send, mut connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let mut ping = connection.ping_pong().unwrap();
+    let closed = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let statuses = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let opener = {
+        let (url, statuses) = (url.to_owned(), statuses.clone());
+        tokio::spawn(async move {
+            let mut send = send;
+            // The answers are held, their bodies unread: their windows are never opened
+            // (dropping one would reset its stream).
+            let mut held = Vec::new();
+            // One stream at a time: each answer's head is in before the next request.
+            for _ in 0..streams {
+                let Ok(ready) = send.ready().await else { break };
+                send = ready;
+                let request = http::Request::get(url.as_str()).body(()).unwrap();
+                let Ok((response, stream)) = send.send_request(request, true) else {
+                    break;
+                };
+                let Ok(response) = response.await else { break };
+                statuses.lock().unwrap().push(response.status().as_u16());
+                held.push((response, stream));
+            }
+            std::future::pending::<()>().await;
+        })
+    };
+    let pinger = tokio::spawn(async move {
+        while ping.ping(h2::Ping::opaque()).await.is_ok() {
+            sleep(Duration::from_millis(200)).await;
+        }
+    });
+    ShutWindows {
+        statuses,
+        closed,
+        tasks: vec![opener, pinger],
+    }
+}
+
+/// The node's peak resident memory so far, in bytes.
+fn peak_rss(node: &Node) -> u64 {
+    let pid = node.child.id().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap();
+    kb << 10
+}
+
+/// Issue 22, item 3: three HTTP/2 connections that announce a zero window, open 200 GETs of a
+/// 1 MB object each and keep pinging held ~600 MB for as long as they pinged. Now a connection
+/// opens at most 64 streams, and one whose responses stop moving is closed at `write_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_held_shut_are_cut_at_the_write_deadline() {
+    let (_dir, node) = start("[limits]\nwrite_ms = 1000\n").await;
+    let addr = node.put(data(1_000_000, 3)).await;
+    let url = format!("{}/o/{addr}", node.url);
+    let before = peak_rss(&node);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(shut_windows(&node, &url, 200).await);
+    }
+    for client in &mut clients {
+        timeout(Duration::from_secs(10), &mut client.closed)
+            .await
+            .expect("the node closes a connection whose answers do not move")
+            .unwrap();
+        let answered = client.statuses.lock().unwrap().len();
+        assert!(answered <= 64, "{answered} streams on one connection");
+    }
+    let grown = peak_rss(&node).saturating_sub(before);
+    assert!(grown < 320 << 20, "the node grew by {} MiB", grown >> 20);
+    assert_eq!(healthz(&node).await, 200);
+    let metrics = node.get("/metrics").await.1;
+    assert!(
+        metrics.contains(r#"rejected_total{reason="send_stalled"} 3"#),
+        "{metrics}"
+    );
+}
+
+/// Issue 22, item 3: a response keeps its request's place until its body is sent, so one
+/// address's unsent answers count against `per_peer_streams` across its connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_streams_of_unsent_answers() {
+    let (_dir, node) = start("[limits]\nexempt = []\nper_peer_streams = 8\n").await;
+    let addr = node.put(data(1_000_000, 4)).await;
+    let url = format!("{}/o/{addr}", node.url);
+    // Before, each answer gave its place back once its handler returned: all 20 were 200.
+    let clients = [
+        shut_windows(&node, &url, 10).await,
+        shut_windows(&node, &url, 10).await,
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut statuses = Vec::new();
+    while Instant::now() < deadline {
+        statuses = clients
+            .iter()
+            .flat_map(|c| c.statuses.lock().unwrap().clone())
+            .collect();
+        if statuses.len() == 20 {
+            break;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    statuses.sort_unstable();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((ok, refused), (8, 12), "{statuses:?}");
+}

@@ -16,6 +16,7 @@ mod admin;
 mod auth;
 mod config;
 mod error;
+mod held;
 mod limits;
 mod middleware;
 mod objects;

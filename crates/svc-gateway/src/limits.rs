@@ -2,6 +2,8 @@
 //! body-size cap on routes other than `/put`, per-peer and global admission, and the refusal
 //! in the shared JSON shape with a randomized `Retry-After`.
 
+use std::sync::Arc;
+
 use axum::extract::Request;
 use axum::http::{Method, header};
 use ron_proto::{ErrorKind, Problem};
@@ -16,11 +18,11 @@ fn exempt(path: &str) -> bool {
 
 /// Admission for one request, called by the gateway's one middleware before the handler:
 /// `Ok(None)` for exempt routes, `Ok(Some(ticket))` while admitted (hold it until the handler
-/// returns), or the refusal to send.
-pub(crate) fn admit_request<'a>(
-    state: &'a AppState,
+/// returns, and a large response body until it is sent), or the refusal to send.
+pub(crate) fn admit_request(
+    state: &AppState,
     req: &Request,
-) -> Result<Option<Ticket<&'a Limiter>>, ApiError> {
+) -> Result<Option<Ticket<Arc<Limiter>>>, ApiError> {
     if exempt(req.uri().path()) {
         return Ok(None);
     }
@@ -38,10 +40,9 @@ pub(crate) fn admit_request<'a>(
         }
     }
     let peer = req.extensions().get::<Peer>().map(|p| p.0);
-    match state.limiter.admit(peer, write) {
-        // The place is held while the handler runs: an upload's whole body, a download's
-        // opening and first verified window (the rest streams under the connection's own
-        // bounds).
+    match state.limiter.admit_owned(peer, write) {
+        // The place is held while the handler runs (an upload's whole body), and while a
+        // large response body is sent (`held`).
         Ok(ticket) => Ok(Some(ticket)),
         Err(refused) => Err(refused.into()),
     }

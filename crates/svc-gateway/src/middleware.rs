@@ -1,6 +1,7 @@
 //! Per-request plumbing: a request id (taken from `x-request-id` when sane, else made up),
 //! a tracing span carrying it, the live request deadline, and latency by route pattern.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -15,6 +16,7 @@ use tracing::Instrument;
 
 use crate::admin::Shared;
 use crate::error::Rejected;
+use crate::held::{self, Sends};
 use crate::{ApiError, AppState, GatewaySection};
 
 const REQUEST_ID: &str = "x-request-id";
@@ -105,6 +107,10 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
             return finish(&state, refused.into_response(), route, method, started, id);
         }
     };
+    // HTTP/2 multiplexes: a stream whose body stops moving is watched by its connection.
+    let sends = (req.version() == Version::HTTP_2)
+        .then(|| req.extensions().get::<Arc<Sends>>().cloned())
+        .flatten();
     let run = next.run(req).instrument(span.clone());
     let response = if streaming {
         // No whole-request deadline (and no timer) for transfers that go on as long as they
@@ -122,7 +128,14 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
             }
         }
     };
-    drop(ticket);
+    // A large body keeps the request's place until it is sent (`held`); a small one is
+    // already whole and gives it back now.
+    let response = match ticket {
+        Some(ticket) if held::is_large(response.body()) => {
+            response.map(|body| held::hold(body, ticket, sends.as_ref()))
+        }
+        _ => response,
+    };
     finish(&state, response, route, method, started, id)
 }
 

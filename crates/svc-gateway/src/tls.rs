@@ -1,6 +1,7 @@
 //! The gateway's connections, plain and TLS (HTTP/1.1 and HTTP/2 by ALPN `h2`), served by
 //! one accept loop that applies `[limits]`: TLS handshake and header-read deadlines, the
-//! request-head size, and the client address for per-peer admission.
+//! request-head size, the client address for per-peer admission, and on HTTP/2 at most
+//! [`MAX_STREAMS`] streams per connection and a send deadline on its responses (`held`).
 
 use std::io;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::held::{MAX_STREAMS, Sends};
 use crate::{AppState, router};
 use ron_transport::deadline::{Deadlined, Meter};
 use ron_transport::limits::{LimitsSection, Peer};
@@ -62,16 +64,22 @@ async fn accept_loop(
         let (tls, app, watcher) = (tls.clone(), app.clone(), graceful.watcher());
         let ip = peer.ip();
         let meter = Meter::new(state.limiter.clone(), ip);
+        let sends = Arc::new(Sends::default());
+        let watch = Watch {
+            sends: sends.clone(),
+            metrics: state.metrics.clone(),
+        };
         tokio::spawn(async move {
             let app = app.map_request(move |mut req: axum::extract::Request<_>| {
                 req.extensions_mut().insert(Peer(ip));
+                req.extensions_mut().insert(sends.clone());
                 req
             });
             let idle = Duration::from_millis(limits.read_idle_ms);
             match tls {
                 None => {
                     if first_bytes(&tcp, idle).await {
-                        Box::pin(connection(tcp, app, &limits, meter, watcher)).await;
+                        Box::pin(connection(tcp, app, &limits, meter, watcher, watch)).await;
                     }
                 }
                 Some(acceptor) => {
@@ -79,7 +87,8 @@ async fn accept_loop(
                     match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                         Ok(Ok(mut stream)) => {
                             if first_tls_bytes(&mut stream, idle).await {
-                                Box::pin(connection(stream, app, &limits, meter, watcher)).await;
+                                Box::pin(connection(stream, app, &limits, meter, watcher, watch))
+                                    .await;
                             }
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
@@ -128,12 +137,19 @@ async fn first_tls_bytes(stream: &mut TlsStream<TcpStream>, idle: Duration) -> b
     }
 }
 
+/// What a connection watches its HTTP/2 responses with (`held`).
+struct Watch {
+    sends: Arc<Sends>,
+    metrics: ron_kernel::metrics::Metrics,
+}
+
 async fn connection<I, S>(
     io: I,
     app: S,
     limits: &LimitsSection,
     meter: Meter,
     watcher: hyper_util::server::graceful::Watcher,
+    watch: Watch,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<
@@ -154,7 +170,8 @@ async fn connection<I, S>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_STREAMS);
     let io = Deadlined::new(
         io,
         Duration::from_millis(limits.read_idle_ms),
@@ -163,7 +180,24 @@ async fn connection<I, S>(
     .metered(meter);
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    let write = Duration::from_millis(limits.write_ms);
+    tokio::select! {
+        ended = watcher.watch(conn.into_owned()) => {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        // An HTTP/2 response that has not moved for `write_ms` (the client keeps its
+        // flow-control window shut) closes the connection and frees what its streams held.
+        () = watch.sends.stalled(write) => {
+            tracing::debug!(?write, "closing a connection: a response stopped moving");
+            watch
+                .metrics
+                .rejected()
+                .get_or_create(&ron_kernel::metrics::ReasonLabel {
+                    reason: "send_stalled".to_owned(),
+                })
+                .inc();
+        }
     }
 }
