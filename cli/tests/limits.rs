@@ -495,18 +495,6 @@ async fn shut_windows(node: &Node, url: &str, streams: usize) -> ShutWindows {
     }
 }
 
-/// The node's peak resident memory so far, in bytes.
-fn peak_rss(node: &Node) -> u64 {
-    let pid = node.child.id().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap();
-    kb << 10
-}
-
 /// Issue 22, item 3: three HTTP/2 connections that announce a zero window, open 200 GETs of a
 /// 1 MB object each and keep pinging held ~600 MB for as long as they pinged. Now a connection
 /// opens at most 64 streams, and one whose responses stop moving is closed at `write_ms`.
@@ -515,7 +503,7 @@ async fn http2_streams_held_shut_are_cut_at_the_write_deadline() {
     let (_dir, node) = start("[limits]\nwrite_ms = 1000\n").await;
     let addr = node.put(data(1_000_000, 3)).await;
     let url = format!("{}/o/{addr}", node.url);
-    let before = peak_rss(&node);
+    let before = node.peak_rss();
     let mut clients = Vec::new();
     for _ in 0..3 {
         clients.push(shut_windows(&node, &url, 200).await);
@@ -528,7 +516,7 @@ async fn http2_streams_held_shut_are_cut_at_the_write_deadline() {
         let answered = client.statuses.lock().unwrap().len();
         assert!(answered <= 64, "{answered} streams on one connection");
     }
-    let grown = peak_rss(&node).saturating_sub(before);
+    let grown = node.peak_rss().saturating_sub(before);
     assert!(grown < 320 << 20, "the node grew by {} MiB", grown >> 20);
     assert_eq!(healthz(&node).await, 200);
     let metrics = node.get("/metrics").await.1;

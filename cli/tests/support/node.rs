@@ -154,6 +154,18 @@ impl Node {
         }
     }
 
+    /// The node's peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let pid = self.child.id().expect("the node is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kb << 10
+    }
+
     /// A client without credentials.
     pub fn anonymous(&self) -> reqwest::Client {
         reqwest::Client::new()

@@ -7,11 +7,14 @@
 //!
 //! Per connection ([`serve`]): one reader (the codec checks `len` and `ver` before
 //! allocating), one writer fed by a bounded queue, the stream state machine shared by both,
-//! and one task per request stream (at most `max_inflight`). A malformed frame closes only its
-//! own connection. The object handlers decode, authorise, call one overlay method and encode;
+//! and one task per request stream (at most `max_inflight`). Upload bytes waiting for their
+//! handlers, `COMP` payloads at their inflated size, are bounded per connection and per
+//! client address, and inflated bytes count against the address's byte rate. A malformed frame
+//! closes only its own connection. The object handlers decode, authorise, call one overlay method and encode;
 //! every failure leaves through one function over [`ron_proto::Failure`].
 #![forbid(unsafe_code)]
 
+mod budget;
 mod config;
 mod listener;
 mod objects;

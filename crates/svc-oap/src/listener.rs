@@ -26,6 +26,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::budget::{Addresses, Budget};
 use crate::objects::{Piece, handle};
 
 /// The ALPN protocol id of OAP/1 over TLS.
@@ -76,6 +77,7 @@ pub async fn serve(
 ) -> io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     let state = Arc::new(state);
+    let addresses = Arc::new(Addresses::default());
     let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -84,6 +86,7 @@ pub async fn serve(
         };
         let (acceptor, state, shutdown) = (acceptor.clone(), state.clone(), shutdown.clone());
         let limits = state.config.get::<LimitsSection>();
+        let budget = addresses.connect(peer.ip(), state.max_frame);
         connections.spawn(async move {
             let handshake = Duration::from_millis(limits.handshake_ms);
             let stream = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
@@ -105,7 +108,7 @@ pub async fn serve(
                 Duration::from_millis(limits.write_ms),
             )
             .metered(Meter::new(state.limiter.clone(), peer.ip()));
-            connection(stream, peer.ip(), state, shutdown).await;
+            connection(stream, peer.ip(), budget, state, shutdown).await;
         });
     }
     connections.close();
@@ -172,6 +175,7 @@ impl Out {
 async fn connection<S>(
     stream: S,
     ip: std::net::IpAddr,
+    budget: Budget,
     state: Arc<OapState>,
     shutdown: CancellationToken,
 ) where
@@ -244,7 +248,15 @@ async fn connection<S>(
         }
         if frame.flags.contains(Flags::COMP) {
             match inflate(&frame.payload, state.max_frame) {
-                Ok(bytes) => frame.payload = bytes,
+                Ok(bytes) => {
+                    // What a payload inflates to counts against the address's byte rate like
+                    // bytes on the wire (which the connection's meter counted already).
+                    let extra = bytes.len().saturating_sub(frame.payload.len()) as u64;
+                    if let Some(pause) = state.limiter.charge(ip, extra) {
+                        tokio::time::sleep(pause).await;
+                    }
+                    frame.payload = bytes;
+                }
                 Err(e) => {
                     let problem = Problem::with_code(e.kind(), e.code(), e.to_string());
                     out.failure(app, corr, &problem, false).await;
@@ -257,8 +269,15 @@ async fn connection<S>(
         if !frame.flags.contains(Flags::START) {
             // A continuation: body bytes for an upload (dropped if the upload already ended).
             if let Some(body) = bodies.get(&corr) {
-                let mut gone = !frame.payload.is_empty()
-                    && body.send(Piece::Data(frame.payload)).await.is_err();
+                let mut gone = false;
+                if !frame.payload.is_empty() {
+                    // Room in the connection's and address's budgets first: the reader waits
+                    // while they are full, as it waits for a full queue.
+                    gone = match budget.room(frame.payload.len()).await {
+                        Some(room) => body.send(Piece::Data(frame.payload, room)).await.is_err(),
+                        None => true,
+                    };
+                }
                 if end {
                     gone |= body.send(Piece::End).await.is_err();
                 }

@@ -10,6 +10,7 @@ use ron_proto::{Address, ErrorKind, Failure, Problem};
 use svc_overlay::{Got, Incoming, Object, OverlayError, PutRequest};
 use tokio::sync::mpsc;
 
+use crate::budget::Room;
 use crate::listener::{OapState, Out};
 
 /// Bytes verified per step of a `get`.
@@ -17,9 +18,10 @@ const WINDOW: u64 = 1 << 20;
 /// Most payload bytes in one data frame (so streams interleave).
 const DATA_FRAME: usize = 256 << 10;
 
-/// What the reader hands an upload.
+/// What the reader hands an upload: bytes, with the room they take in the connection's
+/// budget (given back once written), or the end.
 pub(crate) enum Piece {
-    Data(Bytes),
+    Data(Bytes, Room),
     End,
 }
 
@@ -220,7 +222,7 @@ async fn put(
     if let Some(mut body) = body {
         loop {
             match body.recv().await {
-                Some(Piece::Data(bytes)) => {
+                Some(Piece::Data(bytes, _room)) => {
                     let received = upload.received() + bytes.len() as u64;
                     match size {
                         Some(n) if received > n => return Err(size_mismatch(n, received)),
