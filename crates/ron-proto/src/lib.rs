@@ -18,6 +18,7 @@ mod address;
 mod error;
 mod manifest;
 pub mod oap;
+pub mod ranges;
 
 pub use address::{Address, AddressError, AddressPrefix};
 pub use error::{ErrorBody, ErrorKind, Failure, Problem, retry_policy};

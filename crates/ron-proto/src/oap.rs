@@ -6,6 +6,8 @@
 //! - [`StreamTracker`] is the per-connection stream state machine (START/END, duplicate START,
 //!   RESP before REQ, capability on a non-START frame, `max_inflight`), as plain code without I/O.
 //! - [`Hello`] is the negotiation payload of app 0; [`inflate`] and [`compress`] handle `COMP`.
+//! - [`objects`] and [`transfer`] are the messages of apps 0x0101 and 0x0102; [`verify`] checks
+//!   a 0x0102 range reply against the object's address, group by group.
 
 mod codec;
 mod comp;
@@ -13,11 +15,13 @@ mod frame;
 mod hello;
 pub mod objects;
 mod stream;
+pub mod transfer;
+pub mod verify;
 
 pub use codec::{CodecError, FrameCodec};
 pub use comp::{InflateError, compress, inflate};
 pub use frame::{Flags, Frame, FrameError};
-pub use hello::Hello;
+pub use hello::{Hello, check_client_hello};
 pub use stream::{StreamError, StreamTracker};
 
 /// The protocol version this crate speaks.

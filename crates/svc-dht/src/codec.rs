@@ -1,119 +1,21 @@
 //! App 0x0102 over the libp2p stream protocol `/ron/oap/1`: one request per stream, as OAP/1
-//! frames. A request is one `REQ|START|END` frame with a JSON [`TransferRequest`]. A `have`
-//! is answered by one `RESP|START|END` frame with `{"size":N}`; a `range` by a `RESP|START`
-//! frame with `{"size":N,"start":S,"end":E}` and a `RESP|END` frame with the range as a BLAKE3
-//! verified stream (bao-tree's encoding with 16 KiB groups: the receiver checks each group
-//! against the address as it decodes); a failure by one error frame carrying the HTTP status
-//! as `code` and the shared error body. `specs/OAP-1.md` has the layout and vectors.
+//! frames. The messages and their frames are [`ron_proto::oap::transfer`]'s (no I/O); this
+//! codec reads and writes them on a stream, checking each frame's length before allocating it.
+//! `specs/OAP-1.md` has the layout and vectors.
 
 use std::io;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
-use ron_proto::oap::{APP_TRANSFER, DEFAULT_MAX_FRAME, Flags, Frame, HEADER_LEN};
-use ron_proto::{Address, ErrorBody, ErrorKind};
-use serde::{Deserialize, Serialize};
+use ron_proto::oap::transfer::{self, ReplyStart};
+pub use ron_proto::oap::transfer::{
+    MAX_ADDRS, MAX_PROVIDERS, MAX_RANGE, ProviderEntry, TransferReply, TransferRequest,
+};
+use ron_proto::oap::{DEFAULT_MAX_FRAME, Frame, HEADER_LEN};
 
 /// The stream protocol node-to-node transfers run on.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ron/oap/1");
-
-/// Largest range one request may ask for: its encoding (the bytes plus 64 bytes per tree node
-/// crossed, under 1% more) fits one frame with room to spare.
-pub const MAX_RANGE: u64 = 512 * 1024;
-const _: () = assert!(MAX_RANGE + MAX_RANGE / 64 < (DEFAULT_MAX_FRAME - HEADER_LEN) as u64);
-
-/// Most providers a `providers` answer may name (Kademlia's replication factor).
-pub const MAX_PROVIDERS: usize = 20;
-/// Most addresses per provider in a `providers` answer.
-pub const MAX_ADDRS: usize = 8;
-
-/// What one node asks another.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum TransferRequest {
-    /// Whether the peer holds the object, and its size.
-    Have {
-        /// Which object.
-        addr: Address,
-    },
-    /// Bytes `start..end` of the object (at most [`MAX_RANGE`]; both ends multiples of 16 KiB,
-    /// or `end` past the object's end), as a verified stream: each 16 KiB group checked by the
-    /// sender before it leaves and by the receiver on arrival.
-    Range {
-        /// Which object.
-        addr: Address,
-        /// First byte.
-        start: u64,
-        /// One past the last byte (clamped to the object's size).
-        end: u64,
-    },
-    /// The provider records the peer holds for the object (what a Kademlia node answers to
-    /// GET_PROVIDERS, without the closer peers): a hedged lookup asks peers directly.
-    Providers {
-        /// Which object.
-        addr: Address,
-    },
-}
-
-/// One provider named in a `providers` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderEntry {
-    /// Its PeerId.
-    pub peer: String,
-    /// Where it can be dialled, as far as the answering peer knows.
-    pub addrs: Vec<String>,
-}
-
-/// What comes back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TransferReply {
-    /// The peer holds the object.
-    Have {
-        /// Its size.
-        size: u64,
-    },
-    /// A range of it.
-    Range {
-        /// The object's size.
-        size: u64,
-        /// Where the range starts.
-        start: u64,
-        /// Where it ends (the request's end, clamped to the size).
-        end: u64,
-        /// The range's bao-tree encoding: parent hash pairs and the groups' bytes.
-        encoded: Bytes,
-    },
-    /// The provider records the peer holds (perhaps none).
-    Providers {
-        /// At most [`MAX_PROVIDERS`], each with at most [`MAX_ADDRS`] addresses.
-        providers: Vec<ProviderEntry>,
-    },
-    /// A refusal: not here (404), busy (429/503), a bad request (400, 416).
-    Error {
-        /// Its kind.
-        kind: ErrorKind,
-        /// The shared error body.
-        body: ErrorBody,
-    },
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProvidersHead {
-    providers: Vec<ProviderEntry>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Head {
-    size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    start: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    end: Option<u64>,
-}
 
 /// Reads and writes 0x0102 messages as OAP/1 frames.
 #[derive(Debug, Clone, Copy, Default)]
@@ -121,6 +23,10 @@ pub struct TransferCodec;
 
 fn bad(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+fn invalid(e: transfer::TransferError) -> io::Error {
+    bad(e.to_string())
 }
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Frame> {
@@ -135,8 +41,7 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Frame
     buf[..4].copy_from_slice(&len);
     io.read_exact(&mut buf[4..]).await?;
     match Frame::decode(&mut buf, DEFAULT_MAX_FRAME) {
-        Ok(Some(frame)) if frame.app_proto_id == APP_TRANSFER => Ok(frame),
-        Ok(Some(frame)) => Err(bad(format!("app {:#06x}", frame.app_proto_id))),
+        Ok(Some(frame)) => transfer::check_app(&frame).map(|()| frame).map_err(invalid),
         Ok(None) => Err(bad("short frame")),
         Err(e) => Err(bad(e.to_string())),
     }
@@ -152,12 +57,6 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, frame: &Frame) ->
     io.write_all(&frame.payload).await
 }
 
-fn json_frame(flags: Flags, value: &impl Serialize) -> io::Result<Frame> {
-    let mut frame = Frame::new(flags, APP_TRANSFER, 0);
-    frame.payload = Bytes::from(serde_json::to_vec(value).map_err(io::Error::other)?);
-    Ok(frame)
-}
-
 impl libp2p::request_response::Codec for TransferCodec {
     type Protocol = StreamProtocol;
     type Request = TransferRequest;
@@ -168,10 +67,7 @@ impl libp2p::request_response::Codec for TransferCodec {
         T: AsyncRead + Unpin + Send,
     {
         let frame = read_frame(io).await?;
-        if !frame.flags.contains(Flags::REQ | Flags::START | Flags::END) {
-            return Err(bad("a request is one REQ|START|END frame"));
-        }
-        serde_json::from_slice(&frame.payload).map_err(|e| bad(e.to_string()))
+        transfer::decode_request(&frame).map_err(invalid)
     }
 
     async fn read_response<T>(
@@ -183,45 +79,12 @@ impl libp2p::request_response::Codec for TransferCodec {
         T: AsyncRead + Unpin + Send,
     {
         let first = read_frame(io).await?;
-        if !first.flags.contains(Flags::RESP | Flags::START) {
-            return Err(bad("a reply starts with RESP|START"));
-        }
-        if first.code != 0 {
-            let body: ErrorBody =
-                serde_json::from_slice(&first.payload).map_err(|e| bad(e.to_string()))?;
-            let kind = ErrorKind::from_status(first.code).unwrap_or(ErrorKind::Internal);
-            return Ok(TransferReply::Error { kind, body });
-        }
-        if first.payload.starts_with(b"{\"providers\"") && first.flags.contains(Flags::END) {
-            let head: ProvidersHead =
-                serde_json::from_slice(&first.payload).map_err(|e| bad(e.to_string()))?;
-            if head.providers.len() > MAX_PROVIDERS
-                || head.providers.iter().any(|p| p.addrs.len() > MAX_ADDRS)
-            {
-                return Err(bad("too many providers or addresses"));
-            }
-            return Ok(TransferReply::Providers {
-                providers: head.providers,
-            });
-        }
-        let head: Head = serde_json::from_slice(&first.payload).map_err(|e| bad(e.to_string()))?;
-        match (head.start, head.end) {
-            (None, None) if first.flags.contains(Flags::END) => {
-                Ok(TransferReply::Have { size: head.size })
-            }
-            (Some(start), Some(end)) if !first.flags.contains(Flags::END) => {
+        match transfer::decode_reply(&first).map_err(invalid)? {
+            ReplyStart::Whole(reply) => Ok(reply),
+            ReplyStart::Range { size, start, end } => {
                 let data = read_frame(io).await?;
-                if !data.flags.contains(Flags::RESP | Flags::END) || data.code != 0 {
-                    return Err(bad("a range's bytes come in one RESP|END frame"));
-                }
-                Ok(TransferReply::Range {
-                    size: head.size,
-                    start,
-                    end,
-                    encoded: data.payload,
-                })
+                transfer::range_reply((size, start, end), data).map_err(invalid)
             }
-            _ => Err(bad("reply head and flags disagree")),
         }
     }
 
@@ -234,11 +97,7 @@ impl libp2p::request_response::Codec for TransferCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(
-            io,
-            &json_frame(Flags::REQ | Flags::START | Flags::END, &req)?,
-        )
-        .await?;
+        write_frame(io, &transfer::request_frame(&req)).await?;
         io.close().await
     }
 
@@ -251,48 +110,8 @@ impl libp2p::request_response::Codec for TransferCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        match res {
-            TransferReply::Have { size } => {
-                let head = Head {
-                    size,
-                    start: None,
-                    end: None,
-                };
-                write_frame(
-                    io,
-                    &json_frame(Flags::RESP | Flags::START | Flags::END, &head)?,
-                )
-                .await?;
-            }
-            TransferReply::Range {
-                size,
-                start,
-                end,
-                encoded,
-            } => {
-                let head = Head {
-                    size,
-                    start: Some(start),
-                    end: Some(end),
-                };
-                write_frame(io, &json_frame(Flags::RESP | Flags::START, &head)?).await?;
-                let mut data = Frame::new(Flags::RESP | Flags::END, APP_TRANSFER, 0);
-                data.payload = encoded;
-                write_frame(io, &data).await?;
-            }
-            TransferReply::Providers { providers } => {
-                write_frame(
-                    io,
-                    &json_frame(
-                        Flags::RESP | Flags::START | Flags::END,
-                        &ProvidersHead { providers },
-                    )?,
-                )
-                .await?;
-            }
-            TransferReply::Error { kind, body } => {
-                write_frame(io, &Frame::error_reply(APP_TRANSFER, 0, kind, &body)).await?;
-            }
+        for frame in transfer::reply_frames(res) {
+            write_frame(io, &frame).await?;
         }
         io.close().await
     }
@@ -302,8 +121,11 @@ impl libp2p::request_response::Codec for TransferCodec {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use bytes::Bytes;
     use futures_util::io::Cursor;
     use libp2p::request_response::Codec;
+    use ron_proto::oap::Flags;
+    use ron_proto::{Address, ErrorBody, ErrorKind};
 
     const HELLO: &str = "b3:d74981efa70a0c880b8d8c1985d075dbcbf679b99a5f9914e5aaf96b831a9e24";
 

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Json, Response};
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use ron_auth::token::Op;
+use ron_proto::ranges::{self, RangePlan};
 use ron_proto::{Address, ErrorKind, Problem};
 use serde_json::json;
 use svc_overlay::{Got, Incoming, Object, PutRequest};
@@ -21,8 +22,6 @@ use crate::auth::authorize;
 
 /// Header naming the address an upload must have.
 pub const EXPECT_ADDRESS: &str = "x-ron-expect-address";
-/// Most ranges one request may ask for.
-const MAX_RANGES: usize = 64;
 /// Bytes verified and sent per step of a response.
 const WINDOW: u64 = 1 << 20;
 /// The `Content-Security-Policy` of every stored object served.
@@ -128,41 +127,6 @@ pub(crate) async fn put(
         response.headers_mut().insert(header::LOCATION, v);
     }
     Ok(response)
-}
-
-/// What a GET will send.
-enum Plan {
-    Full,
-    Single(RangeInclusive<u64>),
-    Multi(Vec<RangeInclusive<u64>>),
-    Unsatisfiable(String),
-}
-
-fn plan(headers: &HeaderMap, size: u64, tag: &str) -> Plan {
-    let Some(range) = headers.get(header::RANGE) else {
-        return Plan::Full;
-    };
-    // If-Range with another validator: send the whole object.
-    if let Some(if_range) = headers.get(header::IF_RANGE)
-        && if_range.as_bytes() != tag.as_bytes()
-    {
-        return Plan::Full;
-    }
-    let Ok(text) = range.to_str() else {
-        return Plan::Unsatisfiable("range header is not ASCII".into());
-    };
-    use http_range_header::{RangeInvalid, RangeUnsatisfiableError};
-    let max = std::num::NonZeroUsize::new(MAX_RANGES).unwrap_or(std::num::NonZeroUsize::MIN);
-    let parsed = http_range_header::parse_range_header_with_max_ranges(text, max)
-        .and_then(|p| p.validate(size));
-    match parsed {
-        Ok(ranges) if ranges.is_empty() => Plan::Full,
-        Ok(mut ranges) if ranges.len() == 1 => Plan::Single(ranges.remove(0)),
-        Ok(ranges) => Plan::Multi(ranges),
-        // Not a bytes range: RFC 9110 says ignore it.
-        Err(RangeUnsatisfiableError::Invalid(RangeInvalid::DoesNotStartWithToken)) => Plan::Full,
-        Err(e) => Plan::Unsatisfiable(e.to_string()),
-    }
 }
 
 /// One piece of a response body.
@@ -341,23 +305,21 @@ async fn answer(
         }
     };
 
-    if let Some(inm) = headers
+    if headers
         .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        && inm
-            .split(',')
-            .map(|t| t.trim().trim_start_matches("W/"))
-            .any(|t| t == tag || t == "*")
+        .is_some_and(|inm| ranges::none_match(inm.as_bytes(), &tag))
     {
         return Ok((StatusCode::NOT_MODIFIED, base).into_response());
     }
 
-    let (status, parts, length) = match plan(headers, size, &tag) {
-        Plan::Full => {
+    let range = headers.get(header::RANGE).map(HeaderValue::as_bytes);
+    let if_range = headers.get(header::IF_RANGE).map(HeaderValue::as_bytes);
+    let (status, parts, length) = match ranges::plan(range, if_range, size, &tag) {
+        RangePlan::Full => {
             put(&mut base, header::CONTENT_TYPE, &media_type);
             (StatusCode::OK, vec![Part::Span(0, size)], size)
         }
-        Plan::Single(r) => {
+        RangePlan::Single(r) => {
             put(&mut base, header::CONTENT_TYPE, &media_type);
             put(
                 &mut base,
@@ -370,8 +332,8 @@ async fn answer(
                 r.end() + 1 - r.start(),
             )
         }
-        Plan::Multi(ranges) => multipart(&mut base, &media_type, size, &ranges),
-        Plan::Unsatisfiable(why) => {
+        RangePlan::Multi(ranges) => multipart(&mut base, &media_type, size, &ranges),
+        RangePlan::Unsatisfiable(why) => {
             let mut response =
                 ApiError::from(Problem::new(ErrorKind::RangeNotSatisfiable, why)).into_response();
             put(

@@ -13,7 +13,8 @@ use ron_kernel::config::Config;
 use ron_kernel::metrics::{Metrics, ReasonLabel};
 use ron_proto::oap::objects::ObjectRequest;
 use ron_proto::oap::{
-    APP_HELLO, APP_OBJECTS, CodecError, Flags, Frame, FrameCodec, Hello, StreamTracker, inflate,
+    APP_HELLO, APP_OBJECTS, CodecError, Flags, Frame, FrameCodec, Hello, StreamTracker,
+    check_client_hello, inflate,
 };
 use ron_proto::{ErrorKind, Failure, Problem};
 use ron_transport::TlsAcceptor;
@@ -288,7 +289,7 @@ async fn connection<S>(
             continue;
         }
         match app {
-            APP_HELLO => match check_hello(&frame.payload) {
+            APP_HELLO => match check_client_hello(&frame.payload) {
                 Ok(()) => {
                     greeted = true;
                     out.send(hello(&state, corr)).await;
@@ -324,27 +325,6 @@ async fn connection<S>(
 /// A 400 `protocol_violation`: a frame this listener's rules do not allow where it came.
 fn violation(why: &'static str) -> Problem {
     Problem::with_code(ErrorKind::BadInput, "protocol_violation", why)
-}
-
-/// Checks a client's HELLO payload: a JSON object (`{}` will do) whose `oap_versions`, when
-/// given, include 1.
-fn check_hello(payload: &[u8]) -> Result<(), Problem> {
-    let bad = |why: &str| Problem::new(ErrorKind::BadInput, format!("HELLO: {why}"));
-    let fields: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(payload).map_err(|_| bad("the payload is not a JSON object"))?;
-    match fields.get("oap_versions") {
-        None => Ok(()),
-        Some(serde_json::Value::Array(versions))
-            if versions.iter().any(|v| v.as_u64() == Some(1)) =>
-        {
-            Ok(())
-        }
-        Some(_) => Err(Problem::with_code(
-            ErrorKind::BadInput,
-            "bad_version",
-            "HELLO: this node speaks OAP version 1 only",
-        )),
-    }
 }
 
 /// The answer to HELLO: what this listener speaks and its limits.
@@ -411,43 +391,4 @@ async fn open_object_stream(
         drop(ticket);
     });
     sender
-}
-
-#[cfg(test)]
-mod tests {
-    use ron_proto::Failure;
-
-    use super::*;
-
-    fn refused(payload: &[u8]) -> Option<&'static str> {
-        check_hello(payload).err().map(|p| {
-            if p.code() == "bad_version" {
-                "bad_version"
-            } else {
-                "bad_input"
-            }
-        })
-    }
-
-    #[test]
-    fn a_hello_is_a_json_object_that_speaks_version_1() {
-        for good in [
-            &br#"{}"#[..],
-            br#"{"oap_versions":[1]}"#,
-            br#"{"oap_versions":[2,1],"max_frame":4096,"unknown":{"later":true}}"#,
-        ] {
-            assert_eq!(refused(good), None, "{}", String::from_utf8_lossy(good));
-        }
-        for (bad, why) in [
-            (&b""[..], "bad_input"),
-            (b"not json", "bad_input"),
-            (b"[1]", "bad_input"),
-            (b"\"{}\"", "bad_input"),
-            (br#"{"oap_versions":[2]}"#, "bad_version"),
-            (br#"{"oap_versions":[]}"#, "bad_version"),
-            (br#"{"oap_versions":"1"}"#, "bad_version"),
-        ] {
-            assert_eq!(refused(bad), Some(why), "{}", String::from_utf8_lossy(bad));
-        }
-    }
 }

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{DEFAULT_MAX_FRAME, DEFAULT_MAX_INFLIGHT, VERSION};
+use crate::{ErrorKind, Problem};
 
 /// The JSON payload of a HELLO response. Unknown fields are ignored, so newer peers may add
 /// more.
@@ -39,9 +40,66 @@ impl Default for Hello {
     }
 }
 
+/// Checks a client's HELLO payload, as a server does before serving anything on the
+/// connection: a JSON object (`{}` will do) whose `oap_versions`, when given, include 1.
+/// Refusals are 400 `bad_input`, or `bad_version` when version 1 is missing.
+pub fn check_client_hello(payload: &[u8]) -> Result<(), Problem> {
+    let bad = |why: &str| Problem::new(ErrorKind::BadInput, format!("HELLO: {why}"));
+    let fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(payload).map_err(|_| bad("the payload is not a JSON object"))?;
+    match fields.get("oap_versions") {
+        None => Ok(()),
+        Some(serde_json::Value::Array(versions))
+            if versions
+                .iter()
+                .any(|v| v.as_u64() == Some(u64::from(VERSION))) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(Problem::with_code(
+            ErrorKind::BadInput,
+            "bad_version",
+            "HELLO: this node speaks OAP version 1 only",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Failure;
+
+    fn refused(payload: &[u8]) -> Option<&'static str> {
+        check_client_hello(payload).err().map(|p| {
+            if p.code() == "bad_version" {
+                "bad_version"
+            } else {
+                "bad_input"
+            }
+        })
+    }
+
+    #[test]
+    fn a_client_hello_is_a_json_object_that_speaks_version_1() {
+        for good in [
+            &br#"{}"#[..],
+            br#"{"oap_versions":[1]}"#,
+            br#"{"oap_versions":[2,1],"max_frame":4096,"unknown":{"later":true}}"#,
+        ] {
+            assert_eq!(refused(good), None, "{}", String::from_utf8_lossy(good));
+        }
+        for (bad, why) in [
+            (&b""[..], "bad_input"),
+            (b"not json", "bad_input"),
+            (b"[1]", "bad_input"),
+            (b"\"{}\"", "bad_input"),
+            (br#"{"oap_versions":[2]}"#, "bad_version"),
+            (br#"{"oap_versions":[]}"#, "bad_version"),
+            (br#"{"oap_versions":"1"}"#, "bad_version"),
+        ] {
+            assert_eq!(refused(bad), Some(why), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn default_matches_spec_minimum() {
