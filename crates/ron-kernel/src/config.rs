@@ -41,7 +41,9 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use crate::sync::{Mutex, RwLock};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -577,3 +579,7 @@ impl Section for KernelSection {
 
 #[cfg(all(test, not(ron_loom)))]
 mod tests;
+
+/// Model-checked with `RUSTFLAGS="--cfg ron_loom" cargo test -p ron-kernel --lib --release loom`.
+#[cfg(all(test, ron_loom))]
+mod loom_tests;
