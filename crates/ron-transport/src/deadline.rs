@@ -10,6 +10,7 @@ use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -61,6 +62,9 @@ pub struct Deadlined<I> {
     read_timer: Timer,
     write_timer: Timer,
     meter: Option<Meter>,
+    /// While above zero, the connection is answering (a response is on its way, perhaps
+    /// waiting for its own bytes): a client that sends nothing meanwhile is not idle.
+    answering: Option<Arc<AtomicUsize>>,
     // One pause per direction: a split stream's halves are polled by different tasks, and a
     // timer wakes only the last task that polled it.
     read_pause: Timer,
@@ -108,9 +112,18 @@ impl<I> Deadlined<I> {
             read_timer: Timer::new(),
             write_timer: Timer::new(),
             meter: None,
+            answering: None,
             read_pause: Timer::new(),
             write_pause: Timer::new(),
         }
+    }
+
+    /// Excuses reads from the idle limit while `answering` is above zero: the count of
+    /// responses the connection is sending (or waiting to send), which the caller keeps. A
+    /// client waiting for a slow answer sends nothing and is not idle.
+    pub fn answering(mut self, answering: Arc<AtomicUsize>) -> Self {
+        self.answering = Some(answering);
+        self
     }
 
     /// Charges the bytes moved to `meter`'s address and pauses while it is over its rate.
@@ -166,7 +179,17 @@ impl<I: AsyncRead + Unpin> AsyncRead for Deadlined<I> {
         ready!(this.read_pause.wait(cx));
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.io).poll_read(cx, buf);
-        let poll = guard(poll, &mut this.read_timer, this.read_idle, cx, "read");
+        let answering = this
+            .answering
+            .as_ref()
+            .is_some_and(|n| n.load(Ordering::Relaxed) > 0);
+        let poll = if answering && poll.is_pending() {
+            // The next read after the answers are done arms the timer afresh.
+            this.read_timer.armed = false;
+            poll
+        } else {
+            guard(poll, &mut this.read_timer, this.read_idle, cx, "read")
+        };
         if let Poll::Ready(Ok(())) = poll {
             this.count(buf.filled().len() - before);
         }

@@ -1,17 +1,20 @@
 //! What a response holds until its body is sent (issue 22, finding 3): a large body keeps its
 //! request's admission ticket, so `per_peer_streams` and `global_concurrency` count responses
-//! still sending, and on HTTP/2 a body that stops moving closes its connection after
+//! still sending, and on HTTP/2 a body that the client stops taking closes its connection after
 //! `limits.write_ms`, so a client that opens streams and never lets their bytes go (a zero
-//! flow-control window kept alive with PINGs) cannot hold the memory behind them.
+//! flow-control window kept alive with PINGs) cannot hold the memory behind them. A body
+//! waiting for its own bytes (an object arriving from slow peers) is not stalled, and while any
+//! body of a connection is on its way the connection's reads are excused from the idle limit:
+//! a client waiting for a slow answer sends nothing and is not idle.
 //!
-//! HTTP/1.1 needs no watch here: a response that cannot be written blocks the connection's
-//! socket, and its write deadline ([`ron_transport::deadline::Deadlined`]) cuts it.
+//! HTTP/1.1 needs no stall watch here: a response that cannot be written blocks the
+//! connection's socket, and its write deadline ([`ron_transport::deadline::Deadlined`]) cuts it.
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
@@ -31,38 +34,72 @@ const PIECE: usize = 64 << 10;
 /// large body, what one connection can make the node hold at once.
 pub(crate) const MAX_STREAMS: u32 = 64;
 
-/// One HTTP/2 connection's responses still sending, and when each last moved.
+/// One connection's large responses still sending: when each last moved, and whether it is
+/// waiting for its own bytes.
 #[derive(Debug, Default)]
 pub(crate) struct Sends {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, Instant>>,
+    open: Mutex<HashMap<u64, Entry>>,
     opened: Notify,
+    /// How many are open: the connection's reads are excused from the idle limit meanwhile
+    /// ([`ron_transport::deadline::Deadlined::answering`]).
+    answering: Arc<AtomicUsize>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// When the client last took a piece (or the body started).
+    moved: Instant,
+    /// Watched for stalls (HTTP/2).
+    watched: bool,
+    /// Waiting for its own bytes: not the client's doing.
+    waiting: bool,
 }
 
 impl Sends {
-    fn open(self: &Arc<Self>) -> Watch {
+    fn open(self: &Arc<Self>, watched: bool) -> Watch {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, Instant::now());
+        let entry = Entry {
+            moved: Instant::now(),
+            watched,
+            waiting: false,
+        };
+        self.lock().insert(id, entry);
+        self.answering.fetch_add(1, Ordering::Relaxed);
         self.opened.notify_one();
         Watch {
             sends: self.clone(),
             id,
+            waiting: false,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Resolves once a response of this connection has not moved for `limit`; sleeps while
-    /// none is sending (an idle connection costs no timer).
+    /// The count of bodies on their way, for the connection's read deadline.
+    pub(crate) fn answering(&self) -> Arc<AtomicUsize> {
+        self.answering.clone()
+    }
+
+    /// Resolves once a watched response of this connection has waited `limit` for its
+    /// client to take a piece; sleeps while none could (an idle connection costs no timer).
     pub(crate) async fn stalled(&self, limit: Duration) {
         loop {
-            let oldest = self.lock().values().min().copied();
+            let oldest = self
+                .lock()
+                .values()
+                .filter(|e| e.watched && !e.waiting)
+                .map(|e| e.moved)
+                .min();
             match oldest {
                 None => self.opened.notified().await,
                 Some(at) if at.elapsed() >= limit => return,
-                Some(at) => tokio::time::sleep_until(at + limit).await,
+                Some(at) => {
+                    // Woken early when a body starts waiting or moves: look again.
+                    let _ = tokio::time::timeout_at(at + limit, self.opened.notified()).await;
+                }
             }
         }
     }
@@ -72,19 +109,36 @@ impl Sends {
 struct Watch {
     sends: Arc<Sends>,
     id: u64,
+    waiting: bool,
 }
 
 impl Watch {
-    fn moved(&self) {
-        if let Some(at) = self.sends.lock().get_mut(&self.id) {
-            *at = Instant::now();
+    /// The client took a piece.
+    fn moved(&mut self) {
+        self.waiting = false;
+        if let Some(entry) = self.sends.lock().get_mut(&self.id) {
+            entry.moved = Instant::now();
+            entry.waiting = false;
         }
+    }
+
+    /// The body has nothing to hand on until its own bytes arrive.
+    fn waiting(&mut self) {
+        if self.waiting {
+            return;
+        }
+        self.waiting = true;
+        if let Some(entry) = self.sends.lock().get_mut(&self.id) {
+            entry.waiting = true;
+        }
+        self.sends.opened.notify_one();
     }
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
         self.sends.lock().remove(&self.id);
+        self.sends.answering.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -96,14 +150,21 @@ pub(crate) fn is_large(body: &Body) -> bool {
         .is_none_or(|upper| upper > SMALL_BODY)
 }
 
-/// `body`, keeping `ticket` until it is sent, and on HTTP/2 (`sends`) watched for stalls and
-/// handed on in pieces of at most [`PIECE`] bytes.
-pub(crate) fn hold(body: Body, ticket: Ticket<Arc<Limiter>>, sends: Option<&Arc<Sends>>) -> Body {
+/// `body`, keeping `ticket` until it is sent and registered with its connection's `sends`;
+/// on HTTP/2 (`watched`) watched for stalls and handed on in pieces of at most [`PIECE`]
+/// bytes.
+pub(crate) fn hold(
+    body: Body,
+    ticket: Ticket<Arc<Limiter>>,
+    sends: Option<&Arc<Sends>>,
+    watched: bool,
+) -> Body {
     Body::new(Held {
         inner: body,
         rest: Bytes::new(),
         ticket: Some(ticket),
-        watch: sends.map(Sends::open),
+        watch: sends.map(|s| s.open(watched)),
+        split: watched,
     })
 }
 
@@ -113,14 +174,16 @@ struct Held {
     rest: Bytes,
     ticket: Option<Ticket<Arc<Limiter>>>,
     watch: Option<Watch>,
+    /// Hand on at most [`PIECE`] bytes at a time.
+    split: bool,
 }
 
 impl Held {
     fn piece(&mut self, mut data: Bytes) -> Bytes {
-        if self.watch.is_some() && data.len() > PIECE {
+        if self.split && data.len() > PIECE {
             self.rest = data.split_off(PIECE);
         }
-        if let Some(watch) = &self.watch {
+        if let Some(watch) = &mut self.watch {
             watch.moved();
         }
         data
@@ -145,7 +208,12 @@ impl HttpBody for Held {
             let rest = std::mem::take(&mut this.rest);
             return Poll::Ready(Some(Ok(Frame::data(this.piece(rest)))));
         }
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) else {
+            if let Some(watch) = &mut this.watch {
+                watch.waiting();
+            }
+            return Poll::Pending;
+        };
         Poll::Ready(match frame {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => Some(Ok(Frame::data(this.piece(data)))),
@@ -189,7 +257,12 @@ mod tests {
         let limiter = Arc::new(Limiter::default());
         let sends = Arc::new(Sends::default());
         let bytes: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
-        let body = hold(Body::from(bytes.clone()), ticket(&limiter), Some(&sends));
+        let body = hold(
+            Body::from(bytes.clone()),
+            ticket(&limiter),
+            Some(&sends),
+            true,
+        );
         assert_eq!(limiter.in_flight(), 1);
         assert_eq!(sends.lock().len(), 1);
         let mut body = body;
@@ -215,6 +288,7 @@ mod tests {
             Body::from(vec![0u8; 100_000]),
             ticket(&limiter),
             Some(&sends),
+            true,
         );
         assert_eq!(limiter.in_flight(), 1);
         drop(body);
@@ -237,6 +311,7 @@ mod tests {
             Body::from(vec![1u8; 200_000]),
             ticket(&limiter),
             Some(&sends),
+            true,
         );
         // Moving: the first piece resets the clock.
         body.frame().await.unwrap().unwrap();
@@ -246,6 +321,47 @@ mod tests {
             .expect("a body that stopped moving is a stall");
         assert!(started.elapsed() >= limit);
         drop(body);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_waiting_for_its_own_bytes_is_not_a_stall_and_keeps_reads_excused() {
+        let limiter = Arc::new(Limiter::default());
+        let sends = Arc::new(Sends::default());
+        let limit = Duration::from_millis(200);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        let arriving = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|piece| (piece, rx))
+        });
+        let mut body = hold(
+            Body::from_stream(arriving),
+            ticket(&limiter),
+            Some(&sends),
+            true,
+        );
+        assert_eq!(sends.answering().load(Ordering::Relaxed), 1);
+        // Polled with nothing to hand on: waiting for its bytes, however long.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), body.frame())
+                .await
+                .is_err()
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), sends.stalled(limit))
+                .await
+                .is_err(),
+            "waiting for its own bytes is not the client's stall"
+        );
+        tx.send(Ok(Bytes::from_static(b"late"))).await.unwrap();
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "late"
+        );
+        // Its bytes handed on, a client that takes no more is a stall again.
+        tokio::time::timeout(Duration::from_secs(5), sends.stalled(limit))
+            .await
+            .expect("a stall once the client stops taking");
+        drop(body);
+        assert_eq!(sends.answering().load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -107,10 +107,10 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
             return finish(&state, refused.into_response(), route, method, started, id);
         }
     };
-    // HTTP/2 multiplexes: a stream whose body stops moving is watched by its connection.
-    let sends = (req.version() == Version::HTTP_2)
-        .then(|| req.extensions().get::<Arc<Sends>>().cloned())
-        .flatten();
+    // The connection's large responses on their way (`held`); on HTTP/2, which multiplexes,
+    // one the client stops taking is watched for a stall.
+    let sends = req.extensions().get::<Arc<Sends>>().cloned();
+    let watched = req.version() == Version::HTTP_2;
     let run = next.run(req).instrument(span.clone());
     let response = if streaming {
         // No whole-request deadline (and no timer) for transfers that go on as long as they
@@ -132,7 +132,7 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
     // already whole and gives it back now.
     let response = match ticket {
         Some(ticket) if held::is_large(response.body()) => {
-            response.map(|body| held::hold(body, ticket, sends.as_ref()))
+            response.map(|body| held::hold(body, ticket, sends.as_ref(), watched))
         }
         _ => response,
     };

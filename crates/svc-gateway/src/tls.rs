@@ -177,7 +177,8 @@ async fn connection<I, S>(
         Duration::from_millis(limits.read_idle_ms),
         Duration::from_millis(limits.write_ms),
     )
-    .metered(meter);
+    .metered(meter)
+    .answering(watch.sends.answering());
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
     let write = Duration::from_millis(limits.write_ms);

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -103,13 +104,22 @@ pub async fn serve(
             };
             // A peer that goes quiet mid-frame or stops reading is cut off; its bytes count
             // against its address's byte rate.
+            // While it answers a get or stat (perhaps waiting for slow peers), a client that
+            // sends nothing is not idle.
+            let answering = Arc::new(AtomicUsize::new(0));
             let stream = Deadlined::new(
                 stream,
                 Duration::from_millis(limits.read_idle_ms),
                 Duration::from_millis(limits.write_ms),
             )
-            .metered(Meter::new(state.limiter.clone(), peer.ip()));
-            connection(stream, peer.ip(), budget, state, shutdown).await;
+            .metered(Meter::new(state.limiter.clone(), peer.ip()))
+            .answering(answering.clone());
+            let conn = Conn {
+                ip: peer.ip(),
+                budget,
+                answering,
+            };
+            connection(stream, conn, state, shutdown).await;
         });
     }
     connections.close();
@@ -173,13 +183,33 @@ impl Out {
     }
 }
 
-async fn connection<S>(
-    stream: S,
+/// What one connection keeps besides its stream.
+struct Conn {
     ip: std::net::IpAddr,
+    /// Room for upload bytes waiting for their handlers.
     budget: Budget,
-    state: Arc<OapState>,
-    shutdown: CancellationToken,
-) where
+    /// Gets and stats being answered (reads are excused from the idle limit meanwhile).
+    answering: Arc<AtomicUsize>,
+}
+
+/// Counts one answer in progress for as long as it lives.
+struct Answering(Arc<AtomicUsize>);
+
+impl Answering {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn connection<S>(stream: S, conn: Conn, state: Arc<OapState>, shutdown: CancellationToken)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
@@ -253,7 +283,7 @@ async fn connection<S>(
                     // What a payload inflates to counts against the address's byte rate like
                     // bytes on the wire (which the connection's meter counted already).
                     let extra = bytes.len().saturating_sub(frame.payload.len()) as u64;
-                    if let Some(pause) = state.limiter.charge(ip, extra) {
+                    if let Some(pause) = state.limiter.charge(conn.ip, extra) {
                         tokio::time::sleep(pause).await;
                     }
                     frame.payload = bytes;
@@ -274,7 +304,7 @@ async fn connection<S>(
                 if !frame.payload.is_empty() {
                     // Room in the connection's and address's budgets first: the reader waits
                     // while they are full, as it waits for a full queue.
-                    gone = match budget.room(frame.payload.len()).await {
+                    gone = match conn.budget.room(frame.payload.len()).await {
                         Some(room) => body.send(Piece::Data(frame.payload, room)).await.is_err(),
                         None => true,
                     };
@@ -303,7 +333,7 @@ async fn connection<S>(
                 out.failure(app, corr, &problem, false).await;
             }
             APP_OBJECTS => {
-                if let Some(body) = open_object_stream(&state, &out, ip, frame, &streams).await {
+                if let Some(body) = open_object_stream(&state, &out, &conn, frame, &streams).await {
                     bodies.insert(corr, body);
                 }
             }
@@ -348,7 +378,7 @@ fn hello(state: &OapState, corr: u64) -> Frame {
 async fn open_object_stream(
     state: &Arc<OapState>,
     out: &Out,
-    ip: std::net::IpAddr,
+    conn: &Conn,
     frame: Frame,
     streams: &TaskTracker,
 ) -> Option<mpsc::Sender<Piece>> {
@@ -372,7 +402,7 @@ async fn open_object_stream(
         }
     };
     let write = matches!(request, ObjectRequest::Put { .. });
-    let ticket = match state.limiter.admit_owned(Some(ip), write) {
+    let ticket = match state.limiter.admit_owned(Some(conn.ip), write) {
         Ok(ticket) => ticket,
         Err(refused) => {
             out.fail(corr, &refused).await;
@@ -385,10 +415,12 @@ async fn open_object_stream(
     } else {
         (None, None)
     };
+    // An upload's client is sending: its reads stay under the idle limit.
+    let answering = (!write).then(|| Answering::new(&conn.answering));
     let (state, out) = (state.clone(), out.clone());
     streams.spawn(async move {
         handle(&state, &out, corr, request, token.as_deref(), body).await;
-        drop(ticket);
+        drop((ticket, answering));
     });
     sender
 }
