@@ -35,26 +35,6 @@ async fn quic_node(dir: &std::path::Path, extra: &[&str]) -> (Node, String) {
     (node, addr)
 }
 
-async fn metric(node: &Node, series: &str) -> f64 {
-    let text = node.get("/metrics").await.1;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// PUTs `bytes` on `node` and waits until its provider announcement has gone out.
-async fn put_announced(node: &Node, bytes: Vec<u8>) -> String {
-    let series = "p2p_announcements_total{outcome=\"ok\"}";
-    let before = metric(node, series).await;
-    let addr = node.put(bytes).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(node, series).await <= before {
-        assert!(Instant::now() < deadline, "{addr} was never announced");
-        sleep(Duration::from_millis(50)).await;
-    }
-    addr
-}
-
 /// GETs `/o/{addr}` on `node` until it answers 200 (bounded), returning the bytes.
 async fn get_whole(node: &Node, addr: &str, within: Duration) -> Vec<u8> {
     let url = format!("{}/o/{addr}", node.url);
@@ -98,7 +78,7 @@ async fn a_fetch_completes_under_200_ms_of_jitter_and_10_percent_loss() {
         })
         .await;
     let bytes = data(256 << 10, 71);
-    let addr = put_announced(&provider, bytes.clone()).await;
+    let addr = provider.put_announced(bytes.clone()).await;
     let started = Instant::now();
     let got = get_whole(&reader, &addr, Duration::from_secs(120)).await;
     let took = started.elapsed();
@@ -147,8 +127,8 @@ async fn a_provider_that_stalls_mid_transfer_leaves_it_to_another() {
         })
         .await;
     let bytes = data(12 << 20, 72);
-    let addr = put_announced(&one, bytes.clone()).await;
-    assert_eq!(put_announced(&two, bytes.clone()).await, addr);
+    let addr = one.put_announced(bytes.clone()).await;
+    assert_eq!(two.put_announced(bytes.clone()).await, addr);
 
     let (url, client) = (format!("{}/o/{addr}", reader.url), reader.anonymous());
     let get = tokio::spawn(async move {

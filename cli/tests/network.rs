@@ -205,28 +205,6 @@ async fn five_nodes_find_and_verify_each_others_objects() {
     );
 }
 
-/// Polls a node's `/metrics` for the value of one series (0 when absent).
-async fn metric(node: &Node, series: &str) -> f64 {
-    let text = node.get("/metrics").await.1;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// PUTs `bytes` on `node` and waits until its announcement as their provider has gone out
-/// (a lookup right after a PUT may otherwise come before it, and answer 404).
-async fn put_announced(node: &Node, bytes: Vec<u8>) -> String {
-    let series = "p2p_announcements_total{outcome=\"ok\"}";
-    let before = metric(node, series).await;
-    let addr = node.put(bytes).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(node, series).await <= before {
-        assert!(Instant::now() < deadline, "{addr} was never announced");
-        sleep(Duration::from_millis(20)).await;
-    }
-    addr
-}
-
 /// Two nodes sending each other at most 2 MiB/s (after a one-second burst), so transfers
 /// take seconds; the second bootstrapped from the first and connected to it.
 async fn paced_pair(dir: &std::path::Path) -> (Node, Node) {
@@ -270,7 +248,7 @@ async fn a_transfer_survives_its_only_original_provider_dying() {
         .await;
     }
     let bytes = data(12 << 20, 21);
-    let addr = put_announced(&origin, bytes.clone()).await;
+    let addr = origin.put_announced(bytes.clone()).await;
     // Node 2 caches the object (from node 1, the only provider) and announces its copy.
     let (status, body) = cache.get(&format!("/o/{addr}")).await;
     assert_eq!(status, 200, "{body}");
@@ -282,11 +260,11 @@ async fn a_transfer_survives_its_only_original_provider_dying() {
         (res.status().as_u16(), res.bytes().await.unwrap())
     });
     let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&reader, "p2p_fetched_bytes_total").await == 0.0 {
+    while reader.metric("p2p_fetched_bytes_total").await == 0.0 {
         assert!(Instant::now() < deadline, "node 3 never started fetching");
         sleep(Duration::from_millis(20)).await;
     }
-    let at_kill = metric(&reader, "p2p_fetched_bytes_total").await;
+    let at_kill = reader.metric("p2p_fetched_bytes_total").await;
     origin.child.kill().await.unwrap();
     let (status, got) = get.await.unwrap();
     assert_eq!(status, 200);
@@ -298,7 +276,7 @@ async fn a_transfer_survives_its_only_original_provider_dying() {
         at_kill < (12 << 20) as f64,
         "node 1 died mid-transfer ({at_kill} bytes in)"
     );
-    assert!(metric(&reader, "p2p_peer_faults_total{fault=\"dead\"}").await >= 1.0);
+    assert!(reader.metric("p2p_peer_faults_total{fault=\"dead\"}").await >= 1.0);
     println!("12 MiB: node 1 killed {at_kill} bytes into node 3's transfer; node 2 finished it");
 }
 
@@ -308,7 +286,7 @@ async fn a_get_streams_while_the_transfer_verifies_and_is_cut_short_when_it_fail
     let (mut origin, reader) = paced_pair(dir.path()).await;
     let size = 12 << 20;
     let bytes = data(size, 71);
-    let addr = put_announced(&origin, bytes.clone()).await;
+    let addr = origin.put_announced(bytes.clone()).await;
 
     // The answer starts once the size is proven, long before node 1 (2 MiB/s) has sent it all.
     let mut res = reader
@@ -357,7 +335,7 @@ async fn requests_for_an_object_being_fetched_join_its_fetch() {
     let (origin, reader) = paced_pair(dir.path()).await;
     let size = 6 << 20;
     let bytes = data(size, 73);
-    let addr = put_announced(&origin, bytes.clone()).await;
+    let addr = origin.put_announced(bytes.clone()).await;
     let url = format!("{}/o/{addr}", reader.url);
     let get = |range: Option<&'static str>| {
         let (client, url) = (reader.anonymous(), url.clone());
@@ -374,7 +352,7 @@ async fn requests_for_an_object_being_fetched_join_its_fetch() {
     // One GET starts the fetch; once bytes move, a second whole GET, a range and a HEAD come.
     let first = get(None);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&reader, "p2p_fetched_bytes_total").await == 0.0 {
+    while reader.metric("p2p_fetched_bytes_total").await == 0.0 {
         assert!(Instant::now() < deadline, "node 2 never started fetching");
         sleep(Duration::from_millis(20)).await;
     }
@@ -393,10 +371,10 @@ async fn requests_for_an_object_being_fetched_join_its_fetch() {
 
     // One fetch moved the object once.
     assert_eq!(
-        metric(&reader, "p2p_fetches_total{outcome=\"ok\"}").await,
+        reader.metric("p2p_fetches_total{outcome=\"ok\"}").await,
         1.0
     );
-    let moved = metric(&reader, "p2p_fetched_bytes_total").await;
+    let moved = reader.metric("p2p_fetched_bytes_total").await;
     assert!(
         moved <= size as f64,
         "{moved} bytes moved for one {size}-byte object"
@@ -454,7 +432,7 @@ async fn a_malicious_provider_is_caught_and_an_honest_node_serves_the_object() {
     let reader = Node::start(&dir.path().join("n2"), &["--bootstrap", &seed]).await;
     let reader_addr = p2p_addr(&reader).await;
     let bytes = data(4 << 20, 31);
-    let addr: ron_proto::Address = put_announced(&honest, bytes.clone()).await.parse().unwrap();
+    let addr: ron_proto::Address = honest.put_announced(bytes.clone()).await.parse().unwrap();
 
     // The malicious node: a libp2p peer in this process that joins through node 2 and
     // announces the object.
@@ -510,7 +488,7 @@ async fn a_malicious_provider_is_caught_and_an_honest_node_serves_the_object() {
         .unwrap();
     assert!(got == bytes, "identical bytes from the honest node");
     assert_eq!(
-        metric(&reader, "p2p_peer_faults_total{fault=\"lie\"}").await,
+        reader.metric("p2p_peer_faults_total{fault=\"lie\"}").await,
         1.0,
         "the liar caught once, then not asked again"
     );
@@ -721,7 +699,7 @@ async fn a_restarted_node_rejoins_from_its_peer_table_without_bootstrap_flags() 
         s["p2p"]["known"].as_u64() >= Some(1)
     })
     .await;
-    assert!(metric(&node, "discovery_known_peers").await >= 1.0);
+    assert!(node.metric("discovery_known_peers").await >= 1.0);
     let out = support::ok_stdout(&node.cli(&["peers"]).await);
     assert!(out.lines().any(|l| l == format!("seed {seed_id}")), "{out}");
 
@@ -801,10 +779,10 @@ async fn a_node_nobody_can_dial_is_reached_through_a_relay() {
         "relay: A fetched 300 KB from C through R; A's peers {}, nat {}; hole punching: ok {} failed {}",
         status["p2p"]["peers"],
         status["p2p"]["nat"],
-        metric(&a, "p2p_holepunch_total{outcome=\"ok\"}").await
-            + metric(&c, "p2p_holepunch_total{outcome=\"ok\"}").await,
-        metric(&a, "p2p_holepunch_total{outcome=\"failed\"}").await
-            + metric(&c, "p2p_holepunch_total{outcome=\"failed\"}").await,
+        a.metric("p2p_holepunch_total{outcome=\"ok\"}").await
+            + c.metric("p2p_holepunch_total{outcome=\"ok\"}").await,
+        a.metric("p2p_holepunch_total{outcome=\"failed\"}").await
+            + c.metric("p2p_holepunch_total{outcome=\"failed\"}").await,
     );
 }
 
@@ -1009,16 +987,16 @@ async fn a_node_behind_a_nat_is_reached_by_hole_punching() {
     assert!(got == first, "identical bytes");
     let deadline = Instant::now() + Duration::from_secs(60);
     let punched = loop {
-        let ok = metric(&a, "p2p_holepunch_total{outcome=\"ok\"}").await
-            + metric(&c, "p2p_holepunch_total{outcome=\"ok\"}").await;
+        let ok = a.metric("p2p_holepunch_total{outcome=\"ok\"}").await
+            + c.metric("p2p_holepunch_total{outcome=\"ok\"}").await;
         if ok > 0.0 {
             break ok;
         }
         assert!(Instant::now() < deadline, "no hole punched in 60 s");
         sleep(Duration::from_millis(250)).await;
     };
-    let failed = metric(&a, "p2p_holepunch_total{outcome=\"failed\"}").await
-        + metric(&c, "p2p_holepunch_total{outcome=\"failed\"}").await;
+    let failed = a.metric("p2p_holepunch_total{outcome=\"failed\"}").await
+        + c.metric("p2p_holepunch_total{outcome=\"failed\"}").await;
 
     // The proof that the path is direct: with the relay gone, A still finds and fetches C's
     // second object, over the connection the punch opened.
@@ -1052,9 +1030,9 @@ async fn reads_protected_over_http_are_protected_on_the_peer_network() {
         })
         .await;
     // Reads open: announced, and served to peers.
-    let served = put_announced(&origin, data(300_000, 1)).await;
+    let served = origin.put_announced(data(300_000, 1)).await;
     assert_eq!(reader.get(&format!("/o/{served}")).await.0, 200);
-    let before = put_announced(&origin, data(300_000, 2)).await;
+    let before = origin.put_announced(data(300_000, 2)).await;
 
     // Reads protected, by a live change of the origin's config.
     std::fs::write(
@@ -1067,7 +1045,9 @@ async fn reads_protected_over_http_are_protected_on_the_peer_network() {
             s["auth"]["reads_need_token"] == Value::Bool(true)
         })
         .await;
-    let announced = metric(&origin, "p2p_announcements_total{outcome=\"ok\"}").await;
+    let announced = origin
+        .metric("p2p_announcements_total{outcome=\"ok\"}")
+        .await;
     let after = origin.put(data(300_000, 3)).await;
     for addr in [&before, &after] {
         let anonymous = origin.anonymous();
@@ -1079,7 +1059,9 @@ async fn reads_protected_over_http_are_protected_on_the_peer_network() {
         assert_ne!(status, 200, "{addr} reached a peer: {body:.200}");
     }
     assert_eq!(
-        metric(&origin, "p2p_announcements_total{outcome=\"ok\"}").await,
+        origin
+            .metric("p2p_announcements_total{outcome=\"ok\"}")
+            .await,
         announced,
         "an object was announced while reads were protected"
     );

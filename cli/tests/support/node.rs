@@ -166,6 +166,28 @@ impl Node {
         kb << 10
     }
 
+    /// The value of one `/metrics` series (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").await.1;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// PUTs `bytes` and waits until the node's announcement as their provider has gone out
+    /// (a lookup right after a PUT may otherwise come before it, and answer 404).
+    pub async fn put_announced(&self, bytes: Vec<u8>) -> String {
+        let series = "p2p_announcements_total{outcome=\"ok\"}";
+        let before = self.metric(series).await;
+        let addr = self.put(bytes).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.metric(series).await <= before {
+            assert!(Instant::now() < deadline, "{addr} was never announced");
+            sleep(Duration::from_millis(20)).await;
+        }
+        addr
+    }
+
     /// A client without credentials.
     pub fn anonymous(&self) -> reqwest::Client {
         reqwest::Client::new()
