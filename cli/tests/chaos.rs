@@ -2,7 +2,8 @@
 //! 127.0.0.1 speaking QUIC to each other through proxies that delay, reorder, lose and stall
 //! datagrams. A fetch completes under 200 ms of jitter and 10% loss each way (in order: QUIC
 //! over such a link moves ~17 KB/s, so the object is one range); a provider that stalls
-//! mid-transfer leaves the transfer to another.
+//! mid-transfer leaves the transfer to another; a TCP connection reset mid-transfer is
+//! survived.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
 
 #[path = "support/faults.rs"]
@@ -13,7 +14,7 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use faults::{FaultProxy, through, udp_socket};
+use faults::{FaultProxy, tcp_socket, through, through_tcp, udp_socket};
 use support::{Node, data};
 use tokio::time::{Instant, sleep};
 
@@ -77,7 +78,7 @@ async fn a_fetch_completes_under_200_ms_of_jitter_and_10_percent_loss() {
             s["p2p"]["peers"].as_array().is_some_and(|p| !p.is_empty())
         })
         .await;
-    let bytes = data(256 << 10, 71);
+    let bytes = data(128 << 10, 71);
     let addr = provider.put_announced(bytes.clone()).await;
     let started = Instant::now();
     let got = get_whole(&reader, &addr, Duration::from_secs(120)).await;
@@ -88,12 +89,12 @@ async fn a_fetch_completes_under_200_ms_of_jitter_and_10_percent_loss() {
         proxy.faults.lost.load(Ordering::Relaxed),
     );
     assert!(
-        through_proxy >= 256 << 10,
+        through_proxy >= 128 << 10,
         "the transfer went through the proxy ({through_proxy} bytes)"
     );
     assert!(lost > 0, "the proxy lost datagrams");
     println!(
-        "256 KiB through 10-210 ms of delay and 10% loss each way: {took:?}; {lost} datagrams lost, \
+        "128 KiB through 10-210 ms of delay and 10% loss each way: {took:?}; {lost} datagrams lost, \
          {through_proxy} bytes delivered"
     );
 }
@@ -163,4 +164,58 @@ async fn a_provider_that_stalls_mid_transfer_leaves_it_to_another() {
     );
     drop(two);
     println!("12 MiB: provider one stalled mid-transfer; provider two finished it {took:?} later");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reset_mid_transfer_is_survived() {
+    let dir = tempfile::tempdir().unwrap();
+    let paced = "[p2p]\npeer_bytes_per_sec = 2097152\nfetch_timeout_ms = 120000\n";
+    for n in ["provider", "reader"] {
+        config(&dir.path().join(n), paced);
+    }
+    let provider = Node::start(&dir.path().join("provider"), &[]).await;
+    let provider_addr = provider.p2p_addr().await;
+    let proxy = FaultProxy::tcp(tcp_socket(&provider_addr)).await;
+    proxy
+        .faults
+        .delay(Duration::from_millis(5), Duration::from_millis(20));
+    let via = through_tcp(&provider_addr, &proxy);
+    let reader = Node::start(&dir.path().join("reader"), &["--bootstrap", &via]).await;
+    reader
+        .wait_status("the provider as a peer", |s| {
+            s["p2p"]["peers"].as_array().is_some_and(|p| !p.is_empty())
+        })
+        .await;
+    let bytes = data(8 << 20, 73);
+    let addr = provider.put_announced(bytes.clone()).await;
+    let (url, client) = (format!("{}/o/{addr}", reader.url), reader.anonymous());
+    let get = tokio::spawn(async move {
+        let res = client.get(url).send().await.unwrap();
+        (res.status().as_u16(), res.bytes().await.unwrap())
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.faults.delivered_bytes.load(Ordering::Relaxed) < 2 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the transfer never went through the proxy"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    proxy.faults.reset();
+    let reset_at = Instant::now();
+    let (status, got) = tokio::time::timeout(Duration::from_secs(120), get)
+        .await
+        .expect("the transfer finished")
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(got == bytes, "identical bytes after the reset");
+    let dead = reader.metric("p2p_peer_faults_total{fault=\"dead\"}").await;
+    assert!(
+        dead >= 1.0,
+        "the reset cut requests in flight ({dead} dead)"
+    );
+    println!(
+        "8 MiB: the connection was reset 2 MiB in; the transfer finished {:?} later",
+        reset_at.elapsed()
+    );
 }

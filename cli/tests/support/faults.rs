@@ -1,8 +1,14 @@
 //! A user-space fault proxy for multi-node tests (`tc netem` is not available here): put it in
-//! front of a node's QUIC port and dial the node through it. Every datagram, each way, may be
-//! delayed (latency plus uniform jitter; in order unless reordering is asked for), lost, or
-//! held back entirely (a stall or a partition); all settable while traffic flows. One upstream
-//! socket per client address, so each dialler is its own flow, as through a NAT.
+//! front of a node's port and dial the node through it.
+//!
+//! - [`FaultProxy::udp`] (QUIC): every datagram, each way, may be delayed (latency plus uniform
+//!   jitter; in order unless reordering is asked for), lost, or held back entirely (a stall or
+//!   a partition). One upstream socket per client address, so each dialler is its own flow.
+//! - [`FaultProxy::tcp`]: each connection is piped to a fresh upstream connection; bytes are
+//!   delayed per chunk (in order), held back while stalled, and [`Faults::reset`] ends every
+//!   connection with a TCP reset. New connections are refused while stalled (a partition).
+//!
+//! All settable while traffic flows.
 #![allow(dead_code, unreachable_pub)] // each test crate uses its own subset
 
 use std::collections::HashMap;
@@ -30,7 +36,9 @@ pub struct Faults {
     /// When the last datagram each way leaves: jitter without reordering never sends one
     /// before the one ahead of it.
     last: [std::sync::Mutex<Option<tokio::time::Instant>>; 2],
-    /// Datagrams delivered, each way together.
+    /// Bumped by every [`Faults::reset`]; TCP pipes watch it.
+    resets: std::sync::OnceLock<tokio::sync::watch::Sender<u64>>,
+    /// Datagrams (or TCP chunks) delivered, each way together.
     pub delivered: AtomicU64,
     /// Bytes delivered, each way together.
     pub delivered_bytes: AtomicU64,
@@ -63,6 +71,20 @@ impl Faults {
     /// stall lets it go on, as when a partition heals).
     pub fn stall(&self, stalled: bool) {
         self.stalled.store(stalled, Ordering::Relaxed);
+    }
+
+    /// Ends every TCP connection through the proxy with a reset (RST), as a middlebox that
+    /// lost its state would.
+    pub fn reset(&self) {
+        self.resets().send_modify(|generation| *generation += 1);
+    }
+
+    fn resets(&self) -> &tokio::sync::watch::Sender<u64> {
+        self.resets.get_or_init(|| tokio::sync::watch::channel(0).0)
+    }
+
+    fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
     }
 
     fn lose(&self) -> bool {
@@ -205,6 +227,86 @@ impl FaultProxy {
     }
 }
 
+impl FaultProxy {
+    /// A proxy on 127.0.0.1 piping TCP connections to `upstream`.
+    pub async fn tcp(upstream: SocketAddr) -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("the proxy's address");
+        let faults = Arc::new(Faults::default());
+        let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = {
+            let (faults, tasks) = (faults.clone(), tasks.clone());
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    if faults.is_stalled() {
+                        continue; // partitioned: the connection is dropped unanswered
+                    }
+                    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (up_read, up_write) = up.into_split();
+                    let there = tokio::spawn(pipe(client_read, up_write, faults.clone()));
+                    let back = tokio::spawn(pipe(up_read, client_write, faults.clone()));
+                    tasks
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend([there, back]);
+                }
+            })
+        };
+        tasks.lock().unwrap_or_else(|p| p.into_inner()).push(accept);
+        FaultProxy {
+            addr,
+            faults,
+            tasks,
+        }
+    }
+}
+
+/// One direction of a TCP connection through the faults; a reset ends it with RST.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    faults: Arc<Faults>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut resets = faults.resets().subscribe();
+    resets.mark_unchanged();
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = resets.changed() => {
+                let _ = to.as_ref().set_zero_linger();
+                return;
+            }
+        };
+        // Held back while stalled, then delayed; one chunk at a time keeps the order.
+        while faults.is_stalled() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(faults.wait()).await;
+        if resets.has_changed().unwrap_or(true) {
+            let _ = to.as_ref().set_zero_linger();
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        faults.delivered.fetch_add(1, Ordering::Relaxed);
+        faults
+            .delivered_bytes
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+    let _ = to.shutdown().await;
+}
+
 /// The upstream's answers to one client, back through the faults.
 async fn answers(
     back: Arc<UdpSocket>,
@@ -242,4 +344,28 @@ pub fn udp_socket(multiaddr: &str) -> SocketAddr {
     format!("{ip}:{}", parts[at + 1])
         .parse()
         .expect("an address")
+}
+
+/// The TCP socket address a `/ip4/A/tcp/P/...` multiaddr names, and the multiaddr with its
+/// port replaced by `proxy`'s.
+pub fn tcp_socket(multiaddr: &str) -> SocketAddr {
+    let parts: Vec<&str> = multiaddr.split('/').collect();
+    let at = parts
+        .iter()
+        .position(|p| *p == "tcp")
+        .expect("a TCP multiaddr");
+    format!("{}:{}", parts[2], parts[at + 1])
+        .parse()
+        .expect("an address")
+}
+
+/// `multiaddr` (`/ip4/127.0.0.1/tcp/PORT/p2p/ID`) with its port replaced by `proxy`'s.
+pub fn through_tcp(multiaddr: &str, proxy: &FaultProxy) -> String {
+    let mut parts: Vec<String> = multiaddr.split('/').map(str::to_owned).collect();
+    let at = parts
+        .iter()
+        .position(|p| p == "tcp")
+        .expect("a TCP multiaddr");
+    parts[at + 1] = proxy.addr.port().to_string();
+    parts.join("/")
 }
