@@ -67,6 +67,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore = "zstd is C code, which Miri cannot run")]
     fn round_trip() {
         let data = b"hello hello hello hello".repeat(100);
         let packed = compress(&data);
@@ -75,6 +76,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "zstd is C code, which Miri cannot run")]
     fn bomb_is_refused_at_the_limit() {
         let max_frame = 1024;
         let zeros = vec![0u8; max_frame * MAX_INFLATE_RATIO + 1];
@@ -88,6 +90,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "zstd is C code, which Miri cannot run")]
     fn garbage_is_corrupt() {
         let err = inflate(b"definitely not zstd", 1 << 20).unwrap_err();
         assert_eq!(err.code(), "bad_compression");
