@@ -192,6 +192,7 @@ fn reload_applies_valid_and_keeps_previous_on_invalid() {
 }
 
 #[tokio::test]
+#[cfg_attr(miri, ignore = "inotify is a foreign function Miri cannot run")]
 async fn watcher_publishes_applied_changes_only() {
     let dir = tempfile::tempdir().unwrap();
     let (path, config, metrics) = config_in(dir.path(), "[net]\ntimeout_ms = 10\n");
