@@ -41,8 +41,8 @@ pub(crate) struct Sends {
     next: AtomicU64,
     open: Mutex<HashMap<u64, Entry>>,
     opened: Notify,
-    /// How many are open: the connection's reads are excused from the idle limit meanwhile
-    /// ([`ron_transport::deadline::Deadlined::answering`]).
+    /// Requests being answered and large bodies on their way: the connection's reads are
+    /// excused from the idle limit meanwhile ([`ron_transport::deadline::Deadlined::answering`]).
     answering: Arc<AtomicUsize>,
 }
 
@@ -78,7 +78,13 @@ impl Sends {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The count of bodies on their way, for the connection's read deadline.
+    /// Counts one request being answered (its client has sent everything) until dropped.
+    pub(crate) fn answer(&self) -> Answer {
+        self.answering.fetch_add(1, Ordering::Relaxed);
+        Answer(self.answering.clone())
+    }
+
+    /// The count of answers on their way, for the connection's read deadline.
     pub(crate) fn answering(&self) -> Arc<AtomicUsize> {
         self.answering.clone()
     }
@@ -102,6 +108,15 @@ impl Sends {
                 }
             }
         }
+    }
+}
+
+/// One request being answered, counted in its connection's [`Sends::answering`].
+pub(crate) struct Answer(Arc<AtomicUsize>);
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{MatchedPath, Request, State};
 use std::borrow::Cow;
 
+use axum::body::HttpBody;
 use axum::http::{HeaderValue, Method, Version, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -111,6 +112,12 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
     // one the client stops taking is watched for a stall.
     let sends = req.extensions().get::<Arc<Sends>>().cloned();
     let watched = req.version() == Version::HTTP_2;
+    // A request whose client has sent everything (no body, or none left) is being answered:
+    // a slow answer (a lookup among slow peers) is not the client idling.
+    let answering = sends
+        .as_ref()
+        .filter(|_| req.body().is_end_stream())
+        .map(|s| s.answer());
     let run = next.run(req).instrument(span.clone());
     let response = if streaming {
         // No whole-request deadline (and no timer) for transfers that go on as long as they
@@ -136,6 +143,7 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
         }
         _ => response,
     };
+    drop(answering);
     finish(&state, response, route, method, started, id)
 }
 
