@@ -91,7 +91,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "hundreds of KiB of BLAKE3 take many minutes under Miri")]
+    #[cfg_attr(
+        miri,
+        ignore = "hundreds of KiB of BLAKE3 take many minutes under Miri"
+    )]
     fn honest_ranges_verify_whole() {
         let data = data(200_000);
         let addr = Address::of(&data);
@@ -121,7 +124,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "hundreds of KiB of BLAKE3 take many minutes under Miri")]
+    #[cfg_attr(
+        miri,
+        ignore = "hundreds of KiB of BLAKE3 take many minutes under Miri"
+    )]
     fn a_flipped_byte_fails_its_group_and_keeps_the_groups_before() {
         let data = data(200_000);
         let addr = Address::of(&data);
@@ -136,7 +142,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "hundreds of KiB of BLAKE3 take many minutes under Miri")]
+    #[cfg_attr(
+        miri,
+        ignore = "hundreds of KiB of BLAKE3 take many minutes under Miri"
+    )]
     fn wrong_object_size_or_truncation_or_trailing_bytes_are_faults() {
         let data = data(100_000);
         let addr = Address::of(&data);
