@@ -2,7 +2,8 @@
 # Builds the `ron` release binary twice from this clone's HEAD commit, each time from a fresh
 # clone in the same place and an empty target dir, and compares the two byte for byte (about
 # 2 x 15 minutes on 2 cores). Paths of the clone and of the cargo registry are remapped, so a
-# clone elsewhere on another machine with the same toolchain builds the same bytes too.
+# clone elsewhere on another machine with the same toolchain builds the same bytes too, and
+# the build time C compilers embed is the commit's.
 #   bash testing/supply-chain/reproducible.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,6 +13,10 @@ dir="${REPRO_TARGET_DIR:-/var/tmp/ron-repro-target}"
 out="$(mktemp -d)"
 registry="${CARGO_HOME:-$HOME/.cargo}/registry/src"
 export CARGO_INCREMENTAL=0
+# C code built by -sys crates (mimalloc's) embeds __DATE__ and __TIME__; GCC takes them from
+# SOURCE_DATE_EPOCH when set: the commit's own time.
+SOURCE_DATE_EPOCH="$(git log -1 --format=%ct "$commit")"
+export SOURCE_DATE_EPOCH
 for i in 1 2; do
   rm -rf "$src" "$dir"
   git clone -q "$PWD" "$src"
