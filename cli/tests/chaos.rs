@@ -14,17 +14,11 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use faults::{FaultProxy, tcp_socket, through, through_tcp, udp_socket};
-use support::{Node, data};
+use faults::{FaultProxy, socket, through};
+use support::{Node, config, data};
 use tokio::time::{Instant, sleep};
 
 const QUIC: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
-
-/// Writes `<dir>/ron.toml` before the node starts.
-fn config(dir: &std::path::Path, toml: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("ron.toml"), toml).unwrap();
-}
 
 /// A node speaking QUIC only, and its p2p address.
 async fn quic_node(dir: &std::path::Path, extra: &[&str]) -> (Node, String) {
@@ -60,7 +54,7 @@ async fn get_whole(node: &Node, addr: &str, within: Duration) -> Vec<u8> {
 async fn a_fetch_completes_under_200_ms_of_jitter_and_10_percent_loss() {
     let dir = tempfile::tempdir().unwrap();
     let (provider, provider_addr) = quic_node(&dir.path().join("provider"), &[]).await;
-    let proxy = FaultProxy::udp(udp_socket(&provider_addr)).await;
+    let proxy = FaultProxy::udp(socket(&provider_addr)).await;
     proxy
         .faults
         .delay(Duration::from_millis(10), Duration::from_millis(200));
@@ -110,8 +104,8 @@ async fn a_provider_that_stalls_mid_transfer_leaves_it_to_another() {
     let (one, one_addr) = quic_node(&dir.path().join("one"), &[]).await;
     let (two, two_addr) = quic_node(&dir.path().join("two"), &["--bootstrap", &one_addr]).await;
     let (proxy_one, proxy_two) = (
-        FaultProxy::udp(udp_socket(&one_addr)).await,
-        FaultProxy::udp(udp_socket(&two_addr)).await,
+        FaultProxy::udp(socket(&one_addr)).await,
+        FaultProxy::udp(socket(&two_addr)).await,
     );
     let (via_one, via_two) = (
         through(&one_addr, &proxy_one),
@@ -175,11 +169,11 @@ async fn a_connection_reset_mid_transfer_is_survived() {
     }
     let provider = Node::start(&dir.path().join("provider"), &[]).await;
     let provider_addr = provider.p2p_addr().await;
-    let proxy = FaultProxy::tcp(tcp_socket(&provider_addr)).await;
+    let proxy = FaultProxy::tcp(socket(&provider_addr)).await;
     proxy
         .faults
         .delay(Duration::from_millis(5), Duration::from_millis(20));
-    let via = through_tcp(&provider_addr, &proxy);
+    let via = through(&provider_addr, &proxy);
     let reader = Node::start(&dir.path().join("reader"), &["--bootstrap", &via]).await;
     reader
         .wait_status("the provider as a peer", |s| {

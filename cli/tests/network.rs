@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Node, data};
+use support::{Node, config, data};
 use tokio::time::{Instant, sleep};
 
 /// The node's first p2p listen address (with `/p2p/<id>`), once it has one.
@@ -221,12 +221,6 @@ async fn paced_pair(dir: &std::path::Path) -> (Node, Node) {
         })
         .await;
     (origin, reader)
-}
-
-/// Writes `<dir>/ron.toml` before the node starts.
-fn config(dir: &std::path::Path, toml: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("ron.toml"), toml).unwrap();
 }
 
 #[tokio::test]

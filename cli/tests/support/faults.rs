@@ -320,52 +320,28 @@ async fn answers(
     }
 }
 
-/// `multiaddr` (`/ip4/127.0.0.1/udp/PORT/quic-v1/p2p/ID`) with its port replaced by `proxy`'s.
+/// The port's index in a `/ip4/A/udp|tcp/PORT/...` multiaddr split on `/`.
+fn port_at(parts: &[&str]) -> usize {
+    parts
+        .iter()
+        .position(|p| *p == "udp" || *p == "tcp")
+        .expect("a UDP or TCP multiaddr")
+        + 1
+}
+
+/// The socket address a `/ip4/A/udp|tcp/P/...` multiaddr names (the proxy's upstream).
+pub fn socket(multiaddr: &str) -> SocketAddr {
+    let parts: Vec<&str> = multiaddr.split('/').collect();
+    format!("{}:{}", parts[2], parts[port_at(&parts)])
+        .parse()
+        .expect("an address")
+}
+
+/// `multiaddr` with its port replaced by `proxy`'s: the same node, dialled through the proxy.
 pub fn through(multiaddr: &str, proxy: &FaultProxy) -> String {
-    let parts: Vec<&str> = multiaddr.split('/').collect();
-    let at = parts
-        .iter()
-        .position(|p| *p == "udp")
-        .expect("a UDP multiaddr");
+    let mut parts: Vec<&str> = multiaddr.split('/').collect();
     let port = proxy.addr.port().to_string();
-    let mut out: Vec<&str> = parts.clone();
-    out[at + 1] = &port;
-    out.join("/")
-}
-
-/// The UDP socket address a `/ip4/A/udp/P/...` multiaddr names.
-pub fn udp_socket(multiaddr: &str) -> SocketAddr {
-    let parts: Vec<&str> = multiaddr.split('/').collect();
-    let ip = parts[2];
-    let at = parts
-        .iter()
-        .position(|p| *p == "udp")
-        .expect("a UDP multiaddr");
-    format!("{ip}:{}", parts[at + 1])
-        .parse()
-        .expect("an address")
-}
-
-/// The TCP socket address a `/ip4/A/tcp/P/...` multiaddr names, and the multiaddr with its
-/// port replaced by `proxy`'s.
-pub fn tcp_socket(multiaddr: &str) -> SocketAddr {
-    let parts: Vec<&str> = multiaddr.split('/').collect();
-    let at = parts
-        .iter()
-        .position(|p| *p == "tcp")
-        .expect("a TCP multiaddr");
-    format!("{}:{}", parts[2], parts[at + 1])
-        .parse()
-        .expect("an address")
-}
-
-/// `multiaddr` (`/ip4/127.0.0.1/tcp/PORT/p2p/ID`) with its port replaced by `proxy`'s.
-pub fn through_tcp(multiaddr: &str, proxy: &FaultProxy) -> String {
-    let mut parts: Vec<String> = multiaddr.split('/').map(str::to_owned).collect();
-    let at = parts
-        .iter()
-        .position(|p| p == "tcp")
-        .expect("a TCP multiaddr");
-    parts[at + 1] = proxy.addr.port().to_string();
+    let at = port_at(&parts);
+    parts[at] = &port;
     parts.join("/")
 }
