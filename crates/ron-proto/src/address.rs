@@ -67,6 +67,19 @@ impl Address {
         }
         AddressPrefix { bytes, nibbles }
     }
+
+    /// The length of an address's text, `b3:` and 64 hex digits.
+    pub const TEXT_LEN: usize = SCHEME.len() + HEX_LEN;
+
+    /// The address's text (`b3:` and 64 lowercase hex digits) as ASCII bytes, made without
+    /// allocating or the formatting machinery: for hot paths such as an HTTP `ETag`.
+    pub fn ascii(&self) -> [u8; Self::TEXT_LEN] {
+        let mut text = [0u8; Self::TEXT_LEN];
+        text[..SCHEME.len()].copy_from_slice(SCHEME.as_bytes());
+        // Cannot fail: the rest of the buffer is exactly twice the digest's length.
+        let _ = hex::encode_to_slice(self.0, &mut text[SCHEME.len()..]);
+        text
+    }
 }
 
 impl fmt::Display for Address {
@@ -97,6 +110,15 @@ fn check_lower_hex(digits: &str) -> Result<(), AddressError> {
     }
 }
 
+/// The value of one lowercase hex digit.
+const fn nibble(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
 impl FromStr for Address {
     type Err = AddressError;
 
@@ -108,9 +130,16 @@ impl FromStr for Address {
                 found: digits.chars().count(),
             });
         }
-        check_lower_hex(digits)?;
+        // One pass (addresses are parsed on every request that names one).
         let mut out = [0u8; 32];
-        hex::decode_to_slice(digits, &mut out).map_err(|_| AddressError::Digit { index: 0 })?;
+        for (i, pair) in digits.as_bytes().chunks_exact(2).enumerate() {
+            let (Some(hi), Some(lo)) = (nibble(pair[0]), nibble(pair[1])) else {
+                return Err(check_lower_hex(digits)
+                    .err()
+                    .unwrap_or(AddressError::Digit { index: 2 * i }));
+            };
+            out[i] = hi << 4 | lo;
+        }
         Ok(Self(out))
     }
 }
@@ -202,6 +231,12 @@ mod tests {
     fn spec_addressing_vectors() {
         assert_eq!(Address::of(b"hello world").to_string(), HELLO);
         assert_eq!(Address::of(b"").to_string(), EMPTY);
+    }
+
+    #[test]
+    fn ascii_is_the_text() {
+        assert_eq!(&Address::of(b"hello world").ascii()[..], HELLO.as_bytes());
+        assert_eq!(&Address::of(b"").ascii()[..], EMPTY.as_bytes());
     }
 
     #[test]

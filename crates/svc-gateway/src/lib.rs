@@ -17,6 +17,7 @@ mod auth;
 mod config;
 mod error;
 mod held;
+mod lanes;
 mod limits;
 mod middleware;
 mod objects;

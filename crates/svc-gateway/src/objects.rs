@@ -4,7 +4,7 @@
 use std::ops::RangeInclusive;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
@@ -40,6 +40,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Addr {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // Every route with an address ends with it: read it from the path as sent, unless it
+        // is percent-encoded, which the router's parameter decodes.
+        let path = parts.uri.path();
+        if let Some(slash) = path.bytes().rposition(|b| b == b'/')
+            && let text = &path[slash + 1..]
+            && !text.bytes().any(|b| b == b'%')
+        {
+            return text
+                .parse::<Address>()
+                .map(Addr)
+                .map_err(|e| bad(format!("malformed address: {e}")));
+        }
         let Path(text) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| bad(e.body_text()))?;
@@ -49,8 +61,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Addr {
     }
 }
 
-fn etag(addr: &Address) -> String {
-    format!("\"{addr}\"")
+/// An address's entity tag, `"b3:<hex>"`, on the stack: served on every object answer.
+struct Etag([u8; Address::TEXT_LEN + 2]);
+
+impl Etag {
+    fn of(addr: &Address) -> Self {
+        let mut tag = [b'"'; Address::TEXT_LEN + 2];
+        tag[1..=Address::TEXT_LEN].copy_from_slice(&addr.ascii());
+        Self(tag)
+    }
+
+    fn as_str(&self) -> &str {
+        // Quotes, `b3:` and hex digits: ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// The upload's announced length, expected address and media type, from its headers.
@@ -192,7 +216,7 @@ fn body(object: Object, parts: Vec<Part>, state: Shared) -> Body {
 fn streamed(state: Shared, addr: Address, incoming: Incoming, head: bool) -> Response {
     let base = fetched_headers(&addr, incoming.size);
     if head {
-        return (StatusCode::OK, base).into_response();
+        return respond(StatusCode::OK, base, Body::empty());
     }
     let pieces = stream::unfold(incoming.bytes, |mut rx| async move {
         rx.recv().await.map(|piece| (piece, rx))
@@ -207,13 +231,13 @@ fn streamed(state: Shared, addr: Address, incoming: Incoming, head: bool) -> Res
             Err(std::io::Error::other(e))
         }
     });
-    (StatusCode::OK, base, Body::from_stream(pieces)).into_response()
+    respond(StatusCode::OK, base, Body::from_stream(pieces))
 }
 
 /// The headers of an answer with the whole of an object fetched from peers (its media type is
 /// not known here).
 fn fetched_headers(addr: &Address, size: u64) -> HeaderMap {
-    let mut base = common_headers(&etag(addr));
+    let mut base = common_headers(&Etag::of(addr));
     base.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
@@ -224,10 +248,10 @@ fn fetched_headers(addr: &Address, size: u64) -> HeaderMap {
 
 /// The headers every answer with an object's bytes carries: its ETag (the address), cached
 /// forever (an address's bytes never change), byte ranges accepted, no sniffing.
-fn common_headers(tag: &str) -> HeaderMap {
+fn common_headers(tag: &Etag) -> HeaderMap {
     // Room for these and what an answer adds (type, length, range, request id): no regrowth.
     let mut base = HeaderMap::with_capacity(12);
-    if let Ok(tag) = HeaderValue::from_str(tag) {
+    if let Ok(tag) = HeaderValue::from_bytes(&tag.0) {
         base.insert(header::ETAG, tag);
     }
     base.insert(
@@ -254,13 +278,14 @@ fn common_headers(tag: &str) -> HeaderMap {
 /// failed or the stored copy is damaged beyond repair).
 pub(crate) async fn get(
     State(state): State<Shared>,
-    method: Method,
     Addr(addr): Addr,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    // The request itself, not copies of its method and headers.
+    let (method, headers) = (request.method(), request.headers());
     // Reads are open unless config says otherwise: skip building the path then.
     if state.auth.requires_token(Op::Get) {
-        authorize(&state, &headers, Op::Get, &format!("/o/{addr}"))?;
+        authorize(&state, headers, Op::Get, &format!("/o/{addr}"))?;
     }
     // Ranges and conditional requests need the stored copy; a whole object may stream from
     // peers as it arrives.
@@ -281,7 +306,16 @@ pub(crate) async fn get(
     } else {
         state.overlay.get_stored(addr).await?
     };
-    answer(&state, &method, &headers, addr, object).await
+    answer(&state, method, headers, addr, object).await
+}
+
+/// A response of `status` with `headers` and `body`, built in place (a tuple's
+/// `into_response` would merge the header map into a fresh one).
+fn respond(status: StatusCode, headers: HeaderMap, body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
 }
 
 /// The answer with a stored object's bytes: conditional, ranges, multipart.
@@ -293,12 +327,13 @@ async fn answer(
     object: Object,
 ) -> Result<Response, ApiError> {
     let size = object.size();
-    let tag = etag(&addr);
+    let etag = Etag::of(&addr);
+    let tag = etag.as_str();
     let media_type = object
         .media_type()
         .unwrap_or_else(|| "application/octet-stream".into());
 
-    let mut base = common_headers(&tag);
+    let mut base = common_headers(&etag);
     let put = |h: &mut HeaderMap, k: header::HeaderName, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(k, v);
@@ -307,14 +342,14 @@ async fn answer(
 
     if headers
         .get(header::IF_NONE_MATCH)
-        .is_some_and(|inm| ranges::none_match(inm.as_bytes(), &tag))
+        .is_some_and(|inm| ranges::none_match(inm.as_bytes(), tag))
     {
-        return Ok((StatusCode::NOT_MODIFIED, base).into_response());
+        return Ok(respond(StatusCode::NOT_MODIFIED, base, Body::empty()));
     }
 
     let range = headers.get(header::RANGE).map(HeaderValue::as_bytes);
     let if_range = headers.get(header::IF_RANGE).map(HeaderValue::as_bytes);
-    let (status, parts, length) = match ranges::plan(range, if_range, size, &tag) {
+    let (status, parts, length) = match ranges::plan(range, if_range, size, tag) {
         RangePlan::Full => {
             put(&mut base, header::CONTENT_TYPE, &media_type);
             (StatusCode::OK, vec![Part::Span(0, size)], size)
@@ -346,7 +381,7 @@ async fn answer(
     };
     base.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     if method == Method::HEAD {
-        return Ok((status, base).into_response());
+        return Ok(respond(status, base, Body::empty()));
     }
     // A small single-span answer is read and verified before anything is sent: one write,
     // and damage (after a repair attempt) becomes a clean error instead of a cut-off body.
@@ -355,9 +390,9 @@ async fn answer(
     {
         let bytes = object.read_verified(a, b).await?;
         state.traffic.sent.inc_by(bytes.len() as u64);
-        return Ok((status, base, bytes).into_response());
+        return Ok(respond(status, base, bytes));
     }
-    Ok((status, base, body(object, parts, state.clone())).into_response())
+    Ok(respond(status, base, body(object, parts, state.clone())))
 }
 
 /// The parts and length of a `multipart/byteranges` answer, its content type set in `base`.

@@ -1,5 +1,5 @@
-//! The gateway's connections, plain and TLS (HTTP/1.1 and HTTP/2 by ALPN `h2`), served by
-//! one accept loop that applies `[limits]`: TLS handshake and header-read deadlines, the
+//! The gateway's connections, plain and TLS (HTTP/1.1 and HTTP/2 by ALPN `h2`), accepted by
+//! one loop per listener and served on its lanes (`lanes`, a thread per core), under `[limits]`: TLS handshake and header-read deadlines, the
 //! request-head size, the client address for per-peer admission, and on HTTP/2 at most
 //! [`MAX_STREAMS`] streams per connection and a send deadline on its responses (`held`).
 
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::held::{MAX_STREAMS, Sends};
+use crate::lanes::{Lanes, Serve};
 use crate::{AppState, router};
 use ron_transport::deadline::{Deadlined, Meter};
 use ron_transport::limits::{LimitsSection, Peer};
@@ -54,6 +55,11 @@ async fn accept_loop(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let app = router(state.clone());
+    let lanes = Lanes::start(if tls.is_some() {
+        "gateway-tls"
+    } else {
+        "gateway"
+    })?;
     let graceful = GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -69,36 +75,46 @@ async fn accept_loop(
             sends: sends.clone(),
             metrics: state.metrics.clone(),
         };
-        tokio::spawn(async move {
-            let app = app.map_request(move |mut req: axum::extract::Request<_>| {
-                req.extensions_mut().insert(Peer(ip));
-                req.extensions_mut().insert(sends.clone());
-                req
-            });
-            let idle = Duration::from_millis(limits.read_idle_ms);
-            match tls {
-                None => {
-                    if first_bytes(&tcp, idle).await {
-                        Box::pin(connection(tcp, app, &limits, meter, watcher, watch)).await;
-                    }
-                }
-                Some(acceptor) => {
-                    let handshake = Duration::from_millis(limits.handshake_ms);
-                    match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
-                        Ok(Ok(mut stream)) => {
-                            if first_tls_bytes(&mut stream, idle).await {
-                                Box::pin(connection(stream, app, &limits, meter, watcher, watch))
-                                    .await;
-                            }
+        let serve: Serve = Box::new(move |tcp| {
+            Box::pin(async move {
+                let app = app.map_request(move |mut req: axum::extract::Request<_>| {
+                    req.extensions_mut().insert(Peer(ip));
+                    req.extensions_mut().insert(sends.clone());
+                    req
+                });
+                let idle = Duration::from_millis(limits.read_idle_ms);
+                match tls {
+                    None => {
+                        if first_bytes(&tcp, idle).await {
+                            Box::pin(connection(tcp, app, &limits, meter, watcher, watch)).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                    Some(acceptor) => {
+                        let handshake = Duration::from_millis(limits.handshake_ms);
+                        match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                            Ok(Ok(mut stream)) => {
+                                if first_tls_bytes(&mut stream, idle).await {
+                                    Box::pin(connection(
+                                        stream, app, &limits, meter, watcher, watch,
+                                    ))
+                                    .await;
+                                }
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
                     }
                 }
-            }
+            })
         });
+        tokio::select! {
+            () = lanes.hand(tcp, serve) => {}
+            () = shutdown.cancelled() => break,
+        }
     }
+    // Connections finish what they are answering, then the lanes close.
     graceful.shutdown().await;
+    drop(lanes);
     Ok(())
 }
 

@@ -95,6 +95,10 @@ pub(crate) struct Net {
     flights: Flights,
     /// Whether peers may read this node's objects now ([`crate::OverlaySetup`]).
     peers_may_read: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The runtime the overlay was made on, where fetches run: a fetch is the object's, not
+    /// the asking request's, and must not live or die with the thread that asked (the
+    /// gateway serves connections on threads of their own).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for Net {
@@ -118,6 +122,15 @@ impl Net {
             config,
             flights: Flights::default(),
             peers_may_read,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    /// Runs `task` on the overlay's runtime (the caller's when it was made outside one).
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        match &self.runtime {
+            Some(runtime) => drop(runtime.spawn(task)),
+            None => drop(tokio::spawn(task)),
         }
     }
 
@@ -187,7 +200,7 @@ impl Net {
             }
         };
         // Ends when the flight does (its transfer is bounded by per-range deadlines).
-        tokio::spawn(async move {
+        self.spawn(async move {
             let result = match flight.wait_for(|f| matches!(f, Flight::Ended(_))).await {
                 Ok(state) => match &*state {
                     Flight::Ended(result) => result.clone().map(|_| ()),
@@ -237,7 +250,7 @@ impl Net {
             budget: p2p.cache_bytes,
         };
         let (dht, overlay) = (self.dht.clone(), overlay.clone());
-        tokio::spawn(async move {
+        self.spawn(async move {
             fly(&dht, &overlay, addr, limits, repair, &state, tee).await;
             drop(landing);
         });

@@ -210,7 +210,8 @@ impl std::fmt::Debug for OverlayHandle {
 }
 
 impl OverlayHandle {
-    /// A handle on the overlay described by `setup`.
+    /// A handle on the overlay described by `setup`. Made inside a tokio runtime, the
+    /// overlay runs its fetches from peers there, whichever thread asks for them.
     pub fn new(setup: OverlaySetup) -> Self {
         let max_uploads = setup.max_uploads.max(1);
         Self {
