@@ -308,10 +308,8 @@ mod tests {
         }
     }
 
-    /// The JSON layer reads span fields back as a JSON object: every kind of value, escapes
-    /// and fields recorded later come through intact.
-    #[test]
-    fn span_fields_reach_the_json_lines_intact() {
+    /// The JSON lines the node's JSON layer (with [`SpanFields`]) writes while `f` runs.
+    fn logged(f: impl FnOnce()) -> Vec<serde_json::Value> {
         let sink = Sink::default();
         let writer = sink.clone();
         let subscriber = tracing_subscriber::registry().with(
@@ -321,7 +319,18 @@ mod tests {
                 .fmt_fields(SpanFields)
                 .with_writer(move || writer.clone()),
         );
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, f);
+        let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The JSON layer reads span fields back as a JSON object: every kind of value, escapes
+    /// and fields recorded later come through intact.
+    #[test]
+    fn span_fields_reach_the_json_lines_intact() {
+        let lines = logged(|| {
             let span = tracing::info_span!(
                 "request",
                 request_id = "a\"b\\c\nd\u{1}é",
@@ -336,10 +345,9 @@ mod tests {
             span.record("later", "recorded");
             span.in_scope(|| tracing::info!("inside"));
         });
-        let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
-        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(lines.len(), 1);
         assert_eq!(
-            line["span"],
+            lines[0]["span"],
             serde_json::json!({
                 "name": "request",
                 "request_id": "a\"b\\c\nd\u{1}é",
@@ -357,27 +365,13 @@ mod tests {
     /// A span with no fields, and one whose only field comes later, are objects too.
     #[test]
     fn spans_without_fields_are_empty_objects() {
-        let sink = Sink::default();
-        let writer = sink.clone();
-        let subscriber = tracing_subscriber::registry().with(
-            fmt::layer()
-                .json()
-                .with_current_span(true)
-                .fmt_fields(SpanFields)
-                .with_writer(move || writer.clone()),
-        );
-        tracing::subscriber::with_default(subscriber, || {
+        let lines = logged(|| {
             let bare = tracing::info_span!("bare");
             bare.in_scope(|| tracing::info!("one"));
             let late = tracing::info_span!("late", id = tracing::field::Empty);
             late.record("id", 5u64);
             late.in_scope(|| tracing::info!("two"));
         });
-        let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<serde_json::Value> = out
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
         assert_eq!(lines[0]["span"], serde_json::json!({"name": "bare"}));
         assert_eq!(
             lines[1]["span"],
