@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod address;
+pub mod collection;
 mod error;
 mod manifest;
 pub mod oap;
