@@ -104,6 +104,8 @@ pub fn router(state: AppState) -> Router {
         .route("/status", get(status))
         .route("/put", post(crate::objects::put))
         .route("/o/{addr}", get(crate::objects::get))
+        .route("/o/{addr}/", get(crate::collections::walk))
+        .route("/o/{addr}/{*path}", get(crate::collections::walk))
         .route("/stat/{addr}", get(crate::objects::stat))
         .route(
             "/pin/{addr}",
@@ -215,7 +217,7 @@ async fn method_not_allowed() -> Response {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use axum::body::{Body, to_bytes};
     use axum::http::Request;
@@ -229,7 +231,7 @@ mod tests {
         overlay
     }
 
-    fn state() -> AppState {
+    pub(crate) fn state() -> AppState {
         let metrics = Metrics::new();
         AppState {
             traffic: crate::Traffic::new(&metrics),

@@ -213,8 +213,14 @@ fn body(object: Object, parts: Vec<Part>, state: Shared) -> Body {
 /// bytes sent as they arrive verified (and are stored), so the client does not wait for the
 /// whole transfer and the store's commit. A transfer that fails part-way cuts the response
 /// short (never a wrong byte).
-fn streamed(state: Shared, addr: Address, incoming: Incoming, head: bool) -> Response {
-    let base = fetched_headers(&addr, incoming.size);
+fn streamed(
+    state: Shared,
+    addr: Address,
+    incoming: Incoming,
+    head: bool,
+    media_type: Option<String>,
+) -> Response {
+    let base = fetched_headers(&addr, incoming.size, media_type.as_deref());
     if head {
         return respond(StatusCode::OK, base, Body::empty());
     }
@@ -234,14 +240,14 @@ fn streamed(state: Shared, addr: Address, incoming: Incoming, head: bool) -> Res
     respond(StatusCode::OK, base, Body::from_stream(pieces))
 }
 
-/// The headers of an answer with the whole of an object fetched from peers (its media type is
-/// not known here).
-fn fetched_headers(addr: &Address, size: u64) -> HeaderMap {
+/// The headers of an answer with the whole of an object fetched from peers (its stored media
+/// type is not known here: a collection's entry may name one).
+fn fetched_headers(addr: &Address, size: u64, media_type: Option<&str>) -> HeaderMap {
     let mut base = common_headers(&Etag::of(addr));
-    base.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    let media_type = media_type
+        .and_then(|mt| HeaderValue::from_str(mt).ok())
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    base.insert(header::CONTENT_TYPE, media_type);
     base.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     base
 }
@@ -287,8 +293,19 @@ pub(crate) async fn get(
     if state.auth.requires_token(Op::Get) {
         authorize(&state, headers, Op::Get, &format!("/o/{addr}"))?;
     }
-    // Ranges and conditional requests need the stored copy; a whole object may stream from
-    // peers as it arrives.
+    serve(&state, method, headers, addr, None).await
+}
+
+/// The answer with an object's bytes, served as `media_type` when given (a collection's
+/// entry), else as stored. Ranges and conditional requests need the stored copy; a whole
+/// object may stream from peers as it arrives.
+pub(crate) async fn serve(
+    state: &Shared,
+    method: &Method,
+    headers: &HeaderMap,
+    addr: Address,
+    media_type: Option<String>,
+) -> Result<Response, ApiError> {
     let whole =
         !headers.contains_key(header::RANGE) && !headers.contains_key(header::IF_NONE_MATCH);
     let object = if whole {
@@ -300,13 +317,14 @@ pub(crate) async fn get(
                     addr,
                     incoming,
                     method == Method::HEAD,
+                    media_type,
                 ));
             }
         }
     } else {
         state.overlay.get_stored(addr).await?
     };
-    answer(&state, method, headers, addr, object).await
+    answer(state, method, headers, addr, object, media_type).await
 }
 
 /// A response of `status` with `headers` and `body`, built in place (a tuple's
@@ -325,12 +343,13 @@ async fn answer(
     headers: &HeaderMap,
     addr: Address,
     object: Object,
+    media_type: Option<String>,
 ) -> Result<Response, ApiError> {
     let size = object.size();
     let etag = Etag::of(&addr);
     let tag = etag.as_str();
-    let media_type = object
-        .media_type()
+    let media_type = media_type
+        .or_else(|| object.media_type())
         .unwrap_or_else(|| "application/octet-stream".into());
 
     let mut base = common_headers(&etag);

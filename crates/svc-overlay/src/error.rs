@@ -2,6 +2,7 @@
 //! with its shared kind, a message safe to show a client and the retry hint
 //! ([`ron_proto::Failure`]), so HTTP and OAP/1 answer the same failure the same way.
 
+use ron_proto::collection::CollectionError;
 use ron_proto::{Address, ErrorKind, Failure};
 use svc_storage::{PutError, ReadError, StoreError};
 
@@ -46,6 +47,23 @@ pub enum OverlayError {
     /// Providers were found but none delivered the object (each one's failure, joined).
     #[error("the object could not be fetched from its providers: {0}")]
     FetchFailed(String),
+    /// An upload declared as a collection is not a valid one: nothing is stored.
+    #[error("invalid collection: {0}")]
+    InvalidCollection(CollectionError),
+    /// A path was walked through an object that is not a valid collection.
+    #[error("{0} is not a collection: {1}")]
+    NotACollection(Address, CollectionError),
+    /// A path inside a collection is malformed (traversal, empty or over-deep).
+    #[error("invalid path: {0}")]
+    BadPath(CollectionError),
+    /// The collection holds nothing at this path.
+    #[error("no entry {path:?} in {root}")]
+    NoSuchPath {
+        /// The collection walked.
+        root: Address,
+        /// The path, as far as it was walked.
+        path: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -59,7 +77,11 @@ impl Failure for OverlayError {
             Self::Damaged(_) => ErrorKind::Damaged,
             Self::TooLarge { .. } => ErrorKind::TooLarge,
             Self::Mismatch { .. } => ErrorKind::ContentMismatch,
-            Self::MediaType(_) => ErrorKind::BadInput,
+            Self::MediaType(_)
+            | Self::InvalidCollection(_)
+            | Self::NotACollection(..)
+            | Self::BadPath(_) => ErrorKind::BadInput,
+            Self::NoSuchPath { .. } => ErrorKind::NotFound,
             Self::FetchTimeout => ErrorKind::Timeout,
             Self::Store(e) => e.kind(),
         }
@@ -69,6 +91,9 @@ impl Failure for OverlayError {
         match self {
             // Not the node's load: the providers failed (offline, refusing, lying).
             Self::FetchFailed(_) => "providers_unavailable",
+            Self::InvalidCollection(_) => "invalid_collection",
+            Self::NotACollection(..) => "not_a_collection",
+            Self::BadPath(_) => "invalid_path",
             other => other.kind().code(),
         }
     }
@@ -170,6 +195,29 @@ mod tests {
                 },
                 422,
                 "content_mismatch",
+            ),
+            (
+                OverlayError::InvalidCollection(CollectionError::Version(9)),
+                400,
+                "invalid_collection",
+            ),
+            (
+                OverlayError::NotACollection(addr, CollectionError::Decode("map".into())),
+                400,
+                "not_a_collection",
+            ),
+            (
+                OverlayError::BadPath(CollectionError::TooDeep),
+                400,
+                "invalid_path",
+            ),
+            (
+                OverlayError::NoSuchPath {
+                    root: addr,
+                    path: "a/b".into(),
+                },
+                404,
+                "not_found",
             ),
         ];
         for (e, status, code) in cases {

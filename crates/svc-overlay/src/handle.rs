@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ron_kernel::Config;
 use ron_proto::Address;
+use ron_proto::collection::{self, Collection};
 use svc_dht::DhtHandle;
 use svc_index::Index;
 use svc_storage::{
@@ -71,6 +72,10 @@ pub struct PutRequest {
 #[derive(Debug)]
 pub struct Upload {
     writer: ObjectWriter,
+    /// The bytes of an upload declared a collection, checked before it commits.
+    collection: Option<Vec<u8>>,
+    /// A media type was given: an object already stored takes it.
+    typed: bool,
     overlay: OverlayHandle,
     _permit: OwnedSemaphorePermit,
 }
@@ -81,6 +86,13 @@ impl Upload {
     /// # Cancel safety
     /// Not resumable: after a cancelled call drop the upload (which cleans up).
     pub async fn write(&mut self, data: &[u8]) -> Result<(), OverlayError> {
+        if let Some(held) = &mut self.collection {
+            let limit = collection::MAX_COLLECTION_BYTES;
+            if (held.len() + data.len()) as u64 > limit {
+                return Err(OverlayError::TooLarge { limit });
+            }
+            held.extend_from_slice(data);
+        }
         Ok(self.writer.write(data).await?)
     }
 
@@ -91,11 +103,33 @@ impl Upload {
 
     /// Commits the object (durable when this returns `Ok`), pinned, and announces it to the
     /// peer network. The address is always the BLAKE3 of the bytes that arrived.
+    ///
+    /// An upload declared a collection ([`collection::COLLECTION_MEDIA_TYPE`]) commits only
+    /// if it is a valid one ([`OverlayError::InvalidCollection`]).
     pub async fn finish(self) -> Result<Stored, OverlayError> {
+        if let Some(held) = &self.collection {
+            Collection::decode(held).map_err(OverlayError::InvalidCollection)?;
+        }
         let stored = self.writer.finish().await?;
+        if !stored.created && self.typed {
+            // Its manifest may have a new media type: read it afresh.
+            self.overlay.small().remove(&stored.address);
+            self.overlay.index.forget(&stored.address);
+        }
         self.overlay.announce(stored.address).await;
         Ok(stored)
     }
+}
+
+/// Whether a media type declares a collection (its essence, any case, parameters ignored).
+fn is_collection(media_type: Option<&str>) -> bool {
+    media_type.is_some_and(|mt| {
+        mt.split(';').next().is_some_and(|essence| {
+            essence
+                .trim()
+                .eq_ignore_ascii_case(collection::COLLECTION_MEDIA_TYPE)
+        })
+    })
 }
 
 /// An object's verified bytes: a stored copy that repairs itself from peers when its bytes
@@ -418,7 +452,11 @@ impl OverlayHandle {
             // The store reads the chunks back for the outboard: keep them in the page cache.
             around_cache: false,
         };
+        let collection = is_collection(options.media_type.as_deref()).then(Vec::new);
+        let typed = options.media_type.is_some();
         Ok(Upload {
+            collection,
+            typed,
             writer: self.store.writer(options),
             _permit: self.admit_upload()?,
             overlay: self.clone(),

@@ -34,6 +34,7 @@
 
 mod actor;
 mod cache;
+mod collections;
 mod error;
 mod fetch;
 mod handle;
@@ -41,6 +42,7 @@ mod metrics;
 mod source;
 
 pub use actor::run;
+pub use collections::Resolved;
 pub use error::OverlayError;
 pub use fetch::{Done, Incoming};
 pub use handle::{Command, Got, Object, OverlayHandle, OverlaySetup, PutRequest, Upload};

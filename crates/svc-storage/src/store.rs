@@ -449,7 +449,25 @@ pub(crate) fn commit_object(
         let mut chunks = txn.open_table(CHUNKS)?;
         let mut pins = txn.open_table(PINS)?;
         let mut totals = txn.open_table(TOTALS)?;
-        let created = objects.get(key)?.is_none();
+        let stored = objects.get(key)?.map(|v| v.value().to_vec());
+        let created = stored.is_none();
+        if let Some(stored) = stored
+            && manifest.media_type.is_some()
+        {
+            // The same bytes again with a media type: the stored object takes it (the chunks
+            // are the same; only the manifest's type changes).
+            let mut current = Manifest::decode(&stored).map_err(|source| StoreError::Manifest {
+                address: manifest.address,
+                source,
+            })?;
+            if current.media_type != manifest.media_type {
+                current.media_type.clone_from(&manifest.media_type);
+                let updated = current
+                    .encode()
+                    .map_err(|e| StoreError::Internal(format!("manifest: {e}")))?;
+                objects.insert(key, updated.as_slice())?;
+            }
+        }
         if created {
             objects.insert(key, encoded)?;
             let unique: BTreeSet<_> = manifest.chunks.iter().map(|c| (c.address, c.len)).collect();
