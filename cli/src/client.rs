@@ -144,6 +144,14 @@ impl Target {
         self
     }
 
+    /// This target, for a command that speaks only HTTP: an error when `--oap` was given.
+    pub(crate) fn http_only(self, oap: &OapArgs) -> anyhow::Result<Self> {
+        if oap.oap.is_some() {
+            bail!("-r speaks HTTP to the node's gateway: drop --oap");
+        }
+        Ok(self)
+    }
+
     fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.token {
             Some(token) => req.bearer_auth(token),
@@ -153,7 +161,7 @@ impl Target {
 
     /// The HTTP client: plain for http://, TLS (HTTP/2 or 1.1 by ALPN) with the trusted
     /// certificates for https://.
-    fn http(&self) -> anyhow::Result<reqwest::Client> {
+    pub(crate) fn http(&self) -> anyhow::Result<reqwest::Client> {
         let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
         if self.url.starts_with("https://") {
             let trust = self.trust.as_ref().context(
@@ -241,8 +249,13 @@ pub(crate) async fn put(
     oap: &OapArgs,
 ) -> anyhow::Result<()> {
     if file.is_dir() {
-        bail!("{} is a directory: ron put stores one file", file.display());
+        bail!(
+            "{} is a directory: ron put -r stores a tree",
+            file.display()
+        );
     }
+    // The node never sees the file's name: the type it suggests travels with the bytes.
+    let media_type = media_type.or_else(|| guessed(file));
     if let Some(mut client) = oap.connect().await? {
         let stored = if file == Path::new("-") {
             client
@@ -280,26 +293,50 @@ pub(crate) async fn put(
         });
         (reqwest::Body::wrap_stream(stream), Some(len))
     };
-    let mut req = node.authorized(node.http()?.post(format!("{}/put", base(node))).body(body));
-    if let Some(len) = len {
-        req = req.header(reqwest::header::CONTENT_LENGTH, len);
-    }
-    if let Some(mt) = media_type {
-        req = req.header(reqwest::header::CONTENT_TYPE, mt);
-    }
-    let res = node
-        .check(
-            req.send()
-                .await
-                .with_context(|| format!("cannot reach the node at {}", base(node)))?,
-        )
-        .await?;
-    let stored: serde_json::Value = res.json().await.context("the node's answer is not JSON")?;
-    let addr = stored["address"]
-        .as_str()
-        .context("the node's answer has no address")?;
+    let addr = node.post(&node.http()?, body, len, media_type).await?;
     println!("{addr}");
     Ok(())
+}
+
+/// The media type a file's name suggests, unless it is standard input.
+fn guessed(file: &Path) -> Option<String> {
+    if file == Path::new("-") {
+        return None;
+    }
+    ron_proto::collection::guess_media_type(&file.file_name()?.to_string_lossy())
+}
+
+impl Target {
+    /// `POST /put` of `body` (`len` bytes when known, stored as `media_type`): the address.
+    pub(crate) async fn post(
+        &self,
+        http: &reqwest::Client,
+        body: reqwest::Body,
+        len: Option<u64>,
+        media_type: Option<String>,
+    ) -> anyhow::Result<Address> {
+        let mut req = self.authorized(http.post(format!("{}/put", base(self))).body(body));
+        if let Some(len) = len {
+            req = req.header(reqwest::header::CONTENT_LENGTH, len);
+        }
+        if let Some(mt) = media_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, mt);
+        }
+        let res = self
+            .check(
+                req.send()
+                    .await
+                    .with_context(|| format!("cannot reach the node at {}", base(self)))?,
+            )
+            .await?;
+        let stored: serde_json::Value =
+            res.json().await.context("the node's answer is not JSON")?;
+        stored["address"]
+            .as_str()
+            .context("the node's answer has no address")?
+            .parse()
+            .context("the node's answer has a malformed address")
+    }
 }
 
 /// Where `ron get` writes: `-o FILE`; into `-o DIR` as `DIR/<hex>`; `-o -` or no `-o` to
@@ -330,61 +367,105 @@ pub(crate) async fn get(
     if let Some(mut client) = oap.connect().await? {
         return get_oap(&mut client, node, &addr, out).await;
     }
-    let res = node
-        .authorized(node.http()?.get(format!("{}/o/{addr}", base(node))))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the node at {}", base(node)))?;
-    let res = node.check(res).await?;
-    let bar = progress(res.content_length(), "get");
+    let http = node.http()?;
+    match out {
+        Some(path) if path != Path::new("-") => save(node, &http, &addr, path, true).await,
+        _ => {
+            let res = node.fetch(&http, &addr).await?;
+            let bar = progress(res.content_length(), "get");
+            let result = copy_verified(res, &mut tokio::io::stdout(), &addr, &bar).await;
+            bar.finish_and_clear();
+            result
+        }
+    }
+}
+
+impl Target {
+    /// `GET /o/ADDR`, checked: the response whose body is the object.
+    pub(crate) async fn fetch(
+        &self,
+        http: &reqwest::Client,
+        addr: &Address,
+    ) -> anyhow::Result<reqwest::Response> {
+        let res = self
+            .authorized(http.get(format!("{}/o/{addr}", base(self))))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node at {}", base(self)))?;
+        self.check(res).await
+    }
+}
+
+/// Copies a response's body into `sink`, hashing it as it goes: an error when the bytes are
+/// not the object `addr` names.
+async fn copy_verified(
+    res: reqwest::Response,
+    sink: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    addr: &Address,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
     let mut hasher = blake3::Hasher::new();
-    let (mut sink, part): (
-        Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
-        Option<(PathBuf, PathBuf)>,
-    ) = match out {
-        Some(path) if path != Path::new("-") => {
-            let part = path.with_extension(format!(
-                "{}ron-part",
-                path.extension()
-                    .map(|e| format!("{}.", e.to_string_lossy()))
-                    .unwrap_or_default()
-            ));
-            let f = tokio::fs::File::create(&part)
-                .await
-                .with_context(|| format!("cannot create {}", part.display()))?;
-            (Box::new(f), Some((part, path.clone())))
-        }
-        _ => (Box::new(tokio::io::stdout()), None),
+    let mut stream = res.bytes_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.context(
+            "the transfer broke off (the node aborts rather than send bytes that fail verification)",
+        )?;
+        hasher.update(&piece);
+        sink.write_all(&piece)
+            .await
+            .context("cannot write the output")?;
+        bar.inc(piece.len() as u64);
+    }
+    sink.flush().await.context("cannot write the output")?;
+    let got = Address::from_bytes(*hasher.finalize().as_bytes());
+    if got != *addr {
+        bail!("received bytes hash to {got}, not {addr}");
+    }
+    Ok(())
+}
+
+/// A part file beside `path` that no other download (or entry of a tree) can be using: hidden,
+/// with a random tag.
+fn part_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{:08x}.ron-part", fastrand::u32(..)))
+}
+
+/// Fetches `addr` into `path` atomically: a part file, verified against the address, synced,
+/// then renamed into place. Nothing is left behind on failure.
+pub(crate) async fn save(
+    node: &Target,
+    http: &reqwest::Client,
+    addr: &Address,
+    path: &Path,
+    show_progress: bool,
+) -> anyhow::Result<()> {
+    let res = node.fetch(http, addr).await?;
+    let bar = if show_progress {
+        progress(res.content_length(), "get")
+    } else {
+        ProgressBar::hidden()
     };
-    let result: anyhow::Result<()> = async {
-        let mut stream = res.bytes_stream();
-        while let Some(piece) = stream.next().await {
-            let piece = piece.context("the transfer broke off (the node aborts rather than send bytes that fail verification)")?;
-            hasher.update(&piece);
-            sink.write_all(&piece).await.context("cannot write the output")?;
-            bar.inc(piece.len() as u64);
-        }
-        sink.flush().await.context("cannot write the output")?;
-        let got = Address::from_bytes(*hasher.finalize().as_bytes());
-        if got != addr {
-            bail!("received bytes hash to {got}, not {addr}");
-        }
-        Ok(())
+    let part = part_path(path);
+    let mut f = tokio::fs::File::create(&part)
+        .await
+        .with_context(|| format!("cannot create {}", part.display()))?;
+    let result = async {
+        copy_verified(res, &mut f, addr, &bar).await?;
+        f.sync_all().await.context("cannot write the output")?;
+        tokio::fs::rename(&part, path)
+            .await
+            .with_context(|| format!("cannot move into {}", path.display()))
     }
     .await;
     bar.finish_and_clear();
-    match (result, part) {
-        (Ok(()), Some((part, dest))) => tokio::fs::rename(&part, &dest)
-            .await
-            .with_context(|| format!("cannot move into {}", dest.display())),
-        (Ok(()), None) => Ok(()),
-        (Err(e), part) => {
-            if let Some((part, _)) = part {
-                let _ = tokio::fs::remove_file(part).await;
-            }
-            Err(e)
-        }
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&part).await;
     }
+    result
 }
 
 /// `ron stat ADDR`: the node's JSON, pretty-printed.
@@ -480,7 +561,7 @@ async fn get_oap(
 ) -> anyhow::Result<()> {
     match out {
         Some(path) if path != Path::new("-") => {
-            let part = path.with_extension("ron-part");
+            let part = part_path(path);
             let mut f = tokio::fs::File::create(&part)
                 .await
                 .with_context(|| format!("cannot create {}", part.display()))?;

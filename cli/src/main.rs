@@ -6,6 +6,7 @@ mod client;
 mod logging;
 mod node;
 mod p2p;
+mod tree;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,11 +33,16 @@ struct Cli {
 enum Command {
     /// Run a node: the kernel, its services and the HTTP gateway.
     Node(node::NodeArgs),
-    /// Store a file (or `-` for standard input) on the node; prints its address.
+    /// Store a file (or `-` for standard input) on the node; prints its address. With `-r`,
+    /// a directory tree: every file, and a collection per folder; prints the root's address.
     Put {
-        /// The file, or `-`.
+        /// The file, `-`, or with `-r` the directory.
         file: PathBuf,
-        /// Media type to store with it.
+        /// Store the directory FILE and everything under it.
+        #[arg(short, long, conflicts_with = "media_type")]
+        recursive: bool,
+        /// Media type to store with it [default: guessed from the file's name]; the same
+        /// bytes stored again with a type take it.
         #[arg(long = "type", value_name = "MEDIA_TYPE")]
         media_type: Option<String>,
         #[command(flatten)]
@@ -44,10 +50,14 @@ enum Command {
         #[command(flatten)]
         oap: client::OapArgs,
     },
-    /// Fetch an object by address, verifying it as it arrives.
+    /// Fetch an object by address, verifying it as it arrives. With `-r`, a collection's
+    /// whole tree into the directory `-o DIR`.
     Get {
         /// `b3:<hex>`.
         address: String,
+        /// The address is a collection's: recreate its tree under `-o DIR`.
+        #[arg(short, long, requires = "output")]
+        recursive: bool,
         /// Write here (atomically) instead of standard output; into a directory as DIR/<hex>; `-` for standard output even on a terminal.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
@@ -110,15 +120,38 @@ fn main() -> ExitCode {
             Command::Node(args) => node::run(args).await,
             Command::Put {
                 file,
+                recursive: true,
+                creds,
+                oap,
+                ..
+            } => tree::put(&target(&creds)?.trusting(&oap).http_only(&oap)?, &file).await,
+            Command::Put {
+                file,
                 media_type,
                 creds,
                 oap,
+                ..
             } => client::put(&target(&creds)?.trusting(&oap), &file, media_type, &oap).await,
+            Command::Get {
+                address,
+                recursive: true,
+                output: Some(output),
+                creds,
+                oap,
+            } => {
+                tree::get(
+                    &target(&creds)?.trusting(&oap).http_only(&oap)?,
+                    &address,
+                    &output,
+                )
+                .await
+            }
             Command::Get {
                 address,
                 output,
                 creds,
                 oap,
+                ..
             } => {
                 client::get(
                     &target(&creds)?.trusting(&oap),
