@@ -40,11 +40,24 @@ pub enum Op {
     Pin,
     /// Unpin an object (`DELETE /pin/{addr}`).
     Unpin,
+    /// Remove an object, or collect garbage (`DELETE /o/{addr}`, `POST /gc`). Always needs a
+    /// token.
+    Delete,
+    /// List what the node stores (`GET /objects`). Always needs a token.
+    List,
 }
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 5] = [Op::Get, Op::Stat, Op::Put, Op::Pin, Op::Unpin];
+    pub const ALL: [Op; 7] = [
+        Op::Get,
+        Op::Stat,
+        Op::Put,
+        Op::Pin,
+        Op::Unpin,
+        Op::Delete,
+        Op::List,
+    ];
 
     /// The name used in tokens and on the command line.
     pub const fn as_str(self) -> &'static str {
@@ -54,12 +67,20 @@ impl Op {
             Op::Put => "put",
             Op::Pin => "pin",
             Op::Unpin => "unpin",
+            Op::Delete => "delete",
+            Op::List => "list",
         }
     }
 
     /// Whether the operation changes what the node stores.
     pub const fn is_write(self) -> bool {
-        matches!(self, Op::Put | Op::Pin | Op::Unpin)
+        matches!(self, Op::Put | Op::Pin | Op::Unpin | Op::Delete)
+    }
+
+    /// Whether the operation needs a token whatever the config says (`auth.anonymous_put`
+    /// and `auth.protect_reads` do not open it): removing objects and listing them.
+    pub const fn owner_only(self) -> bool {
+        matches!(self, Op::Delete | Op::List)
     }
 }
 
@@ -78,7 +99,7 @@ impl FromStr for Op {
             .find(|op| op.as_str() == s)
             .ok_or_else(|| {
                 TokenError::Caveat(format!(
-                    "unknown method {s:?} (one of get, stat, put, pin, unpin)"
+                    "unknown method {s:?} (one of get, stat, put, pin, unpin, delete, list)"
                 ))
             })
     }

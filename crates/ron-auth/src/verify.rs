@@ -409,7 +409,9 @@ impl Auth {
 
     /// Whether `op` needs a token under the current config.
     pub fn requires_token(&self, op: Op) -> bool {
-        if op.is_write() {
+        if op.owner_only() {
+            true
+        } else if op.is_write() {
             !self.anonymous_put.load(Ordering::Relaxed)
         } else {
             self.protect_reads.load(Ordering::Relaxed)

@@ -34,7 +34,7 @@ const PATHS: [&str; 5] = [
 fn caveats_strategy() -> impl Strategy<Value = Caveats> {
     (
         proptest::option::of(0u64..4 * DAY),
-        proptest::collection::btree_set(0usize..5, 0..4),
+        proptest::collection::btree_set(0..Op::ALL.len(), 0..4),
         proptest::option::of(prop::sample::select(vec![
             "/",
             "/p",
@@ -71,7 +71,7 @@ proptest! {
     fn attenuation_never_widens(
         parent in caveats_strategy(),
         child in caveats_strategy(),
-        probes in proptest::collection::vec((0usize..5, 0usize..5, 0u64..5 * DAY), 1..12),
+        probes in proptest::collection::vec((0..Op::ALL.len(), 0..PATHS.len(), 0u64..5 * DAY), 1..12),
     ) {
         let auth = node(&AuthSection::default());
         let parent_token = auth.mint(&bind(parent, &auth)).unwrap();
@@ -95,7 +95,7 @@ proptest! {
     fn the_fast_path_agrees_with_datalog(
         parent in caveats_strategy(),
         child in caveats_strategy(),
-        probes in proptest::collection::vec((0usize..5, 0usize..5, 0u64..5 * DAY), 1..12),
+        probes in proptest::collection::vec((0..Op::ALL.len(), 0..PATHS.len(), 0u64..5 * DAY), 1..12),
     ) {
         let auth = node(&AuthSection::default());
         let parent_token = auth.mint(&bind(parent, &auth)).unwrap();

@@ -103,7 +103,12 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/put", post(crate::objects::put))
-        .route("/o/{addr}", get(crate::objects::get))
+        .route("/objects", get(crate::objects::list))
+        .route("/gc", post(crate::objects::gc))
+        .route(
+            "/o/{addr}",
+            get(crate::objects::get).delete(crate::objects::delete),
+        )
         .route("/o/{addr}/", get(crate::collections::walk))
         .route("/o/{addr}/{*path}", get(crate::collections::walk))
         .route("/stat/{addr}", get(crate::objects::stat))

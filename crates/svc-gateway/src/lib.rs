@@ -1,7 +1,8 @@
 //! The HTTP face of a RustyOnions node: objects (`POST /put`, `GET|HEAD /o/{addr}` with
 //! ranges, paths inside collections `GET|HEAD /o/{root}/{path}`, `GET /stat/{addr}`,
-//! `POST|DELETE /pin/{addr}`) and the admin endpoints (`/healthz`, `/readyz`, `/metrics`,
-//! `/status`), with request ids and latency metrics on every route.
+//! `POST|DELETE /pin/{addr}`, `DELETE /o/{addr}`, `GET /objects`, `POST /gc`) and the admin
+//! endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`), with request ids and latency
+//! metrics on every route.
 //! Handlers are thin: decode, authorise, call one overlay method, encode. Every error leaves
 //! through one type, [`ApiError`], in the shared JSON shape `{"code","message","retry_after_ms"?}`.
 //!

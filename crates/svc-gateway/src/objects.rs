@@ -481,3 +481,68 @@ pub(crate) async fn unpin(
     state.overlay.unpin(addr).await?;
     Ok(Json(json!({"address": addr, "pinned": false})).into_response())
 }
+
+/// `DELETE /o/{addr}` (a token that allows `delete`): the object leaves this node, pinned or
+/// not; chunks nothing else references are freed and it is no longer announced.
+pub(crate) async fn delete(
+    State(state): State<Shared>,
+    Addr(addr): Addr,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Op::Delete, &format!("/o/{addr}"))?;
+    state.overlay.delete(addr).await?;
+    Ok(Json(json!({"address": addr, "deleted": true})).into_response())
+}
+
+/// `POST /gc` (a token that allows `delete`): the periodic collection, now.
+pub(crate) async fn gc(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Op::Delete, "/gc")?;
+    let report = state.overlay.collect().await?;
+    Ok(Json(json!({
+        "objects": report.objects,
+        "chunks": report.chunks,
+        "bytes": report.bytes,
+    }))
+    .into_response())
+}
+
+/// Most objects one page of `GET /objects` holds.
+const MAX_PAGE: usize = 1000;
+
+/// The query of `GET /objects`.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /objects[?after=b3:…&limit=N]` (a token that allows `list`): a page of what this node
+/// stores, in address order (`limit` 1 to 1000, default 100); `next` is the `after` of the
+/// following page, `null` on the last.
+pub(crate) async fn list(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Op::List, "/objects")?;
+    let axum::extract::Query(query) = query.map_err(|e| bad(e.body_text()))?;
+    let after = match query.after.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(
+            text.parse::<Address>()
+                .map_err(|e| bad(format!("malformed after: {e}")))?,
+        ),
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(bad(format!("limit must be 1 to {MAX_PAGE}")));
+    }
+    let page = state.overlay.list(after, limit).await?;
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|o| o.address))
+        .flatten();
+    Ok(Json(json!({"objects": page, "next": next})).into_response())
+}

@@ -506,10 +506,50 @@ impl OverlayHandle {
         report
     }
 
-    /// Keeps the objects fetched from peers (unpinned) within `p2p.cache_bytes`.
-    pub async fn keep_cache(&self) {
-        let Some(net) = &self.net else { return };
-        net.make_room(self, net.cache_budget()).await;
+    /// Removes `address` from this node, pinned or not: the chunks nothing else references
+    /// are freed and the node stops announcing it. [`OverlayError::NotFound`] when it is not
+    /// stored.
+    pub async fn delete(&self, address: Address) -> Result<(), OverlayError> {
+        if !self.store.remove(&address).await? {
+            return Err(OverlayError::NotFound(address));
+        }
+        self.small().remove(&address);
+        self.index.forget(&address);
+        if let Some(net) = &self.net {
+            net.withdraw(address).await;
+        }
+        Ok(())
+    }
+
+    /// The periodic collection (`storage.gc_interval_s`, or on demand): objects their owner
+    /// unpinned are removed, copies fetched from peers are kept within `p2p.cache_bytes`, and
+    /// chunks nothing references are freed. What was removed is no longer announced.
+    pub async fn collect(&self) -> Result<GcReport, OverlayError> {
+        let (mut report, removed) = self.store.collect_released().await?;
+        if !removed.is_empty() {
+            self.small().clear();
+            self.index.clear();
+        }
+        if let Some(net) = &self.net {
+            for addr in removed {
+                net.withdraw(addr).await;
+            }
+            let (cache, _) = self.evict(net.cache_budget()).await?;
+            report.objects += cache.objects;
+            report.chunks += cache.chunks;
+            report.bytes += cache.bytes;
+        }
+        Ok(report)
+    }
+
+    /// A page of what this node stores, in address order after `after` (see
+    /// [`svc_storage::Store::list`]).
+    pub async fn list(
+        &self,
+        after: Option<Address>,
+        limit: usize,
+    ) -> Result<Vec<svc_storage::Listed>, OverlayError> {
+        Ok(self.store.list(after, limit).await?)
     }
 
     /// Announces every object the store holds (a restarted node must say it again: provider

@@ -46,7 +46,7 @@ pub use collections::Resolved;
 pub use error::OverlayError;
 pub use fetch::{Done, Incoming};
 pub use handle::{Command, Got, Object, OverlayHandle, OverlaySetup, PutRequest, Upload};
-pub use svc_storage::{GcReport, ObjectStat, StoreStats, Stored};
+pub use svc_storage::{GcReport, Listed, ObjectStat, StoreStats, Stored};
 
 /// An overlay over an in-memory store with no peers (amnesia-style), and its actor's future
 /// to run: for tests and examples of the edges.

@@ -43,5 +43,12 @@ pub use config::StorageSection;
 pub use error::{PutError, ReadError, StoreError};
 pub use pool::CpuPool;
 pub use reader::{GROUP_BYTES, MAX_WINDOW, ObjectReader};
-pub use store::{GcReport, ObjectStat, Store, StoreStats};
+pub use store::{GcReport, Listed, ObjectStat, Store, StoreStats};
 pub use writer::{ObjectWriter, PutOptions, Stored};
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -11,6 +11,12 @@ pub(crate) const PINS: TableDefinition<&[u8; 32], ()> = TableDefinition::new("pi
 /// Unpinned (cached) object address -> the order it became unpinned in (a running sequence):
 /// the cache budget evicts the oldest first.
 pub(crate) const CACHED: TableDefinition<&[u8; 32], u64> = TableDefinition::new("cached");
+/// Object address -> when it was first stored here (Unix seconds). Objects stored before
+/// this table existed have no entry.
+pub(crate) const STORED_AT: TableDefinition<&[u8; 32], u64> = TableDefinition::new("stored_at");
+/// Objects their owner unpinned (not copies fetched from peers): the periodic collection
+/// removes them, where fetched copies are kept within the cache budget.
+pub(crate) const RELEASED: TableDefinition<&[u8; 32], ()> = TableDefinition::new("released");
 /// Running totals: `bytes_stored` (unique chunk bytes), `bytes_logical` (object bytes).
 pub(crate) const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
 

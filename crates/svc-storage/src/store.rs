@@ -10,7 +10,10 @@ use ron_proto::{Address, Manifest};
 use serde::Serialize;
 
 use crate::blobs::{Blobs, Kind};
-use crate::meta::{BYTES_LOGICAL, BYTES_STORED, CACHE_SEQ, CACHED, CHUNKS, OBJECTS, PINS, TOTALS};
+use crate::meta::{
+    BYTES_LOGICAL, BYTES_STORED, CACHE_SEQ, CACHED, CHUNKS, OBJECTS, PINS, RELEASED, STORED_AT,
+    TOTALS,
+};
 use crate::{CpuPool, ObjectReader, ObjectWriter, PutOptions, ReadError, StoreError};
 
 pub(crate) struct Inner {
@@ -51,6 +54,22 @@ pub struct ObjectStat {
     pub pinned: bool,
     /// Whether its stored bytes fail verification or are missing.
     pub damaged: bool,
+}
+
+/// One object in a listing (`GET /objects`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listed {
+    /// The object's address.
+    pub address: Address,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type, if one was given.
+    pub media_type: Option<String>,
+    /// Whether it is pinned.
+    pub pinned: bool,
+    /// When it was first stored here (Unix seconds); `None` for objects stored by a version
+    /// that did not record it.
+    pub stored_at: Option<u64>,
 }
 
 /// Store-wide figures for `/status`.
@@ -179,6 +198,8 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
         txn.open_table(PINS)?;
         txn.open_table(CACHED)?;
         txn.open_table(TOTALS)?;
+        txn.open_table(STORED_AT)?;
+        txn.open_table(RELEASED)?;
     }
     txn.commit()?;
     Ok(())
@@ -337,12 +358,15 @@ impl Store {
                     let mut pins = txn.open_table(PINS)?;
                     let mut cached = txn.open_table(CACHED)?;
                     let mut totals = txn.open_table(TOTALS)?;
+                    let mut released = txn.open_table(RELEASED)?;
                     let found = objects.get(addr.as_bytes())?.is_some();
                     if found && pinned {
                         pins.insert(addr.as_bytes(), ())?;
                         cached.remove(addr.as_bytes())?;
+                        released.remove(addr.as_bytes())?;
                     } else if found && pins.remove(addr.as_bytes())?.is_some() {
                         cache(&mut cached, &mut totals, addr.as_bytes())?;
+                        released.insert(addr.as_bytes(), ())?;
                     }
                     found
                 };
@@ -370,6 +394,94 @@ impl Store {
         self.inner
             .pool
             .run(move || remove_unpinned(&inner, Some(budget)))
+            .await?
+    }
+
+    /// Removes one object, pinned or not, and the chunks nothing else references;
+    /// `Ok(false)` when it is not stored.
+    pub async fn remove(&self, addr: &Address) -> Result<bool, StoreError> {
+        let (inner, key) = (self.inner.clone(), *addr.as_bytes());
+        let (report, _) = self
+            .inner
+            .pool
+            .run(move || {
+                remove_objects(&inner, |t| {
+                    Ok(t.objects
+                        .get(&key)?
+                        .map(|v| (key, v.value().to_vec()))
+                        .into_iter()
+                        .collect())
+                })
+            })
+            .await??;
+        Ok(report.objects > 0)
+    }
+
+    /// Removes the objects their owner unpinned (not the copies fetched from peers, which the
+    /// cache budget keeps), and the chunks nothing else references.
+    pub async fn collect_released(&self) -> Result<(GcReport, Vec<Address>), StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || {
+                remove_objects(&inner, |t| {
+                    let mut victims = Vec::new();
+                    for entry in t.released.iter()? {
+                        let key = *entry?.0.value();
+                        // Pinned again since: kept (pinning clears the mark; this is a guard).
+                        if t.pins.get(&key)?.is_some() {
+                            continue;
+                        }
+                        if let Some(v) = t.objects.get(&key)? {
+                            victims.push((key, v.value().to_vec()));
+                        }
+                    }
+                    Ok(victims)
+                })
+            })
+            .await?
+    }
+
+    /// Up to `limit` objects in address order, starting after `after`: a page of a listing
+    /// (pass the last address of one page to get the next).
+    pub async fn list(
+        &self,
+        after: Option<Address>,
+        limit: usize,
+    ) -> Result<Vec<Listed>, StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<Vec<Listed>, StoreError> {
+                let txn = inner.db.begin_read()?;
+                let objects = txn.open_table(OBJECTS)?;
+                let pins = txn.open_table(PINS)?;
+                let stored_at = txn.open_table(STORED_AT)?;
+                let start = after.map(|a| *a.as_bytes());
+                let range = match &start {
+                    Some(key) => objects.range::<&[u8; 32]>((
+                        std::ops::Bound::Excluded(key),
+                        std::ops::Bound::Unbounded,
+                    ))?,
+                    None => objects.range::<&[u8; 32]>(..)?,
+                };
+                let mut page = Vec::with_capacity(limit.min(1024));
+                for entry in range.take(limit) {
+                    let (key, value) = entry?;
+                    let key = *key.value();
+                    let address = Address::from_bytes(key);
+                    let manifest = Manifest::decode(value.value())
+                        .map_err(|source| StoreError::Manifest { address, source })?;
+                    page.push(Listed {
+                        address,
+                        size: manifest.size,
+                        media_type: manifest.media_type,
+                        pinned: pins.get(&key)?.is_some(),
+                        stored_at: stored_at.get(&key)?.map(|v| v.value()),
+                    });
+                }
+                Ok(page)
+            })
             .await?
     }
 
@@ -470,6 +582,7 @@ pub(crate) fn commit_object(
         }
         if created {
             objects.insert(key, encoded)?;
+            txn.open_table(STORED_AT)?.insert(key, crate::unix_now())?;
             let unique: BTreeSet<_> = manifest.chunks.iter().map(|c| (c.address, c.len)).collect();
             for (addr, len) in unique {
                 let existing = chunks.get(addr.as_bytes())?.map(|v| v.value());
@@ -487,6 +600,7 @@ pub(crate) fn commit_object(
         if pin {
             pins.insert(key, ())?;
             cached.remove(key)?;
+            txn.open_table(RELEASED)?.remove(key)?;
         } else if created {
             cache(&mut cached, &mut totals, key)?;
         }
@@ -546,74 +660,90 @@ fn unpinned(
     Ok(all)
 }
 
-/// Removes every unpinned object, or (with a budget) the oldest until the rest fit it.
-fn remove_unpinned(
+/// The tables an object's removal touches, open in one write transaction.
+struct Tables<'t> {
+    objects: redb::Table<'t, &'static [u8; 32], &'static [u8]>,
+    chunks: redb::Table<'t, &'static [u8; 32], (u64, u64)>,
+    pins: redb::Table<'t, &'static [u8; 32], ()>,
+    cached: redb::Table<'t, &'static [u8; 32], u64>,
+    totals: redb::Table<'t, &'static str, u64>,
+    stored_at: redb::Table<'t, &'static [u8; 32], u64>,
+    released: redb::Table<'t, &'static [u8; 32], ()>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            objects: txn.open_table(OBJECTS)?,
+            chunks: txn.open_table(CHUNKS)?,
+            pins: txn.open_table(PINS)?,
+            cached: txn.open_table(CACHED)?,
+            totals: txn.open_table(TOTALS)?,
+            stored_at: txn.open_table(STORED_AT)?,
+            released: txn.open_table(RELEASED)?,
+        })
+    }
+
+    /// Forgets one object: its manifest, pin, cache place and timestamps; each of its chunks
+    /// loses a reference, and those left with none are returned (their files go after the
+    /// commit).
+    fn drop_object(
+        &mut self,
+        key: &[u8; 32],
+        encoded: &[u8],
+        report: &mut GcReport,
+    ) -> Result<Vec<Address>, StoreError> {
+        let address = Address::from_bytes(*key);
+        let manifest =
+            Manifest::decode(encoded).map_err(|source| StoreError::Manifest { address, source })?;
+        self.objects.remove(key)?;
+        self.pins.remove(key)?;
+        self.cached.remove(key)?;
+        self.stored_at.remove(key)?;
+        self.released.remove(key)?;
+        add(&mut self.totals, BYTES_LOGICAL, -i128::from(manifest.size))?;
+        let mut dead = Vec::new();
+        let unique: BTreeSet<_> = manifest.chunks.iter().map(|c| c.address).collect();
+        for chunk in unique {
+            let Some((refs, len)) = self.chunks.get(chunk.as_bytes())?.map(|v| v.value()) else {
+                continue;
+            };
+            if refs <= 1 {
+                self.chunks.remove(chunk.as_bytes())?;
+                add(&mut self.totals, BYTES_STORED, -i128::from(len))?;
+                dead.push(chunk);
+                report.chunks += 1;
+                report.bytes += len;
+            } else {
+                self.chunks.insert(chunk.as_bytes(), (refs - 1, len))?;
+            }
+        }
+        report.objects += 1;
+        Ok(dead)
+    }
+}
+
+/// Removes the objects `select` picks (as key and encoded manifest) in one transaction, then
+/// the files of chunks nothing references any more and of their outboards (unless an upload
+/// in flight uses them), then sweeps. Returns what it removed.
+fn remove_objects(
     inner: &Arc<Inner>,
-    budget: Option<u64>,
+    select: impl FnOnce(&Tables<'_>) -> Result<Vec<([u8; 32], Vec<u8>)>, StoreError>,
 ) -> Result<(GcReport, Vec<Address>), StoreError> {
     let mut report = GcReport::default();
-    if let Some(budget) = budget {
-        // Called before every fetch: when all objects together fit the budget (one counter
-        // read), the unpinned ones do too, and nothing is scanned, written or swept.
-        let txn = inner.db.begin_read()?;
-        let logical = txn
-            .open_table(TOTALS)?
-            .get(BYTES_LOGICAL)?
-            .map_or(0, |v| v.value());
-        if logical <= budget {
-            return Ok((report, Vec::new()));
-        }
-    }
     let mut dead_chunks = Vec::new();
     let mut dead_objects = Vec::new();
     let txn = inner.db.begin_write()?;
     {
-        let mut objects = txn.open_table(OBJECTS)?;
-        let mut chunks = txn.open_table(CHUNKS)?;
-        let pins = txn.open_table(PINS)?;
-        let mut cached = txn.open_table(CACHED)?;
-        let mut totals = txn.open_table(TOTALS)?;
-        let mut unpinned = unpinned(&objects, &pins, &cached)?;
-        if let Some(budget) = budget {
-            let mut total: u64 = unpinned.iter().map(|u| u.size).sum();
-            let mut keep = unpinned.len();
-            for (i, u) in unpinned.iter().enumerate() {
-                if total <= budget {
-                    keep = i;
-                    break;
-                }
-                total -= u.size;
-            }
-            unpinned.truncate(keep);
-            if unpinned.is_empty() {
-                // Within the budget: leave the files alone (no sweep).
-                return Ok((report, Vec::new()));
-            }
+        let mut tables = Tables::open(&txn)?;
+        let victims = select(&tables)?;
+        if victims.is_empty() {
+            // Nothing to do: leave the files alone (no sweep).
+            return Ok((report, Vec::new()));
         }
-        for Unpinned { key, encoded, .. } in unpinned {
-            cached.remove(&key)?;
-            let address = Address::from_bytes(key);
-            let manifest = Manifest::decode(&encoded)
-                .map_err(|source| StoreError::Manifest { address, source })?;
-            objects.remove(&key)?;
-            add(&mut totals, BYTES_LOGICAL, -i128::from(manifest.size))?;
-            let unique: BTreeSet<_> = manifest.chunks.iter().map(|c| c.address).collect();
-            for chunk in unique {
-                let Some((refs, len)) = chunks.get(chunk.as_bytes())?.map(|v| v.value()) else {
-                    continue;
-                };
-                if refs <= 1 {
-                    chunks.remove(chunk.as_bytes())?;
-                    add(&mut totals, BYTES_STORED, -i128::from(len))?;
-                    dead_chunks.push(chunk);
-                    report.chunks += 1;
-                    report.bytes += len;
-                } else {
-                    chunks.insert(chunk.as_bytes(), (refs - 1, len))?;
-                }
-            }
-            dead_objects.push(address);
-            report.objects += 1;
+        for (key, encoded) in victims {
+            dead_chunks.extend(tables.drop_object(&key, &encoded, &mut report)?);
+            dead_objects.push(Address::from_bytes(key));
         }
     }
     txn.commit()?;
@@ -632,4 +762,39 @@ fn remove_unpinned(
     }
     inner.sweep()?;
     Ok((report, dead_objects))
+}
+
+/// Removes every unpinned object, or (with a budget) the oldest until the rest fit it.
+fn remove_unpinned(
+    inner: &Arc<Inner>,
+    budget: Option<u64>,
+) -> Result<(GcReport, Vec<Address>), StoreError> {
+    if let Some(budget) = budget {
+        // Called before every fetch: when all objects together fit the budget (one counter
+        // read), the unpinned ones do too, and nothing is scanned, written or swept.
+        let txn = inner.db.begin_read()?;
+        let logical = txn
+            .open_table(TOTALS)?
+            .get(BYTES_LOGICAL)?
+            .map_or(0, |v| v.value());
+        if logical <= budget {
+            return Ok((GcReport::default(), Vec::new()));
+        }
+    }
+    remove_objects(inner, |t| {
+        let mut unpinned = unpinned(&t.objects, &t.pins, &t.cached)?;
+        if let Some(budget) = budget {
+            let mut total: u64 = unpinned.iter().map(|u| u.size).sum();
+            let mut keep = unpinned.len();
+            for (i, u) in unpinned.iter().enumerate() {
+                if total <= budget {
+                    keep = i;
+                    break;
+                }
+                total -= u.size;
+            }
+            unpinned.truncate(keep);
+        }
+        Ok(unpinned.into_iter().map(|u| (u.key, u.encoded)).collect())
+    })
 }

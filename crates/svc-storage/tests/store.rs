@@ -380,6 +380,110 @@ async fn eviction_removes_the_oldest_unpinned_objects_until_the_rest_fit() {
 }
 
 #[tokio::test]
+async fn released_objects_are_collected_and_fetched_copies_are_not() {
+    let store = Store::in_memory().unwrap();
+    let fetched = put(
+        &store,
+        &data(1000, 60),
+        PutOptions {
+            unpinned: true,
+            ..PutOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+    .address;
+    let released = put(&store, &data(1000, 61), PutOptions::default())
+        .await
+        .unwrap()
+        .address;
+    let regretted = put(&store, &data(1000, 62), PutOptions::default())
+        .await
+        .unwrap()
+        .address;
+    let kept = put(&store, &data(1000, 63), PutOptions::default())
+        .await
+        .unwrap()
+        .address;
+    store.set_pinned(&released, false).await.unwrap();
+    // Unpinned, then pinned again: no longer released.
+    store.set_pinned(&regretted, false).await.unwrap();
+    store.set_pinned(&regretted, true).await.unwrap();
+    // Unpinned, then uploaded again (an upload pins): no longer released either.
+    store.set_pinned(&kept, false).await.unwrap();
+    put(&store, &data(1000, 63), PutOptions::default())
+        .await
+        .unwrap();
+
+    let (report, removed) = store.collect_released().await.unwrap();
+    assert_eq!(removed, vec![released]);
+    assert_eq!((report.objects, report.chunks, report.bytes), (1, 1, 1000));
+    for addr in [fetched, regretted, kept] {
+        assert!(store.reader(&addr).await.unwrap().is_some());
+    }
+    assert!(store.collect_released().await.unwrap().1.is_empty());
+}
+
+#[tokio::test]
+async fn listing_pages_in_address_order_and_removal_keeps_shared_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), CpuPool::default()).unwrap();
+    let first = data(3 << 20, 70);
+    let mut longer = first.clone();
+    longer.extend(data(3 << 20, 71));
+    let a = put(&store, &first, PutOptions::default())
+        .await
+        .unwrap()
+        .address;
+    let b = put(&store, &longer, PutOptions::default())
+        .await
+        .unwrap()
+        .address;
+    let c = put(
+        &store,
+        b"typed",
+        PutOptions {
+            media_type: Some("text/plain".into()),
+            unpinned: true,
+            ..PutOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+    .address;
+    let mut all = [a, b, c];
+    all.sort_by_key(|x| *x.as_bytes());
+    let page = store.list(None, 2).await.unwrap();
+    assert_eq!(page.iter().map(|o| o.address).collect::<Vec<_>>(), all[..2]);
+    let rest = store.list(Some(page[1].address), 2).await.unwrap();
+    assert_eq!(rest.iter().map(|o| o.address).collect::<Vec<_>>(), all[2..]);
+    let typed = page.iter().chain(&rest).find(|o| o.address == c).unwrap();
+    assert_eq!(
+        (typed.size, typed.media_type.as_deref(), typed.pinned),
+        (5, Some("text/plain"), false)
+    );
+    assert!(typed.stored_at.is_some_and(|t| t > 1_700_000_000));
+
+    let chunks_before = chunk_files(dir.path()).len();
+    assert!(store.remove(&b).await.unwrap());
+    assert!(!store.remove(&b).await.unwrap(), "already gone");
+    assert!(store.reader(&b).await.unwrap().is_none());
+    let chunks_after = chunk_files(dir.path()).len();
+    assert!(
+        chunks_after < chunks_before,
+        "{chunks_before} -> {chunks_after}"
+    );
+    // The object that shared chunks with it reads back whole and verified.
+    assert_eq!(read_all(&store, &a).await.unwrap(), first);
+    assert_eq!(store.list(None, 10).await.unwrap().len(), 2);
+    // Gone from the metadata after a reopen too.
+    drop(store);
+    let store = Store::open(dir.path(), CpuPool::default()).unwrap();
+    assert!(store.reader(&b).await.unwrap().is_none());
+    assert_eq!(read_all(&store, &a).await.unwrap(), first);
+}
+
+#[tokio::test]
 async fn a_deleted_chunk_file_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), CpuPool::new(2)).unwrap();
