@@ -584,3 +584,98 @@ async fn get_oap(
         }
     }
 }
+
+/// `ron ls`: every object the node stores, a line each (address, size, pinned or cached,
+/// stored at, media type), a page of 1,000 at a time; `--json`: the objects as JSON lines.
+pub(crate) async fn ls(node: &Target, json: bool) -> anyhow::Result<()> {
+    let http = node.http()?;
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{}/objects?limit=1000", base(node));
+        if let Some(a) = &after {
+            url.push_str("&after=");
+            url.push_str(a);
+        }
+        let res = node
+            .authorized(http.get(url))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node at {}", base(node)))?;
+        let page: serde_json::Value = node
+            .check(res)
+            .await?
+            .json()
+            .await
+            .context("the node's answer is not JSON")?;
+        for o in page["objects"].as_array().into_iter().flatten() {
+            if json {
+                println!("{o}");
+                continue;
+            }
+            let stored_at = o["stored_at"]
+                .as_u64()
+                .map(|s| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_secs(s),
+                    )
+                    .to_string()
+                })
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "{}  {:>12}  {:<6}  {}  {}",
+                o["address"].as_str().unwrap_or_default(),
+                o["size"].as_u64().unwrap_or(0),
+                if o["pinned"].as_bool() == Some(true) {
+                    "pinned"
+                } else {
+                    "cached"
+                },
+                stored_at,
+                o["media_type"].as_str().unwrap_or("-"),
+            );
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// `ron rm ADDR...`: removes each object from the node (pinned or not).
+pub(crate) async fn rm(node: &Target, addrs: &[String]) -> anyhow::Result<()> {
+    let http = node.http()?;
+    for text in addrs {
+        let addr = parse_addr(text)?;
+        let res = node
+            .authorized(http.delete(format!("{}/o/{addr}", base(node))))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node at {}", base(node)))?;
+        node.check(res)
+            .await
+            .with_context(|| format!("cannot remove {addr}"))?;
+    }
+    Ok(())
+}
+
+/// `ron gc`: the node's garbage collection, now; prints what it removed.
+pub(crate) async fn gc(node: &Target) -> anyhow::Result<()> {
+    let res = node
+        .authorized(node.http()?.post(format!("{}/gc", base(node))))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the node at {}", base(node)))?;
+    let report: serde_json::Value = node
+        .check(res)
+        .await?
+        .json()
+        .await
+        .context("the node's answer is not JSON")?;
+    println!(
+        "removed {} objects, {} chunks, {} bytes",
+        report["objects"].as_u64().unwrap_or(0),
+        report["chunks"].as_u64().unwrap_or(0),
+        report["bytes"].as_u64().unwrap_or(0)
+    );
+    Ok(())
+}

@@ -87,6 +87,28 @@ enum Command {
         #[command(flatten)]
         creds: client::Creds,
     },
+    /// List what the node stores: address, size, pinned or cached, stored at, media type.
+    Ls {
+        /// One JSON object per line instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        creds: client::Creds,
+    },
+    /// Remove objects from the node, pinned or not (chunks nothing else uses are freed).
+    Rm {
+        /// `b3:<hex>`, one or more.
+        #[arg(required = true)]
+        addresses: Vec<String>,
+        #[command(flatten)]
+        creds: client::Creds,
+    },
+    /// Collect garbage now: objects unpinned by their owner, the fetch cache past its budget,
+    /// chunks nothing references.
+    Gc {
+        #[command(flatten)]
+        creds: client::Creds,
+    },
     /// The node's peer network: its PeerId, the addresses others bootstrap from, and the
     /// peers connected now.
     Peers,
@@ -166,6 +188,9 @@ fn main() -> ExitCode {
             Command::Unpin { address, creds } => {
                 client::pin(&target(&creds)?, &address, false).await
             }
+            Command::Ls { json, creds } => client::ls(&target(&creds)?, json).await,
+            Command::Rm { addresses, creds } => client::rm(&target(&creds)?, &addresses).await,
+            Command::Gc { creds } => client::gc(&target(&creds)?).await,
             Command::Peers => client::peers(node).await,
             Command::Key(cmd) => auth::key(cmd, node).await,
             Command::Cap(cmd) => auth::cap(cmd),

@@ -552,8 +552,8 @@ fn spawn_overlay(
     overlay
 }
 
-/// Announces what the store holds at start, then keeps the fetch cache within its budget
-/// every `storage.gc_interval_s`.
+/// Announces what the store holds at start, then every `storage.gc_interval_s` removes what
+/// the owner unpinned and keeps the fetch cache within its budget.
 fn spawn_storage_upkeep(sup: &mut Supervisor, overlay: &OverlayHandle, config: &Config) {
     let (overlay, config) = (overlay.clone(), config.clone());
     sup.spawn("storage-gc", Duty::Background, move |ctx| {
@@ -569,7 +569,16 @@ fn spawn_storage_upkeep(sup: &mut Supervisor, overlay: &OverlayHandle, config: &
                     () = tokio::time::sleep(every) => {}
                     () = ctx.shutdown.cancelled() => return Ok(()),
                 }
-                overlay.keep_cache().await;
+                match overlay.collect().await {
+                    Ok(report) if report.objects > 0 => tracing::info!(
+                        objects = report.objects,
+                        chunks = report.chunks,
+                        bytes = report.bytes,
+                        "collected garbage"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot collect garbage"),
+                }
             }
         }
     });
