@@ -5,6 +5,7 @@
 //!   window in which a retired key still verifies.
 //! - [`token`]: capability tokens (biscuits) with caveats for expiry, operations, path
 //!   prefix, audience, a byte budget and a rate; minted, attenuated offline, inspected.
+//! - [`name`]: mutable names, records signed by a user's key pointing it at an address.
 //! - [`Auth`]: authorizes a request's token: 401 for no usable credential, 403 for a valid
 //!   token that does not allow it, 429 for an exhausted rate.
 //!
@@ -22,6 +23,7 @@
 
 mod config;
 mod keys;
+pub mod name;
 mod ring;
 pub mod token;
 mod verify;
