@@ -679,3 +679,76 @@ pub(crate) async fn gc(node: &Target) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `ron name publish --key FILE ROOT`: signs a record pointing the key's name at ROOT, with a
+/// sequence number above the one published now (and at least the time in seconds, so a
+/// record lost everywhere is still outdone), and has the node publish it.
+pub(crate) async fn name_publish(
+    node: &Target,
+    key: &Path,
+    target: &str,
+    ttl_s: u64,
+) -> anyhow::Result<()> {
+    let target = parse_addr(target)?;
+    let key = ron_auth::SigningKey::read(key)?;
+    let name = ron_auth::public_text(&key.public());
+    let http = node.http()?;
+    let url = format!("{}/names/{name}", base(node));
+    let res = node
+        .authorized(http.get(&url))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the node at {}", base(node)))?;
+    let current = if res.status() == reqwest::StatusCode::NOT_FOUND {
+        0
+    } else {
+        let record: serde_json::Value = node
+            .check(res)
+            .await?
+            .json()
+            .await
+            .context("the node's answer is not JSON")?;
+        record["seq"].as_u64().unwrap_or(0)
+    };
+    let seq = (current + 1).max(ron_auth::unix_now());
+    let record = ron_auth::name::NameRecord::sign(&key, target, seq, ttl_s)?;
+    let res = node
+        .authorized(http.put(&url).body(record.encode()?))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the node at {}", base(node)))?;
+    let published: serde_json::Value = node
+        .check(res)
+        .await?
+        .json()
+        .await
+        .context("the node's answer is not JSON")?;
+    eprintln!(
+        "{name} -> {target} (sequence {seq}, kept by {} peers)",
+        published["peers"].as_u64().unwrap_or(0)
+    );
+    println!("{name}");
+    Ok(())
+}
+
+/// `ron name resolve ed25519/<hex>`: prints the address the name points at now.
+pub(crate) async fn name_resolve(node: &Target, name: &str, json: bool) -> anyhow::Result<()> {
+    ron_auth::parse_public(name).context("a name is ed25519/<64 hex>")?;
+    let res = node
+        .authorized(node.http()?.get(format!("{}/names/{name}", base(node))))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the node at {}", base(node)))?;
+    let record: serde_json::Value = node
+        .check(res)
+        .await?
+        .json()
+        .await
+        .context("the node's answer is not JSON")?;
+    if json {
+        println!("{record}");
+    } else {
+        println!("{}", record["target"].as_str().unwrap_or_default());
+    }
+    Ok(())
+}

@@ -109,6 +109,9 @@ enum Command {
         #[command(flatten)]
         creds: client::Creds,
     },
+    /// Mutable names: `ed25519/<hex>` (a key of yours) pointing at an address.
+    #[command(subcommand)]
+    Name(NameCommand),
     /// The node's peer network: its PeerId, the addresses others bootstrap from, and the
     /// peers connected now.
     Peers,
@@ -118,6 +121,35 @@ enum Command {
     /// Capability tokens: mint, attenuate, inspect.
     #[command(subcommand)]
     Cap(auth::CapCommand),
+}
+
+/// `ron name …`.
+#[derive(Debug, Subcommand)]
+enum NameCommand {
+    /// Point the name of KEY (its public key, `ed25519/<hex>`) at ADDRESS: a signed record
+    /// with a higher sequence number, published by the node to its peers. Prints the name.
+    Publish {
+        /// The secret key file (`ron key gen --out FILE`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// `b3:<hex>`: a collection's root, or any object.
+        address: String,
+        /// How long readers may cache the record, in seconds (1 to 86400).
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        ttl: u64,
+        #[command(flatten)]
+        creds: client::Creds,
+    },
+    /// Print the address a name points at now.
+    Resolve {
+        /// `ed25519/<hex>`.
+        name: String,
+        /// The whole record as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        creds: client::Creds,
+    },
 }
 
 fn main() -> ExitCode {
@@ -191,6 +223,15 @@ fn main() -> ExitCode {
             Command::Ls { json, creds } => client::ls(&target(&creds)?, json).await,
             Command::Rm { addresses, creds } => client::rm(&target(&creds)?, &addresses).await,
             Command::Gc { creds } => client::gc(&target(&creds)?).await,
+            Command::Name(NameCommand::Publish {
+                key,
+                address,
+                ttl,
+                creds,
+            }) => client::name_publish(&target(&creds)?, &key, &address, ttl).await,
+            Command::Name(NameCommand::Resolve { name, json, creds }) => {
+                client::name_resolve(&target(&creds)?, &name, json).await
+            }
             Command::Peers => client::peers(node).await,
             Command::Key(cmd) => auth::key(cmd, node).await,
             Command::Cap(cmd) => auth::cap(cmd),

@@ -342,6 +342,8 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let (dht_tx, dht_mailbox) = supervisor::mailbox(svc_dht::MAILBOX);
     let dht = svc_dht::DhtHandle::new(dht_tx, auth.identity().keypair().public().to_peer_id());
     dht.metrics().register(&metrics);
+    let names = svc_index::Names::new(store.clone(), Some(dht.clone()));
+    spawn_name_upkeep(&mut sup, &names);
     let overlay = spawn_overlay(&mut sup, store, &config, dht.clone(), &metrics, &auth);
     spawn_storage_upkeep(&mut sup, &overlay, &config);
     let p2p_status = spawn_peer_network(
@@ -368,6 +370,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
             gateway: listeners.gateway.local_addr()?,
         },
         overlay,
+        names,
     };
     let bound = spawn_edges(&mut sup, listeners, state)?;
     health.mark_started();
@@ -584,6 +587,33 @@ fn spawn_storage_upkeep(sup: &mut Supervisor, overlay: &OverlayHandle, config: &
     });
 }
 
+/// How often the names this node published are stored on peers again (their copies expire,
+/// and a node that was alone when it published reached nobody).
+const REPUBLISH_NAMES: Duration = Duration::from_secs(30 * 60);
+
+/// Publishes the names this node keeps again: soon after start (once peers are likely
+/// connected), then every [`REPUBLISH_NAMES`].
+fn spawn_name_upkeep(sup: &mut Supervisor, names: &svc_index::Names) {
+    let names = names.clone();
+    sup.spawn("names", Duty::Background, move |ctx| {
+        let names = names.clone();
+        async move {
+            let mut wait = Duration::from_secs(5);
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = ctx.shutdown.cancelled() => return Ok::<(), String>(()),
+                }
+                let done = names.republish().await;
+                if done > 0 {
+                    tracing::debug!(names = done, "published names again");
+                }
+                wait = REPUBLISH_NAMES;
+            }
+        }
+    });
+}
+
 /// The swarm's actor and discovery under the supervisor; returns the peer network's part of
 /// `/status`.
 #[allow(clippy::too_many_arguments)] // the node's parts this wiring needs, each once
@@ -628,6 +658,8 @@ fn spawn_peer_network(
         source: overlay.peer_source(),
         metrics: dht.metrics().clone(),
         events: Some(events.clone()),
+        // Peers' records are kept only when they are valid names, never older than held.
+        records: Arc::new(svc_index::NamePolicy),
     };
     sup.spawn_actor("dht", Duty::Background, mailbox, move |ctx, mailbox| {
         svc_dht::run(ctx.shutdown, mailbox, setup.clone())

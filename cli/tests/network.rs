@@ -458,6 +458,7 @@ async fn a_malicious_provider_is_caught_and_an_honest_node_serves_the_object() {
         source: std::sync::Arc::new(liar),
         metrics: evil.metrics().clone(),
         events: None,
+        records: std::sync::Arc::new(svc_dht::NoRecords),
     };
     tokio::spawn(svc_dht::run(shutdown, mailbox, setup));
     reader

@@ -30,11 +30,12 @@ use crate::codec::{
 use crate::config::P2pSection;
 use crate::hedge::{Latencies, Parts};
 use crate::metrics::DhtMetrics;
-use crate::node::{Command, DhtError, Found, Inner, P2pStatus, PeerEvent, Source};
+use crate::node::{Command, DhtError, Found, Inner, P2pStatus, PeerEvent, RecordPolicy, Source};
 use crate::verify::GROUP_BYTES;
 
 mod connectivity;
 mod lookups;
+mod records;
 mod serving;
 mod swarm;
 
@@ -92,6 +93,8 @@ pub struct Setup {
     pub metrics: DhtMetrics,
     /// Where peers seen and peers unreachable are told (a peer table), if anywhere.
     pub events: Option<broadcast::Sender<PeerEvent>>,
+    /// Which records peers may store here.
+    pub records: Arc<dyn RecordPolicy>,
 }
 
 impl std::fmt::Debug for Setup {
@@ -142,6 +145,7 @@ pub async fn run(
         source,
         metrics,
         events,
+        records,
     } = setup;
     let (swarm, mut bootstrap, relays) = swarm::build(keypair, &section)?;
     bootstrap.extend(extra);
@@ -174,6 +178,9 @@ pub async fn run(
         redial_at: None,
         backoff: REDIAL_FIRST,
         answering: tokio::task::JoinSet::new(),
+        records,
+        puts: HashMap::new(),
+        gets: HashMap::new(),
     };
     for relay in relays {
         actor.listen_through(relay);
@@ -246,6 +253,12 @@ struct Actor {
     /// The reads answering peers' range requests (at most [`SERVING`]); aborted with the
     /// actor.
     answering: tokio::task::JoinSet<()>,
+    /// Which records peers may store here.
+    records: Arc<dyn RecordPolicy>,
+    /// Records being stored on peers, and who waits for the count.
+    puts: HashMap<QueryId, oneshot::Sender<Result<usize, DhtError>>>,
+    /// Record lookups, the values found so far, and who waits for them.
+    gets: HashMap<QueryId, records::Gathering>,
 }
 
 impl Actor {
@@ -359,6 +372,8 @@ impl Actor {
                     .send_request(&peer, request);
                 self.requests.insert(id, reply);
             }
+            Inner::PutRecord(key, value, reply) => self.put_record(key, value, reply),
+            Inner::GetRecords(key, reply) => self.get_records(key, reply),
             Inner::Status(reply) => {
                 let me = *self.swarm.local_peer_id();
                 let _ = reply.send(P2pStatus {
@@ -494,6 +509,9 @@ impl Actor {
             })) => {
                 let (asked, reached) = (stats.num_requests(), stats.num_successes());
                 self.query_progressed(id, result, step.last, asked, reached);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest { request })) => {
+                self.inbound(request);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 is_new_peer: true,

@@ -7,7 +7,8 @@
 //!
 //! [`run`] is the actor (run it under the supervisor with a mailbox of [`Command`]s);
 //! [`DhtHandle`] talks to it: announce and withdraw provider
-//! records, look providers up, fetch a range from a peer, and read the swarm's state. Objects
+//! records, look providers up, fetch a range from a peer, put and get records (signed names,
+//! kept by each node only as its [`RecordPolicy`] says), and read the swarm's state. Objects
 //! asked for by peers are read through a [`Source`] the node supplies.
 #![forbid(unsafe_code)]
 
@@ -29,5 +30,8 @@ pub use config::{P2pSection, check_listen_free};
 pub use fetch::{INFLIGHT, PER_PEER, Probe, Transferred};
 pub use libp2p::{Multiaddr, PeerId, identity};
 pub use metrics::DhtMetrics;
-pub use node::{Command, DhtError, DhtHandle, Found, MAILBOX, P2pStatus, PeerEvent, Source};
+pub use node::{
+    Command, DhtError, DhtHandle, Found, MAILBOX, NoRecords, P2pStatus, PeerEvent, RecordPolicy,
+    Source,
+};
 pub use verify::GROUP_BYTES;

@@ -31,6 +31,7 @@ pub struct DhtMetrics {
     pub(crate) hedge_wins: Counter,
     pub(crate) holepunch: Family<OutcomeLabel, Counter>,
     pub(crate) announcements: Family<OutcomeLabel, Counter>,
+    pub(crate) records: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for DhtMetrics {
@@ -45,6 +46,7 @@ impl Default for DhtMetrics {
             hedge_wins: Counter::default(),
             holepunch: Family::default(),
             announcements: Family::default(),
+            records: Family::default(),
         }
     }
 }
@@ -93,6 +95,12 @@ impl DhtMetrics {
              the closest peers; alone: no peer to send them to; failed: timed out)",
             self.announcements.clone(),
         );
+        metrics.register(
+            "p2p_records",
+            "Records (signed names) peers asked this node to keep, by outcome (stored, or \
+             refused: forged, stale or malformed)",
+            self.records.clone(),
+        );
     }
 
     /// Lookups that started a hedge, and those the hedge answered first.
@@ -116,6 +124,10 @@ impl DhtMetrics {
         self.announcements
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
+    }
+
+    pub(crate) fn record(&self, outcome: &'static str) {
+        self.records.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     pub(crate) fn holepunch(&self, outcome: &'static str) {

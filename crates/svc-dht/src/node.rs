@@ -86,6 +86,24 @@ pub trait Source: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Option<(u64, Bytes)>, String>>;
 }
 
+/// Which records (Kademlia keys and values: signed names) this node keeps when peers ask it
+/// to, or replicate to it. The DHT knows no record format: the node decides.
+pub trait RecordPolicy: Send + Sync + 'static {
+    /// Whether to keep `value` under `key`, in place of `current` (what is held now, if
+    /// anything): a valid record that is not older than the one held.
+    fn accept(&self, key: &[u8], value: &[u8], current: Option<&[u8]>) -> bool;
+}
+
+/// The policy of a node that keeps no records for others.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRecords;
+
+impl RecordPolicy for NoRecords {
+    fn accept(&self, _key: &[u8], _value: &[u8], _current: Option<&[u8]>) -> bool {
+        false
+    }
+}
+
 /// A provider lookup's answer and how it went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -144,6 +162,8 @@ pub(crate) enum Inner {
     ),
     Status(oneshot::Sender<P2pStatus>),
     Dial(Vec<libp2p::Multiaddr>),
+    PutRecord(Vec<u8>, Vec<u8>, oneshot::Sender<Result<usize, DhtError>>),
+    GetRecords(Vec<u8>, oneshot::Sender<Result<Vec<Vec<u8>>, DhtError>>),
 }
 
 /// Talks to the swarm's actor. Cheap to clone.
@@ -234,6 +254,24 @@ impl DhtHandle {
     /// routing table, and is redialled with the bootstrap peers while the node is alone).
     pub async fn dial(&self, addrs: Vec<libp2p::Multiaddr>) -> Result<(), DhtError> {
         self.send(Inner::Dial(addrs)).await
+    }
+
+    /// Stores `value` under `key` here and on the closest peers, asking up to three of them
+    /// (fewer when fewer are connected) to keep it: the number that did. Each peer applies
+    /// its own [`RecordPolicy`]. [`DhtError::Unavailable`] when none kept it while peers were
+    /// connected.
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<usize, DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Inner::PutRecord(key, value, tx)).await?;
+        rx.await.map_err(|_| DhtError::Stopped)?
+    }
+
+    /// Every value found under `key`, here and on the peers closest to it (the caller picks
+    /// among them: they are unchecked bytes from the network).
+    pub async fn get_records(&self, key: Vec<u8>) -> Result<Vec<Vec<u8>>, DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Inner::GetRecords(key, tx)).await?;
+        rx.await.map_err(|_| DhtError::Stopped)?
     }
 
     /// The swarm's addresses and peers.

@@ -65,6 +65,8 @@ pub struct AppState {
     pub extra: StatusExtra,
     /// The object service.
     pub overlay: svc_overlay::OverlayHandle,
+    /// The name resolver.
+    pub names: svc_index::Names,
     /// Byte counters.
     pub traffic: Traffic,
     /// Identity and capabilities.
@@ -103,6 +105,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/put", post(crate::objects::put))
+        .route(
+            "/names/ed25519/{hex}",
+            get(crate::names::show).put(crate::names::publish),
+        )
+        .route("/n/ed25519/{hex}", get(crate::names::follow))
+        .route("/n/ed25519/{hex}/", get(crate::names::follow))
+        .route("/n/ed25519/{hex}/{*path}", get(crate::names::follow))
         .route("/objects", get(crate::objects::list))
         .route("/gc", post(crate::objects::gc))
         .route(
@@ -253,6 +262,7 @@ pub(crate) mod tests {
                 gateway: SocketAddr::from(([127, 0, 0, 1], 7700)),
             },
             overlay: test_overlay(),
+            names: svc_index::Names::in_memory().unwrap(),
             limiter: std::sync::Arc::default(),
             p2p_status: None,
             auth: std::sync::Arc::new(

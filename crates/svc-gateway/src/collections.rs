@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use ron_auth::token::Op;
@@ -40,7 +40,6 @@ pub(crate) async fn walk(
     State(state): State<Shared>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (method, headers) = (request.method(), request.headers());
     let raw = request.uri().path();
     // The router matched `/o/{root}/…`: the root is the segment after `/o/`.
     let (root, rest) = raw
@@ -54,13 +53,35 @@ pub(crate) async fn walk(
         ))
     })?;
     if state.auth.requires_token(Op::Get) {
-        authorize(&state, headers, Op::Get, raw)?;
+        authorize(&state, request.headers(), Op::Get, raw)?;
     }
+    inside(
+        &state,
+        request.method(),
+        request.headers(),
+        request.uri(),
+        root,
+        rest,
+    )
+    .await
+}
+
+/// Serves `rest` (the URL path after the collection's address and its `/`, as sent) inside
+/// the collection `root`: a file, a folder's index page or listing, or a redirect to a
+/// folder's slash.
+pub(crate) async fn inside(
+    state: &Shared,
+    method: &Method,
+    headers: &HeaderMap,
+    uri: &Uri,
+    root: Address,
+    rest: &str,
+) -> Result<Response, ApiError> {
     let path = CollectionPath::parse(rest).map_err(OverlayError::BadPath)?;
     match state.overlay.resolve(root, &path).await? {
         Resolved::File(entry) if !path.trailing_slash => {
             serve(
-                &state,
+                state,
                 method,
                 headers,
                 entry.address,
@@ -74,8 +95,8 @@ pub(crate) async fn walk(
         }
         .into()),
         Resolved::Folder { .. } if !path.trailing_slash => {
-            let mut to = format!("{raw}/");
-            if let Some(query) = request.uri().query() {
+            let mut to = format!("{}/", uri.path());
+            if let Some(query) = uri.query() {
                 let _ = write!(to, "?{query}");
             }
             let mut response = StatusCode::MOVED_PERMANENTLY.into_response();
@@ -90,7 +111,7 @@ pub(crate) async fn walk(
         } => {
             if let Some(index) = collection.entry(INDEX).filter(|e| e.kind == Kind::File) {
                 return serve(
-                    &state,
+                    state,
                     method,
                     headers,
                     index.address,

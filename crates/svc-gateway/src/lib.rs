@@ -1,6 +1,7 @@
 //! The HTTP face of a RustyOnions node: objects (`POST /put`, `GET|HEAD /o/{addr}` with
 //! ranges, paths inside collections `GET|HEAD /o/{root}/{path}`, `GET /stat/{addr}`,
-//! `POST|DELETE /pin/{addr}`, `DELETE /o/{addr}`, `GET /objects`, `POST /gc`) and the admin
+//! `POST|DELETE /pin/{addr}`, `DELETE /o/{addr}`, `GET /objects`, `POST /gc`), names
+//! (`GET|PUT /names/ed25519/{hex}`, `GET|HEAD /n/ed25519/{hex}[/{path}]`) and the admin
 //! endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`), with request ids and latency
 //! metrics on every route.
 //! Handlers are thin: decode, authorise, call one overlay method, encode. Every error leaves
@@ -23,6 +24,7 @@ mod held;
 mod lanes;
 mod limits;
 mod middleware;
+mod names;
 mod objects;
 mod tls;
 

@@ -1,4 +1,7 @@
-//! The local resolver: object address -> manifest, through a bounded read-through cache in
+//! The resolvers: [`Index`], object address -> manifest, and [`Names`], a signed name ->
+//! the address it points at (see the `names` module).
+//!
+//! The index is a bounded read-through cache in
 //! front of the store's metadata. Manifests never change for an address, so a cached one is
 //! always right while the object exists; the cache is cleared when garbage collection may
 //! have removed objects.
@@ -21,6 +24,10 @@
 //! # });
 //! ```
 #![forbid(unsafe_code)]
+
+mod names;
+
+pub use names::{NameFailure, NamePolicy, Names, Published};
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -17,6 +17,9 @@ pub(crate) const STORED_AT: TableDefinition<&[u8; 32], u64> = TableDefinition::n
 /// Objects their owner unpinned (not copies fetched from peers): the periodic collection
 /// removes them, where fetched copies are kept within the cache budget.
 pub(crate) const RELEASED: TableDefinition<&[u8; 32], ()> = TableDefinition::new("released");
+/// Records this node publishes for their owners (signed names): key -> value, kept so they
+/// can be published again after a restart.
+pub(crate) const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 /// Running totals: `bytes_stored` (unique chunk bytes), `bytes_logical` (object bytes).
 pub(crate) const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
 

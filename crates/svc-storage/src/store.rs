@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::blobs::{Blobs, Kind};
 use crate::meta::{
-    BYTES_LOGICAL, BYTES_STORED, CACHE_SEQ, CACHED, CHUNKS, OBJECTS, PINS, RELEASED, STORED_AT,
-    TOTALS,
+    BYTES_LOGICAL, BYTES_STORED, CACHE_SEQ, CACHED, CHUNKS, OBJECTS, PINS, RECORDS, RELEASED,
+    STORED_AT, TOTALS,
 };
 use crate::{CpuPool, ObjectReader, ObjectWriter, PutOptions, ReadError, StoreError};
 
@@ -55,6 +55,9 @@ pub struct ObjectStat {
     /// Whether its stored bytes fail verification or are missing.
     pub damaged: bool,
 }
+
+/// A record kept with [`Store::put_record`]: its key and value.
+pub type KeptRecord = (Vec<u8>, Vec<u8>);
 
 /// One object in a listing (`GET /objects`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -200,6 +203,7 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
         txn.open_table(TOTALS)?;
         txn.open_table(STORED_AT)?;
         txn.open_table(RELEASED)?;
+        txn.open_table(RECORDS)?;
     }
     txn.commit()?;
     Ok(())
@@ -481,6 +485,52 @@ impl Store {
                     });
                 }
                 Ok(page)
+            })
+            .await?
+    }
+
+    /// Keeps `value` under `key` (durable when this returns), replacing what was there.
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<(), StoreError> {
+                let txn = inner.db.begin_write()?;
+                txn.open_table(RECORDS)?
+                    .insert(key.as_slice(), value.as_slice())?;
+                txn.commit()?;
+                Ok(())
+            })
+            .await?
+    }
+
+    /// The value kept under `key`, if any.
+    pub async fn record(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<Option<Vec<u8>>, StoreError> {
+                let txn = inner.db.begin_read()?;
+                let table = txn.open_table(RECORDS)?;
+                Ok(table.get(key.as_slice())?.map(|v| v.value().to_vec()))
+            })
+            .await?
+    }
+
+    /// Every record kept, as (key, value).
+    pub async fn records(&self) -> Result<Vec<KeptRecord>, StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<Vec<KeptRecord>, StoreError> {
+                let txn = inner.db.begin_read()?;
+                let table = txn.open_table(RECORDS)?;
+                let mut all = Vec::new();
+                for entry in table.iter()? {
+                    let (k, v) = entry?;
+                    all.push((k.value().to_vec(), v.value().to_vec()));
+                }
+                Ok(all)
             })
             .await?
     }

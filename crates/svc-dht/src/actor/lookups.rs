@@ -137,6 +137,8 @@ impl Actor {
                     self.lookup_part(id, found, false);
                 }
             }
+            QueryResult::GetRecord(result) => self.record_found(query, result, last),
+            QueryResult::PutRecord(result) if last => self.record_put(query, result, reached),
             QueryResult::StartProviding(result) if last => {
                 let Some(key) = self.announcing.remove(&query) else {
                     return;

@@ -43,7 +43,7 @@ pub(super) fn build(
                 None
             };
             Ok(Behaviour {
-                kad: kad::Behaviour::with_config(id, store, kad::Config::new(kad::PROTOCOL_NAME)),
+                kad: kad::Behaviour::with_config(id, store, kad_config()),
                 // Peers hear of new listen addresses (a relay reservation) as they appear.
                 identify: identify::Behaviour::new(
                     identify::Config::new("/ron/1".into(), key.public())
@@ -115,5 +115,13 @@ pub(super) fn build(
 pub(super) fn muxer() -> yamux::Config {
     let mut config = yamux::Config::default();
     config.set_split_send_size(YAMUX_FRAME);
+    config
+}
+
+/// Kademlia's configuration: what peers send to be stored (records and provider records) is
+/// handed to the actor first, which keeps only what the node's policy accepts.
+fn kad_config() -> kad::Config {
+    let mut config = kad::Config::new(kad::PROTOCOL_NAME);
+    config.set_record_filtering(kad::StoreInserts::FilterBoth);
     config
 }

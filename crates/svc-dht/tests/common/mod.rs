@@ -135,6 +135,7 @@ pub fn node_with(
         source: Arc::new(source),
         metrics: handle.metrics().clone(),
         events: None,
+        records: Arc::new(svc_dht::NoRecords),
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {
