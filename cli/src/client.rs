@@ -752,3 +752,38 @@ pub(crate) async fn name_resolve(node: &Target, name: &str, json: bool) -> anyho
     }
     Ok(())
 }
+
+/// How long the token `ron console` hands the browser lasts.
+const CONSOLE_TOKEN_TTL: u64 = 3600;
+
+/// `ron console`: the URL of the node's web console with a token that expires in an hour in
+/// its fragment (never sent to a server, dropped from the address bar by the page): printed,
+/// and opened with `xdg-open` when there is a display.
+pub(crate) fn console(node: &Target, open: bool) -> anyhow::Result<()> {
+    let owner = node.token.as_deref().with_context(|| {
+        format!(
+            "no token to derive the console's from; looked in {}",
+            node.looked
+        )
+    })?;
+    let caveats = ron_auth::token::Caveats {
+        expires_at: Some(ron_auth::unix_now() + CONSOLE_TOKEN_TTL),
+        ..Default::default()
+    };
+    let short = ron_auth::token::attenuate(owner, &caveats)?;
+    let url = format!("{}/#token={short}", base(node));
+    println!("{url}");
+    let display =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if open && display {
+        match std::process::Command::new("xdg-open").arg(&url).status() {
+            Ok(s) if s.success() => {
+                eprintln!("opened in your browser; the token expires in an hour")
+            }
+            _ => eprintln!("open the URL above in a browser; the token expires in an hour"),
+        }
+    } else {
+        eprintln!("open the URL above in a browser; the token expires in an hour");
+    }
+    Ok(())
+}

@@ -109,6 +109,15 @@ enum Command {
         #[command(flatten)]
         creds: client::Creds,
     },
+    /// The node's web console: prints (and opens, with a display) its URL with a token that
+    /// expires in an hour.
+    Console {
+        /// Print the URL only.
+        #[arg(long)]
+        no_open: bool,
+        #[command(flatten)]
+        creds: client::Creds,
+    },
     /// Mutable names: `ed25519/<hex>` (a key of yours) pointing at an address.
     #[command(subcommand)]
     Name(NameCommand),
@@ -232,6 +241,7 @@ fn main() -> ExitCode {
             Command::Name(NameCommand::Resolve { name, json, creds }) => {
                 client::name_resolve(&target(&creds)?, &name, json).await
             }
+            Command::Console { no_open, creds } => client::console(&target(&creds)?, !no_open),
             Command::Peers => client::peers(node).await,
             Command::Key(cmd) => auth::key(cmd, node).await,
             Command::Cap(cmd) => auth::cap(cmd),

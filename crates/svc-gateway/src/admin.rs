@@ -100,6 +100,9 @@ pub fn router(state: AppState) -> Router {
     // One reference count per request, not one per field: handlers clone the state.
     let state: Shared = std::sync::Arc::new(state);
     Router::new()
+        .route("/", get(crate::console::page))
+        .route("/console/app.js", get(crate::console::script))
+        .route("/console/app.css", get(crate::console::style))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

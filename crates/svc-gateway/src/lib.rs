@@ -1,9 +1,9 @@
 //! The HTTP face of a RustyOnions node: objects (`POST /put`, `GET|HEAD /o/{addr}` with
 //! ranges, paths inside collections `GET|HEAD /o/{root}/{path}`, `GET /stat/{addr}`,
 //! `POST|DELETE /pin/{addr}`, `DELETE /o/{addr}`, `GET /objects`, `POST /gc`), names
-//! (`GET|PUT /names/ed25519/{hex}`, `GET|HEAD /n/ed25519/{hex}[/{path}]`) and the admin
-//! endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`), with request ids and latency
-//! metrics on every route.
+//! (`GET|PUT /names/ed25519/{hex}`, `GET|HEAD /n/ed25519/{hex}[/{path}]`), the admin
+//! endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`) and the web console (`/`), with
+//! request ids and latency metrics on every route.
 //! Handlers are thin: decode, authorise, call one overlay method, encode. Every error leaves
 //! through one type, [`ApiError`], in the shared JSON shape `{"code","message","retry_after_ms"?}`.
 //!
@@ -19,6 +19,7 @@ mod admin;
 mod auth;
 mod collections;
 mod config;
+mod console;
 mod error;
 mod held;
 mod lanes;
