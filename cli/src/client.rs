@@ -193,6 +193,27 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Sends `req` with the token: the node's answer, checked (a refusal is a one-line error).
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let res = self
+            .authorized(req)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node at {}", base(self)))?;
+        self.check(res).await
+    }
+
+    /// [`Target::send`], and the answer's JSON.
+    async fn json(&self, req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .context("the node's answer is not JSON")
+    }
+}
+
 /// Transfers at least this large show a progress bar (on a terminal).
 const PROGRESS_MIN: u64 = 8 << 20;
 
@@ -315,22 +336,14 @@ impl Target {
         len: Option<u64>,
         media_type: Option<String>,
     ) -> anyhow::Result<Address> {
-        let mut req = self.authorized(http.post(format!("{}/put", base(self))).body(body));
+        let mut req = http.post(format!("{}/put", base(self))).body(body);
         if let Some(len) = len {
             req = req.header(reqwest::header::CONTENT_LENGTH, len);
         }
         if let Some(mt) = media_type {
             req = req.header(reqwest::header::CONTENT_TYPE, mt);
         }
-        let res = self
-            .check(
-                req.send()
-                    .await
-                    .with_context(|| format!("cannot reach the node at {}", base(self)))?,
-            )
-            .await?;
-        let stored: serde_json::Value =
-            res.json().await.context("the node's answer is not JSON")?;
+        let stored = self.json(req).await?;
         stored["address"]
             .as_str()
             .context("the node's answer has no address")?
@@ -387,12 +400,8 @@ impl Target {
         http: &reqwest::Client,
         addr: &Address,
     ) -> anyhow::Result<reqwest::Response> {
-        let res = self
-            .authorized(http.get(format!("{}/o/{addr}", base(self))))
-            .send()
+        self.send(http.get(format!("{}/o/{addr}", base(self))))
             .await
-            .with_context(|| format!("cannot reach the node at {}", base(self)))?;
-        self.check(res).await
     }
 }
 
@@ -471,17 +480,9 @@ pub(crate) async fn save(
 /// `ron stat ADDR`: the node's JSON, pretty-printed.
 pub(crate) async fn stat(node: &Target, addr: &str) -> anyhow::Result<()> {
     let addr = parse_addr(addr)?;
-    let res = node
-        .authorized(node.http()?.get(format!("{}/stat/{addr}", base(node))))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the node at {}", base(node)))?;
-    let value: serde_json::Value = node
-        .check(res)
-        .await?
-        .json()
-        .await
-        .context("the node's answer is not JSON")?;
+    let value = node
+        .json(node.http()?.get(format!("{}/stat/{addr}", base(node))))
+        .await?;
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(())
 }
@@ -491,16 +492,11 @@ pub(crate) async fn pin(node: &Target, addr: &str, pinned: bool) -> anyhow::Resu
     let addr = parse_addr(addr)?;
     let url = format!("{}/pin/{addr}", base(node));
     let http = node.http()?;
-    let req = node.authorized(if pinned {
+    node.send(if pinned {
         http.post(url)
     } else {
         http.delete(url)
-    });
-    node.check(
-        req.send()
-            .await
-            .with_context(|| format!("cannot reach the node at {}", base(node)))?,
-    )
+    })
     .await?;
     Ok(())
 }
@@ -596,17 +592,7 @@ pub(crate) async fn ls(node: &Target, json: bool) -> anyhow::Result<()> {
             url.push_str("&after=");
             url.push_str(a);
         }
-        let res = node
-            .authorized(http.get(url))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the node at {}", base(node)))?;
-        let page: serde_json::Value = node
-            .check(res)
-            .await?
-            .json()
-            .await
-            .context("the node's answer is not JSON")?;
+        let page = node.json(http.get(url)).await?;
         for o in page["objects"].as_array().into_iter().flatten() {
             if json {
                 println!("{o}");
@@ -646,12 +632,7 @@ pub(crate) async fn rm(node: &Target, addrs: &[String]) -> anyhow::Result<()> {
     let http = node.http()?;
     for text in addrs {
         let addr = parse_addr(text)?;
-        let res = node
-            .authorized(http.delete(format!("{}/o/{addr}", base(node))))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the node at {}", base(node)))?;
-        node.check(res)
+        node.send(http.delete(format!("{}/o/{addr}", base(node))))
             .await
             .with_context(|| format!("cannot remove {addr}"))?;
     }
@@ -660,17 +641,9 @@ pub(crate) async fn rm(node: &Target, addrs: &[String]) -> anyhow::Result<()> {
 
 /// `ron gc`: the node's garbage collection, now; prints what it removed.
 pub(crate) async fn gc(node: &Target) -> anyhow::Result<()> {
-    let res = node
-        .authorized(node.http()?.post(format!("{}/gc", base(node))))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the node at {}", base(node)))?;
-    let report: serde_json::Value = node
-        .check(res)
-        .await?
-        .json()
-        .await
-        .context("the node's answer is not JSON")?;
+    let report = node
+        .json(node.http()?.post(format!("{}/gc", base(node))))
+        .await?;
     println!(
         "removed {} objects, {} chunks, {} bytes",
         report["objects"].as_u64().unwrap_or(0),
@@ -694,35 +667,15 @@ pub(crate) async fn name_publish(
     let name = ron_auth::public_text(&key.public());
     let http = node.http()?;
     let url = format!("{}/names/{name}", base(node));
-    let res = node
-        .authorized(http.get(&url))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the node at {}", base(node)))?;
-    let current = if res.status() == reqwest::StatusCode::NOT_FOUND {
-        0
-    } else {
-        let record: serde_json::Value = node
-            .check(res)
-            .await?
-            .json()
-            .await
-            .context("the node's answer is not JSON")?;
-        record["seq"].as_u64().unwrap_or(0)
+    let current = match node.json(http.get(&url)).await {
+        Ok(record) => record["seq"].as_u64().unwrap_or(0),
+        // Never published (or not found anywhere): any sequence will do.
+        Err(e) if e.to_string().contains("HTTP 404") => 0,
+        Err(e) => return Err(e),
     };
     let seq = (current + 1).max(ron_auth::unix_now());
     let record = ron_auth::name::NameRecord::sign(&key, target, seq, ttl_s)?;
-    let res = node
-        .authorized(http.put(&url).body(record.encode()?))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the node at {}", base(node)))?;
-    let published: serde_json::Value = node
-        .check(res)
-        .await?
-        .json()
-        .await
-        .context("the node's answer is not JSON")?;
+    let published = node.json(http.put(&url).body(record.encode()?)).await?;
     eprintln!(
         "{name} -> {target} (sequence {seq}, kept by {} peers)",
         published["peers"].as_u64().unwrap_or(0)
@@ -734,17 +687,9 @@ pub(crate) async fn name_publish(
 /// `ron name resolve ed25519/<hex>`: prints the address the name points at now.
 pub(crate) async fn name_resolve(node: &Target, name: &str, json: bool) -> anyhow::Result<()> {
     ron_auth::parse_public(name).context("a name is ed25519/<64 hex>")?;
-    let res = node
-        .authorized(node.http()?.get(format!("{}/names/{name}", base(node))))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the node at {}", base(node)))?;
-    let record: serde_json::Value = node
-        .check(res)
-        .await?
-        .json()
-        .await
-        .context("the node's answer is not JSON")?;
+    let record = node
+        .json(node.http()?.get(format!("{}/names/{name}", base(node))))
+        .await?;
     if json {
         println!("{record}");
     } else {

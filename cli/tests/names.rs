@@ -39,6 +39,16 @@ async fn until(node: &Node, path: &str, done: impl Fn(u16, &str) -> bool) -> Str
     }
 }
 
+/// `ron name publish` on `node` with a TTL of one second: the name.
+async fn publish(node: &Node, key: &Path, target: &str) -> String {
+    let key = key.to_str().unwrap();
+    ok_stdout(
+        &node
+            .cli(&["name", "publish", "--key", key, "--ttl", "1", target])
+            .await,
+    )
+}
+
 async fn put_record(node: &Node, name: &str, bytes: Vec<u8>) -> (u16, Value) {
     let res = node
         .http
@@ -76,18 +86,7 @@ async fn a_name_resolves_everywhere_moves_on_republish_and_refuses_forgeries() {
         &a.cli(&["put", "-r", &site(&dir.path().join("v1"), "v1")])
             .await,
     );
-    let out = a
-        .cli(&[
-            "name",
-            "publish",
-            "--key",
-            key_file.to_str().unwrap(),
-            "--ttl",
-            "1",
-            &v1,
-        ])
-        .await;
-    assert_eq!(ok_stdout(&out), name);
+    assert_eq!(publish(&a, &key_file, &v1).await, name);
 
     // Node C resolves it through the DHT, and serves the site it points at (fetched from A).
     let record = until(&c, &format!("/names/{name}"), |s, _| s == 200).await;
@@ -120,18 +119,7 @@ async fn a_name_resolves_everywhere_moves_on_republish_and_refuses_forgeries() {
         &a.cli(&["put", "-r", &site(&dir.path().join("v2"), "v2")])
             .await,
     );
-    ok_stdout(
-        &a.cli(&[
-            "name",
-            "publish",
-            "--key",
-            key_file.to_str().unwrap(),
-            "--ttl",
-            "1",
-            &v2,
-        ])
-        .await,
-    );
+    publish(&a, &key_file, &v2).await;
     until(&c, &format!("/n/{name}/"), |s, body| {
         s == 200 && body == "<h1>v2</h1>"
     })

@@ -261,14 +261,11 @@ mod tests {
     use tower::ServiceExt;
 
     async fn put(overlay: &OverlayHandle, bytes: &[u8], media_type: Option<&str>) -> Address {
-        let mut upload = overlay
-            .put(PutRequest {
-                media_type: media_type.map(str::to_owned),
-                expect: None,
-            })
-            .unwrap();
-        upload.write(bytes).await.unwrap();
-        upload.finish().await.unwrap().address
+        let request = PutRequest {
+            media_type: media_type.map(str::to_owned),
+            expect: None,
+        };
+        overlay.put_bytes(bytes, request).await.unwrap().address
     }
 
     async fn folder(overlay: &OverlayHandle, entries: Vec<Entry>) -> Address {

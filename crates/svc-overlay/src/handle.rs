@@ -463,6 +463,18 @@ impl OverlayHandle {
         })
     }
 
+    /// Stores `bytes` in one call (an upload of one piece): for small objects a caller
+    /// already holds, such as a collection it built.
+    pub async fn put_bytes(
+        &self,
+        bytes: &[u8],
+        request: PutRequest,
+    ) -> Result<Stored, OverlayError> {
+        let mut upload = self.put(request)?;
+        upload.write(bytes).await?;
+        upload.finish().await
+    }
+
     pub(crate) fn admit_upload(&self) -> Result<OwnedSemaphorePermit, OverlayError> {
         self.uploads
             .clone()
