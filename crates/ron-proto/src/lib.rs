@@ -17,6 +17,7 @@
 mod address;
 pub mod collection;
 mod error;
+pub mod layout;
 mod manifest;
 pub mod oap;
 pub mod ranges;

@@ -31,6 +31,7 @@
 mod blobs;
 mod chunker;
 mod config;
+pub mod erasure;
 mod error;
 mod meta;
 mod pool;
