@@ -194,14 +194,37 @@ impl Target {
 }
 
 impl Target {
-    /// Sends `req` with the token: the node's answer, checked (a refusal is a one-line error).
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let res = self
-            .authorized(req)
+    /// Sends `req` with the token: the node's answer, whatever it is.
+    async fn raw(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        self.authorized(req)
             .send()
             .await
-            .with_context(|| format!("cannot reach the node at {}", base(self)))?;
+            .with_context(|| format!("cannot reach the node at {}", base(self)))
+    }
+
+    /// Sends `req` with the token: the node's answer, checked (a refusal is a one-line error).
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let res = self.raw(req).await?;
         self.check(res).await
+    }
+
+    /// The answer's JSON, or `None` when the node answers 404; any other refusal is a
+    /// one-line error.
+    async fn json_unless_missing(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<Option<serde_json::Value>> {
+        let res = self.raw(req).await?;
+        if res.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let value = self
+            .check(res)
+            .await?
+            .json()
+            .await
+            .context("the node's answer is not JSON")?;
+        Ok(Some(value))
     }
 
     /// [`Target::send`], and the answer's JSON.
@@ -667,12 +690,11 @@ pub(crate) async fn name_publish(
     let name = ron_auth::public_text(&key.public());
     let http = node.http()?;
     let url = format!("{}/names/{name}", base(node));
-    let current = match node.json(http.get(&url)).await {
-        Ok(record) => record["seq"].as_u64().unwrap_or(0),
-        // Never published (or not found anywhere): any sequence will do.
-        Err(e) if e.to_string().contains("HTTP 404") => 0,
-        Err(e) => return Err(e),
-    };
+    // Never published (or found nowhere): any sequence will do.
+    let current = node
+        .json_unless_missing(http.get(&url))
+        .await?
+        .map_or(0, |record| record["seq"].as_u64().unwrap_or(0));
     let seq = (current + 1).max(ron_auth::unix_now());
     let record = ron_auth::name::NameRecord::sign(&key, target, seq, ttl_s)?;
     let published = node.json(http.put(&url).body(record.encode()?)).await?;
