@@ -70,11 +70,7 @@ pub(crate) async fn publish(
                 format!("a name record is at most {MAX_RECORD_BYTES} bytes"),
             ))
         })?;
-    let record = NameRecord::decode(&bytes).map_err(svc_index::NameFailure::from)?;
-    if record.key != name {
-        return Err(bad(format!("the record is for {}, not {name}", record.key)));
-    }
-    let published = state.names.publish(&bytes).await?;
+    let published = state.names.publish(&name, &bytes).await?;
     let mut body = shown(&published.record);
     body["peers"] = json!(published.peers);
     Ok(Json(body).into_response())

@@ -29,6 +29,14 @@ pub enum NameFailure {
     /// The record is malformed, forged or out of range.
     #[error("invalid name record: {0}")]
     Invalid(#[from] NameError),
+    /// A valid record, of another name than the one it was published as.
+    #[error("the record is for {record}, not {asked}")]
+    OtherName {
+        /// The record's name.
+        record: String,
+        /// The name it was published as.
+        asked: String,
+    },
     /// A record with this sequence number or a higher one is known.
     #[error("stale name record: sequence {seq} is not above the {held} already published")]
     Stale {
@@ -51,7 +59,7 @@ pub enum NameFailure {
 impl Failure for NameFailure {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::Invalid(_) => ErrorKind::BadInput,
+            Self::Invalid(_) | Self::OtherName { .. } => ErrorKind::BadInput,
             Self::Stale { .. } => ErrorKind::Conflict,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Dht(e) => e.kind(),
@@ -61,7 +69,7 @@ impl Failure for NameFailure {
 
     fn code(&self) -> &'static str {
         match self {
-            Self::Invalid(_) => "invalid_name_record",
+            Self::Invalid(_) | Self::OtherName { .. } => "invalid_name_record",
             Self::Stale { .. } => "stale_name_record",
             other => other.kind().code(),
         }
@@ -120,10 +128,16 @@ impl Names {
         self.cache().put(name, (record.clone(), until));
     }
 
-    /// Publishes an encoded, signed record: checked, newer than any this node knows of the
-    /// name, kept here, and stored on up to three of the closest peers.
-    pub async fn publish(&self, bytes: &[u8]) -> Result<Published, NameFailure> {
+    /// Publishes an encoded, signed record of `name`: checked, for that name, newer than any
+    /// this node knows of it, kept here, and stored on up to three of the closest peers.
+    pub async fn publish(&self, name: &str, bytes: &[u8]) -> Result<Published, NameFailure> {
         let record = NameRecord::decode(bytes)?;
+        if record.key != name {
+            return Err(NameFailure::OtherName {
+                record: record.key,
+                asked: name.to_owned(),
+            });
+        }
         let name = name_bytes(&record.key)?;
         let dht_key = NameRecord::dht_key(&name);
         let held = self
@@ -235,29 +249,32 @@ mod tests {
             Err(NameFailure::NotFound(_))
         ));
         let v1 = NameRecord::sign(&key, Address::of(b"v1"), 1, 1).unwrap();
-        names.publish(&v1.encode().unwrap()).await.unwrap();
+        names.publish(&name, &v1.encode().unwrap()).await.unwrap();
         assert_eq!(
             names.resolve(&name).await.unwrap().target,
             Address::of(b"v1")
         );
         // The same record again is fine; an older or equal different one is not.
-        names.publish(&v1.encode().unwrap()).await.unwrap();
+        names.publish(&name, &v1.encode().unwrap()).await.unwrap();
         let v0 = NameRecord::sign(&key, Address::of(b"v0"), 0, 1).unwrap();
-        let err = names.publish(&v0.encode().unwrap()).await.unwrap_err();
+        let err = names
+            .publish(&name, &v0.encode().unwrap())
+            .await
+            .unwrap_err();
         assert_eq!(
             (err.kind().status(), err.code()),
             (409, "stale_name_record")
         );
         let twin = NameRecord::sign(&key, Address::of(b"twin"), 1, 1).unwrap();
         assert!(matches!(
-            names.publish(&twin.encode().unwrap()).await,
+            names.publish(&name, &twin.encode().unwrap()).await,
             Err(NameFailure::Stale { .. })
         ));
         let mut forged =
             NameRecord::sign(&SigningKey::generate(), Address::of(b"x"), 5, 1).unwrap();
         forged.key = name.clone();
         let err = names
-            .publish(&serde_ipld_dagcbor::to_vec(&forged).unwrap())
+            .publish(&name, &serde_ipld_dagcbor::to_vec(&forged).unwrap())
             .await
             .unwrap_err();
         assert_eq!(
@@ -265,11 +282,21 @@ mod tests {
             (400, "invalid_name_record")
         );
         let v2 = NameRecord::sign(&key, Address::of(b"v2"), 2, 1).unwrap();
-        names.publish(&v2.encode().unwrap()).await.unwrap();
+        names.publish(&name, &v2.encode().unwrap()).await.unwrap();
         assert_eq!(
             names.resolve(&name).await.unwrap().target,
             Address::of(b"v2")
         );
         assert!(names.resolve("ed25519/xyz").await.is_err());
+        // A valid record published as another name.
+        let other = ron_auth::public_text(&SigningKey::generate().public());
+        let err = names
+            .publish(&other, &v2.encode().unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.kind().status(), err.code()),
+            (400, "invalid_name_record")
+        );
     }
 }
