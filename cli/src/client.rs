@@ -123,6 +123,8 @@ pub(crate) struct Target {
     looked: String,
     /// Which certificates an https:// node may present.
     trust: Option<ron_client::Trust>,
+    /// How uploads ask to be protected (`--durability`), else as the node says.
+    pub(crate) durability: Option<String>,
 }
 
 impl Target {
@@ -133,6 +135,7 @@ impl Target {
             token,
             looked,
             trust: creds.dev_certificate().map(ron_client::Trust::Ca),
+            durability: None,
         })
     }
 
@@ -303,7 +306,13 @@ pub(crate) async fn put(
     if let Some(mut client) = oap.connect().await? {
         let stored = if file == Path::new("-") {
             client
-                .put(tokio::io::stdin(), None, media_type, node.token.as_deref())
+                .put_with(
+                    tokio::io::stdin(),
+                    None,
+                    media_type,
+                    node.durability.clone(),
+                    node.token.as_deref(),
+                )
                 .await?
         } else {
             let f = tokio::fs::File::open(file)
@@ -311,7 +320,13 @@ pub(crate) async fn put(
                 .with_context(|| format!("cannot open {}", file.display()))?;
             let len = f.metadata().await?.len();
             client
-                .put(f, Some(len), media_type, node.token.as_deref())
+                .put_with(
+                    f,
+                    Some(len),
+                    media_type,
+                    node.durability.clone(),
+                    node.token.as_deref(),
+                )
                 .await?
         };
         println!("{}", stored.address);
@@ -365,6 +380,9 @@ impl Target {
         }
         if let Some(mt) = media_type {
             req = req.header(reqwest::header::CONTENT_TYPE, mt);
+        }
+        if let Some(durability) = &self.durability {
+            req = req.header(svc_gateway::DURABILITY, durability);
         }
         let stored = self.json(req).await?;
         stored["address"]

@@ -45,6 +45,10 @@ enum Command {
         /// bytes stored again with a type take it.
         #[arg(long = "type", value_name = "MEDIA_TYPE")]
         media_type: Option<String>,
+        /// Protect it across nodes as K+M shards (e.g. 4+2), or `none` [default: the
+        /// node's storage.durability].
+        #[arg(long, value_name = "K+M|none", value_parser = durability)]
+        durability: Option<String>,
         #[command(flatten)]
         creds: client::Creds,
         #[command(flatten)]
@@ -184,17 +188,27 @@ fn main() -> ExitCode {
             Command::Put {
                 file,
                 recursive: true,
+                durability,
                 creds,
                 oap,
                 ..
-            } => tree::put(&target(&creds)?.trusting(&oap).http_only(&oap)?, &file).await,
+            } => {
+                let mut node = target(&creds)?.trusting(&oap).http_only(&oap)?;
+                node.durability = durability;
+                tree::put(&node, &file).await
+            }
             Command::Put {
                 file,
                 media_type,
+                durability,
                 creds,
                 oap,
                 ..
-            } => client::put(&target(&creds)?.trusting(&oap), &file, media_type, &oap).await,
+            } => {
+                let mut node = target(&creds)?.trusting(&oap);
+                node.durability = durability;
+                client::put(&node, &file, media_type, &oap).await
+            }
             Command::Get {
                 address,
                 recursive: true,
@@ -255,4 +269,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--durability`: `none` or `K+M`, checked before anything is sent.
+fn durability(value: &str) -> Result<String, String> {
+    ron_proto::layout::parse_durability(value)
+        .map(|_| value.trim().to_string())
+        .map_err(|e| e.to_string())
 }

@@ -345,6 +345,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let names = svc_index::Names::new(store.clone(), Some(dht.clone()));
     spawn_name_upkeep(&mut sup, &names);
     let overlay = spawn_overlay(&mut sup, store, &config, dht.clone(), &metrics, &auth);
+    spawn_guard(&mut sup, &overlay, &bus);
     spawn_storage_upkeep(&mut sup, &overlay, &config);
     let p2p_status = spawn_peer_network(
         &mut sup,
@@ -590,6 +591,15 @@ fn spawn_storage_upkeep(sup: &mut Supervisor, overlay: &OverlayHandle, config: &
 /// How often the names this node published are stored on peers again (their copies expire,
 /// and a node that was alone when it published reached nobody).
 const REPUBLISH_NAMES: Duration = Duration::from_secs(30 * 60);
+
+/// The durability guard: places the shards of protected uploads, renews their leases and
+/// repairs what was lost (`svc_overlay::guard`).
+fn spawn_guard(sup: &mut Supervisor, overlay: &OverlayHandle, bus: &Bus) {
+    let (overlay, bus) = (overlay.clone(), bus.clone());
+    sup.spawn("durability", Duty::Background, move |ctx| {
+        svc_overlay::guard(overlay.clone(), bus.clone(), ctx.shutdown.clone())
+    });
+}
 
 /// Publishes the names this node keeps again: soon after start (once peers are likely
 /// connected), then every [`REPUBLISH_NAMES`].

@@ -76,6 +76,7 @@ impl Node {
                 &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"][..]
             })
             .env_remove("RUST_LOG")
+            .envs(std::env::var("RON_TEST_LOG").map(|f| ("RUST_LOG", f)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -85,10 +86,17 @@ impl Node {
         // stderr so the node never blocks on a full pipe.
         let stderr = child.stderr.take().expect("piped stderr");
         let (token_tx, token_rx) = tokio::sync::oneshot::channel();
+        // RON_TEST_LOG=<filter>: each node's log goes to <data dir>.log, for debugging.
+        let mut log = std::env::var_os("RON_TEST_LOG")
+            .map(|_| std::fs::File::create(data_dir.with_extension("log")).expect("log file"));
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             let mut token_tx = Some(token_tx);
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(log) = &mut log {
+                    use std::io::Write;
+                    let _ = writeln!(log, "{line}");
+                }
                 if let Some((_, token)) = line.split_once("shown once): ")
                     && let Some(tx) = token_tx.take()
                 {

@@ -231,12 +231,25 @@ impl OapClient {
         Ok(received)
     }
 
-    /// Stores what `body` yields (`size` when known, checked by the node before any byte).
+    /// Stores what `body` yields (`size` when known, checked by the node before any byte),
+    /// protected as the node's `storage.durability` says.
     pub async fn put<R: AsyncRead + Unpin>(
+        &mut self,
+        body: R,
+        size: Option<u64>,
+        media_type: Option<String>,
+        token: Option<&str>,
+    ) -> Result<PutReply, ClientError> {
+        self.put_with(body, size, media_type, None, token).await
+    }
+
+    /// Like [`Client::put`], protected with `durability` (`"K+M"` or `"none"`) when given.
+    pub async fn put_with<R: AsyncRead + Unpin>(
         &mut self,
         mut body: R,
         size: Option<u64>,
         media_type: Option<String>,
+        durability: Option<String>,
         token: Option<&str>,
     ) -> Result<PutReply, ClientError> {
         let corr = self.corr();
@@ -244,6 +257,7 @@ impl OapClient {
             size,
             media_type,
             expect: None,
+            durability,
         };
         self.send(self.start(corr, &request, token, false)).await?;
         let per_frame = (self.max_frame - HEADER_LEN).min(256 << 10);

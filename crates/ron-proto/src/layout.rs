@@ -73,12 +73,38 @@ impl FromStr for Scheme {
     }
 }
 
+/// A durability setting: `"none"` (`None`), or a `K+M` scheme.
+pub fn parse_durability(value: &str) -> Result<Option<Scheme>, LayoutError> {
+    if value.trim().eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    value.parse().map(Some)
+}
+
 /// The length of each shard of a chunk of `len` bytes: `len / k` rounded up, then up to an
 /// even number (the codec works on 2-byte symbols); at least 2.
 pub fn shard_len(scheme: Scheme, len: u64) -> u64 {
     let k = u64::from(scheme.k);
     let per = len.div_ceil(k).max(1);
     per + per % 2
+}
+
+/// Where the DHT keeps the pointer from an object to its layout: this prefix, then the
+/// object's 32 address bytes; the value is the layout's 32 address bytes.
+pub const RECORD_PREFIX: &[u8] = b"/ron/layout/";
+
+/// The DHT key of `object`'s layout pointer.
+pub fn record_key(object: &Address) -> Vec<u8> {
+    [RECORD_PREFIX, object.as_bytes().as_slice()].concat()
+}
+
+/// The object and layout a DHT record names, if `key` and `value` are a layout pointer.
+/// (The pointer is unsigned: a layout read through it is checked against the object's
+/// address, chunk by chunk and as a whole, before any of its bytes are used.)
+pub fn record_pointer(key: &[u8], value: &[u8]) -> Option<(Address, Address)> {
+    let object: [u8; 32] = key.strip_prefix(RECORD_PREFIX)?.try_into().ok()?;
+    let layout: [u8; 32] = value.try_into().ok()?;
+    Some((Address::from_bytes(object), Address::from_bytes(layout)))
 }
 
 /// One chunk's shards.
@@ -189,6 +215,22 @@ impl Layout {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn layout_pointers_read_back_and_nothing_else_is_one() {
+        let (object, layout) = (Address::of(b"object"), Address::of(b"layout"));
+        let key = record_key(&object);
+        assert_eq!(
+            record_pointer(&key, layout.as_bytes()),
+            Some((object, layout))
+        );
+        assert_eq!(record_pointer(&key, &[0; 31]), None);
+        assert_eq!(
+            record_pointer(&key[..key.len() - 1], layout.as_bytes()),
+            None
+        );
+        assert_eq!(record_pointer(b"/ron/name/x", layout.as_bytes()), None);
+    }
 
     fn layout(scheme: Scheme, lens: &[u64]) -> Layout {
         Layout {

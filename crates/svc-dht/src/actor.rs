@@ -374,6 +374,16 @@ impl Actor {
             }
             Inner::PutRecord(key, value, reply) => self.put_record(key, value, reply),
             Inner::GetRecords(key, reply) => self.get_records(key, reply),
+            Inner::Known(reply) => {
+                let mut known: std::collections::BTreeSet<PeerId> =
+                    self.swarm.connected_peers().copied().collect();
+                for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+                    for entry in bucket.iter() {
+                        known.insert(*entry.node.key.preimage());
+                    }
+                }
+                let _ = reply.send(known.into_iter().collect());
+            }
             Inner::Status(reply) => {
                 let me = *self.swarm.local_peer_id();
                 let _ = reply.send(P2pStatus {

@@ -8,9 +8,10 @@ use std::io;
 use bytes::BytesMut;
 use futures_util::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
-use ron_proto::oap::transfer::{self, ReplyStart};
+use ron_proto::oap::transfer::{self, ReplyStart, RequestStart};
 pub use ron_proto::oap::transfer::{
-    MAX_ADDRS, MAX_PROVIDERS, MAX_RANGE, ProviderEntry, TransferReply, TransferRequest,
+    Keep, MAX_ADDRS, MAX_HOLD, MAX_KEEP, MAX_PROVIDERS, MAX_RANGE, ProviderEntry, Role,
+    TransferReply, TransferRequest,
 };
 use ron_proto::oap::{DEFAULT_MAX_FRAME, Frame, HEADER_LEN};
 
@@ -67,7 +68,21 @@ impl libp2p::request_response::Codec for TransferCodec {
         T: AsyncRead + Unpin + Send,
     {
         let frame = read_frame(io).await?;
-        transfer::decode_request(&frame).map_err(invalid)
+        let start = transfer::decode_request(&frame).map_err(invalid)?;
+        let RequestStart::Keep { size, .. } = start else {
+            let RequestStart::Whole(request) = start else {
+                return Err(bad("unreadable request"));
+            };
+            return Ok(request);
+        };
+        // The size was checked against MAX_KEEP by the head's decoder: bounded.
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        loop {
+            let piece = read_frame(io).await?;
+            if transfer::keep_piece(size, &mut bytes, &piece).map_err(invalid)? {
+                return transfer::keep_request(start, bytes).map_err(invalid);
+            }
+        }
     }
 
     async fn read_response<T>(
@@ -97,7 +112,9 @@ impl libp2p::request_response::Codec for TransferCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &transfer::request_frame(&req)).await?;
+        for frame in transfer::request_frames(&req) {
+            write_frame(io, &frame).await?;
+        }
         io.close().await
     }
 
@@ -206,6 +223,51 @@ mod tests {
         ];
         for (i, (got, want)) in vectors.iter().enumerate() {
             println!("vector {i}: {} {}", got.len(), hex(got));
+            assert_eq!(hex(got), *want, "vector {i}");
+        }
+    }
+
+    /// The vectors of `specs/OAP-1.md`, app 0x0102 `keep` and `hold`.
+    #[tokio::test]
+    async fn keep_and_hold_frames_match_the_spec_vectors() {
+        let addr: Address = HELLO.parse().unwrap();
+        let vectors = [
+            (
+                request_bytes(TransferRequest::Keep(Keep {
+                    addr,
+                    object: addr,
+                    role: Role::Shard,
+                    lease_s: 3600,
+                    bytes: Bytes::from_static(b"hello world"),
+                }))
+                .await,
+                "f20000000109000000020100000000000000000000000000000000000000000000000000007b226f70223a226b656570222c2261646472223a2262333a64373439383165666137306130633838306238643863313938356430373564626362663637396239396135663939313465356161663936623833316139653234222c226f626a656374223a2262333a64373439383165666137306130633838306238643863313938356430373564626362663637396239396135663939313465356161663936623833316139653234222c22726f6c65223a227368617264222c226c656173655f73223a333630302c2273697a65223a31317d2c00000001110000000201000000000000000000000000000000000000000000000000000068656c6c6f20776f726c64",
+            ),
+            (
+                reply_bytes(TransferReply::Kept { lease_s: 3600 }).await,
+                "31000000011a000000020100000000000000000000000000000000000000000000000000007b226c656173655f73223a333630307d",
+            ),
+            (
+                request_bytes(TransferRequest::Hold {
+                    addrs: vec![addr],
+                    lease_s: 3600,
+                })
+                .await,
+                "8d0000000119000000020100000000000000000000000000000000000000000000000000007b226f70223a22686f6c64222c226164647273223a5b2262333a64373439383165666137306130633838306238643863313938356430373564626362663637396239396135663939313465356161663936623833316139653234225d2c226c656173655f73223a333630307d",
+            ),
+            (
+                reply_bytes(TransferReply::Held {
+                    held: vec![true],
+                    lease_s: 3600,
+                })
+                .await,
+                "3f000000011a000000020100000000000000000000000000000000000000000000000000007b2268656c64223a5b747275655d2c226c656173655f73223a333630307d",
+            ),
+        ];
+        for (i, (got, _)) in vectors.iter().enumerate() {
+            println!("vector {i}: {} {}", got.len(), hex(got));
+        }
+        for (i, (got, want)) in vectors.iter().enumerate() {
             assert_eq!(hex(got), *want, "vector {i}");
         }
     }

@@ -236,6 +236,30 @@ impl DhtHandle {
         Err(DhtError::Unavailable(failures.join("; ")))
     }
 
+    /// The whole of a small object (a shard, a layout: at most `max_size` bytes, held in
+    /// memory) from `providers`, every group verified against its address.
+    pub async fn fetch_bytes(
+        &self,
+        addr: Address,
+        providers: &[PeerId],
+        max_size: u64,
+    ) -> Result<Bytes, DhtError> {
+        let probe = self.probe(addr, providers, max_size).await?;
+        let size = usize::try_from(probe.size).unwrap_or(usize::MAX);
+        let (tx, mut rx) = mpsc::channel(4);
+        let transfer = self.transfer(probe, providers, tx);
+        let collect = async move {
+            let mut all = Vec::with_capacity(size);
+            while let Some(group) = rx.recv().await {
+                all.extend_from_slice(&group);
+            }
+            all
+        };
+        let (done, all) = tokio::join!(transfer, collect);
+        done?;
+        Ok(Bytes::from(all))
+    }
+
     /// Transfers the probed object from `providers` (the probe's provider first), at most
     /// [`INFLIGHT`] ranges at once and [`PER_PEER`] to one provider, handing the verified
     /// bytes to `sink` in order. On `Ok` the sink has received exactly the object, every
@@ -364,9 +388,12 @@ impl DhtHandle {
             }) => Err(Failed::Lie(format!(
                 "answered {st}.. of {s} bytes for {start}..{end} of {size}"
             ))),
-            Ok(TransferReply::Have { .. } | TransferReply::Providers { .. }) => {
-                Err(Failed::Lie("answered a range with something else".into()))
-            }
+            Ok(
+                TransferReply::Have { .. }
+                | TransferReply::Providers { .. }
+                | TransferReply::Kept { .. }
+                | TransferReply::Held { .. },
+            ) => Err(Failed::Lie("answered a range with something else".into())),
             Ok(TransferReply::Error { kind, body }) => match kind {
                 ErrorKind::RateLimited | ErrorKind::Overloaded => Err(Failed::Busy(
                     Duration::from_millis(body.retry_after_ms.unwrap_or(1000).min(5000)),

@@ -84,6 +84,32 @@ pub trait Source: Send + Sync + 'static {
         start: u64,
         end: u64,
     ) -> BoxFuture<'static, Result<Option<(u64, Bytes)>, String>>;
+
+    /// Keeps a blob `peer` sends (a shard or a layout of an object it protects) under a lease:
+    /// verified against its address and durable before the answer, which is the lease granted
+    /// in seconds, or the refusal (its kind and a message). A node that keeps nothing for
+    /// others refuses every one (the default).
+    fn keep(
+        &self,
+        peer: PeerId,
+        keep: crate::Keep,
+    ) -> BoxFuture<'static, Result<u32, (ErrorKind, String)>> {
+        let _ = (peer, keep);
+        Box::pin(async {
+            Err((
+                ErrorKind::Forbidden,
+                "this node keeps no shards for others".to_string(),
+            ))
+        })
+    }
+
+    /// Which of `addrs` this node keeps for others, renewing each one's lease to `lease_s`
+    /// (or less): one answer per address, and the lease granted. A node that keeps nothing
+    /// for others holds none (the default).
+    fn hold(&self, addrs: Vec<Address>, lease_s: u32) -> BoxFuture<'static, (Vec<bool>, u32)> {
+        let _ = lease_s;
+        Box::pin(async move { (vec![false; addrs.len()], 0) })
+    }
 }
 
 /// Which records (Kademlia keys and values: signed names) this node keeps when peers ask it
@@ -161,6 +187,7 @@ pub(crate) enum Inner {
         oneshot::Sender<Result<TransferReply, DhtError>>,
     ),
     Status(oneshot::Sender<P2pStatus>),
+    Known(oneshot::Sender<Vec<PeerId>>),
     Dial(Vec<libp2p::Multiaddr>),
     PutRecord(Vec<u8>, Vec<u8>, oneshot::Sender<Result<usize, DhtError>>),
     GetRecords(Vec<u8>, oneshot::Sender<Result<Vec<Vec<u8>>, DhtError>>),
@@ -248,6 +275,47 @@ impl DhtHandle {
         let (tx, rx) = oneshot::channel();
         self.send(Inner::Request(peer, request, tx)).await?;
         rx.await.map_err(|_| DhtError::Stopped)?
+    }
+
+    /// Asks `peer` to keep a blob (a shard or a layout): the lease it granted, in seconds.
+    pub async fn keep(&self, peer: PeerId, keep: crate::Keep) -> Result<u32, DhtError> {
+        match self.request(peer, TransferRequest::Keep(keep)).await? {
+            TransferReply::Kept { lease_s } => Ok(lease_s),
+            TransferReply::Error { kind, body } => Err(DhtError::Refused(kind, body.message)),
+            _ => Err(DhtError::Peer("answered keep with something else".into())),
+        }
+    }
+
+    /// Which of `addrs` `peer` keeps, renewing their leases to `lease_s` (or what it grants).
+    pub async fn hold(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Address>,
+        lease_s: u32,
+    ) -> Result<Vec<bool>, DhtError> {
+        let asked = addrs.len();
+        match self
+            .request(peer, TransferRequest::Hold { addrs, lease_s })
+            .await?
+        {
+            TransferReply::Held { held, .. } if held.len() == asked => Ok(held),
+            TransferReply::Error { kind, body } => Err(DhtError::Refused(kind, body.message)),
+            _ => Err(DhtError::Peer("answered hold with something else".into())),
+        }
+    }
+
+    /// The peers connected now.
+    pub async fn connected(&self) -> Result<Vec<PeerId>, DhtError> {
+        let status = self.status().await?;
+        Ok(status.peers.iter().filter_map(|p| p.parse().ok()).collect())
+    }
+
+    /// The peers this node knows: connected now, or in its routing table (each one dialled
+    /// when asked for something).
+    pub async fn known(&self) -> Result<Vec<PeerId>, DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Inner::Known(tx)).await?;
+        rx.await.map_err(|_| DhtError::Stopped)
     }
 
     /// Dials `addrs` (each ending in `/p2p/<peer id>` when known: the peer goes into the

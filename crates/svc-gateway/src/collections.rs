@@ -264,6 +264,7 @@ mod tests {
         let request = PutRequest {
             media_type: media_type.map(str::to_owned),
             expect: None,
+            durability: None,
         };
         overlay.put_bytes(bytes, request).await.unwrap().address
     }

@@ -32,7 +32,7 @@ mod tls;
 pub use admin::{AppState, PeerStatus, StatusExtra, Traffic, router};
 pub use config::GatewaySection;
 pub use error::{ApiError, error_response};
-pub use objects::EXPECT_ADDRESS;
+pub use objects::{DURABILITY, EXPECT_ADDRESS};
 #[cfg(feature = "http3")]
 pub use tls::serve_h3;
 pub use tls::{ALPN, serve, serve_tls};

@@ -22,6 +22,9 @@ use crate::auth::authorize;
 
 /// Header naming the address an upload must have.
 pub const EXPECT_ADDRESS: &str = "x-ron-expect-address";
+/// The upload header asking for a durability other than `storage.durability`: `K+M` or
+/// `none`.
+pub const DURABILITY: &str = "x-ron-durability";
 /// Bytes verified and sent per step of a response.
 const WINDOW: u64 = 1 << 20;
 /// The `Content-Security-Policy` of every stored object served.
@@ -96,7 +99,22 @@ fn put_request(headers: &HeaderMap) -> Result<(Option<u64>, PutRequest), ApiErro
         Some(Ok(mt)) => Some(mt.to_owned()),
         Some(Err(_)) => return Err(bad("content-type is not visible ASCII")),
     };
-    Ok((announced, PutRequest { media_type, expect }))
+    let durability = match headers.get(DURABILITY).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(text)) => Some(
+            ron_proto::layout::parse_durability(text)
+                .map_err(|e| bad(format!("malformed x-ron-durability: {e}")))?,
+        ),
+        Some(Err(_)) => return Err(bad("malformed x-ron-durability")),
+    };
+    Ok((
+        announced,
+        PutRequest {
+            media_type,
+            expect,
+            durability,
+        },
+    ))
 }
 
 /// `POST /put`: the raw body, streamed into the overlay.
@@ -453,9 +471,27 @@ pub(crate) async fn stat(
     if state.auth.requires_token(Op::Stat) {
         authorize(&state, &headers, Op::Stat, &format!("/stat/{addr}"))?;
     }
-    match state.overlay.stat(addr).await? {
-        Some(stat) => Ok(Json(stat).into_response()),
-        None => Err(svc_overlay::OverlayError::NotFound(addr).into()),
+    let stat = state.overlay.stat(addr).await?;
+    // A protected object's durability, counted now, on any node (none for an object
+    // without a layout).
+    let durability = state.overlay.durability(addr).await?;
+    match (stat, durability) {
+        (Some(stat), durability) => {
+            let mut body = serde_json::to_value(stat).unwrap_or_default();
+            if let Some(d) = durability {
+                body["durability"] = serde_json::to_value(d).unwrap_or_default();
+            }
+            Ok(Json(body).into_response())
+        }
+        // Not here, but protected: what its layout says.
+        (None, Some(d)) => Ok(Json(json!({
+            "address": addr,
+            "size": d.size,
+            "stored": false,
+            "durability": d,
+        }))
+        .into_response()),
+        (None, None) => Err(svc_overlay::OverlayError::NotFound(addr).into()),
     }
 }
 

@@ -223,13 +223,16 @@ impl Names {
 }
 
 /// The records this node keeps for peers: valid name records, each under its own name's key,
-/// never older than the one held ([`NameRecord::acceptable`]).
+/// never older than the one held ([`NameRecord::acceptable`]), and layout pointers of
+/// protected objects (`ron_proto::layout::record_pointer`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NamePolicy;
 
 impl svc_dht::RecordPolicy for NamePolicy {
     fn accept(&self, key: &[u8], value: &[u8], current: Option<&[u8]>) -> bool {
-        NameRecord::acceptable(key, value, current)
+        // Layout pointers (checked where they are used: see `ron_proto::layout`), or names.
+        ron_proto::layout::record_pointer(key, value).is_some()
+            || NameRecord::acceptable(key, value, current)
     }
 }
 

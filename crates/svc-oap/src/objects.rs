@@ -45,10 +45,24 @@ pub(crate) async fn handle(
             size,
             media_type,
             expect,
-        } => {
-            let request = PutRequest { media_type, expect };
-            put(state, out, corr, token, body, size, request).await
-        }
+            durability,
+        } => match durability
+            .as_deref()
+            .map(ron_proto::layout::parse_durability)
+        {
+            Some(Err(e)) => Err(refusal(Problem::new(
+                ErrorKind::BadInput,
+                format!("invalid durability: {e}"),
+            ))),
+            parsed => {
+                let request = PutRequest {
+                    media_type,
+                    expect,
+                    durability: parsed.map(Result::unwrap_or_default),
+                };
+                put(state, out, corr, token, body, size, request).await
+            }
+        },
     };
     if let Err(e) = outcome {
         out.fail(corr, e.as_ref()).await;

@@ -83,6 +83,7 @@ mod tests {
         let request = PutRequest {
             media_type: media_type.map(str::to_owned),
             expect: None,
+            durability: None,
         };
         overlay.put_bytes(bytes, request).await.unwrap().address
     }
@@ -163,6 +164,7 @@ mod tests {
                 .put(PutRequest {
                     media_type: Some(mt.into()),
                     expect: None,
+                    durability: None,
                 })
                 .unwrap();
             upload.write(bytes).await.unwrap();
@@ -177,6 +179,7 @@ mod tests {
             .put(PutRequest {
                 media_type: Some(COLLECTION_MEDIA_TYPE.into()),
                 expect: None,
+                durability: None,
             })
             .unwrap();
         let big = vec![0u8; 1 << 20];

@@ -64,6 +64,15 @@ pub enum OverlayError {
         /// The path, as far as it was walked.
         path: String,
     },
+    /// No full copy could be had, and too few shards of a protected object survive to
+    /// rebuild it: nothing is served.
+    #[error("{address} is lost: {why}")]
+    Lost {
+        /// The object.
+        address: Address,
+        /// Which chunk lacks shards, and how many it has of those it needs.
+        why: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -74,7 +83,7 @@ impl Failure for OverlayError {
         match self {
             Self::Unavailable | Self::Busy | Self::FetchFailed(_) => ErrorKind::Overloaded,
             Self::NotFound(_) => ErrorKind::NotFound,
-            Self::Damaged(_) => ErrorKind::Damaged,
+            Self::Damaged(_) | Self::Lost { .. } => ErrorKind::Damaged,
             Self::TooLarge { .. } => ErrorKind::TooLarge,
             Self::Mismatch { .. } => ErrorKind::ContentMismatch,
             Self::MediaType(_)
@@ -94,6 +103,7 @@ impl Failure for OverlayError {
             Self::InvalidCollection(_) => "invalid_collection",
             Self::NotACollection(..) => "not_a_collection",
             Self::BadPath(_) => "invalid_path",
+            Self::Lost { .. } => "lost",
             other => other.kind().code(),
         }
     }

@@ -134,6 +134,14 @@ impl Net {
         }
     }
 
+    pub(crate) fn dht(&self) -> &DhtHandle {
+        &self.dht
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Whether peers may read this node's objects now: when not, none is served or announced.
     pub(crate) fn peers_may_read(&self) -> bool {
         (self.peers_may_read)()
@@ -411,6 +419,7 @@ async fn prepare(
         unpinned: true,
         // Nothing reads the copy back now: its outboard comes from the transfer.
         around_cache: true,
+        lease: None,
     };
     let permit = overlay
         .admit_upload()

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use ron_kernel::Config;
 use ron_proto::Address;
 use ron_proto::collection::{self, Collection};
+use ron_proto::layout::Scheme;
 use svc_dht::DhtHandle;
 use svc_index::Index;
 use svc_storage::{
@@ -66,6 +67,9 @@ pub struct PutRequest {
     pub media_type: Option<String>,
     /// The address the client expects; on mismatch nothing is stored (422).
     pub expect: Option<Address>,
+    /// How to protect it across nodes: `Some(Some(scheme))`, `Some(None)` not at all, `None`
+    /// as `storage.durability` says.
+    pub durability: Option<Option<Scheme>>,
 }
 
 /// An object being uploaded. Dropping it before [`Upload::finish`] leaves nothing behind.
@@ -76,6 +80,8 @@ pub struct Upload {
     collection: Option<Vec<u8>>,
     /// A media type was given: an object already stored takes it.
     typed: bool,
+    /// The scheme it is protected with once committed.
+    scheme: Option<Scheme>,
     overlay: OverlayHandle,
     _permit: OwnedSemaphorePermit,
 }
@@ -102,7 +108,9 @@ impl Upload {
     }
 
     /// Commits the object (durable when this returns `Ok`), pinned, and announces it to the
-    /// peer network. The address is always the BLAKE3 of the bytes that arrived.
+    /// peer network. The address is always the BLAKE3 of the bytes that arrived. A protected
+    /// upload is recorded as such before this returns; the guard then cuts it into shards
+    /// and places them.
     ///
     /// An upload declared a collection ([`collection::COLLECTION_MEDIA_TYPE`]) commits only
     /// if it is a valid one ([`OverlayError::InvalidCollection`]).
@@ -117,6 +125,13 @@ impl Upload {
             self.overlay.index.forget(&stored.address);
         }
         self.overlay.announce(stored.address).await;
+        if let Some(scheme) = self.scheme {
+            // Durable with the object: the guard computes its layout and places its shards
+            // once enough peers are known.
+            let km = (scheme.k, scheme.m);
+            self.overlay.store.intend(stored.address, Some(km)).await?;
+            self.overlay.guard.wake();
+        }
         Ok(stored)
     }
 }
@@ -232,6 +247,7 @@ pub struct OverlayHandle {
     small: Arc<Mutex<SmallCache>>,
     max_object: Arc<dyn Fn() -> u64 + Send + Sync>,
     pub(crate) net: Option<Arc<Net>>,
+    pub(crate) guard: Arc<crate::durability::Guard>,
 }
 
 impl std::fmt::Debug for OverlayHandle {
@@ -259,6 +275,7 @@ impl OverlayHandle {
             net: setup
                 .dht
                 .map(|dht| Arc::new(Net::new(dht, setup.config, setup.peers_may_read))),
+            guard: Arc::default(),
         }
     }
 
@@ -328,7 +345,34 @@ impl OverlayHandle {
         let Some(net) = &self.net else {
             return Err(OverlayError::NotFound(address));
         };
-        Ok(Got::Arriving(net.stream(self, address, false).await?))
+        match net.stream(self, address, false).await {
+            Ok(incoming) => Ok(Got::Arriving(incoming)),
+            Err(e) => Ok(Got::Stored(self.rebuilt(address, e).await?)),
+        }
+    }
+
+    /// When no full copy could be fetched (`failed`), the object rebuilt from its shards, if
+    /// it is protected; else `failed`.
+    async fn rebuilt(
+        &self,
+        address: Address,
+        failed: OverlayError,
+    ) -> Result<Object, OverlayError> {
+        if !matches!(
+            failed,
+            OverlayError::NotFound(_) | OverlayError::FetchFailed(_) | OverlayError::FetchTimeout
+        ) {
+            return Err(failed);
+        }
+        match self.rebuild(address).await {
+            Ok(()) => self
+                .open(address)
+                .await?
+                .ok_or(OverlayError::NotFound(address)),
+            // Not protected: the fetch's own failure says what happened.
+            Err(OverlayError::NotFound(_)) => Err(failed),
+            Err(e) => Err(e),
+        }
     }
 
     /// A stored copy: this node's, or one fetched from peers and committed first (for range
@@ -337,7 +381,9 @@ impl OverlayHandle {
         if let Some(object) = self.open(address).await? {
             return Ok(object);
         }
-        self.fetched(address, false).await?;
+        if let Err(e) = self.fetched(address, false).await {
+            return self.rebuilt(address, e).await;
+        }
         match self.open(address).await? {
             Some(object) => Ok(object),
             None => Err(OverlayError::NotFound(address)),
@@ -451,12 +497,14 @@ impl OverlayHandle {
             unpinned: false,
             // The store reads the chunks back for the outboard: keep them in the page cache.
             around_cache: false,
+            lease: None,
         };
         let collection = is_collection(options.media_type.as_deref()).then(Vec::new);
         let typed = options.media_type.is_some();
         Ok(Upload {
             collection,
             typed,
+            scheme: self.scheme_for(request.durability),
             writer: self.store.writer(options),
             _permit: self.admit_upload()?,
             overlay: self.clone(),
@@ -525,6 +573,9 @@ impl OverlayHandle {
         if !self.store.remove(&address).await? {
             return Err(OverlayError::NotFound(address));
         }
+        // No longer protected from here: the shards' leases run out.
+        self.store.intend(address, None).await?;
+        self.store.unwatch(address).await?;
         self.small().remove(&address);
         self.index.forget(&address);
         if let Some(net) = &self.net {

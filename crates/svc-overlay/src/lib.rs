@@ -35,6 +35,7 @@
 mod actor;
 mod cache;
 mod collections;
+mod durability;
 mod error;
 mod fetch;
 mod handle;
@@ -43,6 +44,7 @@ mod source;
 
 pub use actor::run;
 pub use collections::Resolved;
+pub use durability::{Durability, LAYOUT_MEDIA_TYPE, State, guard};
 pub use error::OverlayError;
 pub use fetch::{Done, Incoming};
 pub use handle::{Command, Got, Object, OverlayHandle, OverlaySetup, PutRequest, Upload};

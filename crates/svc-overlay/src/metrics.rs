@@ -54,6 +54,51 @@ impl Collector for OverlayCollector {
             "Bytes of verified small objects held in memory",
             h.small_cache_bytes() as u64,
         )?;
+        let c = &h.guard.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        counter(
+            &mut encoder,
+            "durability_shards_kept",
+            "Shards this node accepted to keep for peers",
+            load(&c.shards_kept),
+        )?;
+        counter(
+            &mut encoder,
+            "durability_shards_placed",
+            "Shards this node placed on peers (first placement and repair)",
+            load(&c.shards_placed),
+        )?;
+        counter(
+            &mut encoder,
+            "durability_repairs",
+            "Chunks rebuilt from shards and placed again",
+            load(&c.repairs),
+        )?;
+        counter(
+            &mut encoder,
+            "durability_repair_read_bytes",
+            "Shard bytes read to rebuild chunks",
+            load(&c.repair_bytes_read),
+        )?;
+        counter(
+            &mut encoder,
+            "durability_repair_written_bytes",
+            "Shard bytes written to peers",
+            load(&c.repair_bytes_written),
+        )?;
+        let (degraded, lost) = h.guard.counts();
+        gauge(
+            &mut encoder,
+            "durability_degraded_objects",
+            "Watched objects with a chunk below its k+m holders",
+            degraded,
+        )?;
+        gauge(
+            &mut encoder,
+            "durability_lost_objects",
+            "Watched objects with a chunk below k holders",
+            lost,
+        )?;
         let index = h.index().stats();
         counter(
             &mut encoder,

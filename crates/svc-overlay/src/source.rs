@@ -56,6 +56,20 @@ impl PeerSource {
 }
 
 impl svc_dht::Source for PeerSource {
+    fn keep(
+        &self,
+        peer: svc_dht::PeerId,
+        keep: svc_dht::Keep,
+    ) -> BoxFuture<'static, Result<u32, (ron_proto::ErrorKind, String)>> {
+        let overlay = self.overlay.clone();
+        async move { overlay.keep_for(peer, keep).await }.boxed()
+    }
+
+    fn hold(&self, addrs: Vec<Address>, lease_s: u32) -> BoxFuture<'static, (Vec<bool>, u32)> {
+        let overlay = self.overlay.clone();
+        async move { overlay.hold_for(addrs, lease_s).await }.boxed()
+    }
+
     fn size(&self, addr: Address) -> BoxFuture<'static, Option<u64>> {
         if !self.open_to_peers() {
             return async { None }.boxed();

@@ -27,6 +27,12 @@ pub enum StoreError {
         #[source]
         source: ManifestError,
     },
+    /// Keeping a blob for a peer would pass the budget for such blobs.
+    #[error("no room: blobs kept for peers would pass their budget of {budget} bytes")]
+    NoRoom {
+        /// The budget (`storage.shard_budget_bytes`).
+        budget: u64,
+    },
     /// The pool is shutting down.
     #[error("storage is shutting down")]
     Shutdown,
@@ -36,10 +42,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The shared error kind (always internal: none of these is the client's fault).
+    /// The shared error kind (internal, but for a full budget or a store shutting down).
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Shutdown => ErrorKind::Overloaded,
+            Self::NoRoom { .. } => ErrorKind::TooLarge,
             _ => ErrorKind::Internal,
         }
     }

@@ -44,8 +44,8 @@ pub use config::StorageSection;
 pub use error::{PutError, ReadError, StoreError};
 pub use pool::CpuPool;
 pub use reader::{GROUP_BYTES, MAX_WINDOW, ObjectReader};
-pub use store::{GcReport, KeptRecord, Listed, ObjectStat, Store, StoreStats};
-pub use writer::{ObjectWriter, PutOptions, Stored};
+pub use store::{GcReport, Intent, KeptRecord, Listed, ObjectStat, Store, StoreStats};
+pub use writer::{Lease, ObjectWriter, PutOptions, Stored};
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn unix_now() -> u64 {

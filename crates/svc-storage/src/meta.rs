@@ -20,10 +20,22 @@ pub(crate) const RELEASED: TableDefinition<&[u8; 32], ()> = TableDefinition::new
 /// Records this node publishes for their owners (signed names): key -> value, kept so they
 /// can be published again after a restart.
 pub(crate) const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
+/// Objects kept for peers under a lease (shards and layouts of objects they protect): object
+/// address -> (Unix second the lease ends, its size). Such an object is pinned while its lease
+/// runs; an owner's pin replaces the lease.
+pub(crate) const LEASES: TableDefinition<&[u8; 32], (u64, u64)> = TableDefinition::new("leases");
+/// Protected objects this node watches over (it holds their layout): object -> layout address.
+pub(crate) const WATCHED: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("watched");
+/// Uploads to protect once enough peers are known: object -> (k, m).
+pub(crate) const INTENTS: TableDefinition<&[u8; 32], (u8, u8)> = TableDefinition::new("intents");
+/// Where an unfinished repair of a watched object stopped: object -> the next chunk.
+pub(crate) const PROGRESS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("progress");
 /// Running totals: `bytes_stored` (unique chunk bytes), `bytes_logical` (object bytes).
 pub(crate) const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
 
 pub(crate) const BYTES_STORED: &str = "bytes_stored";
 pub(crate) const BYTES_LOGICAL: &str = "bytes_logical";
+/// Bytes of objects kept under a lease.
+pub(crate) const BYTES_LEASED: &str = "bytes_leased";
 /// The next value of [`CACHED`]'s sequence.
 pub(crate) const CACHE_SEQ: &str = "cache_seq";

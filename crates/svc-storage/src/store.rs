@@ -11,10 +11,10 @@ use serde::Serialize;
 
 use crate::blobs::{Blobs, Kind};
 use crate::meta::{
-    BYTES_LOGICAL, BYTES_STORED, CACHE_SEQ, CACHED, CHUNKS, OBJECTS, PINS, RECORDS, RELEASED,
-    STORED_AT, TOTALS,
+    BYTES_LEASED, BYTES_LOGICAL, BYTES_STORED, CACHE_SEQ, CACHED, CHUNKS, INTENTS, LEASES, OBJECTS,
+    PINS, PROGRESS, RECORDS, RELEASED, STORED_AT, TOTALS, WATCHED,
 };
-use crate::{CpuPool, ObjectReader, ObjectWriter, PutOptions, ReadError, StoreError};
+use crate::{CpuPool, Lease, ObjectReader, ObjectWriter, PutOptions, ReadError, StoreError};
 
 pub(crate) struct Inner {
     pub(crate) db: Database,
@@ -56,6 +56,9 @@ pub struct ObjectStat {
     pub damaged: bool,
 }
 
+/// An upload waiting to be protected: the object and its scheme's `(k, m)`.
+pub type Intent = (Address, (u8, u8));
+
 /// A record kept with [`Store::put_record`]: its key and value.
 pub type KeptRecord = (Vec<u8>, Vec<u8>);
 
@@ -73,6 +76,9 @@ pub struct Listed {
     /// When it was first stored here (Unix seconds); `None` for objects stored by a version
     /// that did not record it.
     pub stored_at: Option<u64>,
+    /// For a blob kept for peers (a shard or a layout), when its lease ends (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_until: Option<u64>,
 }
 
 /// Store-wide figures for `/status`.
@@ -204,6 +210,10 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
         txn.open_table(STORED_AT)?;
         txn.open_table(RELEASED)?;
         txn.open_table(RECORDS)?;
+        txn.open_table(LEASES)?;
+        txn.open_table(WATCHED)?;
+        txn.open_table(PROGRESS)?;
+        txn.open_table(INTENTS)?;
     }
     txn.commit()?;
     Ok(())
@@ -364,6 +374,15 @@ impl Store {
                     let mut totals = txn.open_table(TOTALS)?;
                     let mut released = txn.open_table(RELEASED)?;
                     let found = objects.get(addr.as_bytes())?.is_some();
+                    // The owner's word replaces a peer's lease either way.
+                    if found
+                        && let Some((_, size)) = txn
+                            .open_table(LEASES)?
+                            .remove(addr.as_bytes())?
+                            .map(|v| v.value())
+                    {
+                        add(&mut totals, BYTES_LEASED, -i128::from(size))?;
+                    }
                     if found && pinned {
                         pins.insert(addr.as_bytes(), ())?;
                         cached.remove(addr.as_bytes())?;
@@ -461,6 +480,7 @@ impl Store {
                 let objects = txn.open_table(OBJECTS)?;
                 let pins = txn.open_table(PINS)?;
                 let stored_at = txn.open_table(STORED_AT)?;
+                let leases = txn.open_table(LEASES)?;
                 let start = after.map(|a| *a.as_bytes());
                 let range = match &start {
                     Some(key) => objects.range::<&[u8; 32]>((
@@ -482,6 +502,7 @@ impl Store {
                         media_type: manifest.media_type,
                         pinned: pins.get(&key)?.is_some(),
                         stored_at: stored_at.get(&key)?.map(|v| v.value()),
+                        lease_until: leases.get(&key)?.map(|v| v.value().0),
                     });
                 }
                 Ok(page)
@@ -531,6 +552,233 @@ impl Store {
                     all.push((k.value().to_vec(), v.value().to_vec()));
                 }
                 Ok(all)
+            })
+            .await?
+    }
+
+    /// Which of `addrs` this node keeps for peers (or the owner pinned), extending each
+    /// lease to end no earlier than `until` (Unix seconds).
+    pub async fn renew(&self, addrs: Vec<Address>, until: u64) -> Result<Vec<bool>, StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<Vec<bool>, StoreError> {
+                let txn = inner.db.begin_write()?;
+                let mut held = Vec::with_capacity(addrs.len());
+                {
+                    let mut leases = txn.open_table(LEASES)?;
+                    let pins = txn.open_table(PINS)?;
+                    for addr in &addrs {
+                        let key = addr.as_bytes();
+                        let lease = leases.get(key)?.map(|v| v.value());
+                        match lease {
+                            Some((ends, size)) => {
+                                if until > ends {
+                                    leases.insert(key, (until, size))?;
+                                }
+                                held.push(true);
+                            }
+                            None => held.push(pins.get(key)?.is_some()),
+                        }
+                    }
+                }
+                txn.commit()?;
+                Ok(held)
+            })
+            .await?
+    }
+
+    /// Which of `addrs` this node keeps for peers under a lease (not the owner's objects),
+    /// extending each lease to end no earlier than `until`.
+    pub async fn renew_leased(
+        &self,
+        addrs: Vec<Address>,
+        until: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<Vec<bool>, StoreError> {
+                let txn = inner.db.begin_write()?;
+                let mut held = Vec::with_capacity(addrs.len());
+                {
+                    let mut leases = txn.open_table(LEASES)?;
+                    for addr in &addrs {
+                        let lease = leases.get(addr.as_bytes())?.map(|v| v.value());
+                        if let Some((ends, size)) = lease
+                            && until > ends
+                        {
+                            leases.insert(addr.as_bytes(), (until, size))?;
+                        }
+                        held.push(lease.is_some());
+                    }
+                }
+                txn.commit()?;
+                Ok(held)
+            })
+            .await?
+    }
+
+    /// Removes the blobs kept for peers whose lease ended before `now` (Unix seconds), and
+    /// the chunks nothing else references.
+    pub async fn expire(&self, now: u64) -> Result<(GcReport, Vec<Address>), StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || {
+                remove_objects(&inner, |t| {
+                    let mut victims = Vec::new();
+                    for entry in t.leases.iter()? {
+                        let (key, value) = entry?;
+                        let key = *key.value();
+                        if value.value().0 < now
+                            && let Some(v) = t.objects.get(&key)?
+                        {
+                            victims.push((key, v.value().to_vec()));
+                        }
+                    }
+                    Ok(victims)
+                })
+            })
+            .await?
+    }
+
+    /// Bytes kept for peers under leases.
+    pub async fn leased_bytes(&self) -> Result<u64, StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<u64, StoreError> {
+                let txn = inner.db.begin_read()?;
+                let totals = txn.open_table(TOTALS)?;
+                Ok(totals.get(BYTES_LEASED)?.map_or(0, |v| v.value()))
+            })
+            .await?
+    }
+
+    /// Watches over `object`, protected by the layout at `layout` (replacing any other).
+    pub async fn watch(&self, object: Address, layout: Address) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<(), StoreError> {
+                let txn = inner.db.begin_write()?;
+                txn.open_table(WATCHED)?
+                    .insert(object.as_bytes(), layout.as_bytes())?;
+                txn.commit()?;
+                Ok(())
+            })
+            .await?
+    }
+
+    /// Records (durably) that `object` is to be protected with `k+m` (`None`: no longer).
+    pub async fn intend(
+        &self,
+        object: Address,
+        scheme: Option<(u8, u8)>,
+    ) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<(), StoreError> {
+                let txn = inner.db.begin_write()?;
+                {
+                    let mut table = txn.open_table(INTENTS)?;
+                    match scheme {
+                        Some(km) => table.insert(object.as_bytes(), km)?,
+                        None => table.remove(object.as_bytes())?,
+                    };
+                }
+                txn.commit()?;
+                Ok(())
+            })
+            .await?
+    }
+
+    /// Every object waiting to be protected, with its `(k, m)`.
+    pub async fn intents(&self) -> Result<Vec<Intent>, StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<Vec<Intent>, StoreError> {
+                let txn = inner.db.begin_read()?;
+                let table = txn.open_table(INTENTS)?;
+                let mut all = Vec::new();
+                for entry in table.iter()? {
+                    let (k, v) = entry?;
+                    all.push((Address::from_bytes(*k.value()), v.value()));
+                }
+                Ok(all)
+            })
+            .await?
+    }
+
+    /// Stops watching over `object` (and forgets where its repair stopped).
+    pub async fn unwatch(&self, object: Address) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<(), StoreError> {
+                let txn = inner.db.begin_write()?;
+                txn.open_table(WATCHED)?.remove(object.as_bytes())?;
+                txn.open_table(PROGRESS)?.remove(object.as_bytes())?;
+                txn.commit()?;
+                Ok(())
+            })
+            .await?
+    }
+
+    /// Every object watched over, with its layout's address.
+    pub async fn watched(&self) -> Result<Vec<(Address, Address)>, StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<Vec<(Address, Address)>, StoreError> {
+                let txn = inner.db.begin_read()?;
+                let table = txn.open_table(WATCHED)?;
+                let mut all = Vec::new();
+                for entry in table.iter()? {
+                    let (k, v) = entry?;
+                    all.push((
+                        Address::from_bytes(*k.value()),
+                        Address::from_bytes(*v.value()),
+                    ));
+                }
+                Ok(all)
+            })
+            .await?
+    }
+
+    /// Where the repair of `object` stopped (the next chunk), if one is unfinished.
+    pub async fn progress(&self, object: Address) -> Result<Option<u64>, StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<Option<u64>, StoreError> {
+                let txn = inner.db.begin_read()?;
+                let table = txn.open_table(PROGRESS)?;
+                Ok(table.get(object.as_bytes())?.map(|v| v.value()))
+            })
+            .await?
+    }
+
+    /// Records (durably) that the repair of `object` goes on at chunk `next`, or, with `None`,
+    /// that it finished.
+    pub async fn set_progress(&self, object: Address, next: Option<u64>) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<(), StoreError> {
+                let txn = inner.db.begin_write()?;
+                {
+                    let mut table = txn.open_table(PROGRESS)?;
+                    match next {
+                        Some(next) => table.insert(object.as_bytes(), next)?,
+                        None => table.remove(object.as_bytes())?,
+                    };
+                }
+                txn.commit()?;
+                Ok(())
             })
             .await?
     }
@@ -603,6 +851,7 @@ pub(crate) fn commit_object(
     manifest: &Manifest,
     encoded: &[u8],
     pin: bool,
+    lease: Option<Lease>,
 ) -> Result<bool, StoreError> {
     let key = manifest.address.as_bytes();
     let txn = inner.db.begin_write()?;
@@ -611,8 +860,35 @@ pub(crate) fn commit_object(
         let mut chunks = txn.open_table(CHUNKS)?;
         let mut pins = txn.open_table(PINS)?;
         let mut totals = txn.open_table(TOTALS)?;
+        let mut leases = txn.open_table(LEASES)?;
         let stored = objects.get(key)?.map(|v| v.value().to_vec());
         let created = stored.is_none();
+        let held = leases.get(key)?.map(|v| v.value());
+        // Kept for a peer: within the budget, unless the owner pinned it (it stays theirs).
+        let owners = !created && held.is_none() && pins.get(key)?.is_some();
+        match lease {
+            Some(lease) if !owners => {
+                if held.is_none() {
+                    let used = totals.get(BYTES_LEASED)?.map_or(0, |v| v.value());
+                    if used.saturating_add(manifest.size) > lease.budget {
+                        return Err(StoreError::NoRoom {
+                            budget: lease.budget,
+                        });
+                    }
+                    add(&mut totals, BYTES_LEASED, i128::from(manifest.size))?;
+                }
+                let until = held.map_or(lease.until, |(ends, _)| ends.max(lease.until));
+                leases.insert(key, (until, manifest.size))?;
+            }
+            Some(_) => {}
+            None if pin => {
+                if let Some((_, size)) = held {
+                    leases.remove(key)?;
+                    add(&mut totals, BYTES_LEASED, -i128::from(size))?;
+                }
+            }
+            None => {}
+        }
         if let Some(stored) = stored
             && manifest.media_type.is_some()
         {
@@ -647,7 +923,7 @@ pub(crate) fn commit_object(
             add(&mut totals, BYTES_LOGICAL, i128::from(manifest.size))?;
         }
         let mut cached = txn.open_table(CACHED)?;
-        if pin {
+        if pin || lease.is_some() {
             pins.insert(key, ())?;
             cached.remove(key)?;
             txn.open_table(RELEASED)?.remove(key)?;
@@ -719,6 +995,7 @@ struct Tables<'t> {
     totals: redb::Table<'t, &'static str, u64>,
     stored_at: redb::Table<'t, &'static [u8; 32], u64>,
     released: redb::Table<'t, &'static [u8; 32], ()>,
+    leases: redb::Table<'t, &'static [u8; 32], (u64, u64)>,
 }
 
 impl<'t> Tables<'t> {
@@ -731,6 +1008,7 @@ impl<'t> Tables<'t> {
             totals: txn.open_table(TOTALS)?,
             stored_at: txn.open_table(STORED_AT)?,
             released: txn.open_table(RELEASED)?,
+            leases: txn.open_table(LEASES)?,
         })
     }
 
@@ -751,6 +1029,9 @@ impl<'t> Tables<'t> {
         self.cached.remove(key)?;
         self.stored_at.remove(key)?;
         self.released.remove(key)?;
+        if let Some((_, size)) = self.leases.remove(key)?.map(|v| v.value()) {
+            add(&mut self.totals, BYTES_LEASED, -i128::from(size))?;
+        }
         add(&mut self.totals, BYTES_LOGICAL, -i128::from(manifest.size))?;
         let mut dead = Vec::new();
         let unique: BTreeSet<_> = manifest.chunks.iter().map(|c| c.address).collect();

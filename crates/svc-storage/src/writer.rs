@@ -41,6 +41,19 @@ pub struct PutOptions {
     /// fetched copy whose outboard arrives with it ([`ObjectWriter::finish_with_outboard`]).
     /// Later reads come from the disk.
     pub around_cache: bool,
+    /// Keep the object for a peer under this lease (pinned while it runs) rather than as
+    /// the owner's: refused with [`StoreError::NoRoom`] past the lease's budget. An object
+    /// the owner pinned stays theirs.
+    pub lease: Option<Lease>,
+}
+
+/// A lease on an object kept for a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The Unix second it ends (a longer lease already held is kept).
+    pub until: u64,
+    /// Most bytes all leased objects together may take.
+    pub budget: u64,
 }
 
 /// A stored upload.
@@ -441,6 +454,7 @@ impl ObjectWriter {
 
         let inner = self.inner.clone();
         let pin = !self.options.unpinned;
+        let lease = self.options.lease;
         let created = self
             .inner
             .pool
@@ -456,7 +470,7 @@ impl ObjectWriter {
                         inner.blobs.put(Kind::Outboard, &address, &bytes)?
                     }
                 }
-                commit_object(&inner, &manifest, &encoded, pin)
+                commit_object(&inner, &manifest, &encoded, pin, lease)
             })
             .await??;
         Ok(Stored {

@@ -692,3 +692,85 @@ async fn a_second_upload_in_memory_is_checked_against_the_copy_and_kept_once() {
     assert_eq!(store.repaired_chunks(), 0);
     assert_eq!(read_all(&store, &first.address).await.unwrap(), bytes);
 }
+
+#[tokio::test]
+async fn leased_blobs_stay_within_their_budget_renew_and_expire_and_an_owners_pin_wins() {
+    let store = Store::in_memory().unwrap();
+    let leased = |until: u64, budget: u64| PutOptions {
+        lease: Some(svc_storage::Lease { until, budget }),
+        ..PutOptions::default()
+    };
+    let (a, b, c) = (data(1000, 1), data(1000, 2), data(1000, 3));
+    let a_addr = put(&store, &a, leased(100, 2500)).await.unwrap().address;
+    let b_addr = put(&store, &b, leased(100, 2500)).await.unwrap().address;
+    assert_eq!(store.leased_bytes().await.unwrap(), 2000);
+    // Past the budget: refused, and nothing of it is left.
+    let refused = put(&store, &c, leased(100, 2500)).await;
+    assert!(
+        matches!(
+            refused,
+            Err(PutError::Store(svc_storage::StoreError::NoRoom {
+                budget: 2500
+            }))
+        ),
+        "{refused:?}"
+    );
+    assert!(store.manifest(&Address::of(&c)).await.unwrap().is_none());
+    // The same blob again only extends its lease (no new bytes counted).
+    put(&store, &a, leased(300, 2500)).await.unwrap();
+    assert_eq!(store.leased_bytes().await.unwrap(), 2000);
+    // Leased blobs are pinned: a collection of unpinned objects leaves them.
+    store.gc().await.unwrap();
+    assert!(store.manifest(&a_addr).await.unwrap().is_some());
+    // Renewing: a lease is never shortened; an unknown blob is not held.
+    let unknown = Address::of(b"unknown");
+    assert_eq!(
+        store.renew(vec![b_addr, unknown], 200).await.unwrap(),
+        vec![true, false]
+    );
+    assert_eq!(
+        store.renew_leased(vec![a_addr], 50).await.unwrap(),
+        vec![true]
+    );
+    // At 250: b's lease (200) ended, a's (300) runs.
+    let (report, removed) = store.expire(250).await.unwrap();
+    assert_eq!((report.objects, removed), (1, vec![b_addr]));
+    assert!(store.manifest(&b_addr).await.unwrap().is_none());
+    assert_eq!(store.leased_bytes().await.unwrap(), 1000);
+    // The owner pins a: it is theirs from then on, and never expires.
+    store.set_pinned(&a_addr, true).await.unwrap();
+    assert_eq!(store.leased_bytes().await.unwrap(), 0);
+    assert_eq!(
+        store.renew_leased(vec![a_addr], 0).await.unwrap(),
+        vec![false]
+    );
+    store.expire(u64::MAX).await.unwrap();
+    assert!(store.manifest(&a_addr).await.unwrap().is_some());
+    // An owner's object sent again as a blob to keep stays the owner's.
+    put(&store, &a, leased(10, 2500)).await.unwrap();
+    store.expire(u64::MAX).await.unwrap();
+    assert!(store.manifest(&a_addr).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn watches_intents_and_repair_progress_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (object, layout) = (Address::of(b"object"), Address::of(b"layout"));
+    {
+        let store = Store::open(dir.path(), CpuPool::new(2)).unwrap();
+        store.watch(object, layout).await.unwrap();
+        store.intend(object, Some((4, 2))).await.unwrap();
+        store.set_progress(object, Some(7)).await.unwrap();
+    }
+    // Durable: a new process sees them.
+    let store = Store::open(dir.path(), CpuPool::new(2)).unwrap();
+    assert_eq!(store.watched().await.unwrap(), vec![(object, layout)]);
+    assert_eq!(store.intents().await.unwrap(), vec![(object, (4, 2))]);
+    assert_eq!(store.progress(object).await.unwrap(), Some(7));
+    store.set_progress(object, None).await.unwrap();
+    store.intend(object, None).await.unwrap();
+    store.unwatch(object).await.unwrap();
+    assert!(store.watched().await.unwrap().is_empty());
+    assert!(store.intents().await.unwrap().is_empty());
+    assert_eq!(store.progress(object).await.unwrap(), None);
+}

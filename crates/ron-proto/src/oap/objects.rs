@@ -32,6 +32,10 @@ pub enum ObjectRequest {
         /// Refuse (422) content with another address.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expect: Option<Address>,
+        /// How to protect it across nodes: `"K+M"` or `"none"` (else the node's
+        /// `storage.durability`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        durability: Option<String>,
     },
     /// Size, media type, chunks, pin and damage.
     Stat {
@@ -86,6 +90,7 @@ mod tests {
             size: Some(11),
             media_type: None,
             expect: None,
+            durability: None,
         };
         assert_eq!(
             encoded(
@@ -162,7 +167,8 @@ mod tests {
             ObjectRequest::Put {
                 size: Some(11),
                 media_type: None,
-                expect: None
+                expect: None,
+                durability: None,
             }
         );
         for bad in [

@@ -4,13 +4,19 @@
 //! `range` by a `RESP|START` frame with `{"size":N,"start":S,"end":E}` and a `RESP|END` frame
 //! with the range as a BLAKE3 verified stream (bao-tree's encoding with 16 KiB groups); a
 //! `providers` by one `RESP|START|END` frame with `{"providers":[…]}`; a failure by one error
-//! frame carrying the HTTP status as `code` and the shared error body. `specs/OAP-1.md` has the
-//! layout and vectors.
+//! frame carrying the HTTP status as `code` and the shared error body.
+//!
+//! Shards of protected objects travel here too: a `keep` request is a `REQ|START` frame with
+//! its JSON head, then its bytes in `REQ` frames of at most [`MAX_RANGE`], the last one `END`;
+//! it is answered `{"lease_s":L}`. A `hold` (one frame) asks which of up to [`MAX_HOLD`]
+//! addresses the peer keeps, renewing their leases: `{"held":[…],"lease_s":L}`.
+//! `specs/OAP-1.md` has the layout and vectors.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{APP_TRANSFER, DEFAULT_MAX_FRAME, Flags, Frame, HEADER_LEN};
+use crate::manifest::CHUNK_MAX_BYTES;
 use crate::{Address, ErrorBody, ErrorKind};
 
 /// Largest range one request may ask for: its encoding (the bytes plus 64 bytes per tree node
@@ -22,6 +28,47 @@ const _: () = assert!(MAX_RANGE + MAX_RANGE / 64 < (DEFAULT_MAX_FRAME - HEADER_L
 pub const MAX_PROVIDERS: usize = 20;
 /// Most addresses per provider in a `providers` answer.
 pub const MAX_ADDRS: usize = 8;
+
+/// Largest `keep`: a shard of the largest chunk (a `1+m` scheme), or a layout.
+pub const MAX_KEEP: u64 = CHUNK_MAX_BYTES as u64;
+/// Most addresses one `hold` asks about.
+pub const MAX_HOLD: usize = 1024;
+
+/// What a kept blob is to the node that keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// One shard of a chunk of a protected object.
+    Shard,
+    /// The layout of a protected object (the keeper then watches over the object too).
+    Layout,
+}
+
+/// A `keep` request: a blob to hold for the sender, under a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keep {
+    /// The blob's address (BLAKE3 of `bytes`: checked by the keeper before it answers).
+    pub addr: Address,
+    /// The protected object it belongs to.
+    pub object: Address,
+    /// What it is.
+    pub role: Role,
+    /// How long the sender asks it be kept without a renewal.
+    pub lease_s: u32,
+    /// Its bytes (at most [`MAX_KEEP`]).
+    pub bytes: Bytes,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeepHead {
+    op: String,
+    addr: Address,
+    object: Address,
+    role: Role,
+    lease_s: u32,
+    size: u64,
+}
 
 /// What one node asks another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +95,16 @@ pub enum TransferRequest {
     Providers {
         /// Which object.
         addr: Address,
+    },
+    /// Keep a blob (its head and bytes travel in several frames: see [`request_frames`]).
+    #[serde(skip)]
+    Keep(Keep),
+    /// Which of `addrs` the peer keeps; each one kept has its lease renewed.
+    Hold {
+        /// At most [`MAX_HOLD`] addresses.
+        addrs: Vec<Address>,
+        /// The lease asked for, in seconds.
+        lease_s: u32,
     },
 }
 
@@ -85,7 +142,20 @@ pub enum TransferReply {
         /// At most [`MAX_PROVIDERS`], each with at most [`MAX_ADDRS`] addresses.
         providers: Vec<ProviderEntry>,
     },
-    /// A refusal: not here (404), busy (429/503), a bad request (400, 416).
+    /// A `keep` was verified and made durable.
+    Kept {
+        /// The lease granted, in seconds (perhaps shorter than asked).
+        lease_s: u32,
+    },
+    /// Which of a `hold`'s addresses the peer keeps (in order).
+    Held {
+        /// One answer per address asked about.
+        held: Vec<bool>,
+        /// The lease granted to each one kept, in seconds.
+        lease_s: u32,
+    },
+    /// A refusal: not here (404), busy (429/503), a bad request (400, 416), no room for a
+    /// shard within the keeper's budget (413).
     Error {
         /// Its kind.
         kind: ErrorKind,
@@ -111,6 +181,27 @@ pub enum ReplyStart {
     },
 }
 
+/// A request's first frame, read: the whole request, or the head of a `keep` whose bytes
+/// follow ([`keep_request`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestStart {
+    /// The request is complete.
+    Whole(TransferRequest),
+    /// A `keep`'s head: its bytes follow, `size` of them.
+    Keep {
+        /// The blob's address.
+        addr: Address,
+        /// The object it belongs to.
+        object: Address,
+        /// What it is.
+        role: Role,
+        /// The lease asked for.
+        lease_s: u32,
+        /// Its size (at most [`MAX_KEEP`]: checked before anything is allocated).
+        size: u64,
+    },
+}
+
 /// Why frames are not a well-formed 0x0102 message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -124,6 +215,19 @@ fn bad(why: impl Into<String>) -> TransferError {
 #[serde(deny_unknown_fields)]
 struct ProvidersHead {
     providers: Vec<ProviderEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeldHead {
+    held: Vec<bool>,
+    lease_s: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeptHead {
+    lease_s: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -156,18 +260,110 @@ pub fn check_app(frame: &Frame) -> Result<(), TransferError> {
     }
 }
 
-/// The one frame of a request.
-pub fn request_frame(request: &TransferRequest) -> Frame {
-    json_frame(Flags::REQ | Flags::START | Flags::END, request)
+/// The frames of a request: one, or for a `keep` its head and then its bytes in frames of
+/// at most [`MAX_RANGE`] (the last one `END`).
+pub fn request_frames(request: &TransferRequest) -> Vec<Frame> {
+    let TransferRequest::Keep(keep) = request else {
+        return vec![json_frame(Flags::REQ | Flags::START | Flags::END, request)];
+    };
+    let head = KeepHead {
+        op: "keep".into(),
+        addr: keep.addr,
+        object: keep.object,
+        role: keep.role,
+        lease_s: keep.lease_s,
+        size: keep.bytes.len() as u64,
+    };
+    let mut frames = vec![json_frame(Flags::REQ | Flags::START, &head)];
+    let mut rest = keep.bytes.clone();
+    loop {
+        let piece = rest.split_to(rest.len().min(MAX_RANGE as usize));
+        let flags = if rest.is_empty() {
+            Flags::REQ | Flags::END
+        } else {
+            Flags::REQ
+        };
+        let mut frame = Frame::new(flags, APP_TRANSFER, 0);
+        frame.payload = piece;
+        frames.push(frame);
+        if rest.is_empty() {
+            return frames;
+        }
+    }
 }
 
-/// Reads a request from its frame.
-pub fn decode_request(frame: &Frame) -> Result<TransferRequest, TransferError> {
+/// Reads a request's first frame.
+pub fn decode_request(frame: &Frame) -> Result<RequestStart, TransferError> {
     check_app(frame)?;
-    if !frame.flags.contains(Flags::REQ | Flags::START | Flags::END) {
-        return Err(bad("a request is one REQ|START|END frame"));
+    if !frame.flags.contains(Flags::REQ | Flags::START) || frame.flags.contains(Flags::RESP) {
+        return Err(bad("a request starts with REQ|START"));
     }
-    json(&frame.payload)
+    if frame.flags.contains(Flags::END) {
+        let request: TransferRequest = json(&frame.payload)?;
+        if let TransferRequest::Hold { addrs, .. } = &request
+            && addrs.len() > MAX_HOLD
+        {
+            return Err(bad(format!(
+                "a hold asks about at most {MAX_HOLD} addresses"
+            )));
+        }
+        return Ok(RequestStart::Whole(request));
+    }
+    let head: KeepHead = json(&frame.payload)?;
+    if head.op != "keep" {
+        return Err(bad("only a keep request spans frames"));
+    }
+    if head.size == 0 || head.size > MAX_KEEP {
+        return Err(bad(format!("a keep carries 1 to {MAX_KEEP} bytes")));
+    }
+    Ok(RequestStart::Keep {
+        addr: head.addr,
+        object: head.object,
+        role: head.role,
+        lease_s: head.lease_s,
+        size: head.size,
+    })
+}
+
+/// Adds one frame of a `keep`'s bytes to `bytes` (sized for the head's `size`, which it must
+/// not pass); `Ok(true)` when it was the last.
+pub fn keep_piece(size: u64, bytes: &mut Vec<u8>, frame: &Frame) -> Result<bool, TransferError> {
+    check_app(frame)?;
+    if !frame.flags.contains(Flags::REQ)
+        || frame.flags.intersects(Flags::START | Flags::RESP)
+        || frame.code != 0
+    {
+        return Err(bad("a keep's bytes come in REQ frames"));
+    }
+    if (bytes.len() + frame.payload.len()) as u64 > size {
+        return Err(bad("a keep carries more bytes than its head says"));
+    }
+    bytes.extend_from_slice(&frame.payload);
+    let last = frame.flags.contains(Flags::END);
+    if last && bytes.len() as u64 != size {
+        return Err(bad("a keep carries fewer bytes than its head says"));
+    }
+    Ok(last)
+}
+
+/// A `keep` request from its head and its bytes.
+pub fn keep_request(start: RequestStart, bytes: Vec<u8>) -> Result<TransferRequest, TransferError> {
+    match start {
+        RequestStart::Keep {
+            addr,
+            object,
+            role,
+            lease_s,
+            size,
+        } if bytes.len() as u64 == size => Ok(TransferRequest::Keep(Keep {
+            addr,
+            object,
+            role,
+            lease_s,
+            bytes: Bytes::from(bytes),
+        })),
+        _ => Err(bad("not a whole keep")),
+    }
 }
 
 /// The frames of a reply (one, or two for a range).
@@ -200,6 +396,14 @@ pub fn reply_frames(reply: TransferReply) -> Vec<Frame> {
             let head = ProvidersHead { providers };
             vec![json_frame(Flags::RESP | Flags::START | Flags::END, &head)]
         }
+        TransferReply::Kept { lease_s } => {
+            let head = KeptHead { lease_s };
+            vec![json_frame(Flags::RESP | Flags::START | Flags::END, &head)]
+        }
+        TransferReply::Held { held, lease_s } => {
+            let head = HeldHead { held, lease_s };
+            vec![json_frame(Flags::RESP | Flags::START | Flags::END, &head)]
+        }
         TransferReply::Error { kind, body } => {
             vec![Frame::error_reply(APP_TRANSFER, 0, kind, &body)]
         }
@@ -226,6 +430,22 @@ pub fn decode_reply(first: &Frame) -> Result<ReplyStart, TransferError> {
         }
         return Ok(ReplyStart::Whole(TransferReply::Providers {
             providers: head.providers,
+        }));
+    }
+    if first.payload.starts_with(b"{\"held\"") && first.flags.contains(Flags::END) {
+        let head: HeldHead = json(&first.payload)?;
+        if head.held.len() > MAX_HOLD {
+            return Err(bad("too many answers"));
+        }
+        return Ok(ReplyStart::Whole(TransferReply::Held {
+            held: head.held,
+            lease_s: head.lease_s,
+        }));
+    }
+    if first.payload.starts_with(b"{\"lease_s\"") && first.flags.contains(Flags::END) {
+        let head: KeptHead = json(&first.payload)?;
+        return Ok(ReplyStart::Whole(TransferReply::Kept {
+            lease_s: head.lease_s,
         }));
     }
     let head: Head = json(&first.payload)?;
@@ -306,7 +526,106 @@ mod tests {
             start: 0,
             end: 16384,
         };
-        assert_eq!(decode_request(&request_frame(&request)).unwrap(), request);
+        let frames = request_frames(&request);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(
+            decode_request(&frames[0]).unwrap(),
+            RequestStart::Whole(request)
+        );
+    }
+
+    fn read_request(frames: &[Frame]) -> Result<TransferRequest, TransferError> {
+        let start = decode_request(&frames[0])?;
+        let RequestStart::Keep { size, .. } = start else {
+            return match start {
+                RequestStart::Whole(whole) if frames.len() == 1 => Ok(whole),
+                _ => Err(bad("frames after a whole request")),
+            };
+        };
+        let mut bytes = Vec::new();
+        for (i, frame) in frames[1..].iter().enumerate() {
+            if keep_piece(size, &mut bytes, frame)? {
+                if i + 2 != frames.len() {
+                    return Err(bad("frames after the last"));
+                }
+                return keep_request(start, bytes);
+            }
+        }
+        Err(bad("no last frame"))
+    }
+
+    #[test]
+    fn keep_and_hold_read_back_as_themselves() {
+        for len in [
+            1usize,
+            100,
+            MAX_RANGE as usize,
+            MAX_RANGE as usize + 1,
+            3 << 20,
+        ] {
+            let bytes = Bytes::from(vec![7u8; len]);
+            let keep = TransferRequest::Keep(Keep {
+                addr: Address::of(&bytes),
+                object: Address::of(b"object"),
+                role: Role::Shard,
+                lease_s: 600,
+                bytes,
+            });
+            let frames = request_frames(&keep);
+            assert_eq!(frames.len(), 1 + len.div_ceil(MAX_RANGE as usize));
+            assert_eq!(read_request(&frames).unwrap(), keep);
+            // One frame short, or one too many, is refused.
+            assert!(read_request(&frames[..frames.len() - 1]).is_err());
+            let mut more = frames.clone();
+            more.push(frames[1].clone());
+            assert!(read_request(&more).is_err());
+        }
+        let hold = TransferRequest::Hold {
+            addrs: vec![Address::of(b"a"), Address::of(b"b")],
+            lease_s: 60,
+        };
+        assert_eq!(read_request(&request_frames(&hold)).unwrap(), hold);
+        let too_many = TransferRequest::Hold {
+            addrs: vec![Address::of(b"a"); MAX_HOLD + 1],
+            lease_s: 60,
+        };
+        assert!(read_request(&request_frames(&too_many)).is_err());
+        for reply in [
+            TransferReply::Kept { lease_s: 600 },
+            TransferReply::Held {
+                held: vec![true, false],
+                lease_s: 60,
+            },
+        ] {
+            assert_eq!(round_trip(reply.clone()), reply);
+        }
+    }
+
+    #[test]
+    fn malformed_keeps_are_refused() {
+        let head = |op: &str, size: u64| KeepHead {
+            op: op.into(),
+            addr: Address::of(b"x"),
+            object: Address::of(b"y"),
+            role: Role::Layout,
+            lease_s: 1,
+            size,
+        };
+        // Too large before any byte is read, empty, or not a keep.
+        for bad_head in [head("keep", MAX_KEEP + 1), head("keep", 0), head("have", 1)] {
+            let frame = json_frame(Flags::REQ | Flags::START, &bad_head);
+            assert!(decode_request(&frame).is_err());
+        }
+        // A keep's head where a whole request is due.
+        let frame = json_frame(Flags::REQ | Flags::START | Flags::END, &head("keep", 1));
+        assert!(decode_request(&frame).is_err());
+        // Bytes in a START frame, or past the size.
+        let mut piece = Frame::new(Flags::REQ | Flags::START | Flags::END, APP_TRANSFER, 0);
+        piece.payload = Bytes::from_static(b"x");
+        assert!(keep_piece(1, &mut Vec::new(), &piece).is_err());
+        piece.flags = Flags::REQ | Flags::END;
+        piece.payload = Bytes::from_static(b"xy");
+        assert!(keep_piece(1, &mut Vec::new(), &piece).is_err());
     }
 
     #[test]
@@ -332,9 +651,11 @@ mod tests {
         assert!(decode_reply(&frame).is_err());
         // A request frame where a reply is due, and a reply of another app.
         assert!(
-            decode_reply(&request_frame(&TransferRequest::Have {
-                addr: Address::of(b"")
-            }))
+            decode_reply(
+                &request_frames(&TransferRequest::Have {
+                    addr: Address::of(b"")
+                })[0]
+            )
             .is_err()
         );
         let mut other = json_frame(

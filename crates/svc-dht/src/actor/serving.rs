@@ -114,7 +114,7 @@ impl Actor {
         *self.serving_by.entry(peer).or_default() += 1;
         let (source, served) = (self.source.clone(), served.clone());
         self.answering.spawn(async move {
-            let reply = answer(source.as_ref(), request).await;
+            let reply = answer(source.as_ref(), peer, request).await;
             // Paced after reading: the read overlaps the wait.
             tokio::time::sleep(pace).await;
             let _ = served.send((peer, channel, reply)).await;
@@ -195,10 +195,25 @@ pub(super) fn not_found(addr: &Address) -> TransferReply {
     }
 }
 
-pub(super) async fn answer(source: &dyn Source, request: TransferRequest) -> TransferReply {
+pub(super) async fn answer(
+    source: &dyn Source,
+    peer: PeerId,
+    request: TransferRequest,
+) -> TransferReply {
     match request {
         // Answered by the actor from its records, never here.
         TransferRequest::Providers { addr } => not_found(&addr),
+        TransferRequest::Keep(keep) => match source.keep(peer, keep).await {
+            Ok(lease_s) => TransferReply::Kept { lease_s },
+            Err((kind, message)) => TransferReply::Error {
+                kind,
+                body: ErrorBody::new(kind, message),
+            },
+        },
+        TransferRequest::Hold { addrs, lease_s } => {
+            let (held, lease_s) = source.hold(addrs, lease_s).await;
+            TransferReply::Held { held, lease_s }
+        }
         TransferRequest::Have { addr } => match source.size(addr).await {
             Some(size) => TransferReply::Have { size },
             None => not_found(&addr),

@@ -1,0 +1,147 @@
+//! Durability across eight nodes on 127.0.0.1: a protected upload is cut into 4+2 shards on
+//! six distinct peers; it outlives its uploader and a shard holder (any node rebuilds it from
+//! shards, byte for byte); repair brings every chunk back to six live, distinct holders; and
+//! once more than two holders of a chunk are gone the object is `lost`, which a GET answers
+//! with a clear error, never wrong bytes.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
+
+#[path = "support/node.rs"]
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Node, config, data, ok_stdout};
+use tokio::time::{Instant, sleep};
+
+const NODES: usize = 8;
+
+/// Polls `/stat/{addr}` on `node` until its durability satisfies `done` (bounded: 120 s).
+async fn until(node: &Node, addr: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, body) = node.get(&format!("/stat/{addr}")).await;
+        let stat: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if status == 200 && done(&stat["durability"]) {
+            return stat;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: on {} still {status} {body}",
+            node.url
+        );
+        sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn state(d: &Value) -> &str {
+    d["state"].as_str().unwrap_or_default()
+}
+
+fn node(nodes: &[Option<Node>], i: usize) -> &Node {
+    nodes[i].as_ref().unwrap()
+}
+
+#[tokio::test]
+async fn a_protected_object_outlives_its_uploader_is_repaired_and_is_lost_only_past_m() {
+    // Kept with RON_TEST_LOG set, for the nodes' logs.
+    let dir = tempfile::Builder::new()
+        .disable_cleanup(std::env::var_os("RON_TEST_LOG").is_some())
+        .tempdir()
+        .unwrap();
+    let mut nodes: Vec<Option<Node>> = Vec::new();
+    let mut seed = String::new();
+    for i in 0..NODES {
+        let data_dir = dir.path().join(format!("n{i}"));
+        config(&data_dir, "[storage]\nrepair_interval_s = 1\n");
+        let node = if i == 0 {
+            Node::start(&data_dir, &[]).await
+        } else {
+            Node::start(&data_dir, &["--bootstrap", &seed]).await
+        };
+        if i == 0 {
+            seed = node.p2p_addr().await;
+        }
+        nodes.push(Some(node));
+    }
+    node(&nodes, 0)
+        .wait_status("seven peers", |s| {
+            s["p2p"]["peers"]
+                .as_array()
+                .is_some_and(|p| p.len() >= NODES - 1)
+        })
+        .await;
+
+    // 20 MiB, protected 4+2 (the default) on node 0: six distinct holders per chunk.
+    let bytes = data(20 << 20, 17);
+    let file = dir.path().join("object");
+    std::fs::write(&file, &bytes).unwrap();
+    let addr = ok_stdout(
+        &node(&nodes, 0)
+            .cli(&["put", "--durability", "4+2", file.to_str().unwrap()])
+            .await,
+    );
+    let stat = until(node(&nodes, 0), &addr, "protected", |d| {
+        state(d) == "protected" && d["min_holders"] == 6
+    })
+    .await;
+    assert_eq!(stat["durability"]["scheme"], "4+2");
+    let chunks = stat["durability"]["chunks"].as_u64().unwrap();
+    assert!(chunks >= 5, "{stat}");
+    // `ron stat` shows it too.
+    let shown = ok_stdout(&node(&nodes, 0).cli(&["stat", &addr]).await);
+    assert!(shown.contains("\"protected\""), "{shown}");
+
+    // The uploader and one shard holder go: node 2 rebuilds the object from shards.
+    for i in [0, 1] {
+        let mut gone = nodes[i].take().unwrap();
+        gone.child.kill().await.unwrap();
+    }
+    let out = dir.path().join("got");
+    let got = node(&nodes, 2)
+        .cli(&["get", &addr, "-o", out.to_str().unwrap()])
+        .await;
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == bytes,
+        "rebuilt bytes differ"
+    );
+
+    // Repair: every chunk back on six live, distinct holders (six nodes are left).
+    until(node(&nodes, 3), &addr, "repaired", |d| {
+        state(d) == "protected" && d["min_holders"] == 6
+    })
+    .await;
+    assert!(node(&nodes, 2).metric("durability_repairs").await >= 0.0);
+
+    // Node 2's rebuilt copy goes; then three more holders: fewer than k of some chunk.
+    let (status, _) = {
+        let res = node(&nodes, 2)
+            .http
+            .delete(format!("{}/o/{addr}", node(&nodes, 2).url))
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), ())
+    };
+    assert_eq!(status, 200);
+    for i in [5, 6, 7] {
+        let mut gone = nodes[i].take().unwrap();
+        gone.child.kill().await.unwrap();
+    }
+    until(node(&nodes, 3), &addr, "lost", |d| state(d) == "lost").await;
+    let res = node(&nodes, 4)
+        .http
+        .get(format!("{}/o/{addr}", node(&nodes, 4).url))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let body = res.text().await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("lost"), "{body}");
+}

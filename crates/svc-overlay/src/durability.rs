@@ -1,0 +1,1010 @@
+//! Durability across nodes: a pinned upload is cut, chunk by chunk, into `k` data and `m`
+//! parity shards (its [`Layout`], kept pinned here and pointed at from the DHT), and the
+//! shards of each chunk are placed on `k + m` distinct peers, which keep them under a lease.
+//! The guard ([`guard`]) watches over every object whose layout this node holds: once per
+//! `storage.repair_interval_s` the live holder of the layout closest to the object counts the
+//! live, distinct holders of each chunk's shards (a provider lookup, then a `hold` asking each
+//! holder, which renews its lease), rebuilds what is missing from `k` survivors (or the full
+//! copy, when this node has one) and places it on new peers. Where it stopped is kept in the
+//! store, so a crash resumes there. A node that lacks an object and every full copy rebuilds
+//! it from any `k` shards of each chunk, each shard and chunk verified against its address,
+//! the whole against the object's.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use ron_kernel::{Bus, KernelEvent};
+use ron_proto::layout::{self, ChunkShards, LAYOUT_VERSION, Layout, Scheme, shard_len};
+use ron_proto::{Address, ErrorKind};
+use serde::Serialize;
+use svc_dht::{DhtHandle, Keep, MAX_KEEP, PeerId, Role};
+use svc_storage::{Lease, PutOptions, StorageSection, StoreError, erasure};
+use tokio_util::sync::CancellationToken;
+
+use crate::{OverlayError, OverlayHandle};
+
+/// The media type a layout is stored under.
+pub const LAYOUT_MEDIA_TYPE: &str = "application/vnd.ron.layout+cbor";
+/// The longest lease this node grants (a week).
+const MAX_LEASE_S: u32 = 7 * 24 * 3600;
+/// The shortest lease the guard asks for; it asks for 30 repair intervals when that is longer.
+const MIN_LEASE_S: u32 = 3600;
+/// Passes a node lets go by after it receives a layout before it repairs the object itself
+/// (its sender is still placing shards).
+const SETTLE_PASSES: u64 = 5;
+/// When a shard fetch has not answered by then, another shard is asked for too.
+const HEDGE_AFTER: Duration = Duration::from_millis(1500);
+
+/// An object's protection, as `/stat` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Not every chunk has its `k + m` holders, and the node knows too few peers to place
+    /// them: it keeps trying.
+    Pending,
+    /// Every chunk has `k + m` live, distinct holders.
+    Protected,
+    /// Some chunk has fewer than `k + m` (at least `k`): repair is due.
+    Degraded,
+    /// Some chunk has fewer than `k`: it cannot be rebuilt from shards.
+    Lost,
+}
+
+/// What `/stat` says of a protected object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Durability {
+    /// `K+M`.
+    pub scheme: String,
+    /// How protected it is.
+    pub state: State,
+    /// Its chunks.
+    pub chunks: usize,
+    /// The fewest live, distinct holders of any chunk's shards.
+    pub min_holders: usize,
+    /// The layout's address (none yet while the upload waits for peers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Address>,
+    /// The object's size.
+    #[serde(skip)]
+    pub size: u64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) shards_kept: AtomicU64,
+    pub(crate) shards_placed: AtomicU64,
+    pub(crate) repairs: AtomicU64,
+    pub(crate) repair_bytes_read: AtomicU64,
+    pub(crate) repair_bytes_written: AtomicU64,
+}
+
+/// The guard's shared state: the last census of each watched object, and its wake-up call.
+#[derive(Debug, Default)]
+pub(crate) struct Guard {
+    states: Mutex<HashMap<Address, Durability>>,
+    /// Objects whose layout arrived lately, and until when their sender places them.
+    settling: Mutex<HashMap<Address, tokio::time::Instant>>,
+    wake: tokio::sync::Notify,
+    pub(crate) counters: Counters,
+}
+
+impl Guard {
+    /// Watched objects by state (`degraded`, `lost`): for the metrics.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = |s| states.values().filter(|d| d.state == s).count() as u64;
+        (count(State::Degraded), count(State::Lost))
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// XOR distance between a peer and an address (the peer as the BLAKE3 of its id's bytes).
+fn distance(peer: &PeerId, addr: &Address) -> [u8; 32] {
+    let peer = Address::of(&peer.to_bytes());
+    let mut d = [0u8; 32];
+    for (i, b) in d.iter_mut().enumerate() {
+        *b = peer.as_bytes()[i] ^ addr.as_bytes()[i];
+    }
+    d
+}
+
+/// The live holders of one chunk's shards.
+#[derive(Debug, Clone, Default)]
+struct Census {
+    /// Per shard, the live peers that hold it.
+    live: Vec<Vec<PeerId>>,
+    /// Per shard, the holder it is counted for (each peer counted once per chunk).
+    counted: Vec<Option<PeerId>>,
+}
+
+impl Census {
+    fn distinct(&self) -> usize {
+        self.counted.iter().flatten().count()
+    }
+
+    fn missing(&self) -> Vec<usize> {
+        (0..self.counted.len())
+            .filter(|i| self.counted[*i].is_none())
+            .collect()
+    }
+
+    fn holders(&self) -> HashSet<PeerId> {
+        self.live.iter().flatten().copied().collect()
+    }
+}
+
+/// Counts each shard once, on a holder not yet counted for this chunk.
+fn assign(live: &[Vec<PeerId>]) -> Vec<Option<PeerId>> {
+    let mut used = HashSet::new();
+    live.iter()
+        .map(|peers| {
+            let peer = peers.iter().find(|p| !used.contains(*p)).copied();
+            if let Some(p) = peer {
+                used.insert(p);
+            }
+            peer
+        })
+        .collect()
+}
+
+impl OverlayHandle {
+    fn dht(&self) -> Option<&DhtHandle> {
+        self.net.as_ref().map(|net| net.dht())
+    }
+
+    fn storage(&self) -> Option<StorageSection> {
+        self.net
+            .as_ref()
+            .map(|net| (*net.config().get::<StorageSection>()).clone())
+    }
+
+    /// The scheme an upload is protected with: the request's, else `storage.durability`;
+    /// `None` without peers, or while peers may not read this node's objects.
+    pub(crate) fn scheme_for(&self, request: Option<Option<Scheme>>) -> Option<Scheme> {
+        let net = self.net.as_ref()?;
+        if !net.peers_may_read() {
+            return None;
+        }
+        request.unwrap_or_else(|| net.config().get::<StorageSection>().scheme())
+    }
+
+    /// Protects the stored object `object` with `scheme`: its layout is computed (every
+    /// chunk read verified and encoded), stored pinned and watched; the guard then places the
+    /// shards. Returns the layout's address.
+    pub(crate) async fn protect(
+        &self,
+        object: Address,
+        scheme: Scheme,
+    ) -> Result<Address, OverlayError> {
+        let Some(copy) = self.open(object).await? else {
+            return Err(OverlayError::NotFound(object));
+        };
+        let manifest = self
+            .store
+            .manifest(&object)
+            .await?
+            .ok_or(OverlayError::NotFound(object))?;
+        let mut chunks = Vec::with_capacity(manifest.chunks.len());
+        let mut at = 0u64;
+        for chunk in &manifest.chunks {
+            let bytes = copy.read_verified(at, at + chunk.len).await?;
+            at += chunk.len;
+            let shards = self
+                .store
+                .pool()
+                .run(move || -> Result<Vec<Address>, String> {
+                    let shards = erasure::encode(scheme, &bytes).map_err(|e| e.to_string())?;
+                    Ok(shards.iter().map(Address::of).collect())
+                })
+                .await?
+                .map_err(|e| OverlayError::Store(StoreError::Internal(e)))?;
+            chunks.push(ChunkShards {
+                address: chunk.address,
+                len: chunk.len,
+                shards,
+            });
+        }
+        let layout = Layout {
+            ron_layout: LAYOUT_VERSION,
+            object,
+            size: manifest.size,
+            scheme,
+            chunks,
+        };
+        let encoded = layout
+            .encode()
+            .map_err(|e| OverlayError::Store(StoreError::Internal(e.to_string())))?;
+        if encoded.len() as u64 > MAX_KEEP {
+            return Err(OverlayError::TooLarge { limit: MAX_KEEP });
+        }
+        let options = PutOptions {
+            media_type: Some(LAYOUT_MEDIA_TYPE.into()),
+            max_bytes: Some(MAX_KEEP),
+            ..PutOptions::default()
+        };
+        let mut writer = self.store.writer(options);
+        writer.write(&encoded).await?;
+        let stored = writer.finish().await?;
+        self.announce(stored.address).await;
+        self.store.watch(object, stored.address).await?;
+        self.guard.set(
+            object,
+            Durability {
+                scheme: scheme.to_string(),
+                state: State::Pending,
+                chunks: layout.chunks.len(),
+                min_holders: 0,
+                layout: Some(stored.address),
+                size: layout.size,
+            },
+        );
+        Ok(stored.address)
+    }
+
+    /// Keeps a shard or a layout `peer` sends, under a lease: refused while peers may not
+    /// read this node, past `storage.shard_budget_bytes`, or when the bytes are not what they
+    /// claim. Durable and announced before the answer: the lease granted.
+    pub(crate) async fn keep_for(
+        &self,
+        peer: PeerId,
+        keep: Keep,
+    ) -> Result<u32, (ErrorKind, String)> {
+        let (Some(net), Some(storage)) = (self.net.as_ref(), self.storage()) else {
+            return Err((ErrorKind::Forbidden, "no peer network".into()));
+        };
+        if !net.peers_may_read() || storage.shard_budget_bytes == 0 {
+            return Err((
+                ErrorKind::Forbidden,
+                "this node keeps no shards for others".into(),
+            ));
+        }
+        if Address::of(&keep.bytes) != keep.addr {
+            return Err((
+                ErrorKind::ContentMismatch,
+                format!("the bytes are not {}", keep.addr),
+            ));
+        }
+        if keep.role == Role::Layout {
+            match Layout::decode(&keep.bytes) {
+                Ok(layout) if layout.object == keep.object => {}
+                Ok(_) => return Err((ErrorKind::BadInput, "a layout of another object".into())),
+                Err(e) => return Err((ErrorKind::BadInput, e.to_string())),
+            }
+        }
+        let lease_s = keep.lease_s.clamp(1, MAX_LEASE_S);
+        let options = PutOptions {
+            media_type: (keep.role == Role::Layout).then(|| LAYOUT_MEDIA_TYPE.to_string()),
+            expect: Some(keep.addr),
+            max_bytes: Some(MAX_KEEP),
+            unpinned: false,
+            around_cache: false,
+            lease: Some(Lease {
+                until: now() + u64::from(lease_s),
+                budget: storage.shard_budget_bytes,
+            }),
+        };
+        let mut writer = self.store.writer(options);
+        let stored = async {
+            writer.write(&keep.bytes).await?;
+            writer.finish().await
+        }
+        .await
+        .map_err(|e| {
+            let e = OverlayError::from(e);
+            let message = match &e {
+                OverlayError::Store(StoreError::NoRoom { .. }) => "no room for shards".into(),
+                other => other.to_string(),
+            };
+            (e.kind(), message)
+        })?;
+        if keep.role == Role::Layout {
+            if let Err(e) = self.store.watch(keep.object, stored.address).await {
+                return Err((ErrorKind::Internal, e.to_string()));
+            }
+            // The sender is placing the object's shards now: this node leaves them to it
+            // for a while before it would repair anything itself.
+            let grace =
+                Duration::from_secs(storage.repair_interval_s.saturating_mul(SETTLE_PASSES));
+            self.guard.received(keep.object, grace);
+        }
+        self.guard
+            .counters
+            .shards_kept
+            .fetch_add(u64::from(keep.role == Role::Shard), Ordering::Relaxed);
+        tracing::debug!(%peer, addr = %keep.addr, role = ?keep.role, "keeping a blob for a peer");
+        net.announce(stored.address).await;
+        Ok(lease_s)
+    }
+
+    /// Which of `addrs` this node keeps for peers, each lease renewed to `lease_s` (or the
+    /// longest granted); none while peers may not read this node.
+    pub(crate) async fn hold_for(&self, addrs: Vec<Address>, lease_s: u32) -> (Vec<bool>, u32) {
+        let open = self.net.as_ref().is_some_and(|net| net.peers_may_read());
+        if !open {
+            return (vec![false; addrs.len()], 0);
+        }
+        let lease_s = lease_s.min(MAX_LEASE_S);
+        match self
+            .store
+            .renew(addrs.clone(), now() + u64::from(lease_s))
+            .await
+        {
+            Ok(held) => (held, lease_s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot answer a hold");
+                (vec![false; addrs.len()], 0)
+            }
+        }
+    }
+
+    /// The layout of `object`: the one this node watches with, else one the DHT points at
+    /// (fetched, checked against the object).
+    async fn find_layout(
+        &self,
+        object: Address,
+    ) -> Result<Option<(Address, Layout)>, OverlayError> {
+        let mut candidates = Vec::new();
+        if let Some((_, addr)) = self
+            .store
+            .watched()
+            .await?
+            .into_iter()
+            .find(|(o, _)| *o == object)
+        {
+            candidates.push(addr);
+        }
+        let Some(dht) = self.dht() else {
+            return Ok(None);
+        };
+        if candidates.is_empty() {
+            let records = dht.get_records(layout::record_key(&object)).await;
+            for value in records.unwrap_or_default() {
+                if let Some((_, addr)) =
+                    layout::record_pointer(&layout::record_key(&object), &value)
+                    && !candidates.contains(&addr)
+                {
+                    candidates.push(addr);
+                }
+            }
+        }
+        for addr in candidates {
+            let bytes = match self.blob(addr, MAX_KEEP).await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::debug!(%object, layout = %addr, error = %e, "layout unavailable");
+                    continue;
+                }
+            };
+            match Layout::decode(&bytes) {
+                Ok(layout) if layout.object == object => return Ok(Some((addr, layout))),
+                Ok(_) => tracing::warn!(%object, layout = %addr, "a layout of another object"),
+                Err(e) => tracing::warn!(%object, layout = %addr, error = %e, "not a layout"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// A small blob's bytes: this node's copy, else fetched from its providers (verified).
+    async fn blob(&self, addr: Address, max: u64) -> Result<Bytes, OverlayError> {
+        if let Some(copy) = self.open(addr).await? {
+            return copy.read_verified(0, copy.size()).await;
+        }
+        let dht = self.dht().ok_or(OverlayError::NotFound(addr))?;
+        let providers = self.providers(dht, addr).await;
+        if providers.is_empty() {
+            return Err(OverlayError::NotFound(addr));
+        }
+        dht.fetch_bytes(addr, &providers, max)
+            .await
+            .map_err(|e| OverlayError::FetchFailed(e.to_string()))
+    }
+
+    async fn providers(&self, dht: &DhtHandle, addr: Address) -> Vec<PeerId> {
+        let me = dht.peer_id();
+        dht.providers(addr)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| *p != me)
+            .collect()
+    }
+
+    /// The live holders of chunk `index`'s shards: providers looked up, each asked which it
+    /// holds (renewing their leases to `lease_s`; 0 renews nothing). This node counts when it
+    /// keeps a shard itself.
+    async fn census(&self, dht: &DhtHandle, chunk: &ChunkShards, lease_s: u32) -> Census {
+        let me = dht.peer_id();
+        let lookups = chunk.shards.iter().map(|shard| self.providers(dht, *shard));
+        let found: Vec<Vec<PeerId>> = futures_util::future::join_all(lookups).await;
+        let mut asks: HashMap<PeerId, Vec<usize>> = HashMap::new();
+        for (i, peers) in found.iter().enumerate() {
+            for peer in peers {
+                asks.entry(*peer).or_default().push(i);
+            }
+        }
+        let probes = asks.into_iter().map(|(peer, shards)| async move {
+            let addrs = shards.iter().map(|i| chunk.shards[*i]).collect();
+            let held = dht.hold(peer, addrs, lease_s).await.unwrap_or_default();
+            (peer, shards, held)
+        });
+        let mut live = vec![Vec::new(); chunk.shards.len()];
+        for (peer, shards, held) in futures_util::future::join_all(probes).await {
+            for (i, yes) in shards.into_iter().zip(held) {
+                if yes {
+                    live[i].push(peer);
+                }
+            }
+        }
+        // Shards this node keeps for peers count too (a full copy is not a shard holder).
+        let until = if lease_s == 0 {
+            0
+        } else {
+            now() + u64::from(lease_s)
+        };
+        let here = self
+            .store
+            .renew_leased(chunk.shards.clone(), until)
+            .await
+            .unwrap_or_default();
+        for (i, yes) in here.into_iter().enumerate() {
+            if yes {
+                live[i].push(me);
+            }
+        }
+        let counted = assign(&live);
+        Census { live, counted }
+    }
+
+    /// Chunk `index` of `layout`, rebuilt from `k` of its shards (fetched from `live`
+    /// holders, data shards first, one more asked for whenever one fails or is slow), each
+    /// shard and the chunk verified against their addresses. The bytes read are counted.
+    async fn gather(
+        &self,
+        dht: &DhtHandle,
+        layout: &Layout,
+        index: usize,
+        live: &[Vec<PeerId>],
+    ) -> Result<(Vec<u8>, u64), OverlayError> {
+        let chunk = &layout.chunks[index];
+        let scheme = layout.scheme;
+        let k = usize::from(scheme.k);
+        let len = shard_len(scheme, chunk.len);
+        let order: Vec<usize> = (0..chunk.shards.len())
+            .filter(|i| !live[*i].is_empty())
+            .collect();
+        let lost = |have: usize| OverlayError::Lost {
+            address: layout.object,
+            why: format!(
+                "chunk {index} has {have} of the {k} shards it needs ({} live holders)",
+                order.len()
+            ),
+        };
+        if order.len() < k {
+            return Err(lost(order.len()));
+        }
+        let fetch = |i: usize| {
+            let (dht, addr, peers) = (dht.clone(), chunk.shards[i], live[i].clone());
+            async move { (i, dht.fetch_bytes(addr, &peers, len).await) }
+        };
+        let mut inflight = FuturesUnordered::new();
+        let mut next = 0;
+        while next < k {
+            inflight.push(fetch(order[next]));
+            next += 1;
+        }
+        let mut got: Vec<(usize, Bytes)> = Vec::with_capacity(k);
+        while got.len() < k {
+            let hedge = tokio::time::sleep(HEDGE_AFTER);
+            tokio::select! {
+                answer = inflight.next() => match answer {
+                    Some((i, Ok(bytes))) => got.push((i, bytes)),
+                    Some((i, Err(e))) => {
+                        tracing::info!(object = %layout.object, chunk = index, shard = i, error = %e, "shard unavailable, asking for another");
+                        if next < order.len() {
+                            inflight.push(fetch(order[next]));
+                            next += 1;
+                        }
+                    }
+                    None => return Err(lost(got.len())),
+                },
+                () = hedge, if next < order.len() => {
+                    inflight.push(fetch(order[next]));
+                    next += 1;
+                }
+            }
+        }
+        drop(inflight);
+        let read = got.iter().map(|(_, b)| b.len() as u64).sum();
+        let chunk = chunk.clone();
+        let bytes = self
+            .store
+            .pool()
+            .run(move || {
+                let have: Vec<(usize, &[u8])> = got.iter().map(|(i, b)| (*i, &b[..])).collect();
+                erasure::decode(scheme, &chunk, &have)
+            })
+            .await?
+            .map_err(|e| lost_or(layout.object, index, e))?;
+        Ok((bytes, read))
+    }
+
+    /// Rebuilds `object` from the shards of its layout into this node's store (unpinned,
+    /// like any fetched copy), verified against its address as a whole.
+    pub(crate) async fn rebuild(&self, object: Address) -> Result<(), OverlayError> {
+        let dht = self.dht().ok_or(OverlayError::NotFound(object))?.clone();
+        let Some((_, layout)) = self.find_layout(object).await? else {
+            return Err(OverlayError::NotFound(object));
+        };
+        if layout.size > self.max_object_bytes() {
+            return Err(OverlayError::TooLarge {
+                limit: self.max_object_bytes(),
+            });
+        }
+        let options = PutOptions {
+            expect: Some(object),
+            max_bytes: Some(layout.size),
+            unpinned: true,
+            around_cache: true,
+            ..PutOptions::default()
+        };
+        let mut writer = self.store.writer(options);
+        for index in 0..layout.chunks.len() {
+            let census = self.census(&dht, &layout.chunks[index], 0).await;
+            let (bytes, _) = self.gather(&dht, &layout, index, &census.live).await?;
+            writer.write(&bytes).await?;
+        }
+        writer.finish().await?;
+        tracing::info!(%object, chunks = layout.chunks.len(), "rebuilt an object from its shards");
+        self.announce(object).await;
+        Ok(())
+    }
+
+    /// The durability of `object`, counted now (without repairing): `None` when it has no
+    /// layout this node can find.
+    pub async fn durability(&self, object: Address) -> Result<Option<Durability>, OverlayError> {
+        let Some(dht) = self.dht().cloned() else {
+            return Ok(None);
+        };
+        let Some((addr, layout)) = self.find_layout(object).await? else {
+            return self.intended(object).await;
+        };
+        let mut counts = Vec::with_capacity(layout.chunks.len());
+        for chunk in &layout.chunks {
+            counts.push(self.census(&dht, chunk, 0).await.distinct());
+        }
+        let peers = dht.known().await.map(|p| p.len()).unwrap_or(0);
+        let whole = self.store.manifest(&object).await?.is_some();
+        let starved = peers + 1 < layout.scheme.n();
+        let mut durability = judge(&layout, addr, &counts, starved, whole);
+        if durability.state != State::Protected && self.guard.state(&object) == Some(State::Pending)
+        {
+            // Not placed yet: the guard has not finished a pass since the upload.
+            durability.state = State::Pending;
+        }
+        Ok(Some(durability))
+    }
+
+    /// An upload waiting for enough peers to be protected: pending.
+    async fn intended(&self, object: Address) -> Result<Option<Durability>, OverlayError> {
+        let Some((_, (k, m))) = self
+            .store
+            .intents()
+            .await?
+            .into_iter()
+            .find(|(o, _)| *o == object)
+        else {
+            return Ok(None);
+        };
+        let Some(manifest) = self.store.manifest(&object).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Durability {
+            scheme: format!("{k}+{m}"),
+            state: State::Pending,
+            chunks: manifest.chunks.len(),
+            min_holders: 0,
+            layout: None,
+            size: manifest.size,
+        }))
+    }
+
+    /// Protects the uploads waiting for peers, once this node knows enough of them.
+    async fn protect_intended(&self, dht: &DhtHandle) {
+        let intents = match self.store.intents().await {
+            Ok(intents) => intents,
+            Err(e) => return tracing::warn!(error = %e, "cannot list uploads to protect"),
+        };
+        if intents.is_empty() {
+            return;
+        }
+        let peers = dht.known().await.map(|p| p.len()).unwrap_or(0);
+        for (object, (k, m)) in intents {
+            let Ok(scheme) = Scheme::new(k, m) else {
+                let _ = self.store.intend(object, None).await;
+                continue;
+            };
+            if peers < scheme.n() {
+                continue;
+            }
+            match self.protect(object, scheme).await {
+                Ok(layout) => {
+                    tracing::info!(%object, %layout, %scheme, "protecting an upload");
+                    if let Err(e) = self.store.intend(object, None).await {
+                        tracing::warn!(%object, error = %e, "cannot record a protection");
+                    }
+                }
+                Err(OverlayError::NotFound(_)) => {
+                    let _ = self.store.intend(object, None).await;
+                }
+                Err(e) => tracing::warn!(%object, error = %e, "cannot protect an upload"),
+            }
+        }
+    }
+
+    /// One pass of the guard over `object`: nothing unless this node is the live holder of
+    /// its layout closest to it; then every chunk from where the last pass stopped is
+    /// counted (leases renewed), and what is missing rebuilt and placed.
+    async fn watch_over(
+        &self,
+        dht: &DhtHandle,
+        object: Address,
+        layout_addr: Address,
+        lease_s: u32,
+    ) -> Result<Option<Durability>, OverlayError> {
+        let encoded = match self.open(layout_addr).await? {
+            Some(copy) => copy.read_verified(0, copy.size()).await?,
+            None => {
+                // Its lease ran out: the layout is gone, and so is the watch.
+                self.store.unwatch(object).await?;
+                self.guard.forget(&object);
+                return Ok(None);
+            }
+        };
+        let layout = Layout::decode(&encoded)
+            .map_err(|e| OverlayError::Store(StoreError::Internal(e.to_string())))?;
+        if self.guard.settling(&object) || !self.is_repairer(dht, object, layout_addr).await {
+            return Ok(None);
+        }
+        let start = self
+            .store
+            .progress(object)
+            .await?
+            .map_or(0, |n| usize::try_from(n).unwrap_or(0))
+            .min(layout.chunks.len());
+        let local = self.open(object).await.ok().flatten();
+        let me = dht.peer_id();
+        let mut candidates: Vec<PeerId> = dht
+            .known()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| *p != me)
+            .collect();
+        candidates.sort();
+        if candidates.is_empty() {
+            // No peer to place on: nothing is counted or moved until one is known (leases
+            // run for many passes).
+            let mut pending = judge(&layout, layout_addr, &[], true, true);
+            pending.min_holders = self.guard.min_holders(&object);
+            return Ok(Some(pending));
+        }
+        let mut has_layout: HashSet<PeerId> = HashSet::new();
+        let mut counts = vec![0usize; layout.chunks.len()];
+        let mut starved = false;
+        for (index, chunk) in layout.chunks.iter().enumerate() {
+            let census = self.census(dht, chunk, lease_s).await;
+            counts[index] = census.distinct();
+            if index < start || counts[index] >= layout.scheme.n() {
+                continue;
+            }
+            let missing = census.missing();
+            let holders = census.holders();
+            let mut free: Vec<PeerId> = candidates
+                .iter()
+                .filter(|p| !holders.contains(*p))
+                .copied()
+                .collect();
+            if free.len() < missing.len() {
+                starved = true;
+            }
+            if free.is_empty() {
+                self.store
+                    .set_progress(object, Some(index as u64 + 1))
+                    .await?;
+                continue;
+            }
+            let (bytes, read) = match &local {
+                Some(copy) => {
+                    let at: u64 = layout.chunks[..index].iter().map(|c| c.len).sum();
+                    (copy.read_verified(at, at + chunk.len).await?.to_vec(), 0)
+                }
+                None => match self.gather(dht, &layout, index, &census.live).await {
+                    Ok(got) => got,
+                    Err(e) => {
+                        tracing::warn!(%object, chunk = index, error = %e, "cannot rebuild a chunk");
+                        self.store
+                            .set_progress(object, Some(index as u64 + 1))
+                            .await?;
+                        continue;
+                    }
+                },
+            };
+            let c = &self.guard.counters;
+            c.repair_bytes_read.fetch_add(read, Ordering::Relaxed);
+            let scheme = layout.scheme;
+            let shards = self
+                .store
+                .pool()
+                .run(move || erasure::encode(scheme, &bytes).map(erasure::Shards::into_owned))
+                .await?
+                .map_err(|e| OverlayError::Store(StoreError::Internal(e.to_string())))?;
+            for shard in missing {
+                let addr = chunk.shards[shard];
+                free.sort_by_key(|p| distance(p, &addr));
+                let mut placed = None;
+                for peer in free.iter().copied() {
+                    if !has_layout.contains(&peer) {
+                        let keep = Keep {
+                            addr: layout_addr,
+                            object,
+                            role: Role::Layout,
+                            lease_s,
+                            bytes: encoded.clone(),
+                        };
+                        if let Err(e) = dht.keep(peer, keep).await {
+                            tracing::debug!(%peer, error = %e, "peer refused the layout");
+                            continue;
+                        }
+                        has_layout.insert(peer);
+                    }
+                    let keep = Keep {
+                        addr,
+                        object,
+                        role: Role::Shard,
+                        lease_s,
+                        bytes: Bytes::from(shards[shard].clone()),
+                    };
+                    match dht.keep(peer, keep).await {
+                        Ok(_) => {
+                            placed = Some(peer);
+                            break;
+                        }
+                        Err(e) => tracing::debug!(%peer, error = %e, "peer refused a shard"),
+                    }
+                }
+                if let Some(peer) = placed {
+                    free.retain(|p| *p != peer);
+                    counts[index] += 1;
+                    c.shards_placed.fetch_add(1, Ordering::Relaxed);
+                    c.repair_bytes_written
+                        .fetch_add(shards[shard].len() as u64, Ordering::Relaxed);
+                } else {
+                    starved = true;
+                }
+            }
+            if local.is_none() {
+                c.repairs.fetch_add(1, Ordering::Relaxed);
+            }
+            self.store
+                .set_progress(object, Some(index as u64 + 1))
+                .await?;
+        }
+        self.store.set_progress(object, None).await?;
+        // Keep the pointer from the object to its layout fresh in the DHT.
+        if let Err(e) = dht
+            .put_record(layout::record_key(&object), layout_addr.as_bytes().to_vec())
+            .await
+        {
+            tracing::debug!(%object, error = %e, "cannot publish the layout pointer");
+        }
+        Ok(Some(judge(
+            &layout,
+            layout_addr,
+            &counts,
+            starved,
+            local.is_some(),
+        )))
+    }
+
+    /// Whether this node repairs `object`: no live holder of its layout is closer to it.
+    async fn is_repairer(&self, dht: &DhtHandle, object: Address, layout: Address) -> bool {
+        let mine = distance(&dht.peer_id(), &object);
+        let mut closer: Vec<PeerId> = self
+            .providers(dht, layout)
+            .await
+            .into_iter()
+            .filter(|p| distance(p, &object) < mine)
+            .collect();
+        closer.sort_by_key(|p| distance(p, &object));
+        for peer in closer {
+            if matches!(dht.hold(peer, vec![layout], 0).await.as_deref(), Ok([true])) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn lost_or(object: Address, index: usize, e: erasure::ErasureError) -> OverlayError {
+    OverlayError::Lost {
+        address: object,
+        why: format!("chunk {index} cannot be rebuilt: {e}"),
+    }
+}
+
+/// The state of an object whose chunks have `counts` live, distinct holders; `starved`: the
+/// node knows too few peers to give every chunk its `k + m`; `whole`: it holds a full copy
+/// (its shards wait to be placed, not lost).
+fn judge(
+    layout: &Layout,
+    addr: Address,
+    counts: &[usize],
+    starved: bool,
+    whole: bool,
+) -> Durability {
+    let (k, n) = (usize::from(layout.scheme.k), layout.scheme.n());
+    let min = counts.iter().copied().min().unwrap_or(0);
+    let state = if min >= n {
+        State::Protected
+    } else if min < k && !(starved && whole) {
+        State::Lost
+    } else if starved {
+        State::Pending
+    } else if min >= k {
+        State::Degraded
+    } else {
+        State::Lost
+    };
+    Durability {
+        scheme: layout.scheme.to_string(),
+        state,
+        chunks: layout.chunks.len(),
+        min_holders: min,
+        layout: Some(addr),
+        size: layout.size,
+    }
+}
+
+impl Guard {
+    fn set(&self, object: Address, durability: Durability) -> Option<Durability> {
+        self.states
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(object, durability)
+    }
+
+    fn state(&self, object: &Address) -> Option<State> {
+        self.states
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(object)
+            .map(|d| d.state)
+    }
+
+    fn received(&self, object: Address, grace: Duration) {
+        let mut settling = self.settling.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = tokio::time::Instant::now();
+        settling.retain(|_, until| *until > now);
+        settling.insert(object, now + grace);
+    }
+
+    fn settling(&self, object: &Address) -> bool {
+        let settling = self.settling.lock().unwrap_or_else(PoisonError::into_inner);
+        settling
+            .get(object)
+            .is_some_and(|until| *until > tokio::time::Instant::now())
+    }
+
+    fn min_holders(&self, object: &Address) -> usize {
+        self.states
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(object)
+            .map_or(0, |d| d.min_holders)
+    }
+
+    /// Wakes the guard for a pass now (an upload to protect).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn forget(&self, object: &Address) {
+        self.states
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(object);
+    }
+}
+
+/// The guard: a pass over every watched object now and then (`storage.repair_interval_s`,
+/// live) or when woken, and the collection of blobs whose lease ran out. Publishes a
+/// `Health` event for `durability` when an object becomes degraded or lost, and when all
+/// are well again. Run it under the supervisor.
+pub async fn guard(
+    overlay: OverlayHandle,
+    bus: Bus,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let Some(dht) = overlay.dht().cloned() else {
+        shutdown.cancelled().await;
+        return Ok(());
+    };
+    let mut healthy = true;
+    // A first pass soon after start, once peers are likely connected.
+    let mut wait = Duration::from_secs(3);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = overlay.guard.wake.notified() => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        let storage = overlay.storage().unwrap_or_default();
+        wait = Duration::from_secs(storage.repair_interval_s);
+        let lease_s = u32::try_from(storage.repair_interval_s.saturating_mul(30))
+            .unwrap_or(MAX_LEASE_S)
+            .clamp(MIN_LEASE_S, MAX_LEASE_S);
+        match overlay.store.expire(now()).await {
+            Ok((report, removed)) => {
+                for addr in &removed {
+                    if let Some(net) = &overlay.net {
+                        net.withdraw(*addr).await;
+                    }
+                }
+                if report.objects > 0 {
+                    tracing::info!(
+                        blobs = report.objects,
+                        bytes = report.bytes,
+                        "collected blobs whose lease ran out"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot collect expired blobs"),
+        }
+        overlay.protect_intended(&dht).await;
+        let watched = match overlay.store.watched().await {
+            Ok(watched) => watched,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list watched objects");
+                continue;
+            }
+        };
+        let mut well = true;
+        for (object, layout) in watched {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            match overlay.watch_over(&dht, object, layout, lease_s).await {
+                Ok(Some(durability)) => {
+                    let state = durability.state;
+                    let before = overlay.guard.set(object, durability).map(|d| d.state);
+                    if matches!(state, State::Degraded | State::Lost) {
+                        well = false;
+                        if before != Some(state) {
+                            tracing::warn!(%object, ?state, "a protected object is not whole");
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%object, error = %e, "cannot watch over an object"),
+            }
+        }
+        if well != healthy {
+            healthy = well;
+            bus.publish(KernelEvent::Health {
+                service: "durability".into(),
+                ok: well,
+            });
+        }
+    }
+}
