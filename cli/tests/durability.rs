@@ -8,6 +8,7 @@
 #[path = "support/node.rs"]
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -32,6 +33,40 @@ async fn until(node: &Node, addr: &str, what: &str, done: impl Fn(&Value) -> boo
         );
         sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Flips a byte in every shard-sized chunk file under `data_dir`: the files it damaged.
+fn damage_shards(data_dir: &Path) -> Vec<PathBuf> {
+    let mut damaged = Vec::new();
+    let chunks = data_dir.join("store").join("chunks");
+    for fan in std::fs::read_dir(&chunks).unwrap() {
+        let fan = fan.unwrap().path();
+        if !fan.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&fan).unwrap() {
+            let file = file.unwrap().path();
+            let mut bytes = std::fs::read(&file).unwrap();
+            // Shards of this object are 256 KiB to 1 MiB; its layout is a few KiB.
+            if bytes.len() < 64 << 10 {
+                continue;
+            }
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0xff;
+            std::fs::write(&file, &bytes).unwrap();
+            damaged.push(file);
+        }
+    }
+    damaged
+}
+
+/// Whether `file` (a chunk file named by its address) still holds bytes that are not it.
+fn still_damaged(file: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(file) else {
+        return false;
+    };
+    let name = file.file_name().unwrap().to_string_lossy().to_string();
+    !name.starts_with(&blake3::hash(&bytes).to_hex().to_string())
 }
 
 fn state(d: &Value) -> &str {
@@ -91,6 +126,23 @@ async fn a_protected_object_outlives_its_uploader_is_repaired_and_is_lost_only_p
     // `ron stat` shows it too.
     let shown = ok_stdout(&node(&nodes, 0).cli(&["stat", &addr]).await);
     assert!(shown.contains("\"protected\""), "{shown}");
+
+    // A holder whose shards rot on disk: its scrub finds them, drops them, and the
+    // repairer places them again; the object is whole again on six holders.
+    let rotten = damage_shards(&node(&nodes, 7).data_dir);
+    assert!(!rotten.is_empty(), "node 7 holds no shard");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while rotten.iter().any(|f| still_damaged(f)) {
+        assert!(
+            Instant::now() < deadline,
+            "damaged shards still kept: {rotten:?}"
+        );
+        sleep(Duration::from_millis(250)).await;
+    }
+    until(node(&nodes, 0), &addr, "damaged shards replaced", |d| {
+        state(d) == "protected" && d["min_holders"] == 6
+    })
+    .await;
 
     // The uploader and one shard holder go: node 2 rebuilds the object from shards.
     for i in [0, 1] {

@@ -37,6 +37,8 @@ const MIN_LEASE_S: u32 = 3600;
 /// Passes a node lets go by after it receives a layout before it repairs the object itself
 /// (its sender is still placing shards).
 const SETTLE_PASSES: u64 = 5;
+/// Most bytes of kept blobs the guard reads back (verifies) per pass.
+const SCRUB_BYTES: u64 = 64 << 20;
 /// When a shard fetch has not answered by then, another shard is asked for too.
 const HEDGE_AFTER: Duration = Duration::from_millis(1500);
 
@@ -88,6 +90,8 @@ pub(crate) struct Counters {
 #[derive(Debug, Default)]
 pub(crate) struct Guard {
     states: Mutex<HashMap<Address, Durability>>,
+    /// Where the scrub of kept blobs goes on (the last address it verified).
+    scrubbed: Mutex<Option<Address>>,
     /// Objects whose layout arrived lately, and until when their sender places them.
     settling: Mutex<HashMap<Address, tokio::time::Instant>>,
     wake: tokio::sync::Notify,
@@ -426,7 +430,16 @@ impl OverlayHandle {
     async fn census(&self, dht: &DhtHandle, chunk: &ChunkShards, lease_s: u32) -> Census {
         let me = dht.peer_id();
         let lookups = chunk.shards.iter().map(|shard| self.providers(dht, *shard));
-        let found: Vec<Vec<PeerId>> = futures_util::future::join_all(lookups).await;
+        let mut found: Vec<Vec<PeerId>> = futures_util::future::join_all(lookups).await;
+        // A lookup can end empty while the network settles (peers just gone): once more.
+        let empty: Vec<usize> = (0..found.len()).filter(|i| found[*i].is_empty()).collect();
+        let again = empty.iter().map(|i| self.providers(dht, chunk.shards[*i]));
+        for (i, peers) in empty
+            .iter()
+            .zip(futures_util::future::join_all(again).await)
+        {
+            found[*i] = peers;
+        }
         let mut asks: HashMap<PeerId, Vec<usize>> = HashMap::new();
         for (i, peers) in found.iter().enumerate() {
             for peer in peers {
@@ -493,9 +506,20 @@ impl OverlayHandle {
         if order.len() < k {
             return Err(lost(order.len()));
         }
+        let me = dht.peer_id();
         let fetch = |i: usize| {
             let (dht, addr, peers) = (dht.clone(), chunk.shards[i], live[i].clone());
-            async move { (i, dht.fetch_bytes(addr, &peers, len).await) }
+            let overlay = self.clone();
+            async move {
+                // A shard this node keeps is read here (verified), not asked of itself.
+                if peers.contains(&me)
+                    && let Ok(bytes) = overlay.blob(addr, len).await
+                {
+                    return (i, Ok(bytes));
+                }
+                let others: Vec<PeerId> = peers.into_iter().filter(|p| *p != me).collect();
+                (i, dht.fetch_bytes(addr, &others, len).await)
+            }
         };
         let mut inflight = FuturesUnordered::new();
         let mut next = 0;
@@ -560,8 +584,20 @@ impl OverlayHandle {
         };
         let mut writer = self.store.writer(options);
         for index in 0..layout.chunks.len() {
-            let census = self.census(&dht, &layout.chunks[index], 0).await;
-            let (bytes, _) = self.gather(&dht, &layout, index, &census.live).await?;
+            let mut tries = 0;
+            let bytes = loop {
+                let census = self.census(&dht, &layout.chunks[index], 0).await;
+                match self.gather(&dht, &layout, index, &census.live).await {
+                    Ok((bytes, _)) => break bytes,
+                    // Too few shards answered: count again (holders may have been missed
+                    // while the network settles), twice at most.
+                    Err(OverlayError::Lost { .. }) if tries < 2 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             writer.write(&bytes).await?;
         }
         writer.finish().await?;
@@ -652,6 +688,45 @@ impl OverlayHandle {
         }
     }
 
+    /// Reads back (verifies) the next kept blobs, up to [`SCRUB_BYTES`]: one found damaged is
+    /// dropped (its `hold` answers no from then on), so its object's repairer places it
+    /// again. Returns how many were dropped.
+    async fn scrub(&self) -> Result<usize, OverlayError> {
+        let after = *self
+            .guard
+            .scrubbed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let page = self.store.leased(after, 1024).await?;
+        let mut last = None;
+        let (mut read, mut dropped) = (0u64, 0usize);
+        for (addr, size) in page.iter().copied() {
+            if read >= SCRUB_BYTES {
+                break;
+            }
+            read += size;
+            last = Some(addr);
+            let damaged = self.store.stat(&addr).await?.is_some_and(|s| s.damaged);
+            if damaged {
+                tracing::warn!(%addr, "a kept blob is damaged: dropped, for its repairer to place again");
+                self.delete(addr).await?;
+                dropped += 1;
+            }
+        }
+        // The whole page read: start over next time.
+        let done = last.is_none() || last == page.last().map(|(a, _)| *a);
+        *self
+            .guard
+            .scrubbed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = if done && page.len() < 1024 {
+            None
+        } else {
+            last
+        };
+        Ok(dropped)
+    }
+
     /// One pass of the guard over `object`: nothing unless this node is the live holder of
     /// its layout closest to it; then every chunk from where the last pass stopped is
     /// counted (leases renewed), and what is missing rebuilt and placed.
@@ -710,6 +785,7 @@ impl OverlayHandle {
             }
             let missing = census.missing();
             let holders = census.holders();
+            let mut self_kept = false;
             let mut free: Vec<PeerId> = candidates
                 .iter()
                 .filter(|p| !holders.contains(*p))
@@ -781,6 +857,24 @@ impl OverlayHandle {
                             break;
                         }
                         Err(e) => tracing::debug!(%peer, error = %e, "peer refused a shard"),
+                    }
+                }
+                // No other peer could take it: this node keeps it, unless it holds the
+                // object whole (the uploader) or a shard of this chunk already.
+                if placed.is_none() && local.is_none() && !holders.contains(&me) && !self_kept {
+                    let keep = Keep {
+                        addr,
+                        object,
+                        role: Role::Shard,
+                        lease_s,
+                        bytes: Bytes::from(shards[shard].clone()),
+                    };
+                    match self.keep_for(me, keep).await {
+                        Ok(_) => {
+                            placed = Some(me);
+                            self_kept = true;
+                        }
+                        Err((_, e)) => tracing::debug!(error = %e, "cannot keep a shard here"),
                     }
                 }
                 if let Some(peer) = placed {
@@ -970,6 +1064,9 @@ pub async fn guard(
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot collect expired blobs"),
+        }
+        if let Err(e) = overlay.scrub().await {
+            tracing::warn!(error = %e, "cannot scrub kept blobs");
         }
         overlay.protect_intended(&dht).await;
         let watched = match overlay.store.watched().await {

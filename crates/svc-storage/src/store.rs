@@ -643,6 +643,37 @@ impl Store {
             .await?
     }
 
+    /// Up to `limit` blobs kept for peers, in address order after `after`, with their sizes:
+    /// a page of what a scrub reads next.
+    pub async fn leased(
+        &self,
+        after: Option<Address>,
+        limit: usize,
+    ) -> Result<Vec<(Address, u64)>, StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || -> Result<Vec<(Address, u64)>, StoreError> {
+                let txn = inner.db.begin_read()?;
+                let leases = txn.open_table(LEASES)?;
+                let start = after.map(|a| *a.as_bytes());
+                let range = match &start {
+                    Some(key) => leases.range::<&[u8; 32]>((
+                        std::ops::Bound::Excluded(key),
+                        std::ops::Bound::Unbounded,
+                    ))?,
+                    None => leases.range::<&[u8; 32]>(..)?,
+                };
+                let mut page = Vec::new();
+                for entry in range.take(limit) {
+                    let (key, value) = entry?;
+                    page.push((Address::from_bytes(*key.value()), value.value().1));
+                }
+                Ok(page)
+            })
+            .await?
+    }
+
     /// Bytes kept for peers under leases.
     pub async fn leased_bytes(&self) -> Result<u64, StoreError> {
         let inner = self.inner.clone();
