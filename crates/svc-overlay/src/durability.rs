@@ -39,6 +39,10 @@ const MIN_LEASE_S: u32 = 3600;
 const SETTLE_PASSES: u64 = 5;
 /// Most bytes of kept blobs the guard reads back (verifies) per pass.
 const SCRUB_BYTES: u64 = 64 << 20;
+/// Chunks `/stat` counts at once.
+const CENSUS_AT_ONCE: usize = 16;
+/// Chunks a pass works on at once.
+const CHUNKS_AT_ONCE: usize = 4;
 /// When a shard fetch has not answered by then, another shard is asked for too.
 const HEDGE_AFTER: Duration = Duration::from_millis(1500);
 
@@ -89,7 +93,7 @@ pub(crate) struct Counters {
 /// The guard's shared state: the last census of each watched object, and its wake-up call.
 #[derive(Debug, Default)]
 pub(crate) struct Guard {
-    states: Mutex<HashMap<Address, Durability>>,
+    states: Mutex<HashMap<Address, (Durability, tokio::time::Instant)>>,
     /// Where the scrub of kept blobs goes on (the last address it verified).
     scrubbed: Mutex<Option<Address>>,
     /// Objects whose layout arrived lately, and until when their sender places them.
@@ -102,7 +106,7 @@ impl Guard {
     /// Watched objects by state (`degraded`, `lost`): for the metrics.
     pub(crate) fn counts(&self) -> (u64, u64) {
         let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = |s| states.values().filter(|d| d.state == s).count() as u64;
+        let count = |s| states.values().filter(|(d, _)| d.state == s).count() as u64;
         (count(State::Degraded), count(State::Lost))
     }
 }
@@ -148,6 +152,25 @@ impl Census {
     }
 }
 
+/// What one pass over an object works with, chunk after chunk.
+struct Mend<'a> {
+    dht: &'a DhtHandle,
+    object: Address,
+    layout: &'a Layout,
+    layout_addr: Address,
+    /// The layout's bytes, for peers that do not have it yet.
+    encoded: Bytes,
+    /// The full copy, when this node has one (the uploader, or a copy fetched or rebuilt).
+    local: Option<crate::Object>,
+    /// Whether this node's owner pinned the object (it uploaded or pinned it).
+    uploader: bool,
+    /// Peers shards may go to (not this node).
+    candidates: Vec<PeerId>,
+    lease_s: u32,
+    /// Peers that got the layout this pass.
+    has_layout: Mutex<HashSet<PeerId>>,
+}
+
 /// Counts each shard once, on a holder not yet counted for this chunk.
 fn assign(live: &[Vec<PeerId>]) -> Vec<Option<PeerId>> {
     let mut used = HashSet::new();
@@ -171,6 +194,10 @@ impl OverlayHandle {
         self.net
             .as_ref()
             .map(|net| (*net.config().get::<StorageSection>()).clone())
+    }
+
+    fn repair_interval(&self) -> Duration {
+        Duration::from_secs(self.storage().map_or(60, |s| s.repair_interval_s))
     }
 
     /// The scheme an upload is protected with: the request's, else `storage.durability`;
@@ -615,10 +642,20 @@ impl OverlayHandle {
         let Some((addr, layout)) = self.find_layout(object).await? else {
             return self.intended(object).await;
         };
-        let mut counts = Vec::with_capacity(layout.chunks.len());
-        for chunk in &layout.chunks {
-            counts.push(self.census(&dht, chunk, 0).await.distinct());
+        // What this node's guard counted on its last pass, if that is recent.
+        if let Some(last) = self.guard.recent(&object, self.repair_interval())
+            && last.state != State::Pending
+        {
+            return Ok(Some(last));
         }
+        let counts: Vec<usize> = futures_util::stream::iter(layout.chunks.clone())
+            .map(|chunk| {
+                let (this, dht) = (self.clone(), dht.clone());
+                async move { this.census(&dht, &chunk, 0).await.distinct() }
+            })
+            .buffered(CENSUS_AT_ONCE)
+            .collect()
+            .await;
         let peers = dht.known().await.map(|p| p.len()).unwrap_or(0);
         let whole = self.store.manifest(&object).await?.is_some();
         let starved = peers + 1 < layout.scheme.n();
@@ -774,126 +811,37 @@ impl OverlayHandle {
             pending.min_holders = self.guard.min_holders(&object);
             return Ok(Some(pending));
         }
-        let mut has_layout: HashSet<PeerId> = HashSet::new();
+        let uploader = self.store.owner_pinned(&object).await?;
+        let mend = Mend {
+            dht,
+            object,
+            layout: &layout,
+            layout_addr,
+            encoded,
+            local,
+            uploader,
+            candidates,
+            lease_s,
+            has_layout: Mutex::default(),
+        };
         let mut counts = vec![0usize; layout.chunks.len()];
         let mut starved = false;
-        for (index, chunk) in layout.chunks.iter().enumerate() {
-            let census = self.census(dht, chunk, lease_s).await;
-            counts[index] = census.distinct();
-            if index < start || counts[index] >= layout.scheme.n() {
-                continue;
+        // Several chunks at once, their turns taken in order: the progress kept is always
+        // a point before which every chunk is done.
+        let mut turns = futures_util::stream::iter(0..layout.chunks.len())
+            .map(|index| self.mend(&mend, index, index >= start))
+            .buffered(CHUNKS_AT_ONCE);
+        let mut index = 0;
+        while let Some(turn) = turns.next().await {
+            let (count, short) = turn?;
+            counts[index] = count;
+            starved |= short;
+            index += 1;
+            if index > start {
+                self.store.set_progress(object, Some(index as u64)).await?;
             }
-            let missing = census.missing();
-            let holders = census.holders();
-            let mut self_kept = false;
-            let mut free: Vec<PeerId> = candidates
-                .iter()
-                .filter(|p| !holders.contains(*p))
-                .copied()
-                .collect();
-            if free.len() < missing.len() {
-                starved = true;
-            }
-            if free.is_empty() {
-                self.store
-                    .set_progress(object, Some(index as u64 + 1))
-                    .await?;
-                continue;
-            }
-            let (bytes, read) = match &local {
-                Some(copy) => {
-                    let at: u64 = layout.chunks[..index].iter().map(|c| c.len).sum();
-                    (copy.read_verified(at, at + chunk.len).await?.to_vec(), 0)
-                }
-                None => match self.gather(dht, &layout, index, &census.live).await {
-                    Ok(got) => got,
-                    Err(e) => {
-                        tracing::warn!(%object, chunk = index, error = %e, "cannot rebuild a chunk");
-                        self.store
-                            .set_progress(object, Some(index as u64 + 1))
-                            .await?;
-                        continue;
-                    }
-                },
-            };
-            let c = &self.guard.counters;
-            c.repair_bytes_read.fetch_add(read, Ordering::Relaxed);
-            let scheme = layout.scheme;
-            let shards = self
-                .store
-                .pool()
-                .run(move || erasure::encode(scheme, &bytes).map(erasure::Shards::into_owned))
-                .await?
-                .map_err(|e| OverlayError::Store(StoreError::Internal(e.to_string())))?;
-            for shard in missing {
-                let addr = chunk.shards[shard];
-                free.sort_by_key(|p| distance(p, &addr));
-                let mut placed = None;
-                for peer in free.iter().copied() {
-                    if !has_layout.contains(&peer) {
-                        let keep = Keep {
-                            addr: layout_addr,
-                            object,
-                            role: Role::Layout,
-                            lease_s,
-                            bytes: encoded.clone(),
-                        };
-                        if let Err(e) = dht.keep(peer, keep).await {
-                            tracing::debug!(%peer, error = %e, "peer refused the layout");
-                            continue;
-                        }
-                        has_layout.insert(peer);
-                    }
-                    let keep = Keep {
-                        addr,
-                        object,
-                        role: Role::Shard,
-                        lease_s,
-                        bytes: Bytes::from(shards[shard].clone()),
-                    };
-                    match dht.keep(peer, keep).await {
-                        Ok(_) => {
-                            placed = Some(peer);
-                            break;
-                        }
-                        Err(e) => tracing::debug!(%peer, error = %e, "peer refused a shard"),
-                    }
-                }
-                // No other peer could take it: this node keeps it, unless it holds the
-                // object whole (the uploader) or a shard of this chunk already.
-                if placed.is_none() && local.is_none() && !holders.contains(&me) && !self_kept {
-                    let keep = Keep {
-                        addr,
-                        object,
-                        role: Role::Shard,
-                        lease_s,
-                        bytes: Bytes::from(shards[shard].clone()),
-                    };
-                    match self.keep_for(me, keep).await {
-                        Ok(_) => {
-                            placed = Some(me);
-                            self_kept = true;
-                        }
-                        Err((_, e)) => tracing::debug!(error = %e, "cannot keep a shard here"),
-                    }
-                }
-                if let Some(peer) = placed {
-                    free.retain(|p| *p != peer);
-                    counts[index] += 1;
-                    c.shards_placed.fetch_add(1, Ordering::Relaxed);
-                    c.repair_bytes_written
-                        .fetch_add(shards[shard].len() as u64, Ordering::Relaxed);
-                } else {
-                    starved = true;
-                }
-            }
-            if local.is_none() {
-                c.repairs.fetch_add(1, Ordering::Relaxed);
-            }
-            self.store
-                .set_progress(object, Some(index as u64 + 1))
-                .await?;
         }
+        drop(turns);
         self.store.set_progress(object, None).await?;
         // Keep the pointer from the object to its layout fresh in the DHT.
         if let Err(e) = dht
@@ -907,8 +855,164 @@ impl OverlayHandle {
             layout_addr,
             &counts,
             starved,
-            local.is_some(),
+            mend.local.is_some(),
         )))
+    }
+
+    /// One chunk's turn in a pass: its live, distinct holders counted (leases renewed) and,
+    /// when `repair` and some are missing, the missing shards rebuilt (from the full copy
+    /// here, else from `k` shards) and placed, all at once, each on a peer of its own.
+    /// Returns the holders after, and whether peers ran short.
+    async fn mend(
+        &self,
+        m: &Mend<'_>,
+        index: usize,
+        repair: bool,
+    ) -> Result<(usize, bool), OverlayError> {
+        let (layout, object) = (m.layout, m.object);
+        let chunk = &layout.chunks[index];
+        let census = self.census(m.dht, chunk, m.lease_s).await;
+        let count = census.distinct();
+        if !repair || count >= layout.scheme.n() {
+            return Ok((count, false));
+        }
+        let me = m.dht.peer_id();
+        let missing = census.missing();
+        let holders = census.holders();
+        let mut free: Vec<PeerId> = m
+            .candidates
+            .iter()
+            .filter(|p| !holders.contains(*p))
+            .copied()
+            .collect();
+        // Never the uploader (the owner's pinned copy is not a shard holder).
+        let may_keep_here = !m.uploader && !holders.contains(&me);
+        if free.is_empty() && !may_keep_here {
+            // Nowhere to place anything: pending until more peers are known.
+            return Ok((count, true));
+        }
+        let (bytes, read) = match &m.local {
+            Some(copy) => {
+                let at: u64 = layout.chunks[..index].iter().map(|c| c.len).sum();
+                (copy.read_verified(at, at + chunk.len).await?.to_vec(), 0)
+            }
+            None => match self.gather(m.dht, layout, index, &census.live).await {
+                Ok(got) => got,
+                Err(e) => {
+                    tracing::warn!(%object, chunk = index, error = %e, "cannot rebuild a chunk");
+                    return Ok((count, false));
+                }
+            },
+        };
+        let c = &self.guard.counters;
+        c.repair_bytes_read.fetch_add(read, Ordering::Relaxed);
+        let scheme = layout.scheme;
+        let shards = self
+            .store
+            .pool()
+            .run(move || erasure::encode(scheme, &bytes).map(erasure::Shards::into_owned))
+            .await?
+            .map_err(|e| OverlayError::Store(StoreError::Internal(e.to_string())))?;
+        let shard_keep = |shard: usize| Keep {
+            addr: chunk.shards[shard],
+            object,
+            role: Role::Shard,
+            lease_s: m.lease_s,
+            bytes: Bytes::from(shards[shard].clone()),
+        };
+        // First choices, all at once: each missing shard to the free peer closest to it.
+        let mut first = Vec::with_capacity(missing.len());
+        for &shard in &missing {
+            let addr = chunk.shards[shard];
+            let pick = free.iter().copied().min_by_key(|p| distance(p, &addr));
+            if let Some(peer) = pick {
+                free.retain(|p| *p != peer);
+            }
+            first.push((shard, pick));
+        }
+        let offers = first.iter().map(|&(shard, pick)| async move {
+            match pick {
+                Some(peer) => (shard, self.offer(m, peer, shard_keep(shard)).await.then_some(peer)),
+                None => (shard, None),
+            }
+        });
+        let mut placed = Vec::new();
+        let mut unplaced = Vec::new();
+        for (shard, peer) in futures_util::future::join_all(offers).await {
+            match peer {
+                Some(peer) => placed.push((shard, peer)),
+                None => unplaced.push(shard),
+            }
+        }
+        // Then the others, one at a time, on the peers left; this node last.
+        let mut kept_here = false;
+        for shard in unplaced {
+            let addr = chunk.shards[shard];
+            free.sort_by_key(|p| distance(p, &addr));
+            let mut taken = None;
+            for peer in free.clone() {
+                if self.offer(m, peer, shard_keep(shard)).await {
+                    taken = Some(peer);
+                    break;
+                }
+                free.retain(|p| *p != peer);
+            }
+            if taken.is_none() && may_keep_here && !kept_here {
+                match self.keep_for(me, shard_keep(shard)).await {
+                    Ok(_) => {
+                        taken = Some(me);
+                        kept_here = true;
+                    }
+                    Err((_, e)) => tracing::debug!(error = %e, "cannot keep a shard here"),
+                }
+            }
+            if let Some(peer) = taken {
+                free.retain(|p| *p != peer);
+                placed.push((shard, peer));
+            }
+        }
+        for (shard, _) in &placed {
+            c.shards_placed.fetch_add(1, Ordering::Relaxed);
+            c.repair_bytes_written
+                .fetch_add(shards[*shard].len() as u64, Ordering::Relaxed);
+        }
+        if m.local.is_none() && !placed.is_empty() {
+            c.repairs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok((count + placed.len(), placed.len() < missing.len()))
+    }
+
+    /// Asks `peer` to keep a shard (the layout first, once per pass): whether it did.
+    async fn offer(&self, m: &Mend<'_>, peer: PeerId, keep: Keep) -> bool {
+        let has = m
+            .has_layout
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&peer);
+        if !has {
+            let layout = Keep {
+                addr: m.layout_addr,
+                object: m.object,
+                role: Role::Layout,
+                lease_s: m.lease_s,
+                bytes: m.encoded.clone(),
+            };
+            if let Err(e) = m.dht.keep(peer, layout).await {
+                tracing::debug!(%peer, error = %e, "peer refused the layout");
+                return false;
+            }
+            m.has_layout
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(peer);
+        }
+        match m.dht.keep(peer, keep).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "peer refused a shard");
+                false
+            }
+        }
     }
 
     /// Whether this node repairs `object`: no live holder of its layout is closer to it.
@@ -972,10 +1076,19 @@ fn judge(
 
 impl Guard {
     fn set(&self, object: Address, durability: Durability) -> Option<Durability> {
+        let now = tokio::time::Instant::now();
         self.states
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(object, durability)
+            .insert(object, (durability, now))
+            .map(|(d, _)| d)
+    }
+
+    /// The last census of `object`, if taken within three passes.
+    fn recent(&self, object: &Address, interval: Duration) -> Option<Durability> {
+        let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        let (d, at) = states.get(object)?;
+        (at.elapsed() < interval * 3).then(|| d.clone())
     }
 
     fn state(&self, object: &Address) -> Option<State> {
@@ -983,7 +1096,7 @@ impl Guard {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(object)
-            .map(|d| d.state)
+            .map(|(d, _)| d.state)
     }
 
     fn received(&self, object: Address, grace: Duration) {
@@ -1005,7 +1118,7 @@ impl Guard {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(object)
-            .map_or(0, |d| d.min_holders)
+            .map_or(0, |(d, _)| d.min_holders)
     }
 
     /// Wakes the guard for a pass now (an upload to protect).

@@ -674,6 +674,20 @@ impl Store {
             .await?
     }
 
+    /// Whether the owner pinned `addr` (a blob kept under a lease is not the owner's).
+    pub async fn owner_pinned(&self, addr: &Address) -> Result<bool, StoreError> {
+        let (inner, addr) = (self.inner.clone(), *addr);
+        self.inner
+            .pool
+            .run(move || -> Result<bool, StoreError> {
+                let txn = inner.db.begin_read()?;
+                let pinned = txn.open_table(PINS)?.get(addr.as_bytes())?.is_some();
+                let leased = txn.open_table(LEASES)?.get(addr.as_bytes())?.is_some();
+                Ok(pinned && !leased)
+            })
+            .await?
+    }
+
     /// Bytes kept for peers under leases.
     pub async fn leased_bytes(&self) -> Result<u64, StoreError> {
         let inner = self.inner.clone();
