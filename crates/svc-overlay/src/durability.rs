@@ -39,6 +39,8 @@ const MIN_LEASE_S: u32 = 3600;
 const SETTLE_PASSES: u64 = 5;
 /// Most bytes of kept blobs the guard reads back (verifies) per pass.
 const SCRUB_BYTES: u64 = 64 << 20;
+/// How long `/stat` counts holders before it answers with what it has counted.
+const CENSUS_BUDGET: Duration = Duration::from_secs(4);
 /// Chunks `/stat` counts at once.
 const CENSUS_AT_ONCE: usize = 16;
 /// Chunks a pass works on at once.
@@ -72,6 +74,9 @@ pub struct Durability {
     pub chunks: usize,
     /// The fewest live, distinct holders of any chunk's shards.
     pub min_holders: usize,
+    /// The chunks whose holders were counted: all of them, unless counting ran out of time
+    /// (then `state` and `min_holders` describe those only).
+    pub counted: usize,
     /// The layout's address (none yet while the upload waits for peers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layout: Option<Address>,
@@ -93,7 +98,8 @@ pub(crate) struct Counters {
 /// The guard's shared state: the last census of each watched object, and its wake-up call.
 #[derive(Debug, Default)]
 pub(crate) struct Guard {
-    states: Mutex<HashMap<Address, (Durability, tokio::time::Instant)>>,
+    /// The last census of each watched object: when it ended, and how long its pass took.
+    states: Mutex<HashMap<Address, (Durability, tokio::time::Instant, Duration)>>,
     /// Where the scrub of kept blobs goes on (the last address it verified).
     scrubbed: Mutex<Option<Address>>,
     /// Objects whose layout arrived lately, and until when their sender places them.
@@ -106,7 +112,7 @@ impl Guard {
     /// Watched objects by state (`degraded`, `lost`): for the metrics.
     pub(crate) fn counts(&self) -> (u64, u64) {
         let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = |s| states.values().filter(|(d, _)| d.state == s).count() as u64;
+        let count = |s| states.values().filter(|(d, ..)| d.state == s).count() as u64;
         (count(State::Degraded), count(State::Lost))
     }
 }
@@ -276,9 +282,12 @@ impl OverlayHandle {
                 state: State::Pending,
                 chunks: layout.chunks.len(),
                 min_holders: 0,
+                counted: 0,
                 layout: Some(stored.address),
                 size: layout.size,
             },
+            // Pending until the guard's first pass over it ends, however long that takes.
+            Duration::from_secs(u64::from(MAX_LEASE_S)),
         );
         Ok(stored.address)
     }
@@ -643,19 +652,23 @@ impl OverlayHandle {
             return self.intended(object).await;
         };
         // What this node's guard counted on its last pass, if that is recent.
-        if let Some(last) = self.guard.recent(&object, self.repair_interval())
-            && last.state != State::Pending
-        {
+        if let Some(last) = self.guard.recent(&object, self.repair_interval()) {
             return Ok(Some(last));
         }
-        let counts: Vec<usize> = futures_util::stream::iter(layout.chunks.clone())
+        // Counted now, within a time budget (a request has a deadline): the chunks counted
+        // by then are reported, and how many they are.
+        let mut censuses = futures_util::stream::iter(layout.chunks.clone())
             .map(|chunk| {
                 let (this, dht) = (self.clone(), dht.clone());
                 async move { this.census(&dht, &chunk, 0).await.distinct() }
             })
-            .buffered(CENSUS_AT_ONCE)
-            .collect()
-            .await;
+            .buffered(CENSUS_AT_ONCE);
+        let mut counts = Vec::with_capacity(layout.chunks.len());
+        let deadline = tokio::time::Instant::now() + CENSUS_BUDGET;
+        while let Ok(Some(count)) = tokio::time::timeout_at(deadline, censuses.next()).await {
+            counts.push(count);
+        }
+        drop(censuses);
         let peers = dht.known().await.map(|p| p.len()).unwrap_or(0);
         let whole = self.store.manifest(&object).await?.is_some();
         let starved = peers + 1 < layout.scheme.n();
@@ -687,6 +700,7 @@ impl OverlayHandle {
             state: State::Pending,
             chunks: manifest.chunks.len(),
             min_holders: 0,
+            counted: 0,
             layout: None,
             size: manifest.size,
         }))
@@ -932,7 +946,10 @@ impl OverlayHandle {
         }
         let offers = first.iter().map(|&(shard, pick)| async move {
             match pick {
-                Some(peer) => (shard, self.offer(m, peer, shard_keep(shard)).await.then_some(peer)),
+                Some(peer) => (
+                    shard,
+                    self.offer(m, peer, shard_keep(shard)).await.then_some(peer),
+                ),
                 None => (shard, None),
             }
         });
@@ -1069,26 +1086,28 @@ fn judge(
         state,
         chunks: layout.chunks.len(),
         min_holders: min,
+        counted: counts.len(),
         layout: Some(addr),
         size: layout.size,
     }
 }
 
 impl Guard {
-    fn set(&self, object: Address, durability: Durability) -> Option<Durability> {
+    fn set(&self, object: Address, durability: Durability, pass: Duration) -> Option<Durability> {
         let now = tokio::time::Instant::now();
         self.states
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(object, (durability, now))
-            .map(|(d, _)| d)
+            .insert(object, (durability, now, pass))
+            .map(|(d, ..)| d)
     }
 
-    /// The last census of `object`, if taken within three passes.
+    /// The last census of `object`, if the next should have ended by now: within three
+    /// intervals and twice the last pass's length.
     fn recent(&self, object: &Address, interval: Duration) -> Option<Durability> {
         let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
-        let (d, at) = states.get(object)?;
-        (at.elapsed() < interval * 3).then(|| d.clone())
+        let (d, at, pass) = states.get(object)?;
+        (at.elapsed() < interval * 3 + *pass * 2).then(|| d.clone())
     }
 
     fn state(&self, object: &Address) -> Option<State> {
@@ -1096,7 +1115,7 @@ impl Guard {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(object)
-            .map(|(d, _)| d.state)
+            .map(|(d, ..)| d.state)
     }
 
     fn received(&self, object: Address, grace: Duration) {
@@ -1118,7 +1137,7 @@ impl Guard {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(object)
-            .map_or(0, |(d, _)| d.min_holders)
+            .map_or(0, |(d, ..)| d.min_holders)
     }
 
     /// Wakes the guard for a pass now (an upload to protect).
@@ -1194,10 +1213,14 @@ pub async fn guard(
             if shutdown.is_cancelled() {
                 return Ok(());
             }
+            let began = tokio::time::Instant::now();
             match overlay.watch_over(&dht, object, layout, lease_s).await {
                 Ok(Some(durability)) => {
                     let state = durability.state;
-                    let before = overlay.guard.set(object, durability).map(|d| d.state);
+                    let before = overlay
+                        .guard
+                        .set(object, durability, began.elapsed())
+                        .map(|d| d.state);
                     if matches!(state, State::Degraded | State::Lost) {
                         well = false;
                         if before != Some(state) {

@@ -510,82 +510,90 @@ impl Store {
             .await?
     }
 
-    /// Keeps `value` under `key` (durable when this returns), replacing what was there.
-    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
+    /// Runs `f` in one write transaction on the pool; durable when this returns `Ok`.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let inner = self.inner.clone();
         self.inner
             .pool
-            .run(move || -> Result<(), StoreError> {
+            .run(move || {
                 let txn = inner.db.begin_write()?;
-                txn.open_table(RECORDS)?
-                    .insert(key.as_slice(), value.as_slice())?;
+                let out = f(&txn)?;
                 txn.commit()?;
-                Ok(())
+                Ok(out)
             })
             .await?
+    }
+
+    /// Runs `f` in one read transaction on the pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        self.inner
+            .pool
+            .run(move || f(&inner.db.begin_read()?))
+            .await?
+    }
+
+    /// Keeps `value` under `key` (durable when this returns), replacing what was there.
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            txn.open_table(RECORDS)?
+                .insert(key.as_slice(), value.as_slice())?;
+            Ok(())
+        })
+        .await
     }
 
     /// The value kept under `key`, if any.
     pub async fn record(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
-        let inner = self.inner.clone();
-        self.inner
-            .pool
-            .run(move || -> Result<Option<Vec<u8>>, StoreError> {
-                let txn = inner.db.begin_read()?;
-                let table = txn.open_table(RECORDS)?;
-                Ok(table.get(key.as_slice())?.map(|v| v.value().to_vec()))
-            })
-            .await?
+        self.read(move |txn| {
+            let table = txn.open_table(RECORDS)?;
+            Ok(table.get(key.as_slice())?.map(|v| v.value().to_vec()))
+        })
+        .await
     }
 
     /// Every record kept, as (key, value).
     pub async fn records(&self) -> Result<Vec<KeptRecord>, StoreError> {
-        let inner = self.inner.clone();
-        self.inner
-            .pool
-            .run(move || -> Result<Vec<KeptRecord>, StoreError> {
-                let txn = inner.db.begin_read()?;
-                let table = txn.open_table(RECORDS)?;
-                let mut all = Vec::new();
-                for entry in table.iter()? {
-                    let (k, v) = entry?;
-                    all.push((k.value().to_vec(), v.value().to_vec()));
-                }
-                Ok(all)
-            })
-            .await?
+        self.read(|txn| {
+            let mut all = Vec::new();
+            for entry in txn.open_table(RECORDS)?.iter()? {
+                let (k, v) = entry?;
+                all.push((k.value().to_vec(), v.value().to_vec()));
+            }
+            Ok(all)
+        })
+        .await
     }
 
     /// Which of `addrs` this node keeps for peers (or the owner pinned), extending each
     /// lease to end no earlier than `until` (Unix seconds).
     pub async fn renew(&self, addrs: Vec<Address>, until: u64) -> Result<Vec<bool>, StoreError> {
-        let inner = self.inner.clone();
-        self.inner
-            .pool
-            .run(move || -> Result<Vec<bool>, StoreError> {
-                let txn = inner.db.begin_write()?;
-                let mut held = Vec::with_capacity(addrs.len());
-                {
-                    let mut leases = txn.open_table(LEASES)?;
-                    let pins = txn.open_table(PINS)?;
-                    for addr in &addrs {
-                        let key = addr.as_bytes();
-                        let lease = leases.get(key)?.map(|v| v.value());
-                        match lease {
-                            Some((ends, size)) => {
-                                if until > ends {
-                                    leases.insert(key, (until, size))?;
-                                }
-                                held.push(true);
-                            }
-                            None => held.push(pins.get(key)?.is_some()),
+        self.write(move |txn| {
+            let mut leases = txn.open_table(LEASES)?;
+            let pins = txn.open_table(PINS)?;
+            let mut held = Vec::with_capacity(addrs.len());
+            for addr in &addrs {
+                let key = addr.as_bytes();
+                let lease = leases.get(key)?.map(|v| v.value());
+                match lease {
+                    Some((ends, size)) => {
+                        if until > ends {
+                            leases.insert(key, (until, size))?;
                         }
+                        held.push(true);
                     }
+                    None => held.push(pins.get(key)?.is_some()),
                 }
-                txn.commit()?;
-                Ok(held)
-            })
-            .await?
+            }
+            Ok(held)
+        })
+        .await
     }
 
     /// Which of `addrs` this node keeps for peers under a lease (not the owner's objects),
@@ -595,28 +603,21 @@ impl Store {
         addrs: Vec<Address>,
         until: u64,
     ) -> Result<Vec<bool>, StoreError> {
-        let inner = self.inner.clone();
-        self.inner
-            .pool
-            .run(move || -> Result<Vec<bool>, StoreError> {
-                let txn = inner.db.begin_write()?;
-                let mut held = Vec::with_capacity(addrs.len());
+        self.write(move |txn| {
+            let mut leases = txn.open_table(LEASES)?;
+            let mut held = Vec::with_capacity(addrs.len());
+            for addr in &addrs {
+                let lease = leases.get(addr.as_bytes())?.map(|v| v.value());
+                if let Some((ends, size)) = lease
+                    && until > ends
                 {
-                    let mut leases = txn.open_table(LEASES)?;
-                    for addr in &addrs {
-                        let lease = leases.get(addr.as_bytes())?.map(|v| v.value());
-                        if let Some((ends, size)) = lease
-                            && until > ends
-                        {
-                            leases.insert(addr.as_bytes(), (until, size))?;
-                        }
-                        held.push(lease.is_some());
-                    }
+                    leases.insert(addr.as_bytes(), (until, size))?;
                 }
-                txn.commit()?;
-                Ok(held)
-            })
-            .await?
+                held.push(lease.is_some());
+            }
+            Ok(held)
+        })
+        .await
     }
 
     /// Removes the blobs kept for peers whose lease ended before `now` (Unix seconds), and
@@ -650,70 +651,54 @@ impl Store {
         after: Option<Address>,
         limit: usize,
     ) -> Result<Vec<(Address, u64)>, StoreError> {
-        let inner = self.inner.clone();
-        self.inner
-            .pool
-            .run(move || -> Result<Vec<(Address, u64)>, StoreError> {
-                let txn = inner.db.begin_read()?;
-                let leases = txn.open_table(LEASES)?;
-                let start = after.map(|a| *a.as_bytes());
-                let range = match &start {
-                    Some(key) => leases.range::<&[u8; 32]>((
-                        std::ops::Bound::Excluded(key),
-                        std::ops::Bound::Unbounded,
-                    ))?,
-                    None => leases.range::<&[u8; 32]>(..)?,
-                };
-                let mut page = Vec::new();
-                for entry in range.take(limit) {
-                    let (key, value) = entry?;
-                    page.push((Address::from_bytes(*key.value()), value.value().1));
-                }
-                Ok(page)
-            })
-            .await?
+        self.read(move |txn| {
+            let leases = txn.open_table(LEASES)?;
+            let start = after.map(|a| *a.as_bytes());
+            let range = match &start {
+                Some(key) => leases.range::<&[u8; 32]>((
+                    std::ops::Bound::Excluded(key),
+                    std::ops::Bound::Unbounded,
+                ))?,
+                None => leases.range::<&[u8; 32]>(..)?,
+            };
+            let mut page = Vec::new();
+            for entry in range.take(limit) {
+                let (key, value) = entry?;
+                page.push((Address::from_bytes(*key.value()), value.value().1));
+            }
+            Ok(page)
+        })
+        .await
     }
 
     /// Whether the owner pinned `addr` (a blob kept under a lease is not the owner's).
     pub async fn owner_pinned(&self, addr: &Address) -> Result<bool, StoreError> {
-        let (inner, addr) = (self.inner.clone(), *addr);
-        self.inner
-            .pool
-            .run(move || -> Result<bool, StoreError> {
-                let txn = inner.db.begin_read()?;
-                let pinned = txn.open_table(PINS)?.get(addr.as_bytes())?.is_some();
-                let leased = txn.open_table(LEASES)?.get(addr.as_bytes())?.is_some();
-                Ok(pinned && !leased)
-            })
-            .await?
+        let addr = *addr;
+        self.read(move |txn| {
+            let pinned = txn.open_table(PINS)?.get(addr.as_bytes())?.is_some();
+            let leased = txn.open_table(LEASES)?.get(addr.as_bytes())?.is_some();
+            Ok(pinned && !leased)
+        })
+        .await
     }
 
     /// Bytes kept for peers under leases.
     pub async fn leased_bytes(&self) -> Result<u64, StoreError> {
-        let inner = self.inner.clone();
-        self.inner
-            .pool
-            .run(move || -> Result<u64, StoreError> {
-                let txn = inner.db.begin_read()?;
-                let totals = txn.open_table(TOTALS)?;
-                Ok(totals.get(BYTES_LEASED)?.map_or(0, |v| v.value()))
-            })
-            .await?
+        self.read(|txn| {
+            let totals = txn.open_table(TOTALS)?;
+            Ok(totals.get(BYTES_LEASED)?.map_or(0, |v| v.value()))
+        })
+        .await
     }
 
     /// Watches over `object`, protected by the layout at `layout` (replacing any other).
     pub async fn watch(&self, object: Address, layout: Address) -> Result<(), StoreError> {
-        let inner = self.inner.clone();
-        self.inner
-            .pool
-            .run(move || -> Result<(), StoreError> {
-                let txn = inner.db.begin_write()?;
-                txn.open_table(WATCHED)?
-                    .insert(object.as_bytes(), layout.as_bytes())?;
-                txn.commit()?;
-                Ok(())
-            })
-            .await?
+        self.write(move |txn| {
+            txn.open_table(WATCHED)?
+                .insert(object.as_bytes(), layout.as_bytes())?;
+            Ok(())
+        })
+        .await
     }
 
     /// Records (durably) that `object` is to be protected with `k+m` (`None`: no longer).
@@ -722,110 +707,77 @@ impl Store {
         object: Address,
         scheme: Option<(u8, u8)>,
     ) -> Result<(), StoreError> {
-        let inner = self.inner.clone();
-        self.inner
-            .pool
-            .run(move || -> Result<(), StoreError> {
-                let txn = inner.db.begin_write()?;
-                {
-                    let mut table = txn.open_table(INTENTS)?;
-                    match scheme {
-                        Some(km) => table.insert(object.as_bytes(), km)?,
-                        None => table.remove(object.as_bytes())?,
-                    };
-                }
-                txn.commit()?;
-                Ok(())
-            })
-            .await?
+        self.write(move |txn| {
+            let mut table = txn.open_table(INTENTS)?;
+            match scheme {
+                Some(km) => table.insert(object.as_bytes(), km)?,
+                None => table.remove(object.as_bytes())?,
+            };
+            Ok(())
+        })
+        .await
     }
 
     /// Every object waiting to be protected, with its `(k, m)`.
     pub async fn intents(&self) -> Result<Vec<Intent>, StoreError> {
-        let inner = self.inner.clone();
-        self.inner
-            .pool
-            .run(move || -> Result<Vec<Intent>, StoreError> {
-                let txn = inner.db.begin_read()?;
-                let table = txn.open_table(INTENTS)?;
-                let mut all = Vec::new();
-                for entry in table.iter()? {
-                    let (k, v) = entry?;
-                    all.push((Address::from_bytes(*k.value()), v.value()));
-                }
-                Ok(all)
-            })
-            .await?
+        self.read(|txn| {
+            let mut all = Vec::new();
+            for entry in txn.open_table(INTENTS)?.iter()? {
+                let (k, v) = entry?;
+                all.push((Address::from_bytes(*k.value()), v.value()));
+            }
+            Ok(all)
+        })
+        .await
     }
 
     /// Stops watching over `object` (and forgets where its repair stopped).
     pub async fn unwatch(&self, object: Address) -> Result<(), StoreError> {
-        let inner = self.inner.clone();
-        self.inner
-            .pool
-            .run(move || -> Result<(), StoreError> {
-                let txn = inner.db.begin_write()?;
-                txn.open_table(WATCHED)?.remove(object.as_bytes())?;
-                txn.open_table(PROGRESS)?.remove(object.as_bytes())?;
-                txn.commit()?;
-                Ok(())
-            })
-            .await?
+        self.write(move |txn| {
+            txn.open_table(WATCHED)?.remove(object.as_bytes())?;
+            txn.open_table(PROGRESS)?.remove(object.as_bytes())?;
+            Ok(())
+        })
+        .await
     }
 
     /// Every object watched over, with its layout's address.
     pub async fn watched(&self) -> Result<Vec<(Address, Address)>, StoreError> {
-        let inner = self.inner.clone();
-        self.inner
-            .pool
-            .run(move || -> Result<Vec<(Address, Address)>, StoreError> {
-                let txn = inner.db.begin_read()?;
-                let table = txn.open_table(WATCHED)?;
-                let mut all = Vec::new();
-                for entry in table.iter()? {
-                    let (k, v) = entry?;
-                    all.push((
-                        Address::from_bytes(*k.value()),
-                        Address::from_bytes(*v.value()),
-                    ));
-                }
-                Ok(all)
-            })
-            .await?
+        self.read(|txn| {
+            let mut all = Vec::new();
+            for entry in txn.open_table(WATCHED)?.iter()? {
+                let (k, v) = entry?;
+                all.push((
+                    Address::from_bytes(*k.value()),
+                    Address::from_bytes(*v.value()),
+                ));
+            }
+            Ok(all)
+        })
+        .await
     }
 
     /// Where the repair of `object` stopped (the next chunk), if one is unfinished.
     pub async fn progress(&self, object: Address) -> Result<Option<u64>, StoreError> {
-        let inner = self.inner.clone();
-        self.inner
-            .pool
-            .run(move || -> Result<Option<u64>, StoreError> {
-                let txn = inner.db.begin_read()?;
-                let table = txn.open_table(PROGRESS)?;
-                Ok(table.get(object.as_bytes())?.map(|v| v.value()))
-            })
-            .await?
+        self.read(move |txn| {
+            let table = txn.open_table(PROGRESS)?;
+            Ok(table.get(object.as_bytes())?.map(|v| v.value()))
+        })
+        .await
     }
 
     /// Records (durably) that the repair of `object` goes on at chunk `next`, or, with `None`,
     /// that it finished.
     pub async fn set_progress(&self, object: Address, next: Option<u64>) -> Result<(), StoreError> {
-        let inner = self.inner.clone();
-        self.inner
-            .pool
-            .run(move || -> Result<(), StoreError> {
-                let txn = inner.db.begin_write()?;
-                {
-                    let mut table = txn.open_table(PROGRESS)?;
-                    match next {
-                        Some(next) => table.insert(object.as_bytes(), next)?,
-                        None => table.remove(object.as_bytes())?,
-                    };
-                }
-                txn.commit()?;
-                Ok(())
-            })
-            .await?
+        self.write(move |txn| {
+            let mut table = txn.open_table(PROGRESS)?;
+            match next {
+                Some(next) => table.insert(object.as_bytes(), next)?,
+                None => table.remove(object.as_bytes())?,
+            };
+            Ok(())
+        })
+        .await
     }
 
     /// Bytes of unpinned objects (the cache of fetched copies and unpinned content).
