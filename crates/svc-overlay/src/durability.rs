@@ -44,7 +44,9 @@ const CENSUS_BUDGET: Duration = Duration::from_secs(4);
 /// Chunks `/stat` counts at once.
 const CENSUS_AT_ONCE: usize = 16;
 /// Chunks a pass works on at once.
-const CHUNKS_AT_ONCE: usize = 4;
+const CHUNKS_AT_ONCE: usize = 2;
+/// Chunks between two records of a pass's progress (each one a durable commit).
+const PROGRESS_EVERY: usize = 16;
 /// When a shard fetch has not answered by then, another shard is asked for too.
 const HEDGE_AFTER: Duration = Duration::from_millis(1500);
 
@@ -237,15 +239,12 @@ impl OverlayHandle {
         for chunk in &manifest.chunks {
             let bytes = copy.read_verified(at, at + chunk.len).await?;
             at += chunk.len;
-            let shards = self
-                .store
-                .pool()
-                .run(move || -> Result<Vec<Address>, String> {
-                    let shards = erasure::encode(scheme, &bytes).map_err(|e| e.to_string())?;
-                    Ok(shards.iter().map(Address::of).collect())
-                })
-                .await?
-                .map_err(|e| OverlayError::Store(StoreError::Internal(e)))?;
+            let shards = off_pool(move || -> Result<Vec<Address>, String> {
+                let shards = erasure::encode(scheme, &bytes).map_err(|e| e.to_string())?;
+                Ok(shards.iter().map(Address::of).collect())
+            })
+            .await?
+            .map_err(|e| OverlayError::Store(StoreError::Internal(e)))?;
             chunks.push(ChunkShards {
                 address: chunk.address,
                 len: chunk.len,
@@ -587,15 +586,12 @@ impl OverlayHandle {
         drop(inflight);
         let read = got.iter().map(|(_, b)| b.len() as u64).sum();
         let chunk = chunk.clone();
-        let bytes = self
-            .store
-            .pool()
-            .run(move || {
-                let have: Vec<(usize, &[u8])> = got.iter().map(|(i, b)| (*i, &b[..])).collect();
-                erasure::decode(scheme, &chunk, &have)
-            })
-            .await?
-            .map_err(|e| lost_or(layout.object, index, e))?;
+        let bytes = off_pool(move || {
+            let have: Vec<(usize, &[u8])> = got.iter().map(|(i, b)| (*i, &b[..])).collect();
+            erasure::decode(scheme, &chunk, &have)
+        })
+        .await?
+        .map_err(|e| lost_or(layout.object, index, e))?;
         Ok((bytes, read))
     }
 
@@ -851,7 +847,7 @@ impl OverlayHandle {
             counts[index] = count;
             starved |= short;
             index += 1;
-            if index > start {
+            if index > start && index % PROGRESS_EVERY == 0 {
                 self.store.set_progress(object, Some(index as u64)).await?;
             }
         }
@@ -921,12 +917,10 @@ impl OverlayHandle {
         let c = &self.guard.counters;
         c.repair_bytes_read.fetch_add(read, Ordering::Relaxed);
         let scheme = layout.scheme;
-        let shards = self
-            .store
-            .pool()
-            .run(move || erasure::encode(scheme, &bytes).map(erasure::Shards::into_owned))
-            .await?
-            .map_err(|e| OverlayError::Store(StoreError::Internal(e.to_string())))?;
+        let shards =
+            off_pool(move || erasure::encode(scheme, &bytes).map(erasure::Shards::into_owned))
+                .await?
+                .map_err(|e| OverlayError::Store(StoreError::Internal(e.to_string())))?;
         let shard_keep = |shard: usize| Keep {
             addr: chunk.shards[shard],
             object,
@@ -1049,6 +1043,16 @@ impl OverlayHandle {
         }
         true
     }
+}
+
+/// Runs the guard's CPU work (encoding, decoding) on a blocking thread of its own, outside
+/// the store's pool: background work never queues in front of clients' reads and writes.
+async fn off_pool<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, OverlayError> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| OverlayError::Store(StoreError::Internal(e.to_string())))
 }
 
 fn lost_or(object: Address, index: usize, e: erasure::ErasureError) -> OverlayError {

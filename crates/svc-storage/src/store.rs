@@ -574,24 +574,56 @@ impl Store {
     /// Which of `addrs` this node keeps for peers (or the owner pinned), extending each
     /// lease to end no earlier than `until` (Unix seconds).
     pub async fn renew(&self, addrs: Vec<Address>, until: u64) -> Result<Vec<bool>, StoreError> {
+        let asked = addrs.clone();
+        let (leases, pinned): (Vec<Option<u64>>, Vec<bool>) = self
+            .read(move |txn| {
+                let leases = txn.open_table(LEASES)?;
+                let pins = txn.open_table(PINS)?;
+                let mut out = (Vec::new(), Vec::new());
+                for a in &asked {
+                    out.0.push(leases.get(a.as_bytes())?.map(|v| v.value().0));
+                    out.1.push(pins.get(a.as_bytes())?.is_some());
+                }
+                Ok(out)
+            })
+            .await?;
+        self.extend(&addrs, &leases, until).await?;
+        Ok(leases
+            .iter()
+            .zip(pinned)
+            .map(|(lease, pinned)| lease.is_some() || pinned)
+            .collect())
+    }
+
+    /// Extends the leases of `addrs` (whose ends are `leases`) to `until`, in one durable
+    /// commit, when one of them is due: a renewal that would add less than a quarter of
+    /// the lease asked for writes nothing.
+    async fn extend(
+        &self,
+        addrs: &[Address],
+        leases: &[Option<u64>],
+        until: u64,
+    ) -> Result<(), StoreError> {
+        let slack = until.saturating_sub(crate::unix_now()) / 4;
+        if !leases
+            .iter()
+            .flatten()
+            .any(|ends| until > ends.saturating_add(slack))
+        {
+            return Ok(());
+        }
+        let addrs = addrs.to_vec();
         self.write(move |txn| {
-            let mut leases = txn.open_table(LEASES)?;
-            let pins = txn.open_table(PINS)?;
-            let mut held = Vec::with_capacity(addrs.len());
+            let mut table = txn.open_table(LEASES)?;
             for addr in &addrs {
-                let key = addr.as_bytes();
-                let lease = leases.get(key)?.map(|v| v.value());
-                match lease {
-                    Some((ends, size)) => {
-                        if until > ends {
-                            leases.insert(key, (until, size))?;
-                        }
-                        held.push(true);
-                    }
-                    None => held.push(pins.get(key)?.is_some()),
+                let lease = table.get(addr.as_bytes())?.map(|v| v.value());
+                if let Some((ends, size)) = lease
+                    && until > ends
+                {
+                    table.insert(addr.as_bytes(), (until, size))?;
                 }
             }
-            Ok(held)
+            Ok(())
         })
         .await
     }
@@ -603,21 +635,18 @@ impl Store {
         addrs: Vec<Address>,
         until: u64,
     ) -> Result<Vec<bool>, StoreError> {
-        self.write(move |txn| {
-            let mut leases = txn.open_table(LEASES)?;
-            let mut held = Vec::with_capacity(addrs.len());
-            for addr in &addrs {
-                let lease = leases.get(addr.as_bytes())?.map(|v| v.value());
-                if let Some((ends, size)) = lease
-                    && until > ends
-                {
-                    leases.insert(addr.as_bytes(), (until, size))?;
-                }
-                held.push(lease.is_some());
-            }
-            Ok(held)
-        })
-        .await
+        let asked = addrs.clone();
+        let leases: Vec<Option<u64>> = self
+            .read(move |txn| {
+                let leases = txn.open_table(LEASES)?;
+                asked
+                    .iter()
+                    .map(|a| Ok(leases.get(a.as_bytes())?.map(|v| v.value().0)))
+                    .collect()
+            })
+            .await?;
+        self.extend(&addrs, &leases, until).await?;
+        Ok(leases.iter().map(Option::is_some).collect())
     }
 
     /// Removes the blobs kept for peers whose lease ended before `now` (Unix seconds), and
