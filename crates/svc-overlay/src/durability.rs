@@ -41,6 +41,8 @@ const SETTLE_PASSES: u64 = 5;
 const SCRUB_BYTES: u64 = 64 << 20;
 /// How long `/stat` counts holders before it answers with what it has counted.
 const CENSUS_BUDGET: Duration = Duration::from_secs(4);
+/// Most peers closer to an object a node asks before it takes the object's repair on.
+const ELECTORATE: usize = 20;
 /// Chunks `/stat` counts at once.
 const CENSUS_AT_ONCE: usize = 16;
 /// Chunks a pass works on at once.
@@ -1027,15 +1029,18 @@ impl OverlayHandle {
     }
 
     /// Whether this node repairs `object`: no live holder of its layout is closer to it.
+    /// A lookup may name only some providers of the layout, so the known peers closer to
+    /// the object than this node are asked too (the [`ELECTORATE`] closest of them): two
+    /// repairers of one object would move its bytes twice.
     async fn is_repairer(&self, dht: &DhtHandle, object: Address, layout: Address) -> bool {
-        let mine = distance(&dht.peer_id(), &object);
-        let mut closer: Vec<PeerId> = self
-            .providers(dht, layout)
-            .await
-            .into_iter()
-            .filter(|p| distance(p, &object) < mine)
-            .collect();
+        let me = dht.peer_id();
+        let mine = distance(&me, &object);
+        let mut closer: Vec<PeerId> = self.providers(dht, layout).await;
+        closer.extend(dht.known().await.unwrap_or_default());
+        closer.retain(|p| *p != me && distance(p, &object) < mine);
         closer.sort_by_key(|p| distance(p, &object));
+        closer.dedup();
+        closer.truncate(ELECTORATE);
         for peer in closer {
             if matches!(dht.hold(peer, vec![layout], 0).await.as_deref(), Ok([true])) {
                 return false;
