@@ -41,6 +41,8 @@ const SETTLE_PASSES: u64 = 5;
 const SCRUB_BYTES: u64 = 64 << 20;
 /// How long `/stat` counts holders before it answers with what it has counted.
 const CENSUS_BUDGET: Duration = Duration::from_secs(4);
+/// Shards whose placement a node remembers.
+const PLACED_REMEMBERED: std::num::NonZeroUsize = std::num::NonZeroUsize::new(1 << 16).unwrap();
 /// Most peers closer to an object a node asks before it takes the object's repair on.
 const ELECTORATE: usize = 20;
 /// Chunks `/stat` counts at once.
@@ -104,6 +106,10 @@ pub(crate) struct Counters {
 pub(crate) struct Guard {
     /// The last census of each watched object: when it ended, and how long its pass took.
     states: Mutex<HashMap<Address, (Durability, tokio::time::Instant, Duration)>>,
+    /// Where this node placed shards lately (a provider record takes a while to spread: a
+    /// census right after a placement asks these peers directly, or it would place the
+    /// shard again).
+    placed: Mutex<Option<lru::LruCache<Address, Vec<PeerId>>>>,
     /// Where the scrub of kept blobs goes on (the last address it verified).
     scrubbed: Mutex<Option<Address>>,
     /// Objects whose layout arrived lately, and until when their sender places them.
@@ -468,6 +474,13 @@ impl OverlayHandle {
         let me = dht.peer_id();
         let lookups = chunk.shards.iter().map(|shard| self.providers(dht, *shard));
         let mut found: Vec<Vec<PeerId>> = futures_util::future::join_all(lookups).await;
+        for (i, shard) in chunk.shards.iter().enumerate() {
+            for peer in self.guard.placed_on(shard) {
+                if peer != me && !found[i].contains(&peer) {
+                    found[i].push(peer);
+                }
+            }
+        }
         // A lookup can end empty while the network settles (peers just gone): once more.
         let empty: Vec<usize> = (0..found.len()).filter(|i| found[*i].is_empty()).collect();
         let again = empty.iter().map(|i| self.providers(dht, chunk.shards[*i]));
@@ -984,7 +997,8 @@ impl OverlayHandle {
                 placed.push((shard, peer));
             }
         }
-        for (shard, _) in &placed {
+        for (shard, peer) in &placed {
+            self.guard.note_placed(chunk.shards[*shard], *peer);
             c.shards_placed.fetch_add(1, Ordering::Relaxed);
             c.repair_bytes_written
                 .fetch_add(shards[*shard].len() as u64, Ordering::Relaxed);
@@ -1139,6 +1153,28 @@ impl Guard {
         settling
             .get(object)
             .is_some_and(|until| *until > tokio::time::Instant::now())
+    }
+
+    /// Remembers that `peer` keeps `shard` now.
+    fn note_placed(&self, shard: Address, peer: PeerId) {
+        let mut placed = self.placed.lock().unwrap_or_else(PoisonError::into_inner);
+        let placed = placed.get_or_insert_with(|| lru::LruCache::new(PLACED_REMEMBERED));
+        match placed.get_mut(&shard) {
+            Some(peers) if !peers.contains(&peer) => peers.push(peer),
+            Some(_) => {}
+            None => {
+                placed.put(shard, vec![peer]);
+            }
+        }
+    }
+
+    /// The peers this node placed `shard` on lately.
+    fn placed_on(&self, shard: &Address) -> Vec<PeerId> {
+        let mut placed = self.placed.lock().unwrap_or_else(PoisonError::into_inner);
+        placed
+            .as_mut()
+            .and_then(|p| p.get(shard).cloned())
+            .unwrap_or_default()
     }
 
     fn min_holders(&self, object: &Address) -> usize {
