@@ -12,13 +12,16 @@
 #          `/stat` says `protected` again with six holders per chunk, and the bytes the guards
 #          moved (durability_repair_read_bytes_total + durability_repair_written_bytes_total
 #          over all nodes) against the minimum: for every chunk that lost shards, k shards
-#          read plus the lost ones written (computed from the layout and which node kept what).
+#          read plus the lost ones written (computed from every layout the peers keep and
+#          which node kept what: the objects of earlier runs, removed on the uploader, are
+#          still protected by their holders and repaired too).
 # Defaults everywhere, but `storage.repair_interval_s = 2` (the point is the work, not the
 # wait between passes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 W=${W:-/tmp/ron-perf-durability}
 RUNS=${RUNS:-3}
+SIZE=${SIZE:-1073741824}   # bytes per object
 N=9
 BASE=${BASE:-17900}
 for t in curl python3 b3sum; do command -v $t >/dev/null || { echo "needs $t" >&2; exit 1; }; done
@@ -28,7 +31,7 @@ cargo build --release --locked -p ron >/dev/null
 RON=${CARGO_TARGET_DIR:-target}/release/ron
 rm -rf "$W"; mkdir -p "$W"
 # One file per run: a run must not find the previous one's shards already kept.
-for r in $(seq "$RUNS"); do head -c 1073741824 /dev/urandom > "$W/rand1g.$r"; done
+for r in $(seq "$RUNS"); do head -c "$SIZE" /dev/urandom > "$W/rand1g.$r"; done
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -75,35 +78,37 @@ for r in $(seq "$RUNS"); do
 done
 [ "$A" = "$(b3sum --no-names "$F" | sed 's/^/b3:/')" ] || { echo "address differs from b3sum" >&2; exit 1; }
 
-# Who keeps which shard, and the layout: the minimum a repair must move.
-LAYOUT=$(curl -sf -H "Authorization: Bearer $(cat "$W/n0/owner.token")" "$(url 0)/stat/$A" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["durability"]["layout"])')
-curl -sf "$(url 0)/o/$LAYOUT" -o "$W/layout.cbor"
+# Who keeps which shard, and every layout kept (an object removed on its uploader stays
+# protected by its holders, who renew one another's leases): the minimum a repair must move.
 for i in $(seq 1 $((N - 1))); do
   after=""; : > "$W/kept$i"
   while :; do
     page=$(curl -sf -H "Authorization: Bearer $(cat "$W/n$i/owner.token")" "$(url "$i")/objects?limit=1000${after:+&after=$after}")
-    python3 -c 'import json,sys; [print(o["address"]) for o in json.load(sys.stdin)["objects"]]' <<<"$page" >> "$W/kept$i"
+    python3 -c 'import json,sys; [print(o["address"], o.get("media_type") or "-") for o in json.load(sys.stdin)["objects"]]' <<<"$page" >> "$W/kept$i"
     after=$(python3 -c 'import json,sys; print(json.load(sys.stdin).get("next") or "")' <<<"$page")
     [ -n "$after" ] || break
   done
 done
+for l in $(cat "$W"/kept* | awk '$2 == "application/vnd.ron.layout+cbor" {print $1}' | sort -u); do
+  for i in $(seq 1 $((N - 1))); do curl -sf "$(url "$i")/o/$l" -o "$W/layout.$l.cbor" && break; done
+done
 KILL=(1 2)
 MIN=$(python3 - "$W" "${KILL[@]}" <<'PY'
-import cbor2, sys
+import cbor2, glob, sys
 w, killed = sys.argv[1], set(int(k) for k in sys.argv[2:])
-layout = cbor2.load(open(f"{w}/layout.cbor", "rb"))
-k = layout["scheme"]["k"]
 alive = set()
 for i in range(1, 9):
     if i not in killed:
-        alive |= set(open(f"{w}/kept{i}").read().split())
+        alive |= {line.split()[0] for line in open(f"{w}/kept{i}")}
 total = 0
-for chunk in layout["chunks"]:
-    per = -(-chunk["len"] // k); per += per % 2
-    lost = sum(1 for s in chunk["shards"] if str(s) not in alive)
-    if lost:
-        total += (k + lost) * per
+for path in glob.glob(f"{w}/layout.*.cbor"):
+    layout = cbor2.load(open(path, "rb"))
+    k = layout["scheme"]["k"]
+    for chunk in layout["chunks"]:
+        per = -(-chunk["len"] // k); per += per % 2
+        lost = sum(1 for s in chunk["shards"] if str(s) not in alive)
+        if lost:
+            total += (k + lost) * per
 print(total)
 PY
 )
@@ -115,12 +120,15 @@ BEFORE=$(moved "${SURVIVORS[@]}")
 kill "${PIDS[0]}" "${PIDS[1]}" "${PIDS[2]}"
 t0=$(now); sleep 1; wait_protected 3 "$A"; t1=$(now)
 AFTER=$(moved "${SURVIVORS[@]}")
+for i in "${SURVIVORS[@]}"; do
+  echo "node $i: $(curl -sf "$(url "$i")/metrics" | grep -E '^durability_(repair|repairs|shards)' | tr '\n' ' ')" >&2
+done
 MOVED=$(echo "$AFTER - $BEFORE" | bc)
 # The object is whole: rebuilt on a survivor from its shards, byte for byte.
 ron_on 4 get "$A" -o "$W/back" && cmp "$F" "$W/back"
 
 P=$(printf '%s\n' "${PLAIN[@]}" | med); Q=$(printf '%s\n' "${PROT[@]}" | med); R=$(printf '%s\n' "${PROTECTED[@]}" | med)
-echo "| measure (1 GiB, 9 nodes on 127.0.0.1) | value | against |"
+echo "| measure ($((SIZE >> 20)) MiB objects, 9 nodes on 127.0.0.1) | value | against |"
 echo "|---|---|---|"
 printf '| PUT, durability none (s, median of %s) | %.2f | |\n' "$RUNS" "$P"
 printf '| PUT with 4+2, acknowledged (s) | %.2f | %.2fx plain |\n' "$Q" "$(echo "$Q / $P" | bc -l)"
