@@ -217,6 +217,16 @@ struct ProvidersHead {
     providers: Vec<ProviderEntry>,
 }
 
+/// A reply's JSON head: each shape has fields no other has (and refuses unknown ones).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ReplyHead {
+    Providers(ProvidersHead),
+    Held(HeldHead),
+    Kept(KeptHead),
+    Sized(Head),
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HeldHead {
@@ -421,45 +431,43 @@ pub fn decode_reply(first: &Frame) -> Result<ReplyStart, TransferError> {
         let kind = ErrorKind::from_status(first.code).unwrap_or(ErrorKind::Internal);
         return Ok(ReplyStart::Whole(TransferReply::Error { kind, body }));
     }
-    if first.payload.starts_with(b"{\"providers\"") && first.flags.contains(Flags::END) {
-        let head: ProvidersHead = json(&first.payload)?;
-        if head.providers.len() > MAX_PROVIDERS
-            || head.providers.iter().any(|p| p.addrs.len() > MAX_ADDRS)
-        {
-            return Err(bad("too many providers or addresses"));
+    let whole = first.flags.contains(Flags::END);
+    let reply = match json::<ReplyHead>(&first.payload)? {
+        ReplyHead::Providers(head) if whole => {
+            if head.providers.len() > MAX_PROVIDERS
+                || head.providers.iter().any(|p| p.addrs.len() > MAX_ADDRS)
+            {
+                return Err(bad("too many providers or addresses"));
+            }
+            TransferReply::Providers {
+                providers: head.providers,
+            }
         }
-        return Ok(ReplyStart::Whole(TransferReply::Providers {
-            providers: head.providers,
-        }));
-    }
-    if first.payload.starts_with(b"{\"held\"") && first.flags.contains(Flags::END) {
-        let head: HeldHead = json(&first.payload)?;
-        if head.held.len() > MAX_HOLD {
-            return Err(bad("too many answers"));
+        ReplyHead::Held(head) if whole => {
+            if head.held.len() > MAX_HOLD {
+                return Err(bad("too many answers"));
+            }
+            TransferReply::Held {
+                held: head.held,
+                lease_s: head.lease_s,
+            }
         }
-        return Ok(ReplyStart::Whole(TransferReply::Held {
-            held: head.held,
+        ReplyHead::Kept(head) if whole => TransferReply::Kept {
             lease_s: head.lease_s,
-        }));
-    }
-    if first.payload.starts_with(b"{\"lease_s\"") && first.flags.contains(Flags::END) {
-        let head: KeptHead = json(&first.payload)?;
-        return Ok(ReplyStart::Whole(TransferReply::Kept {
-            lease_s: head.lease_s,
-        }));
-    }
-    let head: Head = json(&first.payload)?;
-    match (head.start, head.end) {
-        (None, None) if first.flags.contains(Flags::END) => {
-            Ok(ReplyStart::Whole(TransferReply::Have { size: head.size }))
-        }
-        (Some(start), Some(end)) if !first.flags.contains(Flags::END) => Ok(ReplyStart::Range {
-            size: head.size,
-            start,
-            end,
-        }),
-        _ => Err(bad("reply head and flags disagree")),
-    }
+        },
+        ReplyHead::Sized(Head {
+            size,
+            start: None,
+            end: None,
+        }) if whole => TransferReply::Have { size },
+        ReplyHead::Sized(Head {
+            size,
+            start: Some(start),
+            end: Some(end),
+        }) if !whole => return Ok(ReplyStart::Range { size, start, end }),
+        _ => return Err(bad("reply head and flags disagree")),
+    };
+    Ok(ReplyStart::Whole(reply))
 }
 
 /// A range reply from its head and the frame of its bytes.
