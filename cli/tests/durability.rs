@@ -1,6 +1,7 @@
 //! Durability across eight nodes on 127.0.0.1: a protected upload is cut into 4+2 shards on
-//! six distinct peers; it outlives its uploader and a shard holder (any node rebuilds it from
-//! shards, byte for byte); repair brings every chunk back to six live, distinct holders; and
+//! six distinct peers; rotten shards are found and replaced; it outlives its uploader, a
+//! shard holder and its repairer killed mid-repair (any node rebuilds it from shards, byte
+//! for byte, and the next repairer brings every chunk back to six live, distinct holders); and
 //! once more than two holders of a chunk are gone the object is `lost`, which a GET answers
 //! with a clear error, never wrong bytes.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
@@ -16,6 +17,8 @@ use support::{Node, config, data, ok_stdout};
 use tokio::time::{Instant, sleep};
 
 const NODES: usize = 8;
+/// A pass a second; repair paced at 8 MiB/s, so that a repairer can be caught mid-repair.
+const CONFIG: &str = "[storage]\nrepair_interval_s = 1\nrepair_bytes_per_s = 8388608\n";
 
 /// Polls `/stat/{addr}` on `node` until its durability satisfies `done` (bounded: 120 s).
 async fn until(node: &Node, addr: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
@@ -73,6 +76,15 @@ fn state(d: &Value) -> &str {
     d["state"].as_str().unwrap_or_default()
 }
 
+/// The sum of `series` over the live nodes.
+async fn placed(nodes: &[Option<Node>], series: &str) -> f64 {
+    let mut sum = 0.0;
+    for n in nodes.iter().flatten() {
+        sum += n.metric(series).await;
+    }
+    sum
+}
+
 fn node(nodes: &[Option<Node>], i: usize) -> &Node {
     nodes[i].as_ref().unwrap()
 }
@@ -88,7 +100,7 @@ async fn a_protected_object_outlives_its_uploader_is_repaired_and_is_lost_only_p
     let mut seed = String::new();
     for i in 0..NODES {
         let data_dir = dir.path().join(format!("n{i}"));
-        config(&data_dir, "[storage]\nrepair_interval_s = 1\n");
+        config(&data_dir, CONFIG);
         let node = if i == 0 {
             Node::start(&data_dir, &[]).await
         } else {
@@ -129,6 +141,8 @@ async fn a_protected_object_outlives_its_uploader_is_repaired_and_is_lost_only_p
 
     // A holder whose shards rot on disk: its scrub finds them, drops them, and the
     // repairer places them again; the object is whole again on six holders.
+    let placed_series = "durability_shards_placed_total";
+    let placed_before = placed(&nodes, placed_series).await;
     let rotten = damage_shards(&node(&nodes, 7).data_dir);
     assert!(!rotten.is_empty(), "node 7 holds no shard");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -139,18 +153,65 @@ async fn a_protected_object_outlives_its_uploader_is_repaired_and_is_lost_only_p
         );
         sleep(Duration::from_millis(250)).await;
     }
+    // (`/stat` may answer from the last pass, before the damage: count placements.)
+    while placed(&nodes, placed_series).await < placed_before + rotten.len() as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "the {} dropped shards were not all placed again",
+            rotten.len()
+        );
+        sleep(Duration::from_millis(250)).await;
+    }
     until(node(&nodes, 0), &addr, "damaged shards replaced", |d| {
         state(d) == "protected" && d["min_holders"] == 6
     })
     .await;
 
-    // The uploader and one shard holder go: node 2 rebuilds the object from shards.
+    // The uploader and one shard holder go; the live holder of the layout closest to the
+    // object starts repairing (paced: `repair_bytes_per_s`) and is killed mid-repair, once
+    // it has placed a shard. A fresh node joins; the next repairer takes over.
+    // The uploader never keeps a shard of its own object, not even when another node
+    // places one.
+    assert_eq!(
+        node(&nodes, 0).metric("durability_shards_kept_total").await,
+        0.0
+    );
+    let mut placed_before = Vec::with_capacity(NODES);
+    for n in &nodes {
+        placed_before.push(n.as_ref().unwrap().metric(placed_series).await);
+    }
     for i in [0, 1] {
         let mut gone = nodes[i].take().unwrap();
         gone.child.kill().await.unwrap();
     }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (repairer, placed) = 'found: loop {
+        for (i, before) in placed_before.iter().enumerate().skip(2) {
+            let placed = node(&nodes, i).metric(placed_series).await - before;
+            if placed > 0.0 {
+                break 'found (i, placed);
+            }
+        }
+        assert!(Instant::now() < deadline, "no node started repairing");
+        sleep(Duration::from_millis(20)).await;
+    };
+    let mut gone = nodes[repairer].take().unwrap();
+    gone.child.kill().await.unwrap();
+    assert!(
+        placed < chunks as f64,
+        "node {repairer} had placed {placed} shards of {chunks} chunks: not mid-repair"
+    );
+    let live: Vec<usize> = (2..NODES).filter(|i| nodes[*i].is_some()).collect();
+    let data_dir = dir.path().join("n8");
+    config(&data_dir, CONFIG);
+    let seed = node(&nodes, live[0]).p2p_addr().await;
+    nodes.push(Some(Node::start(&data_dir, &["--bootstrap", &seed]).await));
+    let (reader, watcher) = (live[0], live[1]);
+
+    // Three nodes gone, none of them with a full copy: another rebuilds the object from
+    // shards, byte for byte.
     let out = dir.path().join("got");
-    let got = node(&nodes, 2)
+    let got = node(&nodes, reader)
         .cli(&["get", &addr, "-o", out.to_str().unwrap()])
         .await;
     assert!(
@@ -163,32 +224,44 @@ async fn a_protected_object_outlives_its_uploader_is_repaired_and_is_lost_only_p
         "rebuilt bytes differ"
     );
 
-    // Repair: every chunk back on six live, distinct holders (six nodes are left).
-    until(node(&nodes, 3), &addr, "repaired", |d| {
+    // Repair resumed by another node: every chunk back on six live, distinct holders (six
+    // nodes are live), which the repairers' counters show they placed.
+    until(node(&nodes, watcher), &addr, "repaired", |d| {
         state(d) == "protected" && d["min_holders"] == 6
     })
     .await;
-    assert!(node(&nodes, 2).metric("durability_repairs").await >= 0.0);
+    let mut resumed = 0.0;
+    for (i, n) in nodes.iter().enumerate() {
+        if let Some(n) = n {
+            resumed += n.metric(placed_series).await - placed_before.get(i).unwrap_or(&0.0);
+        }
+    }
+    assert!(
+        resumed > 0.0,
+        "no live node placed a shard after the repairer died"
+    );
 
-    // Node 2's rebuilt copy goes; then three more holders: fewer than k of some chunk.
-    let (status, _) = {
-        let res = node(&nodes, 2)
-            .http
-            .delete(format!("{}/o/{addr}", node(&nodes, 2).url))
-            .send()
-            .await
-            .unwrap();
-        (res.status().as_u16(), ())
-    };
-    assert_eq!(status, 200);
-    for i in [5, 6, 7] {
+    // The reader's rebuilt copy goes; then three more holders: fewer than k of some chunk.
+    let res = node(&nodes, reader)
+        .http
+        .delete(format!("{}/o/{addr}", node(&nodes, reader).url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let doomed: Vec<usize> = (2..nodes.len())
+        .filter(|i| nodes[*i].is_some() && *i != reader && *i != watcher)
+        .take(3)
+        .collect();
+    assert_eq!(doomed.len(), 3);
+    for i in doomed {
         let mut gone = nodes[i].take().unwrap();
         gone.child.kill().await.unwrap();
     }
-    until(node(&nodes, 3), &addr, "lost", |d| state(d) == "lost").await;
-    let res = node(&nodes, 4)
+    until(node(&nodes, watcher), &addr, "lost", |d| state(d) == "lost").await;
+    let res = node(&nodes, reader)
         .http
-        .get(format!("{}/o/{addr}", node(&nodes, 4).url))
+        .get(format!("{}/o/{addr}", node(&nodes, reader).url))
         .send()
         .await
         .unwrap();

@@ -299,13 +299,13 @@ async fn next_line(
         .to_owned()
 }
 
-/// Deterministic pseudo-random bytes.
 /// Writes `<dir>/ron.toml` (making `dir`) before a node starts there.
 pub fn config(dir: &Path, toml: &str) {
     std::fs::create_dir_all(dir).expect("make the data dir");
     std::fs::write(dir.join("ron.toml"), toml).expect("write ron.toml");
 }
 
+/// Deterministic pseudo-random bytes.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut out = vec![0u8; len];

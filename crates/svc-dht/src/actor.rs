@@ -41,6 +41,8 @@ mod swarm;
 
 /// Answers from the node's store to peers' requests, queued for the actor.
 const SERVED: usize = 64;
+/// How long a lookup of every provider waits for its query to end once it has found some.
+const WHOLE_WAIT: Duration = Duration::from_secs(5);
 /// Peer requests being read from the store at once; more are refused (503).
 const SERVING: usize = 64;
 /// Requests of one peer being answered at once; more are refused (429).
@@ -202,6 +204,9 @@ struct Lookup {
     /// Peers the query had asked, as of its last progress.
     asked: u32,
     hedged: bool,
+    /// For a lookup of every provider: those found so far (it answers at the query's end,
+    /// or [`WHOLE_WAIT`] after its start with what it has, if any).
+    whole: Option<HashSet<PeerId>>,
 }
 
 type Timer = Pin<Box<dyn Future<Output = u64> + Send>>;
@@ -321,7 +326,7 @@ impl Actor {
                 self.unheard.remove(&key);
                 self.swarm.behaviour_mut().kad.stop_providing(&key);
             }
-            Inner::Providers(addr, reply) => {
+            Inner::Providers(addr, whole, reply) => {
                 let query = self.swarm.behaviour_mut().kad.get_providers(key(&addr));
                 let id = self.next_lookup;
                 self.next_lookup += 1;
@@ -336,9 +341,15 @@ impl Actor {
                         parts: Parts::default(),
                         asked: 0,
                         hedged: false,
+                        whole: whole.then(HashSet::new),
                     },
                 );
-                let delay = self.latencies.hedge_delay();
+                // A whole lookup is not hedged: its timer ends its wait instead.
+                let delay = if whole {
+                    WHOLE_WAIT
+                } else {
+                    self.latencies.hedge_delay()
+                };
                 timers.push(Box::pin(async move {
                     tokio::time::sleep(delay).await;
                     id

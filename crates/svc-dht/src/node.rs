@@ -180,7 +180,8 @@ pub struct Command(pub(crate) Inner);
 pub(crate) enum Inner {
     Provide(Address),
     Unprovide(Address),
-    Providers(Address, oneshot::Sender<Result<Found, DhtError>>),
+    /// A lookup; `true`: every provider it finds (see [`DhtHandle::holders`]).
+    Providers(Address, bool, oneshot::Sender<Result<Found, DhtError>>),
     Request(
         PeerId,
         TransferRequest,
@@ -262,8 +263,19 @@ impl DhtHandle {
     /// Like [`DhtHandle::providers`], with how the lookup went.
     pub async fn lookup(&self, addr: Address) -> Result<Found, DhtError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Inner::Providers(addr, tx)).await?;
+        self.send(Inner::Providers(addr, false, tx)).await?;
         rx.await.map_err(|_| DhtError::Stopped)?
+    }
+
+    /// Every provider of `addr` the lookup finds, not only the first to answer: the query
+    /// runs to its end (or for at most a few seconds once it has found any). For counting
+    /// who holds something, where a stale record answering first would hide a live one.
+    pub async fn holders(&self, addr: Address) -> Result<Vec<PeerId>, DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Inner::Providers(addr, true, tx)).await?;
+        rx.await
+            .map_err(|_| DhtError::Stopped)?
+            .map(|found| found.providers)
     }
 
     /// Sends one transfer request to `peer`.

@@ -112,6 +112,9 @@ pub(crate) struct Guard {
     placed: Mutex<Option<lru::LruCache<Address, Vec<PeerId>>>>,
     /// Where the scrub of kept blobs goes on (the last address it verified).
     scrubbed: Mutex<Option<Address>>,
+    /// When the repair worker's bytes so far have been paid for at
+    /// `storage.repair_bytes_per_s` (the next chunk's turn waits until then).
+    paced: Mutex<Option<tokio::time::Instant>>,
     /// Objects whose layout arrived lately, and until when their sender places them.
     settling: Mutex<HashMap<Address, tokio::time::Instant>>,
     wake: tokio::sync::Notify,
@@ -216,6 +219,28 @@ impl OverlayHandle {
         Duration::from_secs(self.storage().map_or(60, |s| s.repair_interval_s))
     }
 
+    /// Waits for the turn of `bytes` more of repair traffic within
+    /// `storage.repair_bytes_per_s` (none set: at once): each turn starts when the bytes
+    /// of the turns before it have been paid for at that rate.
+    async fn pace(&self, bytes: u64) {
+        let rate = self.storage().map_or(0, |s| s.repair_bytes_per_s);
+        if rate == 0 || bytes == 0 {
+            return;
+        }
+        let start = {
+            let mut paced = self
+                .guard
+                .paced
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let now = tokio::time::Instant::now();
+            let start = paced.filter(|at| *at > now).unwrap_or(now);
+            *paced = Some(start + Duration::from_secs_f64(bytes as f64 / rate as f64));
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+
     /// The scheme an upload is protected with: the request's, else `storage.durability`;
     /// `None` without peers, or while peers may not read this node's objects.
     pub(crate) fn scheme_for(&self, request: Option<Option<Scheme>>) -> Option<Scheme> {
@@ -300,8 +325,8 @@ impl OverlayHandle {
     }
 
     /// Keeps a shard or a layout `peer` sends, under a lease: refused while peers may not
-    /// read this node, past `storage.shard_budget_bytes`, or when the bytes are not what they
-    /// claim. Durable and announced before the answer: the lease granted.
+    /// read this node, on the object's uploader, past `storage.shard_budget_bytes`, or when
+    /// the bytes are not what they claim. Durable and announced before the answer: the lease granted.
     pub(crate) async fn keep_for(
         &self,
         peer: PeerId,
@@ -315,6 +340,18 @@ impl OverlayHandle {
                 ErrorKind::Forbidden,
                 "this node keeps no shards for others".into(),
             ));
+        }
+        // The uploader's copy and a shard of it on one node would fall together: never
+        // there (a repairer elsewhere does not know who uploaded; this node does).
+        match self.store.owner_pinned(&keep.object).await {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err((
+                    ErrorKind::Conflict,
+                    "this node holds the owner's copy: its shards go to others".into(),
+                ));
+            }
+            Err(e) => return Err((ErrorKind::Internal, e.to_string())),
         }
         if Address::of(&keep.bytes) != keep.addr {
             return Err((
@@ -467,12 +504,24 @@ impl OverlayHandle {
             .collect()
     }
 
+    /// Every provider of `addr` a lookup finds (for counting: the first answer may name
+    /// only a holder that is gone, while the live one's record sits elsewhere).
+    async fn holders(&self, dht: &DhtHandle, addr: Address) -> Vec<PeerId> {
+        let me = dht.peer_id();
+        dht.holders(addr)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| *p != me)
+            .collect()
+    }
+
     /// The live holders of chunk `index`'s shards: providers looked up, each asked which it
     /// holds (renewing their leases to `lease_s`; 0 renews nothing). This node counts when it
     /// keeps a shard itself.
     async fn census(&self, dht: &DhtHandle, chunk: &ChunkShards, lease_s: u32) -> Census {
         let me = dht.peer_id();
-        let lookups = chunk.shards.iter().map(|shard| self.providers(dht, *shard));
+        let lookups = chunk.shards.iter().map(|shard| self.holders(dht, *shard));
         let mut found: Vec<Vec<PeerId>> = futures_util::future::join_all(lookups).await;
         for (i, shard) in chunk.shards.iter().enumerate() {
             for peer in self.guard.placed_on(shard) {
@@ -483,7 +532,7 @@ impl OverlayHandle {
         }
         // A lookup can end empty while the network settles (peers just gone): once more.
         let empty: Vec<usize> = (0..found.len()).filter(|i| found[*i].is_empty()).collect();
-        let again = empty.iter().map(|i| self.providers(dht, chunk.shards[*i]));
+        let again = empty.iter().map(|i| self.holders(dht, chunk.shards[*i]));
         for (i, peers) in empty
             .iter()
             .zip(futures_util::future::join_all(again).await)
@@ -916,6 +965,15 @@ impl OverlayHandle {
             // Nowhere to place anything: pending until more peers are known.
             return Ok((count, true));
         }
+        // What this turn moves: `k` shards read (none with the full copy here), the missing
+        // ones written.
+        let reads = if m.local.is_some() {
+            0
+        } else {
+            layout.scheme.k
+        };
+        let turn = u64::from(reads) + missing.len() as u64;
+        self.pace(shard_len(layout.scheme, chunk.len) * turn).await;
         let (bytes, read) = match &m.local {
             Some(copy) => {
                 let at: u64 = layout.chunks[..index].iter().map(|c| c.len).sum();
@@ -1049,7 +1107,7 @@ impl OverlayHandle {
     async fn is_repairer(&self, dht: &DhtHandle, object: Address, layout: Address) -> bool {
         let me = dht.peer_id();
         let mine = distance(&me, &object);
-        let mut closer: Vec<PeerId> = self.providers(dht, layout).await;
+        let mut closer: Vec<PeerId> = self.holders(dht, layout).await;
         closer.extend(dht.known().await.unwrap_or_default());
         closer.retain(|p| *p != me && distance(p, &object) < mine);
         closer.sort_by_key(|p| distance(p, &object));

@@ -20,6 +20,11 @@ pub struct StorageSection {
     /// Seconds between the repair worker's passes over the objects this node watches
     /// (default 60, 1 to 86400). Live.
     pub repair_interval_s: u64,
+    /// Most bytes per second the repair worker moves (shards read to rebuild chunks plus
+    /// shards written to peers, first placements included), so that repair never crowds out
+    /// the node's own traffic on a thin link (default 0: no limit; else at least 1 MiB/s).
+    /// Live.
+    pub repair_bytes_per_s: u64,
 }
 
 impl Default for StorageSection {
@@ -29,6 +34,7 @@ impl Default for StorageSection {
             durability: "4+2".into(),
             shard_budget_bytes: 8 << 30,
             repair_interval_s: 60,
+            repair_bytes_per_s: 0,
         }
     }
 }
@@ -41,6 +47,9 @@ impl StorageSection {
 }
 
 use ron_proto::layout::parse_durability;
+
+/// The lowest repair rate a node accepts (a chunk's turn stays within seconds).
+const MIN_REPAIR_RATE: u64 = 1 << 20;
 
 impl Section for StorageSection {
     const NAME: &'static str = "storage";
@@ -64,6 +73,30 @@ impl Section for StorageSection {
                 "must be between 1 and 86400",
             ));
         }
+        if self.repair_bytes_per_s != 0 && self.repair_bytes_per_s < MIN_REPAIR_RATE {
+            return Err(FieldError::new(
+                "repair_bytes_per_s",
+                "must be 0 (no limit) or at least 1048576",
+            ));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_repair_rate_is_none_or_at_least_a_mebibyte_per_second() {
+        let with = |rate| StorageSection {
+            repair_bytes_per_s: rate,
+            ..StorageSection::default()
+        };
+        assert!(with(0).validate().is_ok());
+        assert!(with(1 << 20).validate().is_ok());
+        let err = with(4096).validate().unwrap_err();
+        assert!(err.to_string().contains("repair_bytes_per_s"), "{err}");
     }
 }

@@ -132,6 +132,22 @@ impl Actor {
                     Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => Ok(HashSet::new()),
                     Err(kad::GetProvidersError::Timeout { .. }) => Err(DhtError::Timeout),
                 };
+                let me = *self.swarm.local_peer_id();
+                if let Some(lookup) = self.lookups.get_mut(&id)
+                    && let Some(all) = &mut lookup.whole
+                {
+                    if let Ok(providers) = &found {
+                        all.extend(providers.iter().filter(|p| **p != me));
+                    }
+                    if last {
+                        let result = match found {
+                            Err(e) if all.is_empty() => Err(e),
+                            _ => Ok(all.iter().copied().collect()),
+                        };
+                        self.answer(id, result);
+                    }
+                    return;
+                }
                 let found_some = found.as_ref().is_ok_and(|p| !p.is_empty());
                 if found_some || last {
                     self.lookup_part(id, found, false);
