@@ -516,31 +516,17 @@ impl OverlayHandle {
             .collect()
     }
 
-    /// The live holders of chunk `index`'s shards: providers looked up, each asked which it
-    /// holds (renewing their leases to `lease_s`; 0 renews nothing). This node counts when it
-    /// keeps a shard itself.
-    async fn census(&self, dht: &DhtHandle, chunk: &ChunkShards, lease_s: u32) -> Census {
-        let me = dht.peer_id();
-        let lookups = chunk.shards.iter().map(|shard| self.holders(dht, *shard));
-        let mut found: Vec<Vec<PeerId>> = futures_util::future::join_all(lookups).await;
-        for (i, shard) in chunk.shards.iter().enumerate() {
-            for peer in self.guard.placed_on(shard) {
-                if peer != me && !found[i].contains(&peer) {
-                    found[i].push(peer);
-                }
-            }
-        }
-        // A lookup can end empty while the network settles (peers just gone): once more.
-        let empty: Vec<usize> = (0..found.len()).filter(|i| found[*i].is_empty()).collect();
-        let again = empty.iter().map(|i| self.holders(dht, chunk.shards[*i]));
-        for (i, peers) in empty
-            .iter()
-            .zip(futures_util::future::join_all(again).await)
-        {
-            found[*i] = peers;
-        }
+    /// Asks each peer of `ask` (per shard, who may hold it) which of the shards named for
+    /// it it holds, renewing their leases to `lease_s`: per shard, the peers that do.
+    async fn probe(
+        &self,
+        dht: &DhtHandle,
+        chunk: &ChunkShards,
+        ask: &[Vec<PeerId>],
+        lease_s: u32,
+    ) -> Vec<Vec<PeerId>> {
         let mut asks: HashMap<PeerId, Vec<usize>> = HashMap::new();
-        for (i, peers) in found.iter().enumerate() {
+        for (i, peers) in ask.iter().enumerate() {
             for peer in peers {
                 asks.entry(*peer).or_default().push(i);
             }
@@ -557,6 +543,45 @@ impl OverlayHandle {
                     live[i].push(peer);
                 }
             }
+        }
+        live
+    }
+
+    /// The live holders of chunk `index`'s shards, each asked which it holds (renewing their
+    /// leases to `lease_s`; 0 renews nothing). The holders this node knows of (it placed or
+    /// counted them lately) are asked first; only shards none of them holds are looked up in
+    /// the DHT, so a pass over a whole object costs its holders one question each, and a
+    /// lookup only for what moved. This node counts when it keeps a shard itself.
+    async fn census(&self, dht: &DhtHandle, chunk: &ChunkShards, lease_s: u32) -> Census {
+        let me = dht.peer_id();
+        let remembered: Vec<Vec<PeerId>> = chunk
+            .shards
+            .iter()
+            .map(|shard| {
+                let mut peers = self.guard.placed_on(shard);
+                peers.retain(|p| *p != me);
+                peers
+            })
+            .collect();
+        let mut live = self.probe(dht, chunk, &remembered, lease_s).await;
+        let unknown: Vec<usize> = (0..live.len()).filter(|i| live[*i].is_empty()).collect();
+        if !unknown.is_empty() {
+            let lookups = unknown.iter().map(|i| self.holders(dht, chunk.shards[*i]));
+            let mut found = vec![Vec::new(); chunk.shards.len()];
+            for (i, mut peers) in unknown
+                .iter()
+                .zip(futures_util::future::join_all(lookups).await)
+            {
+                peers.retain(|p| !remembered[*i].contains(p));
+                found[*i] = peers;
+            }
+            let more = self.probe(dht, chunk, &found, lease_s).await;
+            for (i, peers) in more.into_iter().enumerate() {
+                live[i].extend(peers);
+            }
+        }
+        for (i, peers) in live.iter().enumerate() {
+            self.guard.remember(chunk.shards[i], peers.clone());
         }
         // Shards this node keeps for peers count too (a full copy is not a shard holder).
         let until = if lease_s == 0 {
@@ -1100,25 +1125,21 @@ impl OverlayHandle {
         }
     }
 
-    /// Whether this node repairs `object`: no live holder of its layout is closer to it.
-    /// A lookup may name only some providers of the layout, so the known peers closer to
-    /// the object than this node are asked too (the [`ELECTORATE`] closest of them): two
-    /// repairers of one object would move its bytes twice.
+    /// Whether this node repairs `object`: no live holder of its layout is closer to it
+    /// (every provider record of the layout the lookup finds, the [`ELECTORATE`] closest of
+    /// them asked at once): two repairers of one object would move its bytes twice.
     async fn is_repairer(&self, dht: &DhtHandle, object: Address, layout: Address) -> bool {
         let me = dht.peer_id();
         let mine = distance(&me, &object);
         let mut closer: Vec<PeerId> = self.holders(dht, layout).await;
-        closer.extend(dht.known().await.unwrap_or_default());
         closer.retain(|p| *p != me && distance(p, &object) < mine);
         closer.sort_by_key(|p| distance(p, &object));
         closer.dedup();
         closer.truncate(ELECTORATE);
-        for peer in closer {
-            if matches!(dht.hold(peer, vec![layout], 0).await.as_deref(), Ok([true])) {
-                return false;
-            }
-        }
-        true
+        let asks = closer.into_iter().map(|peer| async move {
+            matches!(dht.hold(peer, vec![layout], 0).await.as_deref(), Ok([true]))
+        });
+        !futures_util::future::join_all(asks).await.contains(&true)
     }
 }
 
@@ -1226,7 +1247,18 @@ impl Guard {
         }
     }
 
-    /// The peers this node placed `shard` on lately.
+    /// `shard`'s live holders, as a census just found them (none: forgotten).
+    fn remember(&self, shard: Address, peers: Vec<PeerId>) {
+        let mut placed = self.placed.lock().unwrap_or_else(PoisonError::into_inner);
+        let placed = placed.get_or_insert_with(|| lru::LruCache::new(PLACED_REMEMBERED));
+        if peers.is_empty() {
+            placed.pop(&shard);
+        } else {
+            placed.put(shard, peers);
+        }
+    }
+
+    /// The peers this node placed `shard` on lately, or last found holding it.
     fn placed_on(&self, shard: &Address) -> Vec<PeerId> {
         let mut placed = self.placed.lock().unwrap_or_else(PoisonError::into_inner);
         placed
