@@ -41,8 +41,11 @@ mod swarm;
 
 /// Answers from the node's store to peers' requests, queued for the actor.
 const SERVED: usize = 64;
-/// How long a lookup of every provider waits for its query to end once it has found some.
+/// How long a lookup of every provider waits for its query to end (once it has found some).
 const WHOLE_WAIT: Duration = Duration::from_secs(5);
+/// How long after its first finds a lookup of every provider waits for more: the closest
+/// peers' answers come in the first round; later rounds wait on slow or departed peers.
+const WHOLE_SETTLE: Duration = Duration::from_millis(750);
 /// Peer requests being read from the store at once; more are refused (503).
 const SERVING: usize = 64;
 /// Requests of one peer being answered at once; more are refused (429).
@@ -204,9 +207,10 @@ struct Lookup {
     /// Peers the query had asked, as of its last progress.
     asked: u32,
     hedged: bool,
-    /// For a lookup of every provider: those found so far (it answers at the query's end,
-    /// or [`WHOLE_WAIT`] after its start with what it has, if any).
-    whole: Option<HashSet<PeerId>>,
+    /// For a lookup of every provider: those found so far, and when the first were (it
+    /// answers at the query's end, [`WHOLE_SETTLE`] after its first finds, or [`WHOLE_WAIT`]
+    /// after its start with what it has, if anything).
+    whole: Option<(HashSet<PeerId>, Option<Instant>)>,
 }
 
 type Timer = Pin<Box<dyn Future<Output = u64> + Send>>;
@@ -293,6 +297,7 @@ impl Actor {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
                 _ = tick.tick() => {
+                    self.settle_whole();
                     if self.redial_at.is_some_and(|at| at <= Instant::now()) {
                         self.redial();
                     }
@@ -341,7 +346,7 @@ impl Actor {
                         parts: Parts::default(),
                         asked: 0,
                         hedged: false,
-                        whole: whole.then(HashSet::new),
+                        whole: whole.then(|| (HashSet::new(), None)),
                     },
                 );
                 // A whole lookup is not hedged: its timer ends its wait instead.

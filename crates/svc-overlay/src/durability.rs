@@ -750,6 +750,11 @@ impl OverlayHandle {
             .buffered(CENSUS_AT_ONCE);
         let mut counts = Vec::with_capacity(layout.chunks.len());
         let deadline = tokio::time::Instant::now() + CENSUS_BUDGET;
+        // The first chunk is counted whatever it takes (a state judged from no count at all
+        // would say nothing true); the others within the budget.
+        if let Some(count) = censuses.next().await {
+            counts.push(count);
+        }
         while let Ok(Some(count)) = tokio::time::timeout_at(deadline, censuses.next()).await {
             counts.push(count);
         }

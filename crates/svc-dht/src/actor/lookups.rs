@@ -36,6 +36,15 @@ impl Actor {
         let Some(lookup) = self.lookups.get_mut(&id) else {
             return;
         };
+        if let Some((found, _)) = &lookup.whole {
+            // A lookup of every provider is not hedged; its time is up: it answers with
+            // what it found, if anything (else it waits for its query's end).
+            if !found.is_empty() {
+                let providers = found.iter().copied().collect();
+                self.answer(id, Ok(providers));
+            }
+            return;
+        }
         if lookup.hedged {
             return;
         }
@@ -134,10 +143,13 @@ impl Actor {
                 };
                 let me = *self.swarm.local_peer_id();
                 if let Some(lookup) = self.lookups.get_mut(&id)
-                    && let Some(all) = &mut lookup.whole
+                    && let Some((all, first)) = &mut lookup.whole
                 {
                     if let Ok(providers) = &found {
                         all.extend(providers.iter().filter(|p| **p != me));
+                    }
+                    if first.is_none() && !all.is_empty() {
+                        *first = Some(Instant::now());
                     }
                     if last {
                         let result = match found {
@@ -171,6 +183,23 @@ impl Actor {
                 self.pump();
             }
             _ => {}
+        }
+    }
+
+    /// Answers the lookups of every provider whose first finds are [`WHOLE_SETTLE`] old.
+    pub(super) fn settle_whole(&mut self) {
+        let due: Vec<(u64, Vec<PeerId>)> = self
+            .lookups
+            .iter()
+            .filter_map(|(id, lookup)| {
+                let (found, first) = lookup.whole.as_ref()?;
+                first
+                    .is_some_and(|at| at.elapsed() >= WHOLE_SETTLE)
+                    .then(|| (*id, found.iter().copied().collect()))
+            })
+            .collect();
+        for (id, providers) in due {
+            self.answer(id, Ok(providers));
         }
     }
 
