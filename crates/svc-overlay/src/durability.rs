@@ -115,6 +115,10 @@ pub(crate) struct Guard {
     /// When the repair worker's bytes so far have been paid for at
     /// `storage.repair_bytes_per_s` (the next chunk's turn waits until then).
     paced: Mutex<Option<tokio::time::Instant>>,
+    /// Per watched object, the closer live holder of its layout that repairs it instead of
+    /// this node, as the last election found: asked first at the next (one question, no
+    /// lookup, while it lives).
+    deferred: Mutex<HashMap<Address, PeerId>>,
     /// Objects whose layout arrived lately, and until when their sender places them.
     settling: Mutex<HashMap<Address, tokio::time::Instant>>,
     wake: tokio::sync::Notify,
@@ -759,6 +763,17 @@ impl OverlayHandle {
             counts.push(count);
         }
         drop(censuses);
+        // A loss is counted twice before it is reported: a lookup that timed out counts no
+        // holder, and "lost" must not stand on one.
+        // (A few chunks: an object really lost has many such, and one confirmed is enough.)
+        let k = usize::from(layout.scheme.k);
+        let short: Vec<usize> = (0..counts.len())
+            .filter(|i| counts[*i] < k)
+            .take(3)
+            .collect();
+        for index in short {
+            counts[index] = self.census(&dht, &layout.chunks[index], 0).await.distinct();
+        }
         let peers = dht.known().await.map(|p| p.len()).unwrap_or(0);
         let whole = self.store.manifest(&object).await?.is_some();
         let starved = peers + 1 < layout.scheme.n();
@@ -1134,6 +1149,13 @@ impl OverlayHandle {
     /// (every provider record of the layout the lookup finds, the [`ELECTORATE`] closest of
     /// them asked at once): two repairers of one object would move its bytes twice.
     async fn is_repairer(&self, dht: &DhtHandle, object: Address, layout: Address) -> bool {
+        // The holder it was left to last time, while it still holds the layout: no lookup.
+        if let Some(peer) = self.guard.deferred_to(&object, None) {
+            if matches!(dht.hold(peer, vec![layout], 0).await.as_deref(), Ok([true])) {
+                return false;
+            }
+            self.guard.deferred_to(&object, Some(None));
+        }
         let me = dht.peer_id();
         let mine = distance(&me, &object);
         let mut closer: Vec<PeerId> = self.holders(dht, layout).await;
@@ -1141,10 +1163,21 @@ impl OverlayHandle {
         closer.sort_by_key(|p| distance(p, &object));
         closer.dedup();
         closer.truncate(ELECTORATE);
-        let asks = closer.into_iter().map(|peer| async move {
-            matches!(dht.hold(peer, vec![layout], 0).await.as_deref(), Ok([true]))
+        let asks = closer.iter().map(|peer| async move {
+            matches!(
+                dht.hold(*peer, vec![layout], 0).await.as_deref(),
+                Ok([true])
+            )
         });
-        !futures_util::future::join_all(asks).await.contains(&true)
+        let answers = futures_util::future::join_all(asks).await;
+        // The closest that holds it repairs (`closer` is sorted by distance).
+        match closer.iter().zip(answers).find(|(_, holds)| *holds) {
+            Some((peer, _)) => {
+                self.guard.deferred_to(&object, Some(Some(*peer)));
+                false
+            }
+            None => true,
+        }
     }
 }
 
@@ -1290,6 +1323,20 @@ impl Guard {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(object);
+        self.deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(object);
+    }
+
+    /// The peer `object`'s repair was left to last time, if any; `set` replaces it.
+    fn deferred_to(&self, object: &Address, set: Option<Option<PeerId>>) -> Option<PeerId> {
+        let mut deferred = self.deferred.lock().unwrap_or_else(PoisonError::into_inner);
+        match set {
+            None => deferred.get(object).copied(),
+            Some(Some(peer)) => deferred.insert(*object, peer),
+            Some(None) => deferred.remove(object),
+        }
     }
 }
 
