@@ -17,6 +17,8 @@ use support::{Node, config, data, ok_stdout};
 use tokio::time::{Instant, sleep};
 
 const NODES: usize = 8;
+/// Shards a node placed on peers.
+const PLACED: &str = "durability_shards_placed_total";
 /// A pass a second; repair paced at 8 MiB/s, so that a repairer can be caught mid-repair.
 const CONFIG: &str = "[storage]\nrepair_interval_s = 1\nrepair_bytes_per_s = 8388608\n";
 
@@ -70,6 +72,63 @@ fn still_damaged(file: &Path) -> bool {
     };
     let name = file.file_name().unwrap().to_string_lossy().to_string();
     !name.starts_with(&blake3::hash(&bytes).to_hex().to_string())
+}
+
+/// Rots every shard `holder` keeps on disk and waits until its scrub has dropped them all
+/// and the repairer has placed each again.
+async fn rot_and_replace(nodes: &[Option<Node>], holder: usize) {
+    let placed_before = placed(nodes, PLACED).await;
+    let rotten = damage_shards(&node(nodes, holder).data_dir);
+    assert!(!rotten.is_empty(), "node {holder} holds no shard");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while rotten.iter().any(|f| still_damaged(f)) {
+        assert!(
+            Instant::now() < deadline,
+            "damaged shards still kept: {rotten:?}"
+        );
+        sleep(Duration::from_millis(250)).await;
+    }
+    // (`/stat` may answer from the last pass, before the damage: count placements.)
+    while placed(nodes, PLACED).await < placed_before + rotten.len() as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "the {} dropped shards were not all placed again",
+            rotten.len()
+        );
+        sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Kills the uploader (node 0) and a shard holder (node 1), then the node that starts
+/// repairing, after its first placement and before it is done. Returns each node's
+/// placement count from before.
+async fn kill_the_repairer_mid_repair(nodes: &mut [Option<Node>], chunks: u64) -> Vec<f64> {
+    let mut placed_before = Vec::with_capacity(NODES);
+    for n in nodes.iter() {
+        placed_before.push(n.as_ref().unwrap().metric(PLACED).await);
+    }
+    for i in [0, 1] {
+        let mut gone = nodes[i].take().unwrap();
+        gone.child.kill().await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (repairer, placed) = 'found: loop {
+        for (i, before) in placed_before.iter().enumerate().skip(2) {
+            let placed = node(nodes, i).metric(PLACED).await - before;
+            if placed > 0.0 {
+                break 'found (i, placed);
+            }
+        }
+        assert!(Instant::now() < deadline, "no node started repairing");
+        sleep(Duration::from_millis(20)).await;
+    };
+    let mut gone = nodes[repairer].take().unwrap();
+    gone.child.kill().await.unwrap();
+    assert!(
+        placed < chunks as f64,
+        "node {repairer} had placed {placed} shards of {chunks} chunks: not mid-repair"
+    );
+    placed_before
 }
 
 fn state(d: &Value) -> &str {
@@ -141,27 +200,7 @@ async fn a_protected_object_outlives_its_uploader_is_repaired_and_is_lost_only_p
 
     // A holder whose shards rot on disk: its scrub finds them, drops them, and the
     // repairer places them again; the object is whole again on six holders.
-    let placed_series = "durability_shards_placed_total";
-    let placed_before = placed(&nodes, placed_series).await;
-    let rotten = damage_shards(&node(&nodes, 7).data_dir);
-    assert!(!rotten.is_empty(), "node 7 holds no shard");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while rotten.iter().any(|f| still_damaged(f)) {
-        assert!(
-            Instant::now() < deadline,
-            "damaged shards still kept: {rotten:?}"
-        );
-        sleep(Duration::from_millis(250)).await;
-    }
-    // (`/stat` may answer from the last pass, before the damage: count placements.)
-    while placed(&nodes, placed_series).await < placed_before + rotten.len() as f64 {
-        assert!(
-            Instant::now() < deadline,
-            "the {} dropped shards were not all placed again",
-            rotten.len()
-        );
-        sleep(Duration::from_millis(250)).await;
-    }
+    rot_and_replace(&nodes, 7).await;
     until(node(&nodes, 0), &addr, "damaged shards replaced", |d| {
         state(d) == "protected" && d["min_holders"] == 6
     })
@@ -176,31 +215,7 @@ async fn a_protected_object_outlives_its_uploader_is_repaired_and_is_lost_only_p
         node(&nodes, 0).metric("durability_shards_kept_total").await,
         0.0
     );
-    let mut placed_before = Vec::with_capacity(NODES);
-    for n in &nodes {
-        placed_before.push(n.as_ref().unwrap().metric(placed_series).await);
-    }
-    for i in [0, 1] {
-        let mut gone = nodes[i].take().unwrap();
-        gone.child.kill().await.unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (repairer, placed) = 'found: loop {
-        for (i, before) in placed_before.iter().enumerate().skip(2) {
-            let placed = node(&nodes, i).metric(placed_series).await - before;
-            if placed > 0.0 {
-                break 'found (i, placed);
-            }
-        }
-        assert!(Instant::now() < deadline, "no node started repairing");
-        sleep(Duration::from_millis(20)).await;
-    };
-    let mut gone = nodes[repairer].take().unwrap();
-    gone.child.kill().await.unwrap();
-    assert!(
-        placed < chunks as f64,
-        "node {repairer} had placed {placed} shards of {chunks} chunks: not mid-repair"
-    );
+    let placed_before = kill_the_repairer_mid_repair(&mut nodes, chunks).await;
     let live: Vec<usize> = (2..NODES).filter(|i| nodes[*i].is_some()).collect();
     let data_dir = dir.path().join("n8");
     config(&data_dir, CONFIG);
@@ -233,7 +248,7 @@ async fn a_protected_object_outlives_its_uploader_is_repaired_and_is_lost_only_p
     let mut resumed = 0.0;
     for (i, n) in nodes.iter().enumerate() {
         if let Some(n) = n {
-            resumed += n.metric(placed_series).await - placed_before.get(i).unwrap_or(&0.0);
+            resumed += n.metric(PLACED).await - placed_before.get(i).unwrap_or(&0.0);
         }
     }
     assert!(
