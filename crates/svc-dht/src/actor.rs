@@ -41,7 +41,7 @@ mod swarm;
 
 /// Answers from the node's store to peers' requests, queued for the actor.
 const SERVED: usize = 64;
-/// How long a lookup of every provider waits for its query to end (once it has found some).
+/// How long a lookup of every provider waits at most for its query to end.
 const WHOLE_WAIT: Duration = Duration::from_secs(5);
 /// How long after its first finds a lookup of every provider waits for more: the closest
 /// peers' answers come in the first round; later rounds wait on slow or departed peers.
@@ -61,8 +61,6 @@ const MAX_PACE: Duration = Duration::from_secs(10);
 const YAMUX_FRAME: usize = 64 * 1024;
 /// How long a transfer request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often the routing table is refreshed from the network.
-const REFRESH: Duration = Duration::from_secs(60);
 /// Provider announcements (Kademlia queries) running at once; the rest wait their turn.
 const ANNOUNCING: usize = 32;
 /// Provider records this node keeps, its own and others' (libp2p's default is 1,024).
@@ -80,6 +78,8 @@ const REDIAL_PEERS: usize = 16;
 /// libp2p reports the second failure in a row, and the connection is closed then (at the
 /// default 3 s interval a dead path is noticed within about 16 s).
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// QUIC's keep-alive at most this often (its idle timeout twice as long): libp2p's default.
+const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// What [`run`] builds a swarm from; cloned for each start under the supervisor.
 #[derive(Clone)]
@@ -209,7 +209,7 @@ struct Lookup {
     hedged: bool,
     /// For a lookup of every provider: those found so far, and when the first were (it
     /// answers at the query's end, [`WHOLE_SETTLE`] after its first finds, or [`WHOLE_WAIT`]
-    /// after its start with what it has, if anything).
+    /// after its start with what it has, even nothing).
     whole: Option<(HashSet<PeerId>, Option<Instant>)>,
 }
 
@@ -273,7 +273,6 @@ struct Actor {
 impl Actor {
     async fn run(mut self, shutdown: CancellationToken, commands: &mut mpsc::Receiver<Command>) {
         let (served_tx, mut served_rx) = mpsc::channel::<Served>(SERVED);
-        let mut refresh = tokio::time::interval(REFRESH);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut timers: FuturesUnordered<Timer> = FuturesUnordered::new();
         loop {
@@ -293,9 +292,6 @@ impl Actor {
                 Some(lookup) = timers.next() => self.hedge(lookup),
                 // Reap the answering reads (their answers come back through `served`).
                 Some(_) = self.answering.join_next(), if !self.answering.is_empty() => {}
-                _ = refresh.tick() => {
-                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                }
                 _ = tick.tick() => {
                     self.settle_whole();
                     if self.redial_at.is_some_and(|at| at <= Instant::now()) {
@@ -457,7 +453,15 @@ impl Actor {
                 tracing::warn!(%error, "a listener failed");
             }
             SwarmEvent::ConnectionEstablished { .. } => self.connected(),
-            SwarmEvent::ConnectionClosed { .. } => self.disconnected(),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.tell(PeerEvent::Left { peer: peer_id });
+                self.disconnected();
+            }
+            SwarmEvent::ConnectionClosed { .. } => {}
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
                 ..

@@ -158,6 +158,11 @@ pub enum PeerEvent {
         /// Which peer.
         peer: PeerId,
     },
+    /// The last connection to the peer closed (it left, failed its pings, or sat idle).
+    Left {
+        /// Which peer.
+        peer: PeerId,
+    },
 }
 
 /// What the swarm looks like now.
@@ -268,7 +273,7 @@ impl DhtHandle {
     }
 
     /// Every provider of `addr` the lookup finds, not only the first to answer: the query
-    /// runs to its end (or for at most a few seconds once it has found any). For counting
+    /// runs to its end (or for at most a few seconds). For counting
     /// who holds something, where a stale record answering first would hide a live one.
     pub async fn holders(&self, addr: Address) -> Result<Vec<PeerId>, DhtError> {
         let (tx, rx) = oneshot::channel();

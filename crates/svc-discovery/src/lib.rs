@@ -87,6 +87,8 @@ pub async fn run(
         tokio::select! {
             () = shutdown.cancelled() => break,
             event = events.recv() => match event {
+                // A departure changes nothing the table keeps (a peer's record ages).
+                Ok(PeerEvent::Left { .. }) => {}
                 Ok(event) if batch.len() < BATCH => batch.push(event),
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {

@@ -106,6 +106,7 @@ impl PeerTable {
                             seen.push(peer);
                         }
                     }
+                    PeerEvent::Left { .. } => {}
                     PeerEvent::Unreachable { peer } => {
                         let peer = peer.to_string();
                         let Some(mut record) = read(&peers, &peer)? else {

@@ -24,7 +24,16 @@ pub(super) fn build(
             muxer,
         )
         .map_err(|e| e.to_string())?
-        .with_quic()
+        .with_quic_config(|mut config| {
+            // QUIC's own keep-alive paced by the ping: a packet per connection every 5 s
+            // at the default interval, fewer when pings are rarer (thousands of idle
+            // connections on one host otherwise spend its cores on keep-alives).
+            let keep_alive = ping_every.div_f64(2.0).max(QUIC_KEEP_ALIVE);
+            config.keep_alive_interval = keep_alive;
+            config.max_idle_timeout =
+                u32::try_from((keep_alive * 2).as_millis()).unwrap_or(u32::MAX);
+            config
+        })
         .with_relay_client((tls::Config::new, noise::Config::new), muxer)
         .map_err(|e| e.to_string())?
         .with_behaviour(|key, relay_client| {
@@ -123,5 +132,8 @@ pub(super) fn muxer() -> yamux::Config {
 fn kad_config() -> kad::Config {
     let mut config = kad::Config::new(kad::PROTOCOL_NAME);
     config.set_record_filtering(kad::StoreInserts::FilterBoth);
+    // The routing table is refreshed by libp2p: every five minutes, and whenever it holds
+    // fewer than 20 peers (every query refreshes the buckets it passes through too).
+    config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
     config
 }
