@@ -345,7 +345,10 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let names = svc_index::Names::new(store.clone(), Some(dht.clone()));
     spawn_name_upkeep(&mut sup, &names);
     let overlay = spawn_overlay(&mut sup, store, &config, dht.clone(), &metrics, &auth);
-    spawn_guard(&mut sup, &overlay, &bus);
+    // The swarm's events: discovery keeps its peer table from them, the guard hears of
+    // departures.
+    let (peer_events, _) = tokio::sync::broadcast::channel(1024);
+    spawn_guard(&mut sup, &overlay, &bus, &peer_events);
     spawn_storage_upkeep(&mut sup, &overlay, &config);
     let p2p_status = spawn_peer_network(
         &mut sup,
@@ -356,6 +359,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         dht_mailbox,
         &overlay,
         &metrics,
+        peer_events,
     )?;
     let state = AppState {
         p2p_status: Some(p2p_status),
@@ -594,10 +598,20 @@ const REPUBLISH_NAMES: Duration = Duration::from_secs(30 * 60);
 
 /// The durability guard: places the shards of protected uploads, renews their leases and
 /// repairs what was lost (`svc_overlay::guard`).
-fn spawn_guard(sup: &mut Supervisor, overlay: &OverlayHandle, bus: &Bus) {
-    let (overlay, bus) = (overlay.clone(), bus.clone());
+fn spawn_guard(
+    sup: &mut Supervisor,
+    overlay: &OverlayHandle,
+    bus: &Bus,
+    events: &tokio::sync::broadcast::Sender<svc_dht::PeerEvent>,
+) {
+    let (overlay, bus, events) = (overlay.clone(), bus.clone(), events.clone());
     sup.spawn("durability", Duty::Background, move |ctx| {
-        svc_overlay::guard(overlay.clone(), bus.clone(), ctx.shutdown.clone())
+        svc_overlay::guard(
+            overlay.clone(),
+            bus.clone(),
+            Some(events.subscribe()),
+            ctx.shutdown.clone(),
+        )
     });
 }
 
@@ -636,6 +650,7 @@ fn spawn_peer_network(
     mailbox: supervisor::Mailbox<svc_dht::Command>,
     overlay: &OverlayHandle,
     metrics: &Metrics,
+    events: tokio::sync::broadcast::Sender<svc_dht::PeerEvent>,
 ) -> anyhow::Result<svc_gateway::PeerStatus> {
     let mut section = (*config.get::<svc_dht::P2pSection>()).clone();
     if !args.p2p_listen.is_empty() {
@@ -659,7 +674,6 @@ fn spawn_peer_network(
     }
     let mut bootstrap = args.bootstrap.clone();
     bootstrap.extend(svc_discovery::seed_addrs(&seeds));
-    let (events, _) = tokio::sync::broadcast::channel(1024);
     let setup = svc_dht::Setup {
         keypair: auth.identity().keypair().clone(),
         config: config.clone(),

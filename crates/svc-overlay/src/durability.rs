@@ -22,7 +22,7 @@ use ron_kernel::{Bus, KernelEvent};
 use ron_proto::layout::{self, ChunkShards, LAYOUT_VERSION, Layout, Scheme, shard_len};
 use ron_proto::{Address, ErrorKind};
 use serde::Serialize;
-use svc_dht::{DhtHandle, Keep, MAX_KEEP, PeerId, Role};
+use svc_dht::{DhtHandle, Keep, MAX_KEEP, PeerEvent, PeerId, Role};
 use svc_storage::{Lease, PutOptions, StorageSection, StoreError, erasure};
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +53,12 @@ const CHUNKS_AT_ONCE: usize = 2;
 const PROGRESS_EVERY: usize = 16;
 /// When a shard fetch has not answered by then, another shard is asked for too.
 const HEDGE_AFTER: Duration = Duration::from_millis(1500);
+/// Passes a repairer goes on before it holds its election again (a lookup of every holder
+/// of the layout): a closer holder appears only where a repairer placed a shard, and then
+/// the election is held at the next pass.
+const REELECT_PASSES: u32 = 10;
+/// Passes between two publications of an object's pointer to its layout by its repairer.
+const POINTER_PASSES: u32 = 30;
 
 /// An object's protection, as `/stat` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -121,6 +127,11 @@ pub(crate) struct Guard {
     deferred: Mutex<HashMap<Address, PeerId>>,
     /// Objects whose layout arrived lately, and until when their sender places them.
     settling: Mutex<HashMap<Address, tokio::time::Instant>>,
+    /// Per watched object, when this node last found itself its repairer (no closer live
+    /// holder of the layout).
+    elected: Mutex<HashMap<Address, tokio::time::Instant>>,
+    /// Per watched object, when this node last published its pointer to the layout.
+    published: Mutex<HashMap<Address, tokio::time::Instant>>,
     wake: tokio::sync::Notify,
     pub(crate) counters: Counters,
 }
@@ -521,13 +532,15 @@ impl OverlayHandle {
     }
 
     /// Asks each peer of `ask` (per shard, who may hold it) which of the shards named for
-    /// it it holds, renewing their leases to `lease_s`: per shard, the peers that do.
+    /// it it holds, renewing their leases to `lease_s` (and the lease of its copy of the
+    /// `layout`, when one is given): per shard, the peers that do.
     async fn probe(
         &self,
         dht: &DhtHandle,
         chunk: &ChunkShards,
         ask: &[Vec<PeerId>],
         lease_s: u32,
+        layout: Option<Address>,
     ) -> Vec<Vec<PeerId>> {
         let mut asks: HashMap<PeerId, Vec<usize>> = HashMap::new();
         for (i, peers) in ask.iter().enumerate() {
@@ -536,7 +549,9 @@ impl OverlayHandle {
             }
         }
         let probes = asks.into_iter().map(|(peer, shards)| async move {
-            let addrs = shards.iter().map(|i| chunk.shards[*i]).collect();
+            let mut addrs: Vec<Address> = shards.iter().map(|i| chunk.shards[*i]).collect();
+            addrs.extend(layout);
+            // The answer for the layout (last) is not a shard's: `zip` below leaves it.
             let held = dht.hold(peer, addrs, lease_s).await.unwrap_or_default();
             (peer, shards, held)
         });
@@ -555,8 +570,16 @@ impl OverlayHandle {
     /// leases to `lease_s`; 0 renews nothing). The holders this node knows of (it placed or
     /// counted them lately) are asked first; only shards none of them holds are looked up in
     /// the DHT, so a pass over a whole object costs its holders one question each, and a
-    /// lookup only for what moved. This node counts when it keeps a shard itself.
-    async fn census(&self, dht: &DhtHandle, chunk: &ChunkShards, lease_s: u32) -> Census {
+    /// lookup only for what moved. This node counts when it keeps a shard itself. With a
+    /// `layout`, every holder's copy of it (and this node's) is renewed too: the holders
+    /// keep what they need to read the object and to take its repair over.
+    async fn census(
+        &self,
+        dht: &DhtHandle,
+        chunk: &ChunkShards,
+        lease_s: u32,
+        layout: Option<Address>,
+    ) -> Census {
         let me = dht.peer_id();
         let remembered: Vec<Vec<PeerId>> = chunk
             .shards
@@ -567,7 +590,7 @@ impl OverlayHandle {
                 peers
             })
             .collect();
-        let mut live = self.probe(dht, chunk, &remembered, lease_s).await;
+        let mut live = self.probe(dht, chunk, &remembered, lease_s, layout).await;
         let unknown: Vec<usize> = (0..live.len()).filter(|i| live[*i].is_empty()).collect();
         if !unknown.is_empty() {
             let lookups = unknown.iter().map(|i| self.holders(dht, chunk.shards[*i]));
@@ -579,7 +602,7 @@ impl OverlayHandle {
                 peers.retain(|p| !remembered[*i].contains(p));
                 found[*i] = peers;
             }
-            let more = self.probe(dht, chunk, &found, lease_s).await;
+            let more = self.probe(dht, chunk, &found, lease_s, layout).await;
             for (i, peers) in more.into_iter().enumerate() {
                 live[i].extend(peers);
             }
@@ -593,12 +616,15 @@ impl OverlayHandle {
         } else {
             now() + u64::from(lease_s)
         };
+        let mut asked = chunk.shards.clone();
+        asked.extend(layout);
         let here = self
             .store
-            .renew_leased(chunk.shards.clone(), until)
+            .renew_leased(asked, until)
             .await
             .unwrap_or_default();
-        for (i, yes) in here.into_iter().enumerate() {
+        // (The answer for the layout, last, is not a shard's.)
+        for (i, yes) in here.into_iter().take(chunk.shards.len()).enumerate() {
             if yes {
                 live[i].push(me);
             }
@@ -711,7 +737,7 @@ impl OverlayHandle {
         for index in 0..layout.chunks.len() {
             let mut tries = 0;
             let bytes = loop {
-                let census = self.census(&dht, &layout.chunks[index], 0).await;
+                let census = self.census(&dht, &layout.chunks[index], 0, None).await;
                 match self.gather(&dht, &layout, index, &census.live).await {
                     Ok((bytes, _)) => break bytes,
                     // Too few shards answered: count again (holders may have been missed
@@ -749,7 +775,7 @@ impl OverlayHandle {
         let mut censuses = futures_util::stream::iter(layout.chunks.clone())
             .map(|chunk| {
                 let (this, dht) = (self.clone(), dht.clone());
-                async move { this.census(&dht, &chunk, 0).await.distinct() }
+                async move { this.census(&dht, &chunk, 0, None).await.distinct() }
             })
             .buffered(CENSUS_AT_ONCE);
         let mut counts = Vec::with_capacity(layout.chunks.len());
@@ -772,7 +798,10 @@ impl OverlayHandle {
             .take(3)
             .collect();
         for index in short {
-            counts[index] = self.census(&dht, &layout.chunks[index], 0).await.distinct();
+            counts[index] = self
+                .census(&dht, &layout.chunks[index], 0, None)
+                .await
+                .distinct();
         }
         let peers = dht.known().await.map(|p| p.len()).unwrap_or(0);
         let whole = self.store.manifest(&object).await?.is_some();
@@ -915,13 +944,17 @@ impl OverlayHandle {
             .min(layout.chunks.len());
         let local = self.open(object).await.ok().flatten();
         let me = dht.peer_id();
-        let mut candidates: Vec<PeerId> = dht
-            .known()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| *p != me)
-            .collect();
+        // Peers connected now first (a peer only in the routing table may be gone, and a
+        // dial to it takes seconds to fail), the others when those are too few.
+        let mut candidates: Vec<PeerId> = dht.connected().await.unwrap_or_default();
+        candidates.retain(|p| *p != me);
+        if candidates.len() < layout.scheme.n() * 2 {
+            for peer in dht.known().await.unwrap_or_default() {
+                if peer != me && !candidates.contains(&peer) {
+                    candidates.push(peer);
+                }
+            }
+        }
         candidates.sort();
         if candidates.is_empty() {
             // No peer to place on: nothing is counted or moved until one is known (leases
@@ -961,13 +994,18 @@ impl OverlayHandle {
             }
         }
         drop(turns);
-        self.store.set_progress(object, None).await?;
+        if start > 0 || layout.chunks.len() > PROGRESS_EVERY {
+            self.store.set_progress(object, None).await?;
+        }
         // Keep the pointer from the object to its layout fresh in the DHT.
-        if let Err(e) = dht
-            .put_record(layout::record_key(&object), layout_addr.as_bytes().to_vec())
-            .await
+        let every = self.repair_interval() * POINTER_PASSES;
+        if Guard::due(&self.guard.published, &object, every)
+            && let Err(e) = dht
+                .put_record(layout::record_key(&object), layout_addr.as_bytes().to_vec())
+                .await
         {
             tracing::debug!(%object, error = %e, "cannot publish the layout pointer");
+            Guard::undo(&self.guard.published, &object);
         }
         Ok(Some(judge(
             &layout,
@@ -990,7 +1028,9 @@ impl OverlayHandle {
     ) -> Result<(usize, bool), OverlayError> {
         let (layout, object) = (m.layout, m.object);
         let chunk = &layout.chunks[index];
-        let census = self.census(m.dht, chunk, m.lease_s).await;
+        let census = self
+            .census(m.dht, chunk, m.lease_s, Some(m.layout_addr))
+            .await;
         let count = census.distinct();
         if !repair || count >= layout.scheme.n() {
             return Ok((count, false));
@@ -1100,7 +1140,12 @@ impl OverlayHandle {
                 placed.push((shard, peer));
             }
         }
+        let mine = distance(&me, &object);
         for (shard, peer) in &placed {
+            if distance(peer, &object) < mine {
+                // A holder closer to the object than this node: it may repair it from now.
+                Guard::undo(&self.guard.elected, &object);
+            }
             self.guard.note_placed(chunk.shards[*shard], *peer);
             c.shards_placed.fetch_add(1, Ordering::Relaxed);
             c.repair_bytes_written
@@ -1109,6 +1154,7 @@ impl OverlayHandle {
         if m.local.is_none() && !placed.is_empty() {
             c.repairs.fetch_add(1, Ordering::Relaxed);
         }
+        tracing::info!(%object, chunk = index, holders = count, missing = missing.len(), placed = placed.len(), "mended a chunk");
         Ok((count + placed.len(), placed.len() < missing.len()))
     }
 
@@ -1156,6 +1202,11 @@ impl OverlayHandle {
             }
             self.guard.deferred_to(&object, Some(None));
         }
+        // Elected lately, and placed nothing closer since: still the repairer.
+        let every = self.repair_interval() * REELECT_PASSES;
+        if !Guard::due(&self.guard.elected, &object, every) {
+            return true;
+        }
         let me = dht.peer_id();
         let mine = distance(&me, &object);
         let mut closer: Vec<PeerId> = self.holders(dht, layout).await;
@@ -1174,9 +1225,27 @@ impl OverlayHandle {
         match closer.iter().zip(answers).find(|(_, holds)| *holds) {
             Some((peer, _)) => {
                 self.guard.deferred_to(&object, Some(Some(*peer)));
+                Guard::undo(&self.guard.elected, &object);
                 false
             }
             None => true,
+        }
+    }
+}
+
+/// The next peer to leave, from the swarm's events (`None` when some events were missed);
+/// pending forever without them.
+async fn left(peers: &mut Option<tokio::sync::broadcast::Receiver<PeerEvent>>) -> Option<PeerId> {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let Some(events) = peers.as_mut() else {
+            return std::future::pending().await;
+        };
+        match events.recv().await {
+            Ok(PeerEvent::Left { peer }) => return Some(peer),
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return None,
+            Err(RecvError::Closed) => *peers = None,
         }
     }
 }
@@ -1313,9 +1382,54 @@ impl Guard {
             .map_or(0, |(d, ..)| d.min_holders)
     }
 
+    /// Whether this node counts on the peer that left (`None`: who left is unknown): a holder
+    /// it found or placed a shard on, or the holder it left a repair to. Either is
+    /// forgotten: the next census looks its shards up instead of waiting on it, and the
+    /// next pass holds the election instead of asking it.
+    fn counts_on(&self, left: Option<PeerId>) -> bool {
+        let Some(peer) = left else { return true };
+        let mut deferred = self.deferred.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = deferred.len();
+        deferred.retain(|_, p| *p != peer);
+        let mut counted = deferred.len() < before;
+        drop(deferred);
+        let mut placed = self.placed.lock().unwrap_or_else(PoisonError::into_inner);
+        for (_, holders) in placed.iter_mut().flat_map(|p| p.iter_mut()) {
+            let before = holders.len();
+            holders.retain(|p| *p != peer);
+            counted |= holders.len() < before;
+        }
+        counted
+    }
+
     /// Wakes the guard for a pass now (an upload to protect).
     pub(crate) fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Whether the event `at` keeps for `object` last happened longer than `every` ago (or
+    /// never); when it did, it is recorded as happening now.
+    fn due(
+        at: &Mutex<HashMap<Address, tokio::time::Instant>>,
+        object: &Address,
+        every: Duration,
+    ) -> bool {
+        let mut at = at.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = tokio::time::Instant::now();
+        match at.get(object) {
+            Some(last) if now.duration_since(*last) < every => false,
+            _ => {
+                at.insert(*object, now);
+                true
+            }
+        }
+    }
+
+    /// Forgets when the event `at` keeps for `object` last happened (it is due again).
+    fn undo(at: &Mutex<HashMap<Address, tokio::time::Instant>>, object: &Address) {
+        at.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(object);
     }
 
     fn forget(&self, object: &Address) {
@@ -1323,6 +1437,8 @@ impl Guard {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(object);
+        Guard::undo(&self.elected, object);
+        Guard::undo(&self.published, object);
         self.deferred
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1341,12 +1457,15 @@ impl Guard {
 }
 
 /// The guard: a pass over every watched object now and then (`storage.repair_interval_s`,
-/// live) or when woken, and the collection of blobs whose lease ran out. Publishes a
-/// `Health` event for `durability` when an object becomes degraded or lost, and when all
-/// are well again. Run it under the supervisor.
+/// live) or when woken, and the collection of blobs whose lease ran out. `peers` (the
+/// swarm's events) wakes it at once when a peer it counts on leaves: a shard holder of an
+/// object it repairs, or the holder it left a repair to. Publishes a `Health` event for
+/// `durability` when an object becomes degraded or lost, and when all are well again. Run
+/// it under the supervisor.
 pub async fn guard(
     overlay: OverlayHandle,
     bus: Bus,
+    mut peers: Option<tokio::sync::broadcast::Receiver<PeerEvent>>,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let Some(dht) = overlay.dht().cloned() else {
@@ -1357,10 +1476,18 @@ pub async fn guard(
     // A first pass soon after start, once peers are likely connected.
     let mut wait = Duration::from_secs(3);
     loop {
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = overlay.guard.wake.notified() => {}
-            () = shutdown.cancelled() => return Ok(()),
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                () = overlay.guard.wake.notified() => break,
+                () = shutdown.cancelled() => return Ok(()),
+                event = left(&mut peers) => if overlay.guard.counts_on(event) {
+                    tracing::debug!(peer = ?event, "a peer this node counts on left: a pass now");
+                    break;
+                },
+            }
         }
         let storage = overlay.storage().unwrap_or_default();
         wait = Duration::from_secs(storage.repair_interval_s);
@@ -1401,7 +1528,9 @@ pub async fn guard(
                 return Ok(());
             }
             let began = tokio::time::Instant::now();
-            match overlay.watch_over(&dht, object, layout, lease_s).await {
+            let result = overlay.watch_over(&dht, object, layout, lease_s).await;
+            tracing::debug!(%object, took = ?began.elapsed(), "a pass over an object");
+            match result {
                 Ok(Some(durability)) => {
                     let state = durability.state;
                     let before = overlay
