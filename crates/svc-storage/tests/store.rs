@@ -521,7 +521,8 @@ async fn a_truncated_chunk_file_is_an_error_not_short_or_wrong_bytes() {
 #[tokio::test]
 async fn refused_and_abandoned_uploads_leave_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), CpuPool::new(2)).unwrap();
+    let pool = CpuPool::new(2);
+    let store = Store::open(dir.path(), pool.clone()).unwrap();
     let bytes = data(9 << 20, 11);
 
     let wrong = PutOptions {
@@ -555,7 +556,14 @@ async fn refused_and_abandoned_uploads_leave_nothing() {
     ));
 
     // A chunk write already on the CPU pool when the writer was dropped finishes there and
-    // then removes its file: wait for it (bounded), then nothing may be left.
+    // then removes its file: wait for it. Two jobs that must run at the same time hold both
+    // of the pool's permits, which they get only once every job started before them ended
+    // (a wait for "no chunk file" alone could end before that write created its file).
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let (a, b) = (barrier.clone(), barrier);
+    let (first, second) = tokio::join!(pool.run(move || a.wait()), pool.run(move || b.wait()));
+    first.unwrap();
+    second.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !chunk_files(dir.path()).is_empty() && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
