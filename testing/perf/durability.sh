@@ -8,8 +8,9 @@
 #          time until `/stat` says `protected` (every chunk's six shards placed on six distinct
 #          peers, each verified, fsynced and announced by its keeper): the cost of protection
 #          against a plain PUT of the same bytes, medians of RUNS.
-# repair:  the uploader and two shard holders are killed; the time until a surviving node's
-#          `/stat` says `protected` again with six holders per chunk, and the bytes the guards
+# repair:  the uploader and two shard holders are killed; the time until the last byte the
+#          survivors' repair moves (then a surviving node's `/stat` must say `protected`
+#          again with six holders per chunk), and the bytes the guards
 #          moved (durability_repair_read_bytes_total + durability_repair_written_bytes_total
 #          over all nodes) against the minimum: for every chunk that lost shards, k shards
 #          read plus the lost ones written (computed from every layout the peers keep and
@@ -118,7 +119,17 @@ moved() { local s=0; for i in "$@"; do
 SURVIVORS=(3 4 5 6 7 8)
 BEFORE=$(moved "${SURVIVORS[@]}")
 kill "${PIDS[0]}" "${PIDS[1]}" "${PIDS[2]}"
-t0=$(now); sleep 1; wait_protected 3 "$A"; t1=$(now)
+# Done when the survivors' repair counters have stood still for 5 s after moving something,
+# and node 3 says protected again: its `/stat` alone may still show the census from before
+# the kill. The time is that of the last byte moved.
+t0=$(now); t1=$t0; last=$BEFORE; still=0
+for _ in $(seq 600); do
+  sleep 1
+  m=$(moved "${SURVIVORS[@]}")
+  if [ "$m" != "$last" ]; then last=$m; t1=$(now); still=0; else still=$((still + 1)); fi
+  [ "$still" -ge 5 ] && [ "$last" != "$BEFORE" ] && break
+done
+wait_protected 3 "$A"
 AFTER=$(moved "${SURVIVORS[@]}")
 for i in "${SURVIVORS[@]}"; do
   echo "node $i: $(curl -sf "$(url "$i")/metrics" | grep -E '^durability_(repair|repairs|shards)' | tr '\n' ' ')" >&2
