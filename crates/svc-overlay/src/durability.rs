@@ -994,7 +994,8 @@ impl OverlayHandle {
             }
         }
         drop(turns);
-        if start > 0 || layout.chunks.len() > PROGRESS_EVERY {
+        // A record is left only by a pass that began from one or wrote one (at chunk 16, 32…).
+        if start > 0 || layout.chunks.len() >= PROGRESS_EVERY {
             self.store.set_progress(object, None).await?;
         }
         // Keep the pointer from the object to its layout fresh in the DHT.
