@@ -101,6 +101,36 @@ impl SigningKey {
     pub(crate) fn pair(&self) -> &KeyPair {
         &self.pair
     }
+
+    /// The 32 bytes of the public half.
+    pub fn public_bytes(&self) -> [u8; 32] {
+        let bytes = self.pair.public().to_bytes();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&bytes[..32.min(bytes.len())]);
+        out
+    }
+
+    /// An Ed25519 signature of `message` (RFC 8032, deterministic).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        let secret =
+            libp2p_identity::ed25519::SecretKey::try_from_bytes(self.secret_bytes().to_vec());
+        // A key this type holds is always 32 valid secret bytes.
+        let Ok(secret) = secret else {
+            return [0u8; 64];
+        };
+        let pair = libp2p_identity::ed25519::Keypair::from(secret);
+        let mut out = [0u8; 64];
+        out.copy_from_slice(&pair.sign(message));
+        out
+    }
+}
+
+/// Whether `sig` is the Ed25519 signature of `message` by the public key `public` (its 32
+/// bytes); a malformed key or signature does not verify.
+pub fn verify_signature(public: &[u8; 32], message: &[u8], sig: &[u8]) -> bool {
+    sig.len() == 64
+        && libp2p_identity::ed25519::PublicKey::try_from_bytes(public)
+            .is_ok_and(|key| key.verify(message, sig))
 }
 
 impl fmt::Debug for SigningKey {

@@ -30,7 +30,8 @@ mod verify;
 
 pub use config::AuthSection;
 pub use keys::{
-    KeyError, NodeIdentity, SigningKey, key_id, parse_public, public_text, write_secret,
+    KeyError, NodeIdentity, SigningKey, key_id, parse_public, public_text, verify_signature,
+    write_secret,
 };
 pub use ring::{KeyRing, Maintenance, RingKey};
 pub use verify::{Auth, Charge, Denied, Grant, Request, unix_now};

@@ -16,11 +16,10 @@
 //! assert!(read.supersedes(None));
 //! ```
 
-use libp2p_identity::ed25519;
 use ron_proto::Address;
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{SigningKey, parse_public, public_text};
+use crate::keys::{SigningKey, parse_public, public_text, verify_signature};
 
 /// The record format version this crate writes.
 pub const NAME_VERSION: u32 = 1;
@@ -101,10 +100,7 @@ impl NameRecord {
         }
         let name = public_text(&key.public());
         let public = name_bytes(&name)?;
-        let secret = ed25519::SecretKey::try_from_bytes(key.secret_bytes().to_vec())
-            .map_err(|_| NameError::Key)?;
-        let pair = ed25519::Keypair::from(secret);
-        let sig = pair.sign(&signed_bytes(&public, &target, seq, ttl_s));
+        let sig = key.sign(&signed_bytes(&public, &target, seq, ttl_s));
         Ok(Self {
             ron_name: NAME_VERSION,
             key: name,
@@ -125,13 +121,11 @@ impl NameRecord {
             return Err(NameError::Ttl);
         }
         let sig = hex::decode(&self.sig).map_err(|_| NameError::Signature)?;
-        let key = ed25519::PublicKey::try_from_bytes(&public).map_err(|_| NameError::Key)?;
-        if sig.len() != 64
-            || !key.verify(
-                &signed_bytes(&public, &self.target, self.seq, self.ttl_s),
-                &sig,
-            )
-        {
+        if !verify_signature(
+            &public,
+            &signed_bytes(&public, &self.target, self.seq, self.ttl_s),
+            &sig,
+        ) {
             return Err(NameError::Signature);
         }
         Ok(())

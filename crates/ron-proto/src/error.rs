@@ -42,11 +42,14 @@ pub enum ErrorKind {
     Damaged,
     /// A deadline passed (504).
     Timeout,
+    /// There is no room to keep what was sent (507): a full mailbox, a full disk. Retry
+    /// once room is made.
+    InsufficientStorage,
 }
 
 impl ErrorKind {
     /// Every kind, in status order.
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         Self::BadInput,
         Self::Unauthorized,
         Self::PaymentRequired,
@@ -62,6 +65,7 @@ impl ErrorKind {
         Self::Overloaded,
         Self::Damaged,
         Self::Timeout,
+        Self::InsufficientStorage,
     ];
 
     /// The HTTP status for this kind, which is also its OAP/1 frame `code`.
@@ -81,6 +85,7 @@ impl ErrorKind {
             Self::Internal => 500,
             Self::Overloaded | Self::Damaged => 503,
             Self::Timeout => 504,
+            Self::InsufficientStorage => 507,
         }
     }
 
@@ -103,6 +108,7 @@ impl ErrorKind {
             Self::Overloaded => "overloaded",
             Self::Damaged => "damaged",
             Self::Timeout => "timeout",
+            Self::InsufficientStorage => "insufficient_storage",
         }
     }
 
@@ -295,6 +301,7 @@ mod tests {
                 (503, "overloaded"),
                 (503, "damaged"),
                 (504, "timeout"),
+                (507, "insufficient_storage"),
             ]
         );
     }

@@ -350,6 +350,10 @@ impl OverlayHandle {
         let (Some(net), Some(storage)) = (self.net.as_ref(), self.storage()) else {
             return Err((ErrorKind::Forbidden, "no peer network".into()));
         };
+        if keep.role == Role::Mail {
+            // Mail goes to the node's mailbox service, which the node wires in front of this.
+            return Err((ErrorKind::Forbidden, "this node hosts no mailboxes".into()));
+        }
         if !net.peers_may_read() || storage.shard_budget_bytes == 0 {
             return Err((
                 ErrorKind::Forbidden,

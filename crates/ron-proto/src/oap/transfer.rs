@@ -42,6 +42,10 @@ pub enum Role {
     Shard,
     /// The layout of a protected object (the keeper then watches over the object too).
     Layout,
+    /// A mail envelope for a mailbox the peer hosts (its address is the message id; `object`
+    /// is the same, `lease_s` 0): answered once the envelope is durable in the recipient's
+    /// queue, or refused (507 `mailbox_full`, 403 when the peer hosts no such mailbox).
+    Mail,
 }
 
 /// A `keep` request: a blob to hold for the sender, under a lease.
