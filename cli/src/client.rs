@@ -198,7 +198,10 @@ impl Target {
 
 impl Target {
     /// Sends `req` with the token: the node's answer, whatever it is.
-    async fn raw(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    pub(crate) async fn raw(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
         self.authorized(req)
             .send()
             .await
@@ -206,14 +209,17 @@ impl Target {
     }
 
     /// Sends `req` with the token: the node's answer, checked (a refusal is a one-line error).
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    pub(crate) async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
         let res = self.raw(req).await?;
         self.check(res).await
     }
 
     /// The answer's JSON, or `None` when the node answers 404; any other refusal is a
     /// one-line error.
-    async fn json_unless_missing(
+    pub(crate) async fn json_unless_missing(
         &self,
         req: reqwest::RequestBuilder,
     ) -> anyhow::Result<Option<serde_json::Value>> {
@@ -231,7 +237,10 @@ impl Target {
     }
 
     /// [`Target::send`], and the answer's JSON.
-    async fn json(&self, req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+    pub(crate) async fn json(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<serde_json::Value> {
         self.send(req)
             .await?
             .json()
@@ -279,12 +288,12 @@ async fn check(res: reqwest::Response) -> anyhow::Result<reqwest::Response> {
     }
 }
 
-fn parse_addr(text: &str) -> anyhow::Result<Address> {
+pub(crate) fn parse_addr(text: &str) -> anyhow::Result<Address> {
     text.parse::<Address>()
         .with_context(|| format!("{text:?} is not a b3: address"))
 }
 
-fn base(node: &Target) -> &str {
+pub(crate) fn base(node: &Target) -> &str {
     &node.url
 }
 

@@ -4,6 +4,7 @@
 mod auth;
 mod client;
 mod logging;
+mod mail;
 mod node;
 mod p2p;
 mod tree;
@@ -125,6 +126,9 @@ enum Command {
     /// Mutable names: `ed25519/<hex>` (a key of yours) pointing at an address.
     #[command(subcommand)]
     Name(NameCommand),
+    /// End-to-end encrypted mail: register, send, recv, ack, receipts.
+    #[command(subcommand)]
+    Mail(mail::MailCommand),
     /// The node's peer network: its PeerId, the addresses others bootstrap from, and the
     /// peers connected now.
     Peers,
@@ -255,6 +259,7 @@ fn main() -> ExitCode {
             Command::Name(NameCommand::Resolve { name, json, creds }) => {
                 client::name_resolve(&target(&creds)?, &name, json).await
             }
+            Command::Mail(cmd) => mail::run(cmd, node).await,
             Command::Console { no_open, creds } => client::console(&target(&creds)?, !no_open),
             Command::Peers => client::peers(node).await,
             Command::Key(cmd) => auth::key(cmd, node).await,

@@ -143,6 +143,7 @@ fn config_builder(data_dir: &Path, file: Option<&Path>) -> ron_kernel::config::B
         .register::<OapSection>()
         .register::<ron_transport::limits::LimitsSection>()
         .register::<svc_dht::P2pSection>()
+        .register::<svc_mailbox::MailSection>()
 }
 
 /// A node's config read by a command that works on its data dir without running it.
@@ -350,6 +351,11 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let (peer_events, _) = tokio::sync::broadcast::channel(1024);
     spawn_guard(&mut sup, &overlay, &bus, &peer_events);
     spawn_storage_upkeep(&mut sup, &overlay, &config);
+    let mail = spawn_mailbox(&mut sup, &args, &config, &dht, &metrics)?;
+    let source: Arc<dyn svc_dht::Source> = Arc::new(crate::p2p::NodeSource {
+        overlay: overlay.peer_source(),
+        mail: mail.clone(),
+    });
     let p2p_status = spawn_peer_network(
         &mut sup,
         &args,
@@ -357,7 +363,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         &auth,
         &dht,
         dht_mailbox,
-        &overlay,
+        source,
         &metrics,
         peer_events,
     )?;
@@ -376,6 +382,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         },
         overlay,
         names,
+        mail: Some(mail),
     };
     let bound = spawn_edges(&mut sup, listeners, state)?;
     health.mark_started();
@@ -615,6 +622,31 @@ fn spawn_guard(
     });
 }
 
+/// The mailbox service under the supervisor: its store is `<data dir>/mail.redb` (in memory
+/// under `--amnesia`).
+fn spawn_mailbox(
+    sup: &mut Supervisor,
+    args: &NodeArgs,
+    config: &Config,
+    dht: &svc_dht::DhtHandle,
+    metrics: &Metrics,
+) -> anyhow::Result<svc_mailbox::Mailbox> {
+    let queues = if args.amnesia {
+        svc_mailbox::queue::Queues::in_memory()?
+    } else {
+        let path = args.dir.data_dir.join("mail.redb");
+        svc_mailbox::queue::Queues::open(&path)
+            .with_context(|| format!("cannot open the mailbox store {}", path.display()))?
+    };
+    let mail = svc_mailbox::Mailbox::new(queues, config.clone(), Some(dht.clone()));
+    mail.register_metrics(metrics);
+    let service = mail.clone();
+    sup.spawn("mailbox", Duty::Background, move |ctx| {
+        service.clone().run(ctx.shutdown)
+    });
+    Ok(mail)
+}
+
 /// Publishes the names this node keeps again: soon after start (once peers are likely
 /// connected), then every [`REPUBLISH_NAMES`].
 fn spawn_name_upkeep(sup: &mut Supervisor, names: &svc_index::Names) {
@@ -648,7 +680,7 @@ fn spawn_peer_network(
     auth: &ron_auth::Auth,
     dht: &svc_dht::DhtHandle,
     mailbox: supervisor::Mailbox<svc_dht::Command>,
-    overlay: &OverlayHandle,
+    source: Arc<dyn svc_dht::Source>,
     metrics: &Metrics,
     events: tokio::sync::broadcast::Sender<svc_dht::PeerEvent>,
 ) -> anyhow::Result<svc_gateway::PeerStatus> {
@@ -679,11 +711,12 @@ fn spawn_peer_network(
         config: config.clone(),
         section,
         bootstrap,
-        source: overlay.peer_source(),
+        source,
         metrics: dht.metrics().clone(),
         events: Some(events.clone()),
-        // Peers' records are kept only when they are valid names, never older than held.
-        records: Arc::new(svc_index::NamePolicy),
+        // Peers' records are kept only when they are valid names, layout pointers or mail
+        // records, never older than held.
+        records: Arc::new(crate::p2p::NodeRecords),
     };
     sup.spawn_actor("dht", Duty::Background, mailbox, move |ctx, mailbox| {
         svc_dht::run(ctx.shutdown, mailbox, setup.clone())

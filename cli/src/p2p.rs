@@ -60,3 +60,60 @@ pub(crate) fn status(dht: DhtHandle, table: Arc<PeerTable>) -> svc_gateway::Peer
         .boxed()
     }))
 }
+
+/// What peers read and keep on this node: the overlay's objects and blobs, and mail for the
+/// mailboxes kept here (`keep` with role `mail`), which goes to the mailbox service.
+pub(crate) struct NodeSource {
+    pub(crate) overlay: Arc<dyn svc_dht::Source>,
+    pub(crate) mail: svc_mailbox::Mailbox,
+}
+
+impl svc_dht::Source for NodeSource {
+    fn size(
+        &self,
+        addr: ron_proto::Address,
+    ) -> futures_util::future::BoxFuture<'static, Option<u64>> {
+        self.overlay.size(addr)
+    }
+
+    fn encoded(
+        &self,
+        addr: ron_proto::Address,
+        start: u64,
+        end: u64,
+    ) -> futures_util::future::BoxFuture<'static, Result<Option<(u64, bytes::Bytes)>, String>> {
+        self.overlay.encoded(addr, start, end)
+    }
+
+    fn keep(
+        &self,
+        peer: svc_dht::PeerId,
+        keep: svc_dht::Keep,
+    ) -> futures_util::future::BoxFuture<'static, Result<u32, (ron_proto::ErrorKind, String)>> {
+        if keep.role == svc_dht::Role::Mail {
+            let mail = self.mail.clone();
+            return async move { mail.accept_from_peer(peer.to_string(), keep).await }.boxed();
+        }
+        self.overlay.keep(peer, keep)
+    }
+
+    fn hold(
+        &self,
+        addrs: Vec<ron_proto::Address>,
+        lease_s: u32,
+    ) -> futures_util::future::BoxFuture<'static, (Vec<bool>, u32)> {
+        self.overlay.hold(addrs, lease_s)
+    }
+}
+
+/// The records this node keeps for peers: names and layout pointers
+/// ([`svc_index::NamePolicy`]), and mail records (valid, never older than held).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct NodeRecords;
+
+impl svc_dht::RecordPolicy for NodeRecords {
+    fn accept(&self, key: &[u8], value: &[u8], current: Option<&[u8]>) -> bool {
+        svc_index::NamePolicy.accept(key, value, current)
+            || svc_mailbox::record::MailRecord::acceptable(key, value, current)
+    }
+}

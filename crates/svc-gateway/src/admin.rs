@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use ron_kernel::{Config, HealthState, Metrics};
 use ron_proto::{ErrorBody, ErrorKind};
 use serde::Deserialize;
@@ -67,6 +67,8 @@ pub struct AppState {
     pub overlay: svc_overlay::OverlayHandle,
     /// The name resolver.
     pub names: svc_index::Names,
+    /// The mailbox service, when mail is on.
+    pub mail: Option<svc_mailbox::Mailbox>,
     /// Byte counters.
     pub traffic: Traffic,
     /// Identity and capabilities.
@@ -115,6 +117,13 @@ pub fn router(state: AppState) -> Router {
         .route("/n/ed25519/{hex}", get(crate::names::follow))
         .route("/n/ed25519/{hex}/", get(crate::names::follow))
         .route("/n/ed25519/{hex}/{*path}", get(crate::names::follow))
+        .route("/mail/node", get(crate::mail::node))
+        .route("/mail/register", put(crate::mail::register))
+        .route("/mail/record/ed25519/{hex}", get(crate::mail::record))
+        .route("/mail/send", post(crate::mail::send))
+        .route("/mail/fetch", post(crate::mail::fetch))
+        .route("/mail/msg/{id}", get(crate::mail::message))
+        .route("/mail/ack", post(crate::mail::ack))
         .route("/objects", get(crate::objects::list))
         .route("/gc", post(crate::objects::gc))
         .route(
@@ -204,6 +213,7 @@ async fn status(State(state): State<Shared>) -> Response {
         },
         "storage": storage,
         "p2p": p2p,
+        "mail": state.mail.as_ref().map(svc_mailbox::Mailbox::status),
         "index": {"hits": index.hits, "misses": index.misses, "cached": index.cached},
         "version": state.extra.version,
         "uptime_s": state.started.elapsed().as_secs(),
@@ -266,6 +276,7 @@ pub(crate) mod tests {
             },
             overlay: test_overlay(),
             names: svc_index::Names::in_memory().unwrap(),
+            mail: None,
             limiter: std::sync::Arc::default(),
             p2p_status: None,
             auth: std::sync::Arc::new(

@@ -24,6 +24,7 @@ mod error;
 mod held;
 mod lanes;
 mod limits;
+mod mail;
 mod middleware;
 mod names;
 mod objects;

@@ -22,7 +22,7 @@ use crate::{ApiError, AppState, GatewaySection};
 
 const REQUEST_ID: &str = "x-request-id";
 /// Every route pattern the router has, so labels can borrow them.
-const ROUTES: [&str; 9] = [
+const ROUTES: [&str; 12] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -31,6 +31,9 @@ const ROUTES: [&str; 9] = [
     "/o/{addr}",
     "/stat/{addr}",
     "/pin/{addr}",
+    "/mail/send",
+    "/mail/fetch",
+    "/mail/ack",
     "<unmatched>",
 ];
 const STATUS_CLASSES: [&str; 6] = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];

@@ -1,6 +1,7 @@
-//! Proof of a key on a request: the `ron-mail-auth` header, `<identity> <unix seconds> <sig>`,
-//! where the signature (Ed25519, hex) covers the method, the path with its query, the time and
-//! the BLAKE3 of the body. A mailbox is read and acknowledged only with its owner's proof:
+//! Proof of a key on a request: the `ron-mail-auth` header,
+//! `<identity> <unix seconds> <nonce> <sig>`, where the signature (Ed25519, hex) covers the
+//! method, the path with its query, the time, the nonce (16 random hex digits) and the BLAKE3
+//! of the body. A mailbox is read and acknowledged only with its owner's proof:
 //! knowing the recipient's key (or a queue's name) is never enough. Each proof is accepted
 //! once, within [`WINDOW_S`] of the node's clock.
 
@@ -38,23 +39,25 @@ pub enum ProofError {
     Replayed,
 }
 
-fn signed_bytes(method: &str, path: &str, at_s: u64, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(DOMAIN.len() + method.len() + path.len() + 42);
+fn signed_bytes(method: &str, path: &str, at_s: u64, nonce: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(DOMAIN.len() + method.len() + path.len() + 50);
     out.extend_from_slice(DOMAIN);
     out.extend_from_slice(method.as_bytes());
     out.push(0);
     out.extend_from_slice(path.as_bytes());
     out.push(0);
     out.extend_from_slice(&at_s.to_be_bytes());
+    out.extend_from_slice(&nonce.to_be_bytes());
     out.extend_from_slice(blake3::hash(body).as_bytes());
     out
 }
 
 /// The header value proving `key` on a request.
 pub fn sign(key: &SigningKey, method: &str, path: &str, at_s: u64, body: &[u8]) -> String {
-    let sig = key.sign(&signed_bytes(method, path, at_s, body));
+    let nonce = fastrand::u64(..);
+    let sig = key.sign(&signed_bytes(method, path, at_s, nonce, body));
     format!(
-        "{} {at_s} {}",
+        "{} {at_s} {nonce:016x} {}",
         identity_text(&key.public_bytes()),
         hex::encode(sig)
     )
@@ -86,19 +89,28 @@ impl Verifier {
         now_s: u64,
     ) -> Result<[u8; 32], ProofError> {
         let mut parts = header.ok_or(ProofError::Missing)?.split_ascii_whitespace();
-        let (Some(who), Some(at), Some(sig), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(who), Some(at), Some(nonce), Some(sig), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(ProofError::Missing);
         };
         let identity = identity_bytes(who).ok_or(ProofError::Missing)?;
         let at_s: u64 = at.parse().map_err(|_| ProofError::Missing)?;
+        let nonce = u64::from_str_radix(nonce, 16).map_err(|_| ProofError::Missing)?;
         if at_s.abs_diff(now_s) > WINDOW_S {
             return Err(ProofError::Stale);
         }
         let mut raw = [0u8; 64];
         hex::decode_to_slice(sig, &mut raw).map_err(|_| ProofError::Signature)?;
-        if !verify_signature(&identity, &signed_bytes(method, path, at_s, body), &raw) {
+        if !verify_signature(
+            &identity,
+            &signed_bytes(method, path, at_s, nonce, body),
+            &raw,
+        ) {
             return Err(ProofError::Signature);
         }
         let mut seen = self
@@ -129,6 +141,12 @@ mod tests {
         assert_eq!(
             v.check(Some(&h), "POST", "/mail/ack", b"[1]", 1100),
             Err(ProofError::Replayed)
+        );
+        let twin = sign(&key, "POST", "/mail/ack", 1000, b"[1]");
+        assert_ne!(twin, h, "two proofs of one request differ (nonce)");
+        assert!(
+            v.check(Some(&twin), "POST", "/mail/ack", b"[1]", 1000)
+                .is_ok()
         );
         let h = sign(&key, "POST", "/mail/ack", 1000, b"[1]");
         for (method, path, body, now) in [
