@@ -178,8 +178,25 @@ impl Target {
         builder.build().context("cannot build the HTTP client")
     }
 
+    /// An HTTP/1.1-only client (a WebSocket upgrade is an HTTP/1.1 exchange).
+    pub(crate) fn http1(&self) -> anyhow::Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .http1_only();
+        if self.url.starts_with("https://") {
+            let trust = self.trust.as_ref().context(
+                "an https:// node needs --ca FILE (its certificate) or --insecure \
+                 (<data dir>/tls/cert.pem is trusted when present)",
+            )?;
+            let mut tls = (*ron_client::client_config(trust)?).clone();
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        builder.build().context("cannot build the HTTP client")
+    }
+
     /// [`check`], with where the token was looked for when the node answers 401.
-    async fn check(&self, res: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    pub(crate) async fn check(&self, res: reqwest::Response) -> anyhow::Result<reqwest::Response> {
         let unauthorized = res.status() == reqwest::StatusCode::UNAUTHORIZED;
         check(res).await.map_err(|e| {
             if unauthorized {

@@ -331,22 +331,98 @@ async fn recv(node: &Target, key: &Path, follow: bool, out: &Output) -> anyhow::
     if let Some(dir) = &out.dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    if follow {
+        return follow_socket(node, &key, &mail_key, out).await;
+    }
+    for (id, opened) in fetch(node, &key, &mail_key, Lane::Message).await? {
+        match opened {
+            Ok(m) => show(&id, &m, out)?,
+            Err(e) => eprintln!("{id}: refused: {e:#}"),
+        }
+    }
+    Ok(())
+}
+
+/// `recv --follow`: messages pushed over the node's WebSocket (`/mail/ws`) as they arrive,
+/// each shown once, until the node closes it or Ctrl-C.
+async fn follow_socket(
+    node: &Target,
+    key: &SigningKey,
+    mail_key: &MailKey,
+    out: &Output,
+) -> anyhow::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let http = node.http1()?;
+    let nonce: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    let req = proven(
+        node,
+        &http,
+        key,
+        reqwest::Method::GET,
+        "/mail/ws",
+        Vec::new(),
+    )
+    .header("connection", "upgrade")
+    .header("upgrade", "websocket")
+    .header("sec-websocket-version", "13")
+    .header(
+        "sec-websocket-key",
+        base64::engine::general_purpose::STANDARD.encode(nonce),
+    );
+    let res = node.raw(req).await?;
+    if res.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+        node.check(res).await?;
+        bail!("the node did not open a mail socket");
+    }
+    let upgraded = res
+        .upgrade()
+        .await
+        .context("the mail socket did not open")?;
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        upgraded,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    eprintln!("waiting for mail (Ctrl-C to stop)");
+    let b64 = base64::engine::general_purpose::STANDARD;
     let mut shown = HashSet::new();
-    loop {
-        for (id, opened) in fetch(node, &key, &mail_key, Lane::Message).await? {
-            if !shown.insert(id) {
+    while let Some(frame) = ws.next().await {
+        let text = match frame.context("the mail socket failed")? {
+            Message::Text(text) => text,
+            Message::Ping(p) => {
+                ws.send(Message::Pong(p)).await?;
                 continue;
             }
-            match opened {
-                Ok(m) => show(&id, &m, out)?,
-                Err(e) => eprintln!("{id}: refused: {e:#}"),
-            }
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let pushed: serde_json::Value = serde_json::from_str(&text)?;
+        if pushed["lane"] != "message" {
+            continue;
         }
-        if !follow {
-            return Ok(());
+        let id: Address = pushed["id"].as_str().unwrap_or_default().parse()?;
+        if !shown.insert(id) {
+            continue;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let opened = b64
+            .decode(pushed["envelope"].as_str().unwrap_or_default())
+            .context("a malformed envelope")
+            .and_then(|bytes| {
+                if Address::of(&bytes) != id {
+                    bail!("the envelope is not its id");
+                }
+                Ok(envelope::open(mail_key, &bytes)?)
+            });
+        match opened {
+            Ok(m) => show(&id, &m, out)?,
+            Err(e) => eprintln!("{id}: refused: {e:#}"),
+        }
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
     }
+    Ok(())
 }
 
 async fn ack(node: &Target, key: &Path, ids: &[String]) -> anyhow::Result<()> {

@@ -448,3 +448,61 @@ async fn kill_9_during_a_storm_of_sends_loses_no_acknowledged_message() {
         "the storm sent too little to test anything"
     );
 }
+
+#[tokio::test]
+async fn messages_are_pushed_over_the_websocket_as_they_arrive() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let b = Node::start(&dir.path().join("b"), &[]).await;
+    let (alice_key, alice) = key(&b, dir.path(), "alice").await;
+    let (bob_key, bob) = key(&b, dir.path(), "bob").await;
+    ok_stdout(&b.cli(&["mail", "register", "--key", &bob_key]).await);
+    // Without bob's proof the socket is not opened.
+    let res = b
+        .anonymous()
+        .get(format!("{}/mail/ws", b.url))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+
+    let mut follow = tokio::process::Command::new(support::BIN)
+        .args(["mail", "recv", "--key", &bob_key, "--follow"])
+        .env("RON_NODE", &b.url)
+        .env("RON_TOKEN", &b.token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut err = tokio::io::BufReader::new(follow.stderr.take().unwrap()).lines();
+    let waiting = tokio::time::timeout(Duration::from_secs(30), err.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_or_default();
+    assert!(waiting.contains("waiting for mail"), "{waiting}");
+    for n in 0..3 {
+        let text = format!("pushed {n}");
+        let id = ok_stdout(
+            &b.cli(&[
+                "mail", "send", "--key", &alice_key, "--to", &bob, "-m", &text,
+            ])
+            .await,
+        );
+        let head = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("pushed in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head, format!("{id} from {alice}"));
+        let body = lines.next_line().await.unwrap().unwrap();
+        assert_eq!(body, text);
+    }
+    follow.kill().await.unwrap();
+}

@@ -124,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .route("/mail/fetch", post(crate::mail::fetch))
         .route("/mail/msg/{id}", get(crate::mail::message))
         .route("/mail/ack", post(crate::mail::ack))
+        .route("/mail/ws", get(crate::mail::socket))
         .route("/objects", get(crate::objects::list))
         .route("/gc", post(crate::objects::gc))
         .route(

@@ -264,3 +264,121 @@ pub(crate) async fn ack(State(state): State<Shared>, req: Request) -> Result<Res
     let acked = mail.ack(who, asked.ids).await?;
     Ok(Json(json!({"acked": acked})).into_response())
 }
+
+/// Largest frame a client may send on a push socket (an ack of many ids).
+const MAX_WS_FRAME: usize = 128 * 1024;
+/// How often a push socket pings, and looks again for messages whose visibility ran out.
+const WS_TICK: std::time::Duration = std::time::Duration::from_secs(5);
+/// Ticks without a frame from the client before the socket is closed.
+const WS_SILENT_TICKS: u32 = 4;
+
+/// `GET /mail/ws`: a WebSocket that pushes the prover's messages and receipts as they
+/// arrive, each a text frame `{"id","lane","stored_at_ms","envelope"}` (hidden then for the
+/// visibility timeout, as a fetch does); the client acknowledges with `{"ack":["b3:…"]}` and
+/// is answered `{"acked":[…]}`. Frames go out within `limits.write_ms`; a client silent for
+/// 20 s (it answers pings) is dropped; 4 sockets per identity, 1,024 in all.
+pub(crate) async fn socket(
+    State(state): State<Shared>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let mail = mailbox(&state)?.clone();
+    let who = prove(&mail, &headers, &method, &uri, b"")?;
+    let guard = mail.open_socket(who)?;
+    let write = std::time::Duration::from_millis(
+        state
+            .config
+            .get::<ron_transport::limits::LimitsSection>()
+            .write_ms,
+    );
+    Ok(upgrade
+        .max_message_size(MAX_WS_FRAME)
+        .max_frame_size(MAX_WS_FRAME)
+        .on_upgrade(move |ws| async move {
+            let _guard = guard;
+            if let Err(e) = push(&mail, who, ws, write).await {
+                tracing::debug!(error = %e, "a mail socket closed");
+            }
+        }))
+}
+
+/// Sends `message` within `write`.
+async fn emit(
+    ws: &mut axum::extract::ws::WebSocket,
+    message: axum::extract::ws::Message,
+    write: std::time::Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(write, ws.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("a frame did not go out within limits.write_ms".into()),
+    }
+}
+
+/// The push loop of one socket.
+async fn push(
+    mail: &Mailbox,
+    who: [u8; 32],
+    mut ws: axum::extract::ws::WebSocket,
+    write: std::time::Duration,
+) -> Result<(), String> {
+    use axum::extract::ws::Message;
+    let mut news = mail.subscribe();
+    let mut tick = tokio::time::interval(WS_TICK);
+    let (mut due, mut silent) = (true, 0u32);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    loop {
+        if due {
+            due = false;
+            for lane in [Lane::Message, Lane::Receipt] {
+                let batch = mail
+                    .fetch(who, lane, 100)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for m in batch {
+                    let frame = json!({"id": m.id, "lane": lane.as_str(),
+                        "stored_at_ms": m.stored_at_ms, "envelope": b64.encode(&m.envelope)});
+                    emit(&mut ws, Message::Text(frame.to_string().into()), write).await?;
+                }
+            }
+        }
+        tokio::select! {
+            n = news.recv() => match n {
+                Ok(r) => due = r == who,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => due = true,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            frame = ws.recv() => {
+                silent = 0;
+                match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        let asked: serde_json::Value = serde_json::from_str(&text)
+                            .map_err(|e| format!("not JSON: {e}"))?;
+                        let ids: Vec<Address> = serde_json::from_value(asked["ack"].clone())
+                            .map_err(|e| format!("expected {{\"ack\":[…]}}: {e}"))?;
+                        if ids.len() > MAX_ACK {
+                            return Err("too many ids in one ack".into());
+                        }
+                        let acked = mail.ack(who, ids).await.map_err(|e| e.to_string())?;
+                        let reply = json!({"acked": acked}).to_string();
+                        emit(&mut ws, Message::Text(reply.into()), write).await?;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Binary(_))) => return Err("binary frames are not spoken".into()),
+                    Some(Ok(Message::Close(_))) | None => return Ok(()),
+                    Some(Err(e)) => return Err(e.to_string()),
+                }
+            }
+            _ = tick.tick() => {
+                silent += 1;
+                if silent > WS_SILENT_TICKS {
+                    return Err("the client stopped answering".into());
+                }
+                emit(&mut ws, Message::Ping(Bytes::new()), write).await?;
+                due = true;
+            }
+        }
+    }
+}

@@ -22,7 +22,7 @@ use crate::{ApiError, AppState, GatewaySection};
 
 const REQUEST_ID: &str = "x-request-id";
 /// Every route pattern the router has, so labels can borrow them.
-const ROUTES: [&str; 12] = [
+const ROUTES: [&str; 13] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -34,6 +34,7 @@ const ROUTES: [&str; 12] = [
     "/mail/send",
     "/mail/fetch",
     "/mail/ack",
+    "/mail/ws",
     "<unmatched>",
 ];
 const STATUS_CLASSES: [&str; 6] = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];

@@ -26,7 +26,7 @@ use ron_proto::{ErrorKind, Failure};
 use serde::{Deserialize, Serialize};
 
 pub use metrics::MailMetrics;
-pub use service::{Delivered, Mailbox, Sender, Sent};
+pub use service::{Delivered, Mailbox, Sender, Sent, SocketGuard};
 
 /// `[mail]`. Every field is live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -43,6 +43,11 @@ const PARALLEL: usize = 16;
 const SWEEP: Duration = Duration::from_secs(60);
 /// How often the records of the mailboxes kept here are stored on peers again.
 const REPUBLISH: Duration = Duration::from_secs(30 * 60);
+/// Push sockets open at most, in all and per identity.
+const SOCKETS: usize = 1024;
+const SOCKETS_EACH: usize = 4;
+/// Recipients with new mail, for the push sockets (a socket that lags fetches anyway).
+const NEWS: usize = 1024;
 
 /// Who is sending: what the rate limit is kept by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -106,6 +111,32 @@ struct Inner {
     records: Mutex<LruCache<[u8; 32], (MailRecord, Instant)>>,
     dht: Option<DhtHandle>,
     outbox: Notify,
+    news: tokio::sync::broadcast::Sender<[u8; 32]>,
+    sockets: Mutex<std::collections::HashMap<[u8; 32], usize>>,
+}
+
+/// One open push socket, counted until dropped.
+pub struct SocketGuard {
+    mail: Mailbox,
+    who: [u8; 32],
+}
+
+impl std::fmt::Debug for SocketGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SocketGuard")
+    }
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let mut open = lock(&self.mail.inner.sockets);
+        if let Some(n) = open.get_mut(&self.who) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.who);
+            }
+        }
+    }
 }
 
 /// A cheap-to-clone handle on the mailbox service.
@@ -178,6 +209,8 @@ impl Mailbox {
                 records: Mutex::new(LruCache::new(cap(RECORDS))),
                 dht,
                 outbox: Notify::new(),
+                news: tokio::sync::broadcast::channel(NEWS).0,
+                sockets: Mutex::default(),
             }),
         }
     }
@@ -292,6 +325,9 @@ impl Mailbox {
         match self.commit(change).await? {
             Ok(Done::Inserted(fresh)) => {
                 MailMetrics::add(&self.inner.metrics.stored, u64::from(fresh));
+                if fresh {
+                    let _ = self.inner.news.send(head.recipient);
+                }
                 Ok(Sent::Stored { id: head.id, fresh })
             }
             Ok(_) => Err(MailError::Stopped),
@@ -525,6 +561,29 @@ impl Mailbox {
         .map_err(|_| MailError::Stopped)??;
         MailMetrics::add(&self.inner.metrics.delivered, got.len() as u64);
         Ok(got)
+    }
+
+    /// Recipients that get new mail from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<[u8; 32]> {
+        self.inner.news.subscribe()
+    }
+
+    /// Counts a push socket of `who`: refused past 1,024 in all or 4 per identity.
+    pub fn open_socket(&self, who: [u8; 32]) -> Result<SocketGuard, MailError> {
+        let mut open = lock(&self.inner.sockets);
+        let total: usize = open.values().sum();
+        let mine = open.entry(who).or_insert(0);
+        if total >= SOCKETS || *mine >= SOCKETS_EACH {
+            if *mine == 0 {
+                open.remove(&who);
+            }
+            return Err(MailError::RateLimited { retry_ms: 5_000 });
+        }
+        *mine += 1;
+        Ok(SocketGuard {
+            mail: self.clone(),
+            who,
+        })
     }
 
     /// One message of `who`, hidden or not.
