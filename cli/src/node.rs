@@ -811,6 +811,7 @@ fn spawn_oap(
         config: state.config.clone(),
         limiter: state.limiter.clone(),
         metrics: state.metrics.clone(),
+        mail: state.mail.clone(),
     };
     sup.spawn("oap", Duty::ReadsAndWrites, move |ctx| {
         let (listener, state, tls_config) =

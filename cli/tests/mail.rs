@@ -506,3 +506,97 @@ async fn messages_are_pushed_over_the_websocket_as_they_arrive() {
     }
     follow.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn oap_1_speaks_the_same_mail_with_the_same_refusals() {
+    use ron_client::{ClientError, OapClient, Trust};
+    use ron_proto::oap::mail::{ack_body, fetch_target};
+    let dir = tempfile::tempdir().unwrap();
+    let b = Node::start(&dir.path().join("b"), &["--tls-self-signed"]).await;
+    let bob = SigningKey::generate();
+    let bob_file = dir.path().join("bob.key");
+    bob.write(&bob_file).unwrap();
+    ok_stdout(
+        &b.cli(&["mail", "register", "--key", bob_file.to_str().unwrap()])
+            .await,
+    );
+    let bob_mail = MailKey::derive(&bob);
+    let alice = SigningKey::generate();
+    let mut oap = OapClient::connect(b.oap_addr.as_ref().unwrap(), &Trust::Insecure)
+        .await
+        .unwrap();
+    // Sent over OAP/1 (with the sender's proof), read over HTTP and OAP/1 alike.
+    let env = envelope::seal(
+        &alice,
+        &bob.public_bytes(),
+        &bob_mail.public(),
+        Lane::Message,
+        now_ms(),
+        b"over oap",
+        MAX_BUCKET,
+    )
+    .unwrap();
+    let proof = proof::sign(&alice, "POST", "/mail/send", now_ms() / 1000, &env);
+    let (code, sent) = oap.mail_send(&env, Some(proof), None).await.unwrap();
+    assert_eq!((code, sent.state.as_str()), (201, "stored"));
+    assert_eq!(sent.id, ron_proto::Address::of(&env));
+    let target = fetch_target("message", 10);
+    let got = oap
+        .mail_fetch(
+            "message",
+            10,
+            proof::sign(&bob, "POST", &target, now_ms() / 1000, b""),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, sent.id);
+    assert_eq!(
+        envelope::open(&bob_mail, &got[0].1).unwrap().content,
+        b"over oap"
+    );
+
+    // The same refusals as HTTP: a proof for another request, a replayed one, a broken
+    // envelope, a size past the limit.
+    let wrong = proof::sign(&bob, "POST", "/mail/fetch", now_ms() / 1000, b"");
+    let err = oap.mail_fetch("message", 10, wrong).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Remote { kind, body } if *kind == ron_proto::ErrorKind::Unauthorized && body.code == "bad_mail_proof"),
+        "{err:?}"
+    );
+    let mut broken = env.clone();
+    broken[0] ^= 1;
+    let err = oap.mail_send(&broken, None, None).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Remote { body, .. } if body.code == "invalid_envelope"),
+        "{err:?}"
+    );
+    let huge = vec![0u8; MAX_BUCKET * 2];
+    let err = oap.mail_send(&huge, None, None).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Remote { kind, .. } if *kind == ron_proto::ErrorKind::TooLarge),
+        "{err:?}"
+    );
+    // Eve's ack of bob's id does nothing; bob's does.
+    let eve = SigningKey::generate();
+    let body = ack_body(&[sent.id]);
+    let eve_proof = proof::sign(&eve, "POST", "/mail/ack", now_ms() / 1000, &body);
+    assert!(
+        oap.mail_ack(vec![sent.id], eve_proof)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let bob_proof = proof::sign(&bob, "POST", "/mail/ack", now_ms() / 1000, &body);
+    let replay = bob_proof.clone();
+    assert_eq!(
+        oap.mail_ack(vec![sent.id], bob_proof).await.unwrap(),
+        vec![sent.id]
+    );
+    let err = oap.mail_ack(vec![sent.id], replay).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Remote { body, .. } if body.code == "bad_mail_proof"),
+        "{err:?}"
+    );
+    assert!(fetch_all(&b, &bob).await.0.is_empty());
+}

@@ -321,6 +321,141 @@ impl OapClient {
     }
 }
 
+/// App 0x0201, the mailbox: the operations of `/mail/send`, `/mail/fetch` and `/mail/ack`.
+impl OapClient {
+    fn mail_frame(corr: u64, flags: Flags, payload: Vec<u8>, token: Option<&str>) -> Frame {
+        let mut frame = Frame::new(flags, ron_proto::oap::APP_MAILBOX, corr);
+        frame.payload = Bytes::from(payload);
+        if let Some(t) = token {
+            frame.cap = Bytes::copy_from_slice(t.as_bytes());
+        }
+        frame
+    }
+
+    /// Sends an envelope (`proof`: the sender's, optional; `token`: lets the node forward
+    /// it): the node's answer and its code (201 stored or delivered, 202 queued).
+    pub async fn mail_send(
+        &mut self,
+        envelope: &[u8],
+        proof: Option<String>,
+        token: Option<&str>,
+    ) -> Result<(u16, ron_proto::oap::mail::SendReply), ClientError> {
+        let corr = self.corr();
+        let request = ron_proto::oap::mail::MailRequest::Send {
+            size: envelope.len() as u64,
+            proof,
+        };
+        let head = serde_json::to_vec(&request).unwrap_or_default();
+        self.send(Self::mail_frame(
+            corr,
+            Flags::REQ | Flags::START,
+            head,
+            token,
+        ))
+        .await?;
+        let per_frame = (self.max_frame - HEADER_LEN).min(256 << 10);
+        let mut pieces = envelope.chunks(per_frame).peekable();
+        if pieces.peek().is_none() {
+            self.send(Self::mail_frame(
+                corr,
+                Flags::REQ | Flags::END,
+                vec![],
+                None,
+            ))
+            .await?;
+        }
+        while let Some(piece) = pieces.next() {
+            let flags = if pieces.peek().is_none() {
+                Flags::REQ | Flags::END
+            } else {
+                Flags::REQ
+            };
+            self.send(Self::mail_frame(corr, flags, piece.to_vec(), None))
+                .await?;
+        }
+        let reply = self.expect_start(corr).await?;
+        let answer = serde_json::from_slice(&reply.payload)
+            .map_err(|e| ClientError::Protocol(format!("bad send reply: {e}")))?;
+        Ok((reply.code, answer))
+    }
+
+    /// Up to `limit` visible envelopes of the prover's `lane`: each id with its bytes.
+    pub async fn mail_fetch(
+        &mut self,
+        lane: &str,
+        limit: usize,
+        proof: String,
+    ) -> Result<Vec<(Address, Vec<u8>)>, ClientError> {
+        let corr = self.corr();
+        let request = ron_proto::oap::mail::MailRequest::Fetch {
+            lane: lane.to_owned(),
+            limit,
+            proof,
+        };
+        let head = serde_json::to_vec(&request).unwrap_or_default();
+        self.send(Self::mail_frame(
+            corr,
+            Flags::REQ | Flags::START | Flags::END,
+            head,
+            None,
+        ))
+        .await?;
+        let first = self.expect_start(corr).await?;
+        let reply: ron_proto::oap::mail::FetchReply = serde_json::from_slice(&first.payload)
+            .map_err(|e| ClientError::Protocol(format!("bad fetch reply: {e}")))?;
+        let total: u64 = reply.messages.iter().map(|m| m.size).sum();
+        let mut bytes = Vec::new();
+        let mut ended = first.flags.contains(Flags::END);
+        while !ended {
+            let frame = self.next().await?;
+            if frame.corr_id != corr || !frame.flags.contains(Flags::RESP) {
+                return Err(ClientError::Protocol("frame outside the stream".into()));
+            }
+            if frame.code >= 400 {
+                return Err(remote(&frame));
+            }
+            if (bytes.len() + frame.payload.len()) as u64 > total {
+                return Err(ClientError::Protocol("more bytes than announced".into()));
+            }
+            bytes.extend_from_slice(&frame.payload);
+            ended = frame.flags.contains(Flags::END);
+        }
+        if bytes.len() as u64 != total {
+            return Err(ClientError::Protocol("fewer bytes than announced".into()));
+        }
+        let mut out = Vec::with_capacity(reply.messages.len());
+        let mut at = 0usize;
+        for m in reply.messages {
+            let end = at + usize::try_from(m.size).unwrap_or(usize::MAX);
+            out.push((m.id, bytes[at..end].to_vec()));
+            at = end;
+        }
+        Ok(out)
+    }
+
+    /// Deletes these of the prover's messages: the ids that were queued.
+    pub async fn mail_ack(
+        &mut self,
+        ids: Vec<Address>,
+        proof: String,
+    ) -> Result<Vec<Address>, ClientError> {
+        let corr = self.corr();
+        let request = ron_proto::oap::mail::MailRequest::Ack { ids, proof };
+        let head = serde_json::to_vec(&request).unwrap_or_default();
+        self.send(Self::mail_frame(
+            corr,
+            Flags::REQ | Flags::START | Flags::END,
+            head,
+            None,
+        ))
+        .await?;
+        let reply = self.expect_start(corr).await?;
+        let answer: ron_proto::oap::mail::AckReply = serde_json::from_slice(&reply.payload)
+            .map_err(|e| ClientError::Protocol(format!("bad ack reply: {e}")))?;
+        Ok(answer.acked)
+    }
+}
+
 fn remote(frame: &Frame) -> ClientError {
     let kind = ErrorKind::from_status(frame.code).unwrap_or(ErrorKind::Internal);
     let body = serde_json::from_slice(&frame.payload)

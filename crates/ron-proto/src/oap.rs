@@ -13,6 +13,7 @@ mod codec;
 mod comp;
 mod frame;
 mod hello;
+pub mod mail;
 pub mod objects;
 mod stream;
 pub mod transfer;

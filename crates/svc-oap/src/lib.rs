@@ -17,6 +17,7 @@
 mod budget;
 mod config;
 mod listener;
+mod mail;
 mod objects;
 
 pub use config::OapSection;

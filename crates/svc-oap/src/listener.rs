@@ -14,8 +14,8 @@ use ron_kernel::config::Config;
 use ron_kernel::metrics::{Metrics, ReasonLabel};
 use ron_proto::oap::objects::ObjectRequest;
 use ron_proto::oap::{
-    APP_HELLO, APP_OBJECTS, CodecError, Flags, Frame, FrameCodec, Hello, StreamTracker,
-    check_client_hello, inflate,
+    APP_HELLO, APP_MAILBOX, APP_OBJECTS, CodecError, Flags, Frame, FrameCodec, Hello,
+    StreamTracker, check_client_hello, inflate,
 };
 use ron_proto::{ErrorKind, Failure, Problem};
 use ron_transport::TlsAcceptor;
@@ -57,6 +57,8 @@ pub struct OapState {
     pub limiter: Arc<Limiter>,
     /// The node's metrics (`rejected_total{reason}`).
     pub metrics: Metrics,
+    /// The mailbox (app 0x0201), when mail is on.
+    pub mail: Option<svc_mailbox::Mailbox>,
 }
 
 impl std::fmt::Debug for OapState {
@@ -337,6 +339,11 @@ where
                     bodies.insert(corr, body);
                 }
             }
+            APP_MAILBOX => {
+                if let Some(body) = open_mail_stream(&state, &out, &conn, frame, &streams).await {
+                    bodies.insert(corr, body);
+                }
+            }
             other => {
                 let problem =
                     Problem::new(ErrorKind::NotFound, format!("no application {other:#06x}"));
@@ -420,6 +427,60 @@ async fn open_object_stream(
     let (state, out) = (state.clone(), out.clone());
     streams.spawn(async move {
         handle(&state, &out, corr, request, token.as_deref(), body).await;
+        drop((ticket, answering));
+    });
+    sender
+}
+
+/// Opens a mail request stream (app 0x0201): decodes its request and token, admits it under
+/// the node's limits, and runs its handler as a task of `streams`; the sender of the
+/// envelope's bytes when the request is a `send`.
+async fn open_mail_stream(
+    state: &Arc<OapState>,
+    out: &Out,
+    conn: &Conn,
+    frame: Frame,
+    streams: &TaskTracker,
+) -> Option<mpsc::Sender<Piece>> {
+    use ron_proto::oap::mail::MailRequest;
+    let corr = frame.corr_id;
+    let end = frame.flags.contains(Flags::END);
+    let request = match serde_json::from_slice::<MailRequest>(&frame.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            let problem = Problem::new(ErrorKind::BadInput, format!("bad request: {e}"));
+            out.failure(APP_MAILBOX, corr, &problem, false).await;
+            return None;
+        }
+    };
+    let token = match std::str::from_utf8(&frame.cap) {
+        Ok("") => None,
+        Ok(t) => Some(t.to_owned()),
+        Err(_) => {
+            let d = ron_auth::Denied::Unauthenticated("the capability is not a token".into());
+            out.failure(APP_MAILBOX, corr, &d, false).await;
+            return None;
+        }
+    };
+    let write = !matches!(request, MailRequest::Fetch { .. });
+    let ticket = match state.limiter.admit_owned(Some(conn.ip), write) {
+        Ok(ticket) => ticket,
+        Err(refused) => {
+            out.failure(APP_MAILBOX, corr, &refused, false).await;
+            return None;
+        }
+    };
+    let sends = matches!(request, MailRequest::Send { .. });
+    let (sender, body) = if sends && !end {
+        let (tx, rx) = mpsc::channel(BODY_QUEUE);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let answering = (!sends).then(|| Answering::new(&conn.answering));
+    let (state, out, ip) = (state.clone(), out.clone(), conn.ip);
+    streams.spawn(async move {
+        crate::mail::handle(state, out, corr, ip, request, token, body).await;
         drop((ticket, answering));
     });
     sender
