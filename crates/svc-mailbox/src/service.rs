@@ -41,6 +41,8 @@ const DELIVER: Duration = Duration::from_secs(5);
 const PARALLEL: usize = 16;
 /// How often retention runs.
 const SWEEP: Duration = Duration::from_secs(60);
+/// How often the send log is folded into a durable commit of the database.
+const FOLD: Duration = Duration::from_secs(1);
 /// How often the records of the mailboxes kept here are stored on peers again.
 const REPUBLISH: Duration = Duration::from_secs(30 * 60);
 /// Push sockets open at most, in all and per identity.
@@ -614,13 +616,18 @@ impl Mailbox {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), String> {
         let mut jobs = self.inner.mailbox.lock().await;
         let mut sweep = tokio::time::interval(SWEEP);
+        let mut fold = tokio::time::interval(FOLD);
         let mut republish =
             tokio::time::interval_at(Instant::now() + Duration::from_secs(5), REPUBLISH);
         let outbox = tokio::spawn(self.clone().run_outbox(shutdown.clone()));
         let _outbox = AbortOnDrop(outbox);
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
+                () = shutdown.cancelled() => {
+                    let queues = self.inner.queues.clone();
+                    let _ = tokio::task::spawn_blocking(move || queues.checkpoint()).await;
+                    return Ok(());
+                }
                 first = jobs.recv() => {
                     let Some(first) = first else { return Ok(()) };
                     let mut batch = vec![first];
@@ -633,6 +640,14 @@ impl Mailbox {
                     self.apply(batch).await?;
                 }
                 _ = sweep.tick() => self.sweep().await,
+                _ = fold.tick() => {
+                    let queues = self.inner.queues.clone();
+                    match tokio::task::spawn_blocking(move || queues.checkpoint()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "cannot fold the mail log in"),
+                        Err(e) => return Err(format!("the mail log fold failed: {e}")),
+                    }
+                }
                 _ = republish.tick() => self.republish().await,
             }
         }
@@ -772,7 +787,138 @@ impl Drop for AbortOnDrop {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::envelope::{MAX_BUCKET, MailKey, seal};
+    use ron_auth::SigningKey;
+
+    fn mailbox(rate: i64, burst: i64, quota: i64) -> Mailbox {
+        let config = Config::builder()
+            .register::<MailSection>()
+            .set("mail.sender_rate_per_s", rate)
+            .set("mail.sender_burst", burst)
+            .set("mail.quota_messages", quota)
+            .build()
+            .unwrap();
+        Mailbox::new(Queues::in_memory().unwrap(), config, None)
+    }
+
+    /// Runs the service's loop while `f` runs.
+    async fn with_service<T>(mail: &Mailbox, f: impl std::future::Future<Output = T>) -> T {
+        let stop = CancellationToken::new();
+        let service = tokio::spawn(mail.clone().run(stop.clone()));
+        let out = f.await;
+        stop.cancel();
+        service.await.unwrap().unwrap();
+        out
+    }
+
+    async fn register(mail: &Mailbox, who: &SigningKey) -> MailKey {
+        let key = MailKey::derive(who);
+        let record = MailRecord::sign(
+            who,
+            key.public(),
+            vec![MailboxNode {
+                peer: "self".into(),
+                addrs: vec![],
+            }],
+            1,
+        )
+        .unwrap();
+        mail.register(&record.encode().unwrap()).await.unwrap();
+        key
+    }
+
+    #[tokio::test]
+    async fn senders_are_limited_by_key_or_address_but_the_nodes_own_user_is_not() {
+        let mail = mailbox(1, 2, 1000);
+        with_service(&mail, async {
+            let bob = SigningKey::generate();
+            let bob_key = register(&mail, &bob).await;
+            let alice = SigningKey::generate();
+            let env = |n: u8| -> Bytes {
+                seal(
+                    &alice,
+                    &bob.public_bytes(),
+                    &bob_key.public(),
+                    Lane::Message,
+                    0,
+                    &[n],
+                    MAX_BUCKET,
+                )
+                .unwrap()
+                .into()
+            };
+            let addr = Sender::Addr("192.0.2.7".parse().unwrap());
+            assert!(mail.send(env(1), addr.clone(), false).await.is_ok());
+            assert!(mail.send(env(2), addr.clone(), false).await.is_ok());
+            let err = mail.send(env(3), addr, false).await.unwrap_err();
+            assert!(matches!(err, MailError::RateLimited { retry_ms } if retry_ms > 0));
+            assert_eq!(ron_proto::Failure::kind(&err).status(), 429);
+            // Another sender has its own bucket; the node's own user has none.
+            let other = Sender::Key([7; 32]);
+            assert!(mail.send(env(4), other, false).await.is_ok());
+            for n in 10..20 {
+                assert!(mail.send(env(n), Sender::Local, false).await.is_ok());
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_full_mailbox_is_refused_with_507_and_the_queue_keeps_what_it_had() {
+        let mail = mailbox(100, 1000, 2);
+        with_service(&mail, async {
+            let bob = SigningKey::generate();
+            let bob_key = register(&mail, &bob).await;
+            let alice = SigningKey::generate();
+            let mut ids = Vec::new();
+            for n in 0..3u8 {
+                let env: Bytes = seal(
+                    &alice,
+                    &bob.public_bytes(),
+                    &bob_key.public(),
+                    Lane::Message,
+                    0,
+                    &[n],
+                    MAX_BUCKET,
+                )
+                .unwrap()
+                .into();
+                match mail.send(env, Sender::Local, false).await {
+                    Ok(Sent::Stored { id, fresh: true }) => ids.push(id),
+                    Err(e) => {
+                        assert_eq!(n, 2);
+                        assert_eq!(ron_proto::Failure::kind(&e).status(), 507);
+                        assert_eq!(ron_proto::Failure::code(&e), "mailbox_full");
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            let got = mail
+                .fetch(bob.public_bytes(), Lane::Message, 10)
+                .await
+                .unwrap();
+            assert_eq!(got.iter().map(|f| f.id).collect::<Vec<_>>(), ids);
+            // Not kept here, and no relay allowed: 404 no_mailbox.
+            let stranger = seal(
+                &alice,
+                &[5; 32],
+                &bob_key.public(),
+                Lane::Message,
+                0,
+                b"x",
+                MAX_BUCKET,
+            )
+            .unwrap();
+            let err = mail
+                .send(stranger.into(), Sender::Local, false)
+                .await
+                .unwrap_err();
+            assert_eq!(ron_proto::Failure::code(&err), "no_mailbox");
+        })
+        .await;
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {
