@@ -126,11 +126,19 @@ impl SigningKey {
 }
 
 /// Whether `sig` is the Ed25519 signature of `message` by the public key `public` (its 32
-/// bytes); a malformed key or signature does not verify.
+/// bytes); a malformed key or signature does not verify. Verification is strict (RFC 8032
+/// with the small-order checks): a weak key such as all zeros, whose "signatures" anyone can
+/// make for any message, verifies nothing.
 pub fn verify_signature(public: &[u8; 32], message: &[u8], sig: &[u8]) -> bool {
-    sig.len() == 64
-        && libp2p_identity::ed25519::PublicKey::try_from_bytes(public)
-            .is_ok_and(|key| key.verify(message, sig))
+    let Ok(sig) = <&[u8; 64]>::try_from(sig) else {
+        return false;
+    };
+    ed25519_dalek::VerifyingKey::from_bytes(public).is_ok_and(|key| {
+        !key.is_weak()
+            && key
+                .verify_strict(message, &ed25519_dalek::Signature::from_bytes(sig))
+                .is_ok()
+    })
 }
 
 impl fmt::Debug for SigningKey {
@@ -332,5 +340,29 @@ mod tests {
             first.node_id()
         );
         assert_ne!(first.node_id(), NodeIdentity::ephemeral().node_id());
+    }
+}
+
+#[cfg(test)]
+mod signature_tests {
+    use super::*;
+
+    #[test]
+    fn signatures_verify_strictly_and_weak_keys_verify_nothing() {
+        let key = SigningKey::generate();
+        let sig = key.sign(b"message");
+        assert!(verify_signature(&key.public_bytes(), b"message", &sig));
+        assert!(!verify_signature(&key.public_bytes(), b"other", &sig));
+        assert!(!verify_signature(
+            &key.public_bytes(),
+            b"message",
+            &sig[..63]
+        ));
+        // The all-zero key (a small-order point) with the all-zero signature would pass a
+        // lax check for every message (found by the `mail` fuzz target).
+        assert!(!verify_signature(&[0; 32], b"anything", &[0; 64]));
+        let mut identity = [0u8; 32];
+        identity[0] = 1; // the neutral point
+        assert!(!verify_signature(&identity, b"anything", &[0; 64]));
     }
 }

@@ -15,17 +15,21 @@
 #![forbid(unsafe_code)]
 
 pub mod envelope;
+#[cfg(feature = "service")]
 mod metrics;
 pub mod proof;
 pub mod queue;
 pub mod record;
+#[cfg(feature = "service")]
 mod service;
 
 use ron_kernel::config::{FieldError, Section};
 use ron_proto::{ErrorKind, Failure};
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "service")]
 pub use metrics::MailMetrics;
+#[cfg(feature = "service")]
 pub use service::{Delivered, Mailbox, Sender, Sent, SocketGuard};
 
 /// `[mail]`. Every field is live.

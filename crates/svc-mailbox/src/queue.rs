@@ -43,6 +43,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub struct QueueError(String);
 
 impl QueueError {
+    #[cfg(feature = "service")]
     pub(crate) fn from_message(message: String) -> Self {
         Self(message)
     }
