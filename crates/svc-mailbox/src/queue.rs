@@ -316,6 +316,9 @@ struct Log {
     len: u64,
 }
 
+/// Pages of `mail.redb` cached in memory at most.
+const CACHE_BYTES: usize = 64 << 20;
+
 /// A log past this many bytes is folded into the database at once.
 const LOG_MAX: u64 = 64 << 20;
 
@@ -393,7 +396,11 @@ impl Queues {
     /// Opens (creating) the store at `path`, a file only this user may read.
     pub fn open(path: &Path) -> Result<Self, QueueError> {
         use std::os::unix::fs::PermissionsExt;
-        let db = Database::create(path)?;
+        // redb caches up to 1 GiB of pages by default, growing with the file (acknowledged
+        // ids are kept for the retention window): the mailbox's memory is bounded instead.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| QueueError(format!("chmod {}: {e}", path.display())))?;
         let log = Log::open(&path.with_extension("log"))?;
