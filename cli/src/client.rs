@@ -165,31 +165,30 @@ impl Target {
     /// The HTTP client: plain for http://, TLS (HTTP/2 or 1.1 by ALPN) with the trusted
     /// certificates for https://.
     pub(crate) fn http(&self) -> anyhow::Result<reqwest::Client> {
-        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
-        if self.url.starts_with("https://") {
-            let trust = self.trust.as_ref().context(
-                "an https:// node needs --ca FILE (its certificate) or --insecure \
-                 (<data dir>/tls/cert.pem is trusted when present)",
-            )?;
-            let mut tls = (*ron_client::client_config(trust)?).clone();
-            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            builder = builder.use_preconfigured_tls(tls);
-        }
-        builder.build().context("cannot build the HTTP client")
+        self.client(false)
     }
 
     /// An HTTP/1.1-only client (a WebSocket upgrade is an HTTP/1.1 exchange).
     pub(crate) fn http1(&self) -> anyhow::Result<reqwest::Client> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .http1_only();
+        self.client(true)
+    }
+
+    fn client(&self, http1_only: bool) -> anyhow::Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        if http1_only {
+            builder = builder.http1_only();
+        }
         if self.url.starts_with("https://") {
             let trust = self.trust.as_ref().context(
                 "an https:// node needs --ca FILE (its certificate) or --insecure \
                  (<data dir>/tls/cert.pem is trusted when present)",
             )?;
             let mut tls = (*ron_client::client_config(trust)?).clone();
-            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            tls.alpn_protocols = if http1_only {
+                vec![b"http/1.1".to_vec()]
+            } else {
+                vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+            };
             builder = builder.use_preconfigured_tls(tls);
         }
         builder.build().context("cannot build the HTTP client")

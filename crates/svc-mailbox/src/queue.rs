@@ -306,6 +306,47 @@ impl<'t> Tabs<'t> {
     }
 }
 
+impl Tabs<'_> {
+    /// Deletes those of `ids` queued for `recipient` (others are left out) and remembers
+    /// them as acknowledged at `now_ms`: the ids deleted.
+    fn ack(
+        &mut self,
+        recipient: &[u8; 32],
+        ids: &[Address],
+        now_ms: u64,
+    ) -> Result<Vec<Address>, QueueError> {
+        let mut done = Vec::new();
+        for id in ids {
+            let key = id.as_bytes();
+            let Some(body) = self.bodies.get(key)?.map(|g| g.value().to_vec()) else {
+                continue;
+            };
+            let Ok(head) = Head::read(&body[16..], usize::MAX) else {
+                continue;
+            };
+            if head.recipient != *recipient {
+                continue;
+            }
+            let seq = u64_at(&body, 0);
+            self.bodies.remove(key)?;
+            self.queue.remove(&queue_key(recipient, head.lane, seq))?;
+            self.age.remove(seq)?;
+            let (m, b) = self.usage.get(recipient)?.map_or((0, 0), |g| g.value());
+            let left = (m.saturating_sub(1), b.saturating_sub(head.size as u64));
+            if left.0 == 0 {
+                self.usage.remove(recipient)?;
+            } else {
+                self.usage.insert(recipient, left)?;
+            }
+            let order = next(&mut self.meta, "ack")?;
+            self.acked.insert(key, now_ms)?;
+            self.ack_age.insert(order, key)?;
+            done.push(*id);
+        }
+        Ok(done)
+    }
+}
+
 /// The log of envelopes queued since the last durable commit of the database: appended and
 /// fsynced (one `fdatasync` per batch, sequential bytes) before a batch of sends is answered,
 /// replayed at open, emptied once a durable commit holds everything in it. Records:
@@ -587,36 +628,9 @@ impl Queues {
                     }
                     Change::Ack { recipient, ids } => {
                         lasting = true;
-                        let mut done = Vec::new();
-                        for id in ids {
-                            let key = id.as_bytes();
-                            let Some(body) = t.bodies.get(key)?.map(|g| g.value().to_vec()) else {
-                                continue;
-                            };
-                            let Ok(head) = Head::read(&body[16..], usize::MAX) else {
-                                continue;
-                            };
-                            if head.recipient != *recipient {
-                                continue;
-                            }
-                            let seq = u64_at(&body, 0);
-                            t.bodies.remove(key)?;
-                            t.queue.remove(&queue_key(recipient, head.lane, seq))?;
-                            t.age.remove(seq)?;
-                            let (m, b) = t.usage.get(recipient)?.map_or((0, 0), |g| g.value());
-                            let left = (m.saturating_sub(1), b.saturating_sub(head.size as u64));
-                            if left.0 == 0 {
-                                t.usage.remove(recipient)?;
-                            } else {
-                                t.usage.insert(recipient, left)?;
-                            }
-                            let order = next(&mut t.meta, "ack")?;
-                            t.acked.insert(key, now_ms)?;
-                            t.ack_age.insert(order, key)?;
-                            depth_delta -= 1;
-                            acked_ids.push(*key);
-                            done.push(*id);
-                        }
+                        let done = t.ack(recipient, ids, now_ms)?;
+                        depth_delta -= done.len() as i64;
+                        acked_ids.extend(done.iter().map(|id| *id.as_bytes()));
                         Ok(Done::Acked(done))
                     }
                     Change::Register {
