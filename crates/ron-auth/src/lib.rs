@@ -34,7 +34,7 @@ pub use keys::{
     write_secret,
 };
 pub use ring::{KeyRing, Maintenance, RingKey};
-pub use verify::{Auth, Charge, Denied, Grant, Request, unix_now};
+pub use verify::{Auth, Charge, Denied, Grant, Holder, Request, unix_now};
 
 /// The public key type tokens are verified with.
 pub use biscuit_auth::PublicKey;

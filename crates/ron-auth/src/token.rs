@@ -45,11 +45,14 @@ pub enum Op {
     Delete,
     /// List what the node stores (`GET /objects`). Always needs a token.
     List,
+    /// Read one's own account: credits, transfers, usage (`GET /credits/…`, `GET /usage`).
+    /// Always needs a token.
+    Account,
 }
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 8] = [
         Op::Get,
         Op::Stat,
         Op::Put,
@@ -57,6 +60,7 @@ impl Op {
         Op::Unpin,
         Op::Delete,
         Op::List,
+        Op::Account,
     ];
 
     /// The name used in tokens and on the command line.
@@ -69,6 +73,7 @@ impl Op {
             Op::Unpin => "unpin",
             Op::Delete => "delete",
             Op::List => "list",
+            Op::Account => "account",
         }
     }
 
@@ -80,7 +85,7 @@ impl Op {
     /// Whether the operation needs a token whatever the config says (`auth.anonymous_put`
     /// and `auth.protect_reads` do not open it): removing objects and listing them.
     pub const fn owner_only(self) -> bool {
-        matches!(self, Op::Delete | Op::List)
+        matches!(self, Op::Delete | Op::List | Op::Account)
     }
 }
 
@@ -99,7 +104,7 @@ impl FromStr for Op {
             .find(|op| op.as_str() == s)
             .ok_or_else(|| {
                 TokenError::Caveat(format!(
-                    "unknown method {s:?} (one of get, stat, put, pin, unpin, delete, list)"
+                    "unknown method {s:?} (one of get, stat, put, pin, unpin, delete, list, account)"
                 ))
             })
     }

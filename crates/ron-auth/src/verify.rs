@@ -120,17 +120,42 @@ impl Drop for Charge<'_> {
     }
 }
 
+/// Whose token a request carried: what it is metered and charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Holder {
+    /// A token signed by one of this node's own keys: the owner, never charged.
+    Owner,
+    /// A token whose root is a trusted user key (`auth.trusted_roots`): that key.
+    Key([u8; 32]),
+}
+
+impl Holder {
+    /// The holder as an account name: `owner`, or `ed25519/<hex>`.
+    pub fn account(&self) -> String {
+        match self {
+            Holder::Owner => "owner".into(),
+            Holder::Key(k) => format!("ed25519/{}", hex::encode(k)),
+        }
+    }
+}
+
 /// What a granted request may still consume. Uploads call [`Grant::charge`] as bytes
 /// arrive; a charge past any byte budget of the token is refused (and charges nothing).
 #[derive(Debug, Default)]
 pub struct Grant {
     budgets: Vec<Arc<Budget>>,
+    holder: Option<Holder>,
 }
 
 impl Grant {
-    /// A grant with no budget (open routes, anonymous writes).
+    /// A grant with no budget and no token (open routes, anonymous writes).
     pub fn open() -> Self {
         Self::default()
+    }
+
+    /// Whose token it was (`None`: no token was checked).
+    pub fn holder(&self) -> Option<Holder> {
+        self.holder
     }
 
     /// Starts charging an upload's bytes to this grant ([`Charge`]).
@@ -215,6 +240,8 @@ struct Checked {
     epoch: u64,
     token: Biscuit,
     root: PublicKey,
+    /// The owner for the node's own keys, else the trusted root's key.
+    holder: Holder,
     revocation: Vec<Vec<u8>>,
     /// The hash of the first block's revocation id: every token attenuated from the same
     /// mint shares it, so its counters are shared too.
@@ -463,13 +490,41 @@ impl Auth {
         request: &Request<'_>,
     ) -> Result<Grant, Denied> {
         if !self.requires_token(request.op) {
-            return Ok(Grant::open());
+            // An open route: a token that passes its checks names whose request it is (for
+            // metering and charging); its budgets and rates are not spent, and a token that
+            // fails is ignored, as if none were sent.
+            let holder = token
+                .and_then(|text| self.verify(now_ms, text, request).ok())
+                .map(|checked| checked.holder);
+            return Ok(Grant {
+                budgets: Vec::new(),
+                holder,
+            });
         }
         let Some(text) = token else {
             return Err(Denied::Unauthenticated(
                 "this needs a capability token (Authorization: Bearer <token>)".into(),
             ));
         };
+        let checked = self.verify(now_ms, text, request)?;
+        self.count(&checked, now_ms)
+    }
+
+    /// Whose token `text` is, when it passes its checks for `request` (nothing is counted
+    /// against its budgets or rates: the request was authorized already).
+    pub fn identify(&self, text: &str, request: &Request<'_>) -> Option<Holder> {
+        self.verify(unix_now_ms(), text, request)
+            .ok()
+            .map(|c| c.holder)
+    }
+
+    /// Checks `text` for `request`: signature, key, revocation, caveats.
+    fn verify(
+        &self,
+        now_ms: u64,
+        text: &str,
+        request: &Request<'_>,
+    ) -> Result<Arc<Checked>, Denied> {
         let trust = self.trust();
         let checked = self.checked(&trust, text)?;
         let now = now_ms / 1000;
@@ -495,7 +550,7 @@ impl Auth {
             }
             _ => self.run_checks(&checked.token, now, request)?,
         }
-        self.count(&checked, now_ms)
+        Ok(checked)
     }
 
     /// The verified form of `text`, from the cache when its trust is current.
@@ -536,10 +591,15 @@ impl Auth {
         let (budgets, rates, native) = read_caveats(&token).map_err(|e| {
             Denied::Unauthenticated(format!("the token's caveats cannot be read: {e}"))
         })?;
+        let holder = match <[u8; 32]>::try_from(root.to_bytes().as_slice()) {
+            Ok(key) if trust.roots.contains(&root) => Holder::Key(key),
+            _ => Holder::Owner,
+        };
         let checked = Arc::new(Checked {
             epoch: trust.epoch,
             token,
             root,
+            holder,
             revocation,
             lineage,
             budgets,
@@ -650,8 +710,12 @@ impl Auth {
 
     /// Applies rate caveats and hands out the budgets.
     fn count(&self, checked: &Checked, now_ms: u64) -> Result<Grant, Denied> {
+        let holder = Some(checked.holder);
         if checked.budgets.is_empty() && checked.rates.is_empty() {
-            return Ok(Grant::open());
+            return Ok(Grant {
+                budgets: Vec::new(),
+                holder,
+            });
         }
         let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
         let needed = checked.budgets.len() + checked.rates.len();
@@ -716,7 +780,7 @@ impl Auth {
                 budget.clone()
             })
             .collect();
-        Ok(Grant { budgets })
+        Ok(Grant { budgets, holder })
     }
 }
 
