@@ -149,6 +149,37 @@ pub struct ErrorBody {
     /// When to retry, for retryable errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// For `payment_required` (402): what the request costs and how to pay for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<Box<PaymentDue>>,
+}
+
+/// What a `402 payment_required` asks for: credits (the price and the balance), or a proof of
+/// work (the challenge to solve).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentDue {
+    /// What the request costs, in credits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<u64>,
+    /// The credits the requester has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<i64>,
+    /// A proof of work that pays instead (anonymous reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pow: Option<PowChallenge>,
+}
+
+/// A proof-of-work challenge: find a `nonce` such that BLAKE3(challenge bytes | nonce, 8 bytes
+/// little-endian) starts with `bits` zero bits, then send the request again with the header
+/// `ron-pow: <challenge>.<nonce as 16 hex digits>` before `expires_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowChallenge {
+    /// The challenge, hex (what the node signed: the object, the difficulty, the expiry).
+    pub challenge: String,
+    /// Leading zero bits the hash must have.
+    pub bits: u8,
+    /// When the challenge expires (unix ms).
+    pub expires_ms: u64,
 }
 
 impl ErrorBody {
@@ -163,6 +194,7 @@ impl ErrorBody {
             code: Cow::Borrowed(code),
             message: message.into(),
             retry_after_ms: None,
+            payment: None,
         }
     }
 
@@ -207,9 +239,15 @@ pub trait Failure: std::fmt::Display {
         retry_policy(self.kind())
     }
 
+    /// For a 402: the price, the balance, or the proof-of-work challenge.
+    fn payment(&self) -> Option<PaymentDue> {
+        None
+    }
+
     /// The JSON body every edge sends.
     fn body(&self) -> ErrorBody {
-        let body = ErrorBody::with_code(self.code(), self.public_message());
+        let mut body = ErrorBody::with_code(self.code(), self.public_message());
+        body.payment = self.payment().map(Box::new);
         match self.retry_after_ms() {
             Some(ms) => body.retry_after_ms(ms),
             None => body,

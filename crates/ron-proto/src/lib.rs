@@ -20,10 +20,11 @@ mod error;
 pub mod layout;
 mod manifest;
 pub mod oap;
+pub mod pow;
 pub mod ranges;
 
 pub use address::{Address, AddressError, AddressPrefix};
-pub use error::{ErrorBody, ErrorKind, Failure, Problem, retry_policy};
+pub use error::{ErrorBody, ErrorKind, Failure, PaymentDue, PowChallenge, Problem, retry_policy};
 pub use manifest::{
     CHUNK_AVG_BYTES, CHUNK_MAX_BYTES, CHUNK_MIN_BYTES, ChunkRef, MANIFEST_VERSION, Manifest,
     ManifestError,
