@@ -1,0 +1,65 @@
+//! What payment shows in `/metrics`: counters, registered once per node.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use ron_kernel::Metrics;
+
+/// Payment's counters.
+#[derive(Debug, Clone, Default)]
+pub struct PaymentMetrics {
+    /// Transfers applied (charges, grants, reservations and their resolutions).
+    pub(crate) transfers: Counter,
+    /// Credits charged for requests.
+    pub(crate) charged: Counter,
+    /// Requests refused with 402 for lack of credits.
+    pub(crate) refused: Counter,
+    /// Ledger commits (transfers per commit: the group commit).
+    pub(crate) commits: Counter,
+    /// Proof-of-work challenges handed out.
+    pub(crate) pow_challenges: Counter,
+    /// Proof-of-work answers accepted.
+    pub(crate) pow_accepted: Counter,
+    /// Proof-of-work answers refused (forged, expired, short, replayed).
+    pub(crate) pow_refused: Counter,
+    /// The difficulty of the last challenge, in bits.
+    pub(crate) pow_bits: Gauge,
+}
+
+impl PaymentMetrics {
+    /// Adds the series to the node's metrics.
+    pub fn register(&self, metrics: &Metrics) {
+        let m = self.clone();
+        metrics.register("payment_transfers", "Ledger transfers applied", m.transfers);
+        metrics.register(
+            "payment_charged_credits",
+            "Credits charged for requests",
+            m.charged,
+        );
+        metrics.register(
+            "payment_refused",
+            "Requests refused with 402 for lack of credits",
+            m.refused,
+        );
+        metrics.register("payment_commits", "Ledger commits (fsynced)", m.commits);
+        metrics.register(
+            "pow_challenges",
+            "Proof-of-work challenges handed out",
+            m.pow_challenges,
+        );
+        metrics.register(
+            "pow_accepted",
+            "Proof-of-work answers accepted",
+            m.pow_accepted,
+        );
+        metrics.register(
+            "pow_refused",
+            "Proof-of-work answers refused (forged, expired, short, replayed)",
+            m.pow_refused,
+        );
+        metrics.register(
+            "pow_bits",
+            "The difficulty of the last proof-of-work challenge",
+            m.pow_bits,
+        );
+    }
+}

@@ -1,0 +1,588 @@
+//! The payment service: one committer applies every ledger change in batches (one fsynced
+//! transaction each); the edges ask it what a request costs and charge it before serving.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ron_auth::Holder;
+use ron_kernel::Config;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger::{
+    self, Account, Change, Done, Kind, Ledger, NO_OVERDRAFT, Record, Refusal, Transfer,
+};
+use crate::metrics::PaymentMetrics;
+use crate::pow::{Puzzles, Verdict};
+use crate::{Anonymous, PaymentError, PaymentSection, Priced};
+
+/// Transfer codes: what a transfer paid for.
+pub(crate) const CODE_GET: u16 = 1;
+pub(crate) const CODE_PUT: u16 = 2;
+pub(crate) const CODE_FLAT: u16 = 3;
+pub(crate) const CODE_GRANT: u16 = 10;
+
+/// The node's own accounts.
+pub mod accounts {
+    /// Where granted credits come from (its balance is minus every credit granted).
+    pub const ISSUANCE: &str = "node/issuance";
+    /// Where charges go.
+    pub const REVENUE: &str = "node/revenue";
+}
+
+/// Jobs waiting for the committer at most.
+const JOBS: usize = 8192;
+/// How often overdue reservations are voided.
+const EXPIRE: Duration = Duration::from_secs(1);
+
+type Answers = Result<Vec<Result<Done, Refusal>>, String>;
+
+struct Job {
+    changes: Vec<Change>,
+    reply: oneshot::Sender<Answers>,
+}
+
+struct Inner {
+    ledger: Arc<Ledger>,
+    config: Config,
+    jobs: mpsc::Sender<Job>,
+    mailbox: supervisor::Mailbox<Job>,
+    metrics: PaymentMetrics,
+    puzzles: Puzzles,
+}
+
+/// The payment service's handle (cheap to clone).
+#[derive(Clone)]
+pub struct Payment {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Payment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payment").finish_non_exhaustive()
+    }
+}
+
+/// What paid for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Nothing was due (the owner, a price of 0, a paid flat period, an open anonymous read).
+    Free,
+    /// Credits were charged.
+    Charged(u64),
+    /// A proof of work was accepted.
+    Worked,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn id_of(parts: &[&[u8]]) -> u128 {
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    u128::from_le_bytes(id)
+}
+
+impl Payment {
+    /// The service over `ledger`, its prices read live from `config`'s `[payment]`.
+    pub fn new(ledger: Ledger, config: Config) -> Self {
+        let (jobs, mailbox) = supervisor::mailbox(JOBS);
+        Self {
+            inner: Arc::new(Inner {
+                ledger: Arc::new(ledger),
+                config,
+                jobs,
+                mailbox,
+                metrics: PaymentMetrics::default(),
+                puzzles: Puzzles::default(),
+            }),
+        }
+    }
+
+    /// The service's counters (register them with [`PaymentMetrics::register`]).
+    pub fn metrics(&self) -> &PaymentMetrics {
+        &self.inner.metrics
+    }
+
+    /// The ledger (read-only use: balances, history, audits).
+    pub fn ledger(&self) -> &Ledger {
+        &self.inner.ledger
+    }
+
+    fn section(&self) -> Arc<PaymentSection> {
+        self.inner.config.get::<PaymentSection>()
+    }
+
+    /// Whether requests by token holders are charged now (the edges skip the holder's
+    /// identification when not).
+    pub fn charges(&self) -> bool {
+        self.section().charges()
+    }
+
+    /// Whether anonymous reads need a proof of work now.
+    pub fn pow_on(&self) -> bool {
+        self.section().anonymous == Anonymous::Pow
+    }
+
+    /// Applies `changes` in the committer's next batch, once durable.
+    async fn submit(
+        &self,
+        changes: Vec<Change>,
+    ) -> Result<Vec<Result<Done, Refusal>>, PaymentError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .jobs
+            .try_send(Job { changes, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => PaymentError::Busy,
+                mpsc::error::TrySendError::Closed(_) => PaymentError::Stopped,
+            })?;
+        match answer.await {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the ledger commit failed");
+                Err(PaymentError::Stopped)
+            }
+            Err(_) => Err(PaymentError::Stopped),
+        }
+    }
+
+    async fn one(&self, change: Change) -> Result<Result<Done, Refusal>, PaymentError> {
+        self.submit(vec![change])
+            .await?
+            .pop()
+            .ok_or(PaymentError::Stopped)
+    }
+
+    /// Admits a request of `holder` (`None`: no token) for `op` on `target`, moving `bytes`:
+    /// charges its price (402 without the credits), or checks the proof of work `pow` of an
+    /// anonymous read (402 with a challenge without a good one). The owner is never charged.
+    pub async fn admit(
+        &self,
+        holder: Option<Holder>,
+        pow: Option<&str>,
+        op: Priced,
+        target: &str,
+        bytes: u64,
+    ) -> Result<Settlement, PaymentError> {
+        let s = self.section();
+        match holder {
+            Some(Holder::Owner) => Ok(Settlement::Free),
+            Some(Holder::Key(_)) if !s.charges() => Ok(Settlement::Free),
+            Some(holder @ Holder::Key(_)) => self.charge(&s, &holder.account(), op, bytes).await,
+            None if s.anonymous == Anonymous::Pow
+                && op == Priced::Get
+                && bytes <= s.pow_max_bytes =>
+            {
+                self.worked(&s, pow, target)
+            }
+            None => Ok(Settlement::Free),
+        }
+    }
+
+    fn worked(
+        &self,
+        s: &PaymentSection,
+        pow: Option<&str>,
+        target: &str,
+    ) -> Result<Settlement, PaymentError> {
+        let now = now_ms();
+        let m = &self.inner.metrics;
+        let reason = match pow.map(|a| self.inner.puzzles.check(a, target, now)) {
+            Some(Verdict::Accepted) => {
+                m.pow_accepted.inc();
+                return Ok(Settlement::Worked);
+            }
+            Some(Verdict::Busy) => return Err(PaymentError::Busy),
+            None => "this read needs a proof of work",
+            Some(Verdict::Forged) => {
+                "the proof of work does not answer a challenge of this node for this object"
+            }
+            Some(Verdict::Expired) => "the proof of work's challenge expired",
+            Some(Verdict::Short) => "the proof of work lacks the challenge's zero bits",
+            Some(Verdict::Replayed) => "that proof of work was used already",
+        };
+        if pow.is_some() {
+            m.pow_refused.inc();
+        }
+        let bits = self
+            .inner
+            .puzzles
+            .difficulty(now, s.pow_bits, s.pow_target_per_s);
+        m.pow_bits.set(i64::from(bits));
+        m.pow_challenges.inc();
+        Err(PaymentError::Pow {
+            reason,
+            challenge: self.inner.puzzles.challenge(target, bits, now),
+        })
+    }
+
+    async fn charge(
+        &self,
+        s: &PaymentSection,
+        account: &str,
+        op: Priced,
+        bytes: u64,
+    ) -> Result<Settlement, PaymentError> {
+        let now = now_ms();
+        let (transfer, price) = match s.flat {
+            Some(flat) => {
+                let paid_until = self
+                    .inner
+                    .ledger
+                    .account(account)?
+                    .map_or(0, |a| a.paid_until_ms);
+                if paid_until > now {
+                    return Ok(Settlement::Free);
+                }
+                // Requests racing to pay the same period name the same transfer: paid once.
+                let id = id_of(&[account.as_bytes(), b"flat", &paid_until.to_le_bytes()]);
+                let until = now.saturating_add(flat.period_s.saturating_mul(1000));
+                (
+                    Transfer {
+                        id,
+                        debit: account.to_owned(),
+                        credit: accounts::REVENUE.into(),
+                        amount: flat.credits,
+                        kind: Kind::Posted,
+                        code: CODE_FLAT,
+                        paid_until_ms: Some(until),
+                    },
+                    flat.credits,
+                )
+            }
+            None => {
+                let price = s.price(op, bytes);
+                if price == 0 {
+                    return Ok(Settlement::Free);
+                }
+                (
+                    Transfer {
+                        id: fastrand::u128(..),
+                        debit: account.to_owned(),
+                        credit: accounts::REVENUE.into(),
+                        amount: price,
+                        kind: Kind::Posted,
+                        code: op.code(),
+                        paid_until_ms: None,
+                    },
+                    price,
+                )
+            }
+        };
+        match self.one(Change::Transfer(transfer)).await? {
+            Ok(Done::Applied) => {
+                self.inner.metrics.charged.inc_by(price);
+                Ok(Settlement::Charged(price))
+            }
+            Ok(Done::Exists) => Ok(Settlement::Free),
+            Err(refusal) => Err(self.required(price, refusal)),
+        }
+    }
+
+    fn required(&self, price: u64, refusal: Refusal) -> PaymentError {
+        let balance = match refusal {
+            Refusal::ExceedsCredits { available } => i64::try_from(available).unwrap_or(i64::MAX),
+            Refusal::NoAccount(_) => 0,
+            other => return PaymentError::Refused(other),
+        };
+        self.inner.metrics.refused.inc();
+        PaymentError::Required { price, balance }
+    }
+
+    /// Reserves the price of an upload of `holder` announcing `bytes` (`None`: not announced;
+    /// [`Reservation::grow`] reserves as bytes arrive). The credits stay reserved until the
+    /// upload is kept ([`Reservation::post`]) or dropped (given back).
+    pub async fn reserve(
+        &self,
+        holder: Option<Holder>,
+        bytes: Option<u64>,
+    ) -> Result<Reservation, PaymentError> {
+        let s = self.section();
+        let account = match holder {
+            Some(h @ Holder::Key(_)) if s.charges() && s.flat.is_none() => h.account(),
+            Some(h @ Holder::Key(_)) if s.charges() => {
+                // A flat price: the period is paid (or bought) up front.
+                self.charge(&s, &h.account(), Priced::Put, 0).await?;
+                return Ok(Reservation::free());
+            }
+            _ => return Ok(Reservation::free()),
+        };
+        let mut r = Reservation {
+            payment: Some(self.clone()),
+            account,
+            per_mib: s.per_mib.put,
+            timeout_ms: now_ms() + s.reserve_s * 1000,
+            mib: 0,
+            pending: Vec::new(),
+            kept: false,
+        };
+        let first = s.per_request.put.saturating_add(
+            s.per_mib
+                .put
+                .saturating_mul(bytes.unwrap_or(0).div_ceil(1 << 20)),
+        );
+        r.mib = bytes.unwrap_or(0).div_ceil(1 << 20);
+        r.hold(first).await?;
+        Ok(r)
+    }
+
+    /// Grants `credits` to `account` (`ed25519/<hex>`, opened if new) from the node's
+    /// issuance; the transfer's id.
+    pub async fn grant(&self, account: &str, credits: u64) -> Result<u128, PaymentError> {
+        let id = fastrand::u128(..);
+        let answers = self
+            .submit(vec![
+                Change::Open {
+                    account: account.to_owned(),
+                    flags: NO_OVERDRAFT,
+                },
+                Change::Transfer(Transfer {
+                    id,
+                    debit: accounts::ISSUANCE.into(),
+                    credit: account.to_owned(),
+                    amount: credits,
+                    kind: Kind::Posted,
+                    code: CODE_GRANT,
+                    paid_until_ms: None,
+                }),
+            ])
+            .await?;
+        for answer in answers {
+            answer?;
+        }
+        Ok(id)
+    }
+
+    /// An account's totals (`None`: never granted anything).
+    pub fn balance(&self, account: &str) -> Result<Option<Account>, PaymentError> {
+        Ok(self.inner.ledger.account(account)?)
+    }
+
+    /// The newest `limit` transfers of `account`.
+    pub fn history(&self, account: &str, limit: usize) -> Result<Vec<Record>, PaymentError> {
+        Ok(self.inner.ledger.history(account, limit)?)
+    }
+
+    /// The committer: opens the node's accounts, then applies batches of changes, each in one
+    /// fsynced transaction, and voids overdue reservations every second.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), String> {
+        let mut jobs = self.inner.mailbox.lock().await;
+        let opening = [accounts::ISSUANCE, accounts::REVENUE].map(|a| Change::Open {
+            account: a.into(),
+            flags: 0,
+        });
+        self.commit(opening.to_vec()).await?;
+        let mut expire = tokio::time::interval(EXPIRE);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                first = jobs.recv() => {
+                    let Some(first) = first else { return Ok(()) };
+                    let mut batch = vec![first];
+                    let mut size = batch[0].changes.len();
+                    while size < ledger::MAX_BATCH {
+                        match jobs.try_recv() {
+                            Ok(job) => {
+                                size += job.changes.len();
+                                batch.push(job);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.apply(batch).await?;
+                }
+                _ = expire.tick() => {
+                    let ledger = self.inner.ledger.clone();
+                    let now = now_ms();
+                    if ledger.overdue(now).unwrap_or(false) {
+                        self.commit(Vec::new()).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn commit(&self, changes: Vec<Change>) -> Result<Vec<Result<Done, Refusal>>, String> {
+        let ledger = self.inner.ledger.clone();
+        let result = tokio::task::spawn_blocking(move || ledger.apply(&changes, now_ms()))
+            .await
+            .map_err(|e| format!("the ledger committer failed: {e}"))?;
+        self.inner.metrics.commits.inc();
+        result.map_err(|e| e.to_string())
+    }
+
+    async fn apply(&self, batch: Vec<Job>) -> Result<(), String> {
+        let mut sizes = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut changes = Vec::new();
+        for job in batch {
+            sizes.push(job.changes.len());
+            replies.push(job.reply);
+            changes.extend(job.changes);
+        }
+        match self.commit(changes).await {
+            Ok(answers) => {
+                let applied = answers
+                    .iter()
+                    .filter(|a| matches!(a, Ok(Done::Applied)))
+                    .count();
+                self.inner.metrics.transfers.inc_by(applied as u64);
+                let mut answers = answers.into_iter();
+                for (reply, n) in replies.into_iter().zip(sizes) {
+                    let _ = reply.send(Ok(answers.by_ref().take(n).collect()));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                // A store that fails a commit is not trusted further: restart on it.
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Credits held for an upload: posted when it is kept, given back when it is dropped (or
+/// by the ledger when the reservation times out).
+#[derive(Debug)]
+pub struct Reservation {
+    payment: Option<Payment>,
+    account: String,
+    per_mib: u64,
+    timeout_ms: u64,
+    /// MiB covered so far.
+    mib: u64,
+    /// The pending transfers: id and amount.
+    pending: Vec<(u128, u64)>,
+    kept: bool,
+}
+
+impl Reservation {
+    /// Nothing to pay.
+    pub fn free() -> Self {
+        Self {
+            payment: None,
+            account: String::new(),
+            per_mib: 0,
+            timeout_ms: 0,
+            mib: 0,
+            pending: Vec::new(),
+            kept: false,
+        }
+    }
+
+    fn transfer(&self, id: u128, amount: u64, kind: Kind) -> Transfer {
+        Transfer {
+            id,
+            debit: self.account.clone(),
+            credit: accounts::REVENUE.into(),
+            amount,
+            kind,
+            code: CODE_PUT,
+            paid_until_ms: None,
+        }
+    }
+
+    async fn hold(&mut self, amount: u64) -> Result<(), PaymentError> {
+        let Some(payment) = self.payment.clone() else {
+            return Ok(());
+        };
+        if amount == 0 {
+            return Ok(());
+        }
+        let id = fastrand::u128(..);
+        let t = self.transfer(
+            id,
+            amount,
+            Kind::Pending {
+                timeout_ms: self.timeout_ms,
+            },
+        );
+        match payment.one(Change::Transfer(t)).await? {
+            Ok(_) => {
+                self.pending.push((id, amount));
+                Ok(())
+            }
+            Err(refusal) => Err(payment.required(amount, refusal)),
+        }
+    }
+
+    /// `bytes` have arrived: reserves the MiB they start past what is covered.
+    pub async fn grow(&mut self, bytes: u64) -> Result<(), PaymentError> {
+        let mib = bytes.div_ceil(1 << 20);
+        if self.payment.is_none() || mib <= self.mib {
+            return Ok(());
+        }
+        let amount = self.per_mib.saturating_mul(mib - self.mib);
+        self.hold(amount).await?;
+        self.mib = mib;
+        Ok(())
+    }
+
+    /// The upload was kept: the reserved credits are charged.
+    pub async fn post(mut self) -> Result<u64, PaymentError> {
+        self.kept = true;
+        let Some(payment) = self.payment.clone() else {
+            return Ok(0);
+        };
+        let changes: Vec<Change> = self
+            .pending
+            .iter()
+            .map(|&(id, amount)| {
+                Change::Transfer(self.transfer(
+                    fastrand::u128(..),
+                    amount,
+                    Kind::Post { pending: id },
+                ))
+            })
+            .collect();
+        let total: u64 = self.pending.iter().map(|p| p.1).sum();
+        for answer in payment.submit(changes).await? {
+            answer?;
+        }
+        payment.inner.metrics.charged.inc_by(total);
+        Ok(total)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.kept || self.pending.is_empty() {
+            return;
+        }
+        let Some(payment) = self.payment.take() else {
+            return;
+        };
+        let changes: Vec<Change> = self
+            .pending
+            .iter()
+            .map(|&(id, amount)| {
+                Change::Transfer(self.transfer(
+                    fastrand::u128(..),
+                    amount,
+                    Kind::Void { pending: id },
+                ))
+            })
+            .collect();
+        // Given back now; if the queue is full, the reservation's timeout gives them back.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = payment.submit(changes).await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+use ron_auth::Holder;
+use ron_kernel::Config;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::PaymentSection;
+
+fn payment(sets: &[(&str, i64)]) -> Payment {
+    let mut b = Config::builder().register::<PaymentSection>();
+    for (k, v) in sets {
+        b = b.set(k, *v);
+    }
+    Payment::new(Ledger::in_memory().unwrap(), b.build().unwrap())
+}
+
+async fn with_service<T>(p: &Payment, f: impl std::future::Future<Output = T>) -> T {
+    let stop = CancellationToken::new();
+    let service = tokio::spawn(p.clone().run(stop.clone()));
+    let out = f.await;
+    stop.cancel();
+    service.await.unwrap().unwrap();
+    out
+}
+
+const ALICE: Holder = Holder::Key([7; 32]);
+
+#[tokio::test]
+async fn three_credits_pay_three_reads_and_the_fourth_is_refused() {
+    let p = payment(&[("payment.per_request.get", 1)]);
+    with_service(&p, async {
+        p.grant(&ALICE.account(), 3).await.unwrap();
+        for _ in 0..3 {
+            let s = p
+                .admit(Some(ALICE), None, Priced::Get, "/o/x", 1024)
+                .await
+                .unwrap();
+            assert_eq!(s, Settlement::Charged(1));
+        }
+        let e = p
+            .admit(Some(ALICE), None, Priced::Get, "/o/x", 1024)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PaymentError::Required {
+                    price: 1,
+                    balance: 0
+                }
+            ),
+            "{e}"
+        );
+        // The owner and anonymous readers are not charged.
+        assert_eq!(
+            p.admit(Some(Holder::Owner), None, Priced::Get, "/o/x", 1)
+                .await
+                .unwrap(),
+            Settlement::Free
+        );
+        assert_eq!(
+            p.admit(None, None, Priced::Get, "/o/x", 1).await.unwrap(),
+            Settlement::Free
+        );
+        // A key never granted anything has nothing.
+        let e = p
+            .admit(Some(Holder::Key([8; 32])), None, Priced::Get, "/o/x", 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PaymentError::Required {
+                    price: 1,
+                    balance: 0
+                }
+            ),
+            "{e}"
+        );
+    })
+    .await;
+    let a = p.balance(&ALICE.account()).unwrap().unwrap();
+    assert_eq!(a.balance(), 0);
+    assert!(p.ledger().audit(now_ms()).unwrap().holds());
+    assert_eq!(p.history(&ALICE.account(), 10).unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn per_mib_prices_and_upload_reservations() {
+    let p = payment(&[
+        ("payment.per_request.put", 2),
+        ("payment.per_mib.put", 1),
+        ("payment.per_mib.get", 1),
+    ]);
+    with_service(&p, async {
+        p.grant(&ALICE.account(), 10).await.unwrap();
+        // 3 MiB and a byte: 4 MiB started.
+        assert_eq!(
+            p.admit(Some(ALICE), None, Priced::Get, "/o/x", (3 << 20) + 1)
+                .await
+                .unwrap(),
+            Settlement::Charged(4)
+        );
+        // An upload announcing 1 MiB reserves 3; a dropped one gives them back.
+        let r = p.reserve(Some(ALICE), Some(1 << 20)).await.unwrap();
+        assert_eq!(p.balance(&ALICE.account()).unwrap().unwrap().available(), 3);
+        drop(r);
+        for _ in 0..100 {
+            if p.balance(&ALICE.account()).unwrap().unwrap().available() == 6 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(p.balance(&ALICE.account()).unwrap().unwrap().available(), 6);
+        // An upload without a size reserves as it grows, and is refused past the credits.
+        let mut r = p.reserve(Some(ALICE), None).await.unwrap();
+        r.grow(1).await.unwrap();
+        r.grow(3 << 20).await.unwrap();
+        let e = r.grow((4 << 20) + 1).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PaymentError::Required {
+                    price: 2,
+                    balance: 1
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(r.post().await.unwrap(), 5);
+    })
+    .await;
+    let a = p.balance(&ALICE.account()).unwrap().unwrap();
+    assert_eq!((a.balance(), a.debits_pending), (1, 0));
+    assert!(p.ledger().audit(now_ms()).unwrap().holds());
+}
+
+#[tokio::test]
+async fn a_flat_period_is_paid_once() {
+    let mut b = Config::builder().register::<PaymentSection>();
+    b = b
+        .set("payment.flat.credits", 5)
+        .set("payment.flat.period_s", 3600);
+    let p = Payment::new(Ledger::in_memory().unwrap(), b.build().unwrap());
+    with_service(&p, async {
+        p.grant(&ALICE.account(), 7).await.unwrap();
+        let paid = futures_join(&p).await;
+        assert_eq!(
+            paid.iter()
+                .filter(|s| **s == Settlement::Charged(5))
+                .count(),
+            1,
+            "{paid:?}"
+        );
+    })
+    .await;
+    assert_eq!(p.balance(&ALICE.account()).unwrap().unwrap().balance(), 2);
+}
+
+async fn futures_join(p: &Payment) -> Vec<Settlement> {
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            p.admit(Some(ALICE), None, Priced::Get, "/o/x", 1)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn anonymous_reads_need_work_when_asked() {
+    let mut b = Config::builder().register::<PaymentSection>();
+    b = b.set("payment.anonymous", "pow").set("payment.pow_bits", 8);
+    let p = Payment::new(Ledger::in_memory().unwrap(), b.build().unwrap());
+    let e = p
+        .admit(None, None, Priced::Get, "/o/x", 10)
+        .await
+        .unwrap_err();
+    let PaymentError::Pow { challenge, .. } = e else {
+        panic!("{e}")
+    };
+    assert_eq!(challenge.bits, 8);
+    let mut c = [0u8; 32];
+    hex::decode_to_slice(&challenge.challenge, &mut c).unwrap();
+    let answer = ron_proto::pow::answer(&c, ron_proto::pow::solve(&c, 8, u64::MAX).unwrap());
+    assert_eq!(
+        p.admit(None, Some(&answer), Priced::Get, "/o/x", 10)
+            .await
+            .unwrap(),
+        Settlement::Worked
+    );
+    let e = p
+        .admit(None, Some(&answer), Priced::Get, "/o/x", 10)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("that proof of work was used already"),
+        "{e}"
+    );
+    // Large objects and uploads are not asked for work.
+    assert_eq!(
+        p.admit(None, None, Priced::Get, "/o/x", 2 << 20)
+            .await
+            .unwrap(),
+        Settlement::Free
+    );
+}
