@@ -265,6 +265,23 @@ impl Target {
     }
 }
 
+/// Solves a node's proof-of-work challenge on a blocking thread: the `ron-pow` header's value.
+pub(crate) async fn solve_pow(challenge: &ron_proto::PowChallenge) -> anyhow::Result<String> {
+    let mut c = [0u8; 32];
+    hex::decode_to_slice(&challenge.challenge, &mut c)
+        .ok()
+        .filter(|()| challenge.bits <= 40)
+        .context("the node's proof-of-work challenge is malformed")?;
+    let bits = challenge.bits;
+    // 2^(bits+8) tries find an answer but for a chance of e^-256.
+    let tries = 1u64 << (u32::from(bits) + 8).min(63);
+    let nonce = tokio::task::spawn_blocking(move || ron_proto::pow::solve(&c, bits, tries))
+        .await
+        .context("the proof-of-work solver failed")?
+        .context("no proof of work found")?;
+    Ok(ron_proto::pow::answer(&c, nonce))
+}
+
 /// Transfers at least this large show a progress bar (on a terminal).
 const PROGRESS_MIN: u64 = 8 << 20;
 
@@ -460,14 +477,29 @@ pub(crate) async fn get(
 }
 
 impl Target {
-    /// `GET /o/ADDR`, checked: the response whose body is the object.
+    /// `GET /o/ADDR`, checked: the response whose body is the object. A node that asks an
+    /// anonymous reader for a proof of work (402 with a challenge) gets one, once.
     pub(crate) async fn fetch(
         &self,
         http: &reqwest::Client,
         addr: &Address,
     ) -> anyhow::Result<reqwest::Response> {
-        self.send(http.get(format!("{}/o/{addr}", base(self))))
-            .await
+        let url = format!("{}/o/{addr}", base(self));
+        let res = self.raw(http.get(&url)).await?;
+        if res.status() != reqwest::StatusCode::PAYMENT_REQUIRED {
+            return self.check(res).await;
+        }
+        let text = res.text().await.unwrap_or_default();
+        let body: ErrorBody = serde_json::from_str(&text)
+            .map_err(|_| anyhow::anyhow!("the node answered HTTP 402"))?;
+        let Some(challenge) = body.payment.as_ref().and_then(|p| p.pow.clone()) else {
+            bail!("{} ({}, HTTP 402)", body.message, body.code);
+        };
+        let answer = solve_pow(&challenge).await?;
+        let res = self
+            .raw(http.get(&url).header(ron_proto::pow::HEADER, answer))
+            .await?;
+        self.check(res).await
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod auth;
 mod client;
+mod credits;
 mod logging;
 mod mail;
 mod node;
@@ -129,6 +130,9 @@ enum Command {
     /// End-to-end encrypted mail: register, send, recv, ack, receipts.
     #[command(subcommand)]
     Mail(mail::MailCommand),
+    /// Credits on a node that charges: grant (owner), balance, history.
+    #[command(subcommand)]
+    Credits(credits::CreditsCommand),
     /// The node's peer network: its PeerId, the addresses others bootstrap from, and the
     /// peers connected now.
     Peers,
@@ -260,6 +264,7 @@ fn main() -> ExitCode {
                 client::name_resolve(&target(&creds)?, &name, json).await
             }
             Command::Mail(cmd) => mail::run(cmd, node).await,
+            Command::Credits(cmd) => credits::run(cmd, node).await,
             Command::Console { no_open, creds } => client::console(&target(&creds)?, !no_open),
             Command::Peers => client::peers(node).await,
             Command::Key(cmd) => auth::key(cmd, node).await,

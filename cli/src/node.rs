@@ -144,6 +144,7 @@ fn config_builder(data_dir: &Path, file: Option<&Path>) -> ron_kernel::config::B
         .register::<ron_transport::limits::LimitsSection>()
         .register::<svc_dht::P2pSection>()
         .register::<svc_mailbox::MailSection>()
+        .register::<svc_payment::PaymentSection>()
 }
 
 /// A node's config read by a command that works on its data dir without running it.
@@ -352,6 +353,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     spawn_guard(&mut sup, &overlay, &bus, &peer_events);
     spawn_storage_upkeep(&mut sup, &overlay, &config);
     let mail = spawn_mailbox(&mut sup, &args, &config, &dht, &metrics)?;
+    let payment = spawn_payment(&mut sup, &args, &config, &metrics)?;
     let source: Arc<dyn svc_dht::Source> = Arc::new(crate::p2p::NodeSource {
         overlay: overlay.peer_source(),
         mail: mail.clone(),
@@ -383,6 +385,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         overlay,
         names,
         mail: Some(mail),
+        payment: Some(payment),
     };
     let bound = spawn_edges(&mut sup, listeners, state)?;
     health.mark_started();
@@ -647,6 +650,30 @@ fn spawn_mailbox(
     Ok(mail)
 }
 
+/// The payment service under the supervisor: its ledger is `<data dir>/ledger.redb` (in
+/// memory under `--amnesia`).
+fn spawn_payment(
+    sup: &mut Supervisor,
+    args: &NodeArgs,
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<svc_payment::Payment> {
+    let ledger = if args.amnesia {
+        svc_payment::ledger::Ledger::in_memory()?
+    } else {
+        let path = args.dir.data_dir.join("ledger.redb");
+        svc_payment::ledger::Ledger::open(&path)
+            .with_context(|| format!("cannot open the ledger {}", path.display()))?
+    };
+    let payment = svc_payment::Payment::new(ledger, config.clone());
+    payment.metrics().register(metrics);
+    let service = payment.clone();
+    sup.spawn("payment", Duty::Background, move |ctx| {
+        service.clone().run(ctx.shutdown)
+    });
+    Ok(payment)
+}
+
 /// Publishes the names this node keeps again: soon after start (once peers are likely
 /// connected), then every [`REPUBLISH_NAMES`].
 fn spawn_name_upkeep(sup: &mut Supervisor, names: &svc_index::Names) {
@@ -812,6 +839,7 @@ fn spawn_oap(
         limiter: state.limiter.clone(),
         metrics: state.metrics.clone(),
         mail: state.mail.clone(),
+        payment: state.payment.clone(),
     };
     sup.spawn("oap", Duty::ReadsAndWrites, move |ctx| {
         let (listener, state, tls_config) =

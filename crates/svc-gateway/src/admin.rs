@@ -69,6 +69,8 @@ pub struct AppState {
     pub names: svc_index::Names,
     /// The mailbox service, when mail is on.
     pub mail: Option<svc_mailbox::Mailbox>,
+    /// The credit ledger and prices (`None`: nothing is ever charged).
+    pub payment: Option<svc_payment::Payment>,
     /// Byte counters.
     pub traffic: Traffic,
     /// Identity and capabilities.
@@ -125,6 +127,9 @@ pub fn router(state: AppState) -> Router {
         .route("/mail/msg/{id}", get(crate::mail::message))
         .route("/mail/ack", post(crate::mail::ack))
         .route("/mail/ws", get(crate::mail::socket))
+        .route("/credits/grant", post(crate::payment::grant))
+        .route("/credits/balance", get(crate::payment::balance))
+        .route("/credits/history", get(crate::payment::history))
         .route("/objects", get(crate::objects::list))
         .route("/gc", post(crate::objects::gc))
         .route(
@@ -278,6 +283,7 @@ pub(crate) mod tests {
             overlay: test_overlay(),
             names: svc_index::Names::in_memory().unwrap(),
             mail: None,
+            payment: None,
             limiter: std::sync::Arc::default(),
             p2p_status: None,
             auth: std::sync::Arc::new(

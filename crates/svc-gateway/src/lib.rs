@@ -28,6 +28,7 @@ mod mail;
 mod middleware;
 mod names;
 mod objects;
+mod payment;
 mod tls;
 
 pub use admin::{AppState, PeerStatus, StatusExtra, Traffic, router};

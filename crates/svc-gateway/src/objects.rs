@@ -135,6 +135,11 @@ pub(crate) async fn put(
     if let Some(n) = announced {
         charge.add(n)?;
     }
+    // Its price is reserved before anything is stored (as bytes arrive when not announced).
+    let mut reservation = match &state.payment {
+        Some(p) => p.reserve(grant.holder(), announced).await?,
+        None => svc_payment::Reservation::free(),
+    };
     let mut upload = state.overlay.put(request)?;
     let mut body = body.into_data_stream();
     while let Some(piece) = body.next().await {
@@ -147,6 +152,9 @@ pub(crate) async fn put(
         state.traffic.received.inc_by(piece.len() as u64);
         if announced.is_none() {
             charge.add(piece.len() as u64)?;
+            reservation
+                .grow(upload.received() + piece.len() as u64)
+                .await?;
         }
         upload.write(&piece).await?;
     }
@@ -155,6 +163,10 @@ pub(crate) async fn put(
     }
     let stored = upload.finish().await?;
     charge.keep();
+    if let Err(e) = reservation.post().await {
+        // Stored and answered: a reservation past `payment.reserve_s` was given back.
+        tracing::warn!(error = %e, "an upload's reserved credits could not be charged");
+    }
     let status = if stored.created {
         StatusCode::CREATED
     } else {
@@ -330,6 +342,9 @@ pub(crate) async fn serve(
         match state.overlay.get(addr).await? {
             Got::Stored(object) => object,
             Got::Arriving(incoming) => {
+                if method != Method::HEAD {
+                    crate::payment::pay_read(state, headers, &addr, incoming.size).await?;
+                }
                 return Ok(streamed(
                     state.clone(),
                     addr,
@@ -420,6 +435,8 @@ async fn answer(
     if method == Method::HEAD {
         return Ok(respond(status, base, Body::empty()));
     }
+    // Paid for (credits, or a proof of work) before a byte is sent.
+    crate::payment::pay_read(state, headers, &addr, length).await?;
     // A small single-span answer is read and verified before anything is sent: one write,
     // and damage (after a repair attempt) becomes a clean error instead of a cut-off body.
     if let [Part::Span(a, b)] = parts[..]

@@ -59,6 +59,8 @@ pub struct OapState {
     pub metrics: Metrics,
     /// The mailbox (app 0x0201), when mail is on.
     pub mail: Option<svc_mailbox::Mailbox>,
+    /// The credit ledger and prices (`None`: nothing is charged).
+    pub payment: Option<svc_payment::Payment>,
 }
 
 impl std::fmt::Debug for OapState {

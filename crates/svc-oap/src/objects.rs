@@ -8,6 +8,7 @@ use ron_proto::oap::objects::{GetReply, ObjectRequest, PutReply};
 use ron_proto::oap::{APP_OBJECTS, Flags, HEADER_LEN};
 use ron_proto::{Address, ErrorKind, Failure, Problem};
 use svc_overlay::{Got, Incoming, Object, OverlayError, PutRequest};
+use svc_payment::Priced;
 use tokio::sync::mpsc;
 
 use crate::budget::Room;
@@ -103,12 +104,30 @@ async fn get(
     addr: Address,
     token: Option<&str>,
 ) -> Result<(), Refusal> {
-    authorize(state, token, Op::Get, &format!("/o/{addr}")).map_err(refusal)?;
+    // The credential is a token, or `pow <answer>` (a proof of work for an anonymous read).
+    let (token, pow) = match token.map(|t| t.strip_prefix("pow ")) {
+        Some(Some(answer)) => (None, Some(answer)),
+        _ => (token, None),
+    };
+    let target = format!("/o/{addr}");
+    let grant = authorize(state, token, Op::Get, &target).map_err(refusal)?;
     let per_frame = state
         .max_frame
         .saturating_sub(HEADER_LEN)
         .clamp(1, DATA_FRAME);
-    match state.overlay.get(addr).await.map_err(refusal)? {
+    let got = state.overlay.get(addr).await.map_err(refusal)?;
+    if let Some(payment) = &state.payment {
+        // Paid for before a byte is sent, as over HTTP.
+        let size = match &got {
+            Got::Stored(object) => object.size(),
+            Got::Arriving(incoming) => incoming.size,
+        };
+        payment
+            .admit(grant.holder(), pow, Priced::Get, &target, size)
+            .await
+            .map_err(refusal)?;
+    }
+    match got {
         Got::Stored(object) => send_stored(out, corr, object, per_frame).await,
         Got::Arriving(incoming) => send_arriving(out, corr, addr, incoming, per_frame).await,
     }
@@ -232,6 +251,10 @@ async fn put(
     if let Some(n) = size {
         charge.add(n).map_err(refusal)?;
     }
+    let mut reservation = match &state.payment {
+        Some(p) => p.reserve(grant.holder(), size).await.map_err(refusal)?,
+        None => svc_payment::Reservation::free(),
+    };
     let mut upload = state.overlay.put(request).map_err(refusal)?;
     if let Some(mut body) = body {
         loop {
@@ -241,7 +264,10 @@ async fn put(
                     match size {
                         Some(n) if received > n => return Err(size_mismatch(n, received)),
                         Some(_) => {}
-                        None => charge.add(bytes.len() as u64).map_err(refusal)?,
+                        None => {
+                            charge.add(bytes.len() as u64).map_err(refusal)?;
+                            reservation.grow(received).await.map_err(refusal)?;
+                        }
                     }
                     upload.write(&bytes).await.map_err(refusal)?;
                 }
@@ -263,6 +289,9 @@ async fn put(
     }
     let stored = upload.finish().await.map_err(refusal)?;
     charge.keep();
+    if let Err(e) = reservation.post().await {
+        tracing::warn!(error = %e, "an upload's reserved credits could not be charged");
+    }
     let code = if stored.created { 201 } else { 200 };
     let reply = PutReply {
         address: stored.address,

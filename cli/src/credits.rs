@@ -1,0 +1,146 @@
+//! `ron credits grant|balance|history`: the node's credit ledger over HTTP.
+
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::client::{Creds, Target, base};
+
+/// Credits: what requests cost on a node that charges (`[payment]`).
+#[derive(Debug, Subcommand)]
+pub(crate) enum CreditsCommand {
+    /// Grant credits to a user key (the node's owner only).
+    Grant {
+        /// The account: a user key, `ed25519/<hex>` (one in the node's `auth.trusted_roots`).
+        #[arg(long, value_name = "ed25519/HEX")]
+        to: String,
+        /// How many credits.
+        credits: u64,
+        #[command(flatten)]
+        creds: Creds,
+    },
+    /// The credits of your token's key (or of `--of`, for the owner).
+    Balance {
+        /// Another account (the owner only).
+        #[arg(long, value_name = "ACCOUNT")]
+        of: Option<String>,
+        /// Print the node's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        creds: Creds,
+    },
+    /// The newest transfers of your token's key (or of `--of`, for the owner).
+    History {
+        /// Another account (the owner only).
+        #[arg(long, value_name = "ACCOUNT")]
+        of: Option<String>,
+        /// How many (at most 1,000).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print the node's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        creds: Creds,
+    },
+}
+
+/// Runs a `ron credits` command against the node at `node`.
+pub(crate) async fn run(cmd: CreditsCommand, node: &crate::client::NodeUrl) -> anyhow::Result<()> {
+    match cmd {
+        CreditsCommand::Grant { to, credits, creds } => {
+            let t = Target::new(node, &creds)?;
+            let v = t
+                .json(
+                    t.http()?
+                        .post(format!("{}/credits/grant", base(&t)))
+                        .json(&json!({"to": to, "credits": credits})),
+                )
+                .await?;
+            println!(
+                "granted {credits} credits to {to}: balance {}",
+                v["balance"]
+            );
+        }
+        CreditsCommand::Balance { of, json, creds } => {
+            let t = Target::new(node, &creds)?;
+            let v = t.json(query(&t, "balance", of.as_deref(), None)?).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{}: {} credits ({} available, {} reserved)",
+                    v["account"].as_str().unwrap_or("?"),
+                    v["balance"],
+                    v["available"],
+                    v["reserved"]
+                );
+            }
+        }
+        CreditsCommand::History {
+            of,
+            limit,
+            json,
+            creds,
+        } => {
+            let t = Target::new(node, &creds)?;
+            let v = t
+                .json(query(&t, "history", of.as_deref(), Some(limit))?)
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let account = v["account"].as_str().unwrap_or("");
+            for tr in v["transfers"].as_array().into_iter().flatten() {
+                let amount = tr["amount"].as_u64().unwrap_or(0);
+                let sign = if tr["debit"].as_str() == Some(account) {
+                    "-"
+                } else {
+                    "+"
+                };
+                let at = tr["at_ms"].as_u64().unwrap_or(0);
+                let when = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(at),
+                );
+                let state = tr["state"].as_str().filter(|s| !s.is_empty());
+                println!(
+                    "{when} {sign}{amount} {} {}{}",
+                    what(tr["code"].as_u64().unwrap_or(0)),
+                    tr["kind"].as_str().unwrap_or(""),
+                    state.map(|s| format!(" ({s})")).unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn query(
+    t: &Target,
+    what: &str,
+    of: Option<&str>,
+    limit: Option<usize>,
+) -> anyhow::Result<reqwest::RequestBuilder> {
+    let mut q: Vec<(&str, String)> = Vec::new();
+    if let Some(of) = of {
+        q.push(("of", of.to_owned()));
+    }
+    if let Some(l) = limit {
+        q.push(("limit", l.to_string()));
+    }
+    Ok(t.http()?
+        .get(format!("{}/credits/{what}", base(t)))
+        .query(&q))
+}
+
+/// What a transfer's code paid for.
+fn what(code: u64) -> &'static str {
+    match code {
+        1 => "get",
+        2 => "put",
+        3 => "flat period",
+        10 => "grant",
+        _ => "other",
+    }
+}

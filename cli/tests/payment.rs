@@ -1,0 +1,328 @@
+//! Payment on a real node: credits granted by the owner pay for reads at the configured price,
+//! a read without them is `402 payment_required` with the price and the balance, the ledger
+//! stays balanced through `kill -9` during a storm of charged reads, and anonymous reads with
+//! `payment.anonymous = "pow"` need a proof of work that `ron get` solves and that is
+//! accepted once.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
+
+#[path = "support/node.rs"]
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{BIN, Node, ok_stdout};
+use tokio::time::Instant;
+
+/// A user key (written to `dir/alice.key`), its public text, and a token it mints for reads.
+async fn alice(dir: &Path) -> (String, String) {
+    let key = dir.join("alice.key");
+    let run = |args: Vec<String>| async move {
+        tokio::process::Command::new(BIN)
+            .args(args)
+            .output()
+            .await
+            .unwrap()
+    };
+    let public = ok_stdout(
+        &run(vec![
+            "key".into(),
+            "gen".into(),
+            "--out".into(),
+            key.display().to_string(),
+        ])
+        .await,
+    );
+    let token = ok_stdout(
+        &run(vec![
+            "cap".into(),
+            "mint".into(),
+            "--key".into(),
+            key.display().to_string(),
+            "--method".into(),
+            "get".into(),
+            "--method".into(),
+            "account".into(),
+        ])
+        .await,
+    );
+    (public, token)
+}
+
+async fn get_as(node: &Node, token: Option<&str>, path: &str, pow: Option<&str>) -> (u16, Value) {
+    let mut req = node.anonymous().get(format!("{}{path}", node.url));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(p) = pow {
+        req = req.header("ron-pow", p);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn balance(node: &Node, of: &str) -> i64 {
+    let (status, body) = get_as(
+        node,
+        Some(&node.token),
+        &format!("/credits/balance?of={of}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["balance"].as_i64().unwrap()
+}
+
+/// A user's `ron` run against `node`, with `token` (none: anonymous, and no data dir with an
+/// owner token either).
+async fn ron_as(node: &Node, token: Option<&str>, args: &[&str]) -> std::process::Output {
+    let empty = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .env("RON_NODE", &node.url)
+        .env("RON_DATA_DIR", empty.path())
+        .env_remove("RON_TOKEN");
+    if let Some(t) = token {
+        cmd.env("RON_TOKEN", t);
+    }
+    cmd.output().await.unwrap()
+}
+
+#[tokio::test]
+async fn three_credits_pay_for_three_reads_and_the_fourth_is_402() {
+    let dir = tempfile::tempdir().unwrap();
+    let (public, token) = alice(dir.path()).await;
+    let data_dir = dir.path().join("node");
+    support::config(
+        &data_dir,
+        &format!(
+            "[auth]\ntrusted_roots = [\"{public}\"]\n[payment]\nper_request = {{ get = 1 }}\n"
+        ),
+    );
+    let node = Node::start(&data_dir, &[]).await;
+    let addr = node.put(support::data(1024, 1)).await;
+    let path = format!("/o/{addr}");
+
+    // Not granted anything yet: refused, with the price and the balance.
+    let (status, body) = get_as(&node, Some(&token), &path, None).await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["code"], "payment_required");
+    assert_eq!(body["payment"]["price"], 1);
+    assert_eq!(body["payment"]["balance"], 0);
+
+    let out = node.cli(&["credits", "grant", "--to", &public, "3"]).await;
+    assert!(ok_stdout(&out).contains("balance 3"));
+    // Only the owner grants.
+    let out = ron_as(
+        &node,
+        Some(&token),
+        &["credits", "grant", "--to", &public, "5"],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+        "{out:?}"
+    );
+
+    for _ in 0..3 {
+        let (status, body) = get_as(&node, Some(&token), &path, None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = get_as(&node, Some(&token), &path, None).await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["payment"]["balance"], 0);
+    // `ron get` with the token says so in one line, and exits non-zero.
+    let out = ron_as(&node, Some(&token), &["get", &addr, "-o", "-"]).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("payment_required, HTTP 402"),
+        "{out:?}"
+    );
+
+    // The owner and anonymous readers are not charged.
+    assert_eq!(get_as(&node, Some(&node.token), &path, None).await.0, 200);
+    assert_eq!(get_as(&node, None, &path, None).await.0, 200);
+
+    // Alice sees her own account; the ledger is balanced.
+    let out = ron_as(&node, Some(&token), &["credits", "balance"]).await;
+    assert_eq!(
+        ok_stdout(&out),
+        format!("{public}: 0 credits (0 available, 0 reserved)")
+    );
+    let out = ron_as(&node, Some(&token), &["credits", "history"]).await;
+    let history = ok_stdout(&out);
+    assert_eq!(history.lines().count(), 4, "{history}");
+    assert_eq!(
+        history
+            .lines()
+            .filter(|l| l.contains(" -1 get posted"))
+            .count(),
+        3,
+        "{history}"
+    );
+    assert!(
+        history.lines().last().unwrap().contains(" +3 grant posted"),
+        "{history}"
+    );
+    // She cannot read the node's accounts.
+    let (status, _) = get_as(
+        &node,
+        Some(&token),
+        "/credits/balance?of=node/revenue",
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(balance(&node, "node/issuance").await, -3);
+    assert_eq!(balance(&node, "node/revenue").await, 3);
+    assert_eq!(balance(&node, &public).await, 0);
+    assert_eq!(node.metric("payment_refused_total").await, 3.0);
+}
+
+#[tokio::test]
+async fn the_ledger_stays_balanced_through_kill_9_during_charged_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (public, token) = alice(dir.path()).await;
+    let data_dir = dir.path().join("node");
+    support::config(
+        &data_dir,
+        &format!(
+            "[auth]\ntrusted_roots = [\"{public}\"]\n[payment]\nper_request = {{ get = 1 }}\n"
+        ),
+    );
+    let mut node = Node::start(&data_dir, &[]).await;
+    let addr = node.put(support::data(1024, 2)).await;
+    let granted = 100_000;
+    ok_stdout(
+        &node
+            .cli(&["credits", "grant", "--to", &public, &granted.to_string()])
+            .await,
+    );
+    let mut served_total = 0;
+    for round in 0..3 {
+        // 32 readers for a while, then kill -9 with reads in flight.
+        let served = Arc::new(AtomicU64::new(0));
+        let stop = Instant::now() + Duration::from_millis(700);
+        let mut readers = Vec::new();
+        for _ in 0..32 {
+            let (client, url, token, served) = (
+                node.anonymous(),
+                format!("{}/o/{addr}", node.url),
+                token.clone(),
+                served.clone(),
+            );
+            readers.push(tokio::spawn(async move {
+                for _ in 0..10_000 {
+                    if Instant::now() > stop {
+                        break;
+                    }
+                    match client.get(&url).bearer_auth(&token).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            if r.bytes().await.is_ok_and(|b| b.len() == 1024) {
+                                served.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(r) => panic!("a charged read answered {}", r.status()),
+                        Err(_) => break,
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        node.signal("-KILL");
+        for r in readers {
+            r.await.unwrap();
+        }
+        let _ = node.child.wait().await;
+        served_total += served.load(Ordering::Relaxed);
+        node = Node::start(&data_dir, &[]).await;
+        // Every read served was charged; at most the reads in flight at the kill were charged
+        // and not received.
+        let charged = balance(&node, "node/revenue").await;
+        let left = balance(&node, &public).await;
+        assert_eq!(balance(&node, "node/issuance").await, -granted);
+        assert_eq!(
+            left + charged,
+            granted,
+            "round {round}: the ledger is balanced"
+        );
+        let served = i64::try_from(served_total).unwrap();
+        assert!(
+            charged >= served,
+            "round {round}: {served} served, {charged} charged"
+        );
+        assert!(
+            charged <= served + 32 * (round + 1),
+            "round {round}: {served} served, {charged} charged"
+        );
+        println!("round {round}: {served} reads served, {charged} credits charged");
+    }
+    assert!(served_total > 0);
+}
+
+#[tokio::test]
+async fn anonymous_reads_need_a_proof_of_work_that_ron_get_solves() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("node");
+    support::config(&data_dir, "[payment]\nanonymous = \"pow\"\npow_bits = 12\n");
+    let node = Node::start(&data_dir, &[]).await;
+    let bytes = support::data(4096, 3);
+    let addr = node.put(bytes.clone()).await;
+    let path = format!("/o/{addr}");
+
+    // curl: 402, and the JSON says what to do.
+    let (status, body) = get_as(&node, None, &path, None).await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["code"], "pow_required");
+    assert!(
+        body["message"].as_str().unwrap().contains("ron-pow"),
+        "{body}"
+    );
+    let challenge = &body["payment"]["pow"];
+    assert_eq!(challenge["bits"], 12);
+
+    // An answer is accepted once.
+    let mut c = [0u8; 32];
+    hex::decode_to_slice(challenge["challenge"].as_str().unwrap(), &mut c).unwrap();
+    let answer = ron_proto::pow::answer(&c, ron_proto::pow::solve(&c, 12, u64::MAX).unwrap());
+    let (status, _) = get_as(&node, None, &path, Some(&answer)).await;
+    assert_eq!(status, 200);
+    let (status, body) = get_as(&node, None, &path, Some(&answer)).await;
+    assert_eq!(status, 402);
+    assert!(
+        body["message"].as_str().unwrap().contains("used already"),
+        "{body}"
+    );
+    // Nor does it open another object.
+    let other = node.put(support::data(10, 4)).await;
+    let (status, body) = get_as(&node, None, &format!("/o/{other}"), Some(&answer)).await;
+    assert_eq!(status, 402);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not answer"),
+        "{body}"
+    );
+
+    // `ron get` solves it by itself.
+    let out_file = dir.path().join("got");
+    let out = ron_as(
+        &node,
+        None,
+        &["get", &addr, "-o", out_file.to_str().unwrap()],
+    )
+    .await;
+    ok_stdout(&out);
+    assert_eq!(std::fs::read(&out_file).unwrap(), bytes);
+    // The owner needs no work.
+    assert_eq!(get_as(&node, Some(&node.token), &path, None).await.0, 200);
+    assert!(node.metric("pow_accepted_total").await >= 2.0);
+    assert!(node.metric("pow_refused_total").await >= 2.0);
+}

@@ -1,0 +1,188 @@
+//! Payment at the HTTP edge: what a read costs is paid before its bytes are sent (credits of
+//! the token's holder, or a proof of work for an anonymous read), and the credit routes:
+//! `POST /credits/grant` (owner), `GET /credits/balance[?of=ID]`, `GET /credits/history`.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use ron_auth::token::Op;
+use ron_auth::{Denied, Holder, Request};
+use ron_proto::{Address, ErrorKind, Problem};
+use serde::Deserialize;
+use serde_json::json;
+use svc_payment::{Payment, Priced, Settlement};
+
+use crate::ApiError;
+use crate::admin::{AppState, Shared};
+use crate::auth::authorize;
+
+/// Whose token a request carries, when the node charges or asks anonymous readers for work
+/// (`None`: no token, or one that fails its checks, or neither is on). The request was authorized before: this
+/// only names the holder.
+fn holder(state: &AppState, headers: &HeaderMap, path: &str) -> Option<Holder> {
+    let payment = state.payment.as_ref()?;
+    if !payment.charges() && !payment.pow_on() {
+        return None;
+    }
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    state
+        .auth
+        .identify(token.trim(), &Request { op: Op::Get, path })
+}
+
+/// Pays for a read of `addr` moving `bytes` (before any of them is sent): 402 without the
+/// credits or a proof of work where one is needed.
+pub(crate) async fn pay_read(
+    state: &AppState,
+    headers: &HeaderMap,
+    addr: &Address,
+    bytes: u64,
+) -> Result<Settlement, ApiError> {
+    let Some(payment) = state.payment.as_ref() else {
+        return Ok(Settlement::Free);
+    };
+    let target = format!("/o/{addr}");
+    let who = holder(state, headers, &target);
+    if who.is_none() && !payment.pow_on() {
+        return Ok(Settlement::Free);
+    }
+    let pow = headers
+        .get(ron_proto::pow::HEADER)
+        .and_then(|v| v.to_str().ok());
+    Ok(payment.admit(who, pow, Priced::Get, &target, bytes).await?)
+}
+
+fn payment(state: &AppState) -> Result<&Payment, ApiError> {
+    state.payment.as_ref().ok_or_else(|| {
+        ApiError::from(Problem::new(
+            ErrorKind::NotFound,
+            "this node keeps no credit ledger",
+        ))
+    })
+}
+
+/// The holder of the request's token, which must allow `account` (401/403 otherwise).
+fn account_holder(state: &AppState, headers: &HeaderMap, path: &str) -> Result<Holder, ApiError> {
+    authorize(state, headers, Op::Account, path)?
+        .holder()
+        .ok_or_else(|| Denied::Unauthenticated("this needs a capability token".into()).into())
+}
+
+/// The body of `POST /credits/grant`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GrantBody {
+    to: String,
+    credits: u64,
+}
+
+fn check_account(id: &str) -> Result<(), ApiError> {
+    let hex = id.strip_prefix("ed25519/").unwrap_or("");
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return Err(Problem::new(
+            ErrorKind::BadInput,
+            "an account is a user key: ed25519/<64 lowercase hex digits>",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// `POST /credits/grant` `{"to":"ed25519/<hex>","credits":N}`: the owner grants credits.
+pub(crate) async fn grant(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Json(body): Json<GrantBody>,
+) -> Result<Response, ApiError> {
+    if account_holder(&state, &headers, "/credits/grant")? != Holder::Owner {
+        return Err(Denied::Forbidden("only the node's owner grants credits".into()).into());
+    }
+    check_account(&body.to)?;
+    if body.credits == 0 || body.credits > i64::MAX as u64 {
+        return Err(
+            Problem::new(ErrorKind::BadInput, "credits must be between 1 and 2^63-1").into(),
+        );
+    }
+    let payment = payment(&state)?;
+    let id = payment.grant(&body.to, body.credits).await?;
+    let balance = payment.balance(&body.to)?.map_or(0, |a| a.balance());
+    Ok(Json(json!({
+        "transfer": format!("{id:032x}"),
+        "to": body.to,
+        "credits": body.credits,
+        "balance": i64::try_from(balance).unwrap_or(i64::MAX),
+    }))
+    .into_response())
+}
+
+/// `?of=ed25519/<hex>` (the owner only) and `?limit=N`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Of {
+    of: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The account a request may read: its own, or any for the owner.
+fn whose(
+    state: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+    of: Option<String>,
+) -> Result<String, ApiError> {
+    let holder = account_holder(state, headers, path)?;
+    match (of, holder) {
+        (Some(of), Holder::Owner) => {
+            if of != svc_payment::accounts::ISSUANCE && of != svc_payment::accounts::REVENUE {
+                check_account(&of)?;
+            }
+            Ok(of)
+        }
+        (Some(of), h) if of == h.account() => Ok(of),
+        (Some(_), _) => {
+            Err(Denied::Forbidden("only the node's owner reads other accounts".into()).into())
+        }
+        (None, h) => Ok(h.account()),
+    }
+}
+
+/// `GET /credits/balance[?of=ID]`: an account's credits.
+pub(crate) async fn balance(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<Of>,
+) -> Result<Response, ApiError> {
+    let account = whose(&state, &headers, "/credits/balance", q.of)?;
+    let payment = payment(&state)?;
+    let a = payment.balance(&account)?.unwrap_or_default();
+    Ok(Json(json!({
+        "account": account,
+        "balance": i64::try_from(a.balance()).unwrap_or(i64::MAX),
+        "available": i64::try_from(a.available()).unwrap_or(i64::MAX),
+        "reserved": a.debits_pending,
+        "paid_until_ms": (a.paid_until_ms > 0).then_some(a.paid_until_ms),
+    }))
+    .into_response())
+}
+
+/// `GET /credits/history[?of=ID][&limit=N]`: an account's newest transfers (100 unless
+/// `limit`, at most 1,000).
+pub(crate) async fn history(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<Of>,
+) -> Result<Response, ApiError> {
+    let account = whose(&state, &headers, "/credits/history", q.of)?;
+    let payment = payment(&state)?;
+    let transfers = payment.history(&account, q.limit.unwrap_or(100).clamp(1, 1000))?;
+    Ok(Json(json!({ "account": account, "transfers": transfers })).into_response())
+}
