@@ -144,3 +144,42 @@ fn what(code: u64) -> &'static str {
         _ => "other",
     }
 }
+
+/// `ron usage`: usage rows per identity and window (`GET /usage`), one per line:
+/// `<window start> <identity> <requests> requests, <bytes in> B in, <bytes out> B out`.
+pub(crate) async fn usage(
+    t: &Target,
+    of: Option<&str>,
+    minute: bool,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut q: Vec<(&str, String)> = vec![
+        ("window", if minute { "minute" } else { "hour" }.to_owned()),
+        ("limit", limit.to_string()),
+    ];
+    if let Some(of) = of {
+        q.push(("of", of.to_owned()));
+    }
+    let v = t
+        .json(t.http()?.get(format!("{}/usage", base(t))).query(&q))
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for row in v["rows"].as_array().into_iter().flatten() {
+        let start = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(row["start_ms"].as_u64().unwrap_or(0)),
+        );
+        println!(
+            "{start} {} {} requests, {} B in, {} B out",
+            row["identity"].as_str().unwrap_or("?"),
+            row["requests"],
+            row["bytes_in"],
+            row["bytes_out"]
+        );
+    }
+    Ok(())
+}

@@ -130,6 +130,23 @@ enum Command {
     /// End-to-end encrypted mail: register, send, recv, ack, receipts.
     #[command(subcommand)]
     Mail(mail::MailCommand),
+    /// What was used, per identity and hour (or minute): yours, or everyone's for the owner.
+    Usage {
+        /// One identity (the owner only, unless it is yours).
+        #[arg(long, value_name = "IDENTITY")]
+        of: Option<String>,
+        /// Per minute (the last 48 hours) instead of per hour.
+        #[arg(long)]
+        minute: bool,
+        /// Rows at most.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the node's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        creds: client::Creds,
+    },
     /// Credits on a node that charges: grant (owner), balance, history.
     #[command(subcommand)]
     Credits(credits::CreditsCommand),
@@ -265,6 +282,13 @@ fn main() -> ExitCode {
             }
             Command::Mail(cmd) => mail::run(cmd, node).await,
             Command::Credits(cmd) => credits::run(cmd, node).await,
+            Command::Usage {
+                of,
+                minute,
+                limit,
+                json,
+                creds,
+            } => credits::usage(&target(&creds)?, of.as_deref(), minute, limit, json).await,
             Command::Console { no_open, creds } => client::console(&target(&creds)?, !no_open),
             Command::Peers => client::peers(node).await,
             Command::Key(cmd) => auth::key(cmd, node).await,

@@ -145,6 +145,7 @@ fn config_builder(data_dir: &Path, file: Option<&Path>) -> ron_kernel::config::B
         .register::<svc_dht::P2pSection>()
         .register::<svc_mailbox::MailSection>()
         .register::<svc_payment::PaymentSection>()
+        .register::<svc_accounting::AccountingSection>()
 }
 
 /// A node's config read by a command that works on its data dir without running it.
@@ -354,6 +355,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     spawn_storage_upkeep(&mut sup, &overlay, &config);
     let mail = spawn_mailbox(&mut sup, &args, &config, &dht, &metrics)?;
     let payment = spawn_payment(&mut sup, &args, &config, &metrics)?;
+    let accounting = spawn_accounting(&mut sup, &args, &config, &payment)?;
     let source: Arc<dyn svc_dht::Source> = Arc::new(crate::p2p::NodeSource {
         overlay: overlay.peer_source(),
         mail: mail.clone(),
@@ -386,6 +388,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         names,
         mail: Some(mail),
         payment: Some(payment),
+        accounting: Some(accounting),
     };
     let bound = spawn_edges(&mut sup, listeners, state)?;
     health.mark_started();
@@ -674,6 +677,30 @@ fn spawn_payment(
     Ok(payment)
 }
 
+/// The accounting service under the supervisor: its rollups are `<data dir>/usage.redb` (in
+/// memory under `--amnesia`).
+fn spawn_accounting(
+    sup: &mut Supervisor,
+    args: &NodeArgs,
+    config: &Config,
+    payment: &svc_payment::Payment,
+) -> anyhow::Result<svc_accounting::Accounting> {
+    let rollups = if args.amnesia {
+        svc_accounting::rollup::Rollups::in_memory()?
+    } else {
+        let path = args.dir.data_dir.join("usage.redb");
+        svc_accounting::rollup::Rollups::open(&path)
+            .with_context(|| format!("cannot open the usage rollups {}", path.display()))?
+    };
+    let accounting =
+        svc_accounting::Accounting::new(rollups, Some(payment.clone()), config.clone());
+    let service = accounting.clone();
+    sup.spawn("accounting", Duty::Background, move |ctx| {
+        service.clone().run(ctx.shutdown)
+    });
+    Ok(accounting)
+}
+
 /// Publishes the names this node keeps again: soon after start (once peers are likely
 /// connected), then every [`REPUBLISH_NAMES`].
 fn spawn_name_upkeep(sup: &mut Supervisor, names: &svc_index::Names) {
@@ -840,6 +867,7 @@ fn spawn_oap(
         metrics: state.metrics.clone(),
         mail: state.mail.clone(),
         payment: state.payment.clone(),
+        accounting: state.accounting.clone(),
     };
     sup.spawn("oap", Duty::ReadsAndWrites, move |ctx| {
         let (listener, state, tls_config) =

@@ -17,6 +17,29 @@ use serde_json::Value;
 use support::{BIN, Node, ok_stdout};
 use tokio::time::Instant;
 
+/// The usage rows of `identity` (hourly), summed: (requests, bytes out), once the roll-up
+/// (every second) has them and they reach `at_least` requests (bounded: 20 s).
+async fn usage_of(node: &Node, identity: &str, at_least: u64) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = get_as(
+            node,
+            Some(&node.token),
+            &format!("/usage?of={identity}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let rows = body["rows"].as_array().unwrap();
+        let requests: u64 = rows.iter().map(|r| r["requests"].as_u64().unwrap()).sum();
+        let out: u64 = rows.iter().map(|r| r["bytes_out"].as_u64().unwrap()).sum();
+        if requests >= at_least || Instant::now() > deadline {
+            return (requests, out);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A user key (written to `dir/alice.key`), its public text, and a token it mints for reads.
 async fn alice(dir: &Path) -> (String, String) {
     let key = dir.join("alice.key");
@@ -183,6 +206,45 @@ async fn three_credits_pay_for_three_reads_and_the_fourth_is_402() {
     assert_eq!(balance(&node, "node/revenue").await, 3);
     assert_eq!(balance(&node, &public).await, 0);
     assert_eq!(node.metric("payment_refused_total").await, 3.0);
+
+    // Usage: the three reads served to alice (from the ledger), the anonymous one by address.
+    assert_eq!(usage_of(&node, &public, 3).await, (3, 3 * 1024));
+    assert_eq!(usage_of(&node, "anon/127.0.0.1", 1).await, (1, 1024));
+    let out = ron_as(&node, Some(&token), &["usage"]).await;
+    let rows = ok_stdout(&out);
+    assert!(
+        rows.contains(&format!("{public} 3 requests, 0 B in, 3072 B out")),
+        "{rows}"
+    );
+    // Alice sees only her own.
+    let (status, _) = get_as(&node, Some(&token), "/usage?of=anon/127.0.0.1", None).await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn an_hourly_quota_is_429_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("node");
+    support::config(&data_dir, "[accounting]\nquota_requests_per_hour = 2\n");
+    let node = Node::start(&data_dir, &[]).await;
+    let addr = node.put(support::data(100, 5)).await;
+    let path = format!("/o/{addr}");
+    for _ in 0..2 {
+        assert_eq!(get_as(&node, None, &path, None).await.0, 200);
+    }
+    let res = node
+        .anonymous()
+        .get(format!("{}{path}", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "quota_exceeded");
+    // The owner has no quota.
+    assert_eq!(get_as(&node, Some(&node.token), &path, None).await.0, 200);
+    assert_eq!(usage_of(&node, "anon/127.0.0.1", 2).await.0, 2);
 }
 
 #[tokio::test]
@@ -261,7 +323,13 @@ async fn the_ledger_stays_balanced_through_kill_9_during_charged_reads() {
             charged <= served + 32 * (round + 1),
             "round {round}: {served} served, {charged} charged"
         );
-        println!("round {round}: {served} reads served, {charged} credits charged");
+        // Usage is read from the ledger: exactly what was charged, never twice after a crash.
+        let (requests, bytes_out) = usage_of(&node, &public, u64::try_from(charged).unwrap()).await;
+        assert_eq!(requests, u64::try_from(charged).unwrap(), "round {round}");
+        assert_eq!(bytes_out, requests * 1024);
+        println!(
+            "round {round}: {served} reads served, {charged} credits charged, {requests} requests metered"
+        );
     }
     assert!(served_total > 0);
 }

@@ -71,6 +71,8 @@ pub struct AppState {
     pub mail: Option<svc_mailbox::Mailbox>,
     /// The credit ledger and prices (`None`: nothing is ever charged).
     pub payment: Option<svc_payment::Payment>,
+    /// Usage metering and quotas (`None`: nothing is metered).
+    pub accounting: Option<svc_accounting::Accounting>,
     /// Byte counters.
     pub traffic: Traffic,
     /// Identity and capabilities.
@@ -130,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/credits/grant", post(crate::payment::grant))
         .route("/credits/balance", get(crate::payment::balance))
         .route("/credits/history", get(crate::payment::history))
+        .route("/usage", get(crate::payment::usage))
         .route("/objects", get(crate::objects::list))
         .route("/gc", post(crate::objects::gc))
         .route(
@@ -284,6 +287,7 @@ pub(crate) mod tests {
             names: svc_index::Names::in_memory().unwrap(),
             mail: None,
             payment: None,
+            accounting: None,
             limiter: std::sync::Arc::default(),
             p2p_status: None,
             auth: std::sync::Arc::new(

@@ -126,7 +126,13 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
         .as_ref()
         .filter(|_| req.body().is_end_stream())
         .map(|s| s.answer());
-    let run = next.run(req).instrument(span.clone());
+    let client = req
+        .extensions()
+        .get::<ron_transport::limits::Peer>()
+        .map(|p| p.0);
+    let run = crate::payment::CLIENT
+        .scope(client, next.run(req))
+        .instrument(span.clone());
     let response = if streaming {
         // No whole-request deadline (and no timer) for transfers that go on as long as they
         // move.

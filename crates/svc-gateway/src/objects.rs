@@ -135,6 +135,7 @@ pub(crate) async fn put(
     if let Some(n) = announced {
         charge.add(n)?;
     }
+    crate::payment::check_upload(&state, grant.holder(), announced)?;
     // Its price is reserved before anything is stored (as bytes arrive when not announced).
     let mut reservation = match &state.payment {
         Some(p) => p.reserve(grant.holder(), announced).await?,
@@ -163,10 +164,15 @@ pub(crate) async fn put(
     }
     let stored = upload.finish().await?;
     charge.keep();
-    if let Err(e) = reservation.post().await {
-        // Stored and answered: a reservation past `payment.reserve_s` was given back.
-        tracing::warn!(error = %e, "an upload's reserved credits could not be charged");
-    }
+    let charged = match reservation.post(stored.size).await {
+        Ok(credits) => credits > 0,
+        Err(e) => {
+            // Stored and answered: a reservation past `payment.reserve_s` was given back.
+            tracing::warn!(error = %e, "an upload's reserved credits could not be charged");
+            false
+        }
+    };
+    crate::payment::record_upload(&state, grant.holder(), stored.size, charged);
     let status = if stored.created {
         StatusCode::CREATED
     } else {

@@ -11,20 +11,26 @@ use ron_auth::{Denied, Holder, Request};
 use ron_proto::{Address, ErrorKind, Problem};
 use serde::Deserialize;
 use serde_json::json;
+use svc_accounting::{Usage, Who, Window};
 use svc_payment::{Payment, Priced, Settlement};
 
 use crate::ApiError;
 use crate::admin::{AppState, Shared};
 use crate::auth::authorize;
 
-/// Whose token a request carries, when the node charges or asks anonymous readers for work
-/// (`None`: no token, or one that fails its checks, or neither is on). The request was authorized before: this
-/// only names the holder.
+tokio::task_local! {
+    /// The client address of the request being answered (set by the gateway's middleware
+    /// around each handler): whom an anonymous request is metered to.
+    pub(crate) static CLIENT: Option<std::net::IpAddr>;
+}
+
+fn client() -> Option<std::net::IpAddr> {
+    CLIENT.try_with(|c| *c).ok().flatten()
+}
+
+/// Whose token a request carries, when something needs to know (`None`: no token, or one
+/// that fails its checks). The request was authorized before: this only names the holder.
 fn holder(state: &AppState, headers: &HeaderMap, path: &str) -> Option<Holder> {
-    let payment = state.payment.as_ref()?;
-    if !payment.charges() && !payment.pow_on() {
-        return None;
-    }
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -35,26 +41,67 @@ fn holder(state: &AppState, headers: &HeaderMap, path: &str) -> Option<Holder> {
         .identify(token.trim(), &Request { op: Op::Get, path })
 }
 
-/// Pays for a read of `addr` moving `bytes` (before any of them is sent): 402 without the
-/// credits or a proof of work where one is needed.
+/// Admits a read of `addr` moving `bytes`, before any of them is sent: the holder's hourly
+/// quota (429 `quota_exceeded`), its price (402 without the credits) or a proof of work
+/// where one is needed; then meters it.
 pub(crate) async fn pay_read(
     state: &AppState,
     headers: &HeaderMap,
     addr: &Address,
     bytes: u64,
 ) -> Result<Settlement, ApiError> {
-    let Some(payment) = state.payment.as_ref() else {
-        return Ok(Settlement::Free);
-    };
-    let target = format!("/o/{addr}");
-    let who = holder(state, headers, &target);
-    if who.is_none() && !payment.pow_on() {
+    let pricing = state.payment.as_ref().filter(|p| p.charges() || p.pow_on());
+    if pricing.is_none() && state.accounting.is_none() {
         return Ok(Settlement::Free);
     }
-    let pow = headers
-        .get(ron_proto::pow::HEADER)
-        .and_then(|v| v.to_str().ok());
-    Ok(payment.admit(who, pow, Priced::Get, &target, bytes).await?)
+    let target = format!("/o/{addr}");
+    let who = holder(state, headers, &target);
+    let metered = Who::of(who, client());
+    if let Some(accounting) = &state.accounting {
+        accounting.check(&metered, bytes)?;
+    }
+    let settled = match pricing {
+        Some(payment) => {
+            let pow = headers
+                .get(ron_proto::pow::HEADER)
+                .and_then(|v| v.to_str().ok());
+            payment.admit(who, pow, Priced::Get, &target, bytes).await?
+        }
+        None => Settlement::Free,
+    };
+    if let Some(accounting) = &state.accounting {
+        let usage = Usage {
+            requests: 1,
+            bytes_in: 0,
+            bytes_out: bytes,
+        };
+        accounting.record(&metered, usage, matches!(settled, Settlement::Charged(_)));
+    }
+    Ok(settled)
+}
+
+/// Checks the uploader's hourly quota before anything is stored.
+pub(crate) fn check_upload(
+    state: &AppState,
+    holder: Option<Holder>,
+    announced: Option<u64>,
+) -> Result<(), ApiError> {
+    if let Some(accounting) = &state.accounting {
+        accounting.check(&Who::of(holder, client()), announced.unwrap_or(0))?;
+    }
+    Ok(())
+}
+
+/// Meters a stored upload of `bytes` (`charged`: the ledger holds it).
+pub(crate) fn record_upload(state: &AppState, holder: Option<Holder>, bytes: u64, charged: bool) {
+    if let Some(accounting) = &state.accounting {
+        let usage = Usage {
+            requests: 1,
+            bytes_in: bytes,
+            bytes_out: 0,
+        };
+        accounting.record(&Who::of(holder, client()), usage, charged);
+    }
 }
 
 fn payment(state: &AppState) -> Result<&Payment, ApiError> {
@@ -185,4 +232,67 @@ pub(crate) async fn history(
     let payment = payment(&state)?;
     let transfers = payment.history(&account, q.limit.unwrap_or(100).clamp(1, 1000))?;
     Ok(Json(json!({ "account": account, "transfers": transfers })).into_response())
+}
+
+/// `?of=ID&window=minute|hour&since_ms=N&limit=N` of `GET /usage`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UsageQuery {
+    of: Option<String>,
+    window: Option<String>,
+    since_ms: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /usage`: usage rows per identity and window. The owner sees every identity (or `of`
+/// one); anyone else their own.
+pub(crate) async fn usage(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<UsageQuery>,
+) -> Result<Response, ApiError> {
+    let holder = account_holder(&state, &headers, "/usage")?;
+    let identity = match (holder, q.of) {
+        (Holder::Owner, of) => of,
+        (h, None) => Some(h.account()),
+        (h, Some(of)) if of == h.account() => Some(of),
+        (_, Some(_)) => {
+            return Err(
+                Denied::Forbidden("only the node's owner reads others' usage".into()).into(),
+            );
+        }
+    };
+    let window = match q.window.as_deref() {
+        None | Some("hour") => Window::Hour,
+        Some("minute") => Window::Minute,
+        Some(_) => {
+            return Err(Problem::new(ErrorKind::BadInput, "window is minute or hour").into());
+        }
+    };
+    let accounting = state.accounting.as_ref().ok_or_else(|| {
+        ApiError::from(Problem::new(
+            ErrorKind::NotFound,
+            "this node meters nothing",
+        ))
+    })?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let rows = accounting.rows(window, identity.as_deref(), q.since_ms.unwrap_or(0), limit)?;
+    let rows: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|r| {
+            json!({
+                "identity": r.identity,
+                "start_ms": r.start_ms,
+                "requests": r.usage.requests,
+                "bytes_in": r.usage.bytes_in,
+                "bytes_out": r.usage.bytes_out,
+            })
+        })
+        .collect();
+    let window = if window == Window::Hour {
+        "hour"
+    } else {
+        "minute"
+    };
+    Ok(Json(json!({ "window": window, "rows": rows })).into_response())
 }

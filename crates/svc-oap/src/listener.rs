@@ -61,6 +61,8 @@ pub struct OapState {
     pub mail: Option<svc_mailbox::Mailbox>,
     /// The credit ledger and prices (`None`: nothing is charged).
     pub payment: Option<svc_payment::Payment>,
+    /// Usage metering and quotas (`None`: nothing is metered).
+    pub accounting: Option<svc_accounting::Accounting>,
 }
 
 impl std::fmt::Debug for OapState {
@@ -426,9 +428,9 @@ async fn open_object_stream(
     };
     // An upload's client is sending: its reads stay under the idle limit.
     let answering = (!write).then(|| Answering::new(&conn.answering));
-    let (state, out) = (state.clone(), out.clone());
+    let (state, out, ip) = (state.clone(), out.clone(), conn.ip);
     streams.spawn(async move {
-        handle(&state, &out, corr, request, token.as_deref(), body).await;
+        handle(&state, &out, corr, ip, request, token.as_deref(), body).await;
         drop((ticket, answering));
     });
     sender

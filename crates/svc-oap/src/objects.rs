@@ -7,8 +7,11 @@ use ron_auth::{Denied, Grant, Request};
 use ron_proto::oap::objects::{GetReply, ObjectRequest, PutReply};
 use ron_proto::oap::{APP_OBJECTS, Flags, HEADER_LEN};
 use ron_proto::{Address, ErrorKind, Failure, Problem};
+use std::net::IpAddr;
 use svc_overlay::{Got, Incoming, Object, OverlayError, PutRequest};
-use svc_payment::Priced;
+
+use svc_accounting::{Usage, Who};
+use svc_payment::{Priced, Settlement};
 use tokio::sync::mpsc;
 
 use crate::budget::Room;
@@ -35,12 +38,13 @@ pub(crate) async fn handle(
     state: &OapState,
     out: &Out,
     corr: u64,
+    ip: IpAddr,
     request: ObjectRequest,
     token: Option<&str>,
     body: Option<mpsc::Receiver<Piece>>,
 ) {
     let outcome = match request {
-        ObjectRequest::Get { addr } => get(state, out, corr, addr, token).await,
+        ObjectRequest::Get { addr } => get(state, out, corr, Caller { ip, token }, addr).await,
         ObjectRequest::Stat { addr } => stat(state, out, corr, addr, token).await,
         ObjectRequest::Put {
             size,
@@ -61,7 +65,7 @@ pub(crate) async fn handle(
                     expect,
                     durability: parsed.map(Result::unwrap_or_default),
                 };
-                put(state, out, corr, token, body, size, request).await
+                put(state, out, corr, Caller { ip, token }, body, size, request).await
             }
         },
     };
@@ -97,12 +101,19 @@ async fn stat(
     Ok(())
 }
 
+/// Who asks: the client's address and the credential it sent.
+#[derive(Debug, Clone, Copy)]
+struct Caller<'a> {
+    ip: IpAddr,
+    token: Option<&'a str>,
+}
+
 async fn get(
     state: &OapState,
     out: &Out,
     corr: u64,
+    Caller { ip, token }: Caller<'_>,
     addr: Address,
-    token: Option<&str>,
 ) -> Result<(), Refusal> {
     // The credential is a token, or `pow <answer>` (a proof of work for an anonymous read).
     let (token, pow) = match token.map(|t| t.strip_prefix("pow ")) {
@@ -116,16 +127,30 @@ async fn get(
         .saturating_sub(HEADER_LEN)
         .clamp(1, DATA_FRAME);
     let got = state.overlay.get(addr).await.map_err(refusal)?;
+    let size = match &got {
+        Got::Stored(object) => object.size(),
+        Got::Arriving(incoming) => incoming.size,
+    };
+    // The quota, then the price, before a byte is sent, as over HTTP; then it is metered.
+    let who = Who::of(grant.holder(), Some(ip));
+    if let Some(accounting) = &state.accounting {
+        accounting.check(&who, size).map_err(refusal)?;
+    }
+    let mut charged = false;
     if let Some(payment) = &state.payment {
-        // Paid for before a byte is sent, as over HTTP.
-        let size = match &got {
-            Got::Stored(object) => object.size(),
-            Got::Arriving(incoming) => incoming.size,
-        };
-        payment
+        let settled = payment
             .admit(grant.holder(), pow, Priced::Get, &target, size)
             .await
             .map_err(refusal)?;
+        charged = matches!(settled, Settlement::Charged(_));
+    }
+    if let Some(accounting) = &state.accounting {
+        let usage = Usage {
+            requests: 1,
+            bytes_in: 0,
+            bytes_out: size,
+        };
+        accounting.record(&who, usage, charged);
     }
     match got {
         Got::Stored(object) => send_stored(out, corr, object, per_frame).await,
@@ -237,7 +262,7 @@ async fn put(
     state: &OapState,
     out: &Out,
     corr: u64,
-    token: Option<&str>,
+    Caller { ip, token }: Caller<'_>,
     body: Option<mpsc::Receiver<Piece>>,
     size: Option<u64>,
     request: PutRequest,
@@ -250,6 +275,10 @@ async fn put(
     let mut charge = grant.charging();
     if let Some(n) = size {
         charge.add(n).map_err(refusal)?;
+    }
+    let who = Who::of(grant.holder(), Some(ip));
+    if let Some(accounting) = &state.accounting {
+        accounting.check(&who, size.unwrap_or(0)).map_err(refusal)?;
     }
     let mut reservation = match &state.payment {
         Some(p) => p.reserve(grant.holder(), size).await.map_err(refusal)?,
@@ -289,8 +318,20 @@ async fn put(
     }
     let stored = upload.finish().await.map_err(refusal)?;
     charge.keep();
-    if let Err(e) = reservation.post().await {
-        tracing::warn!(error = %e, "an upload's reserved credits could not be charged");
+    let charged = match reservation.post(stored.size).await {
+        Ok(credits) => credits > 0,
+        Err(e) => {
+            tracing::warn!(error = %e, "an upload's reserved credits could not be charged");
+            false
+        }
+    };
+    if let Some(accounting) = &state.accounting {
+        let usage = Usage {
+            requests: 1,
+            bytes_in: stored.size,
+            bytes_out: 0,
+        };
+        accounting.record(&who, usage, charged);
     }
     let code = if stored.created { 201 } else { 200 };
     let reply = PutReply {

@@ -31,11 +31,13 @@ pub const NO_OVERDRAFT: u8 = 1;
 type AccountRow = (u64, u64, u64, u64, u8, u64);
 const ACCOUNTS: TableDefinition<&str, AccountRow> = TableDefinition::new("accounts");
 /// Transfer id -> debit, credit, amount, kind, pending id, timeout (ms), code, at (ms), state,
-/// sequence.
-type TransferRow<'a> = (&'a str, &'a str, u64, u8, u128, u64, u16, u64, u8, u64);
+/// sequence, bytes.
+type TransferRow<'a> = (&'a str, &'a str, u64, u8, u128, u64, u16, u64, u8, u64, u64);
 const TRANSFERS: TableDefinition<u128, TransferRow> = TableDefinition::new("transfers");
 /// Account id -> (sequence, transfer id) of every transfer it took part in.
 const HISTORY: MultimapTableDefinition<&str, (u64, u128)> = MultimapTableDefinition::new("history");
+/// Sequence -> transfer id: the ledger's order (what usage rollups follow).
+const BY_SEQ: TableDefinition<u64, u128> = TableDefinition::new("by_seq");
 /// (timeout ms, transfer id) of every transfer still pending.
 const TIMEOUTS: TableDefinition<(u64, u128), ()> = TableDefinition::new("timeouts");
 /// Counters: the next sequence number.
@@ -151,6 +153,8 @@ pub struct Transfer {
     pub code: u16,
     /// For a posted transfer: the debited account has paid its flat period until then (ms).
     pub paid_until_ms: Option<u64>,
+    /// The bytes the request it paid for moved (for usage; 0 when none).
+    pub bytes: u64,
 }
 
 /// One change, applied with others in one transaction.
@@ -242,6 +246,8 @@ pub struct Record {
     pub state: &'static str,
     /// Its place in the ledger's order.
     pub seq: u64,
+    /// The bytes the request it paid for moved.
+    pub bytes: u64,
 }
 
 fn hex_id<S: serde::Serializer>(id: &u128, s: S) -> Result<S::Ok, S::Error> {
@@ -288,6 +294,7 @@ impl Record {
                 ""
             },
             seq: r.9,
+            bytes: r.10,
         }
     }
 }
@@ -339,6 +346,7 @@ struct Tables<'t> {
     transfers: redb::Table<'t, u128, TransferRow<'static>>,
     history: redb::MultimapTable<'t, &'static str, (u64, u128)>,
     timeouts: redb::Table<'t, (u64, u128), ()>,
+    by_seq: redb::Table<'t, u64, u128>,
     seq: u64,
 }
 
@@ -352,6 +360,7 @@ impl<'t> Tables<'t> {
             transfers: txn.open_table(TRANSFERS)?,
             history: txn.open_multimap_table(HISTORY)?,
             timeouts: txn.open_table(TIMEOUTS)?,
+            by_seq: txn.open_table(BY_SEQ)?,
             seq,
         })
     }
@@ -501,8 +510,10 @@ impl<'t> Tables<'t> {
                 now_ms,
                 state,
                 self.seq,
+                t.bytes,
             ),
         )?;
+        self.by_seq.insert(self.seq, t.id)?;
         self.history.insert(t.debit.as_str(), (self.seq, t.id))?;
         self.history.insert(t.credit.as_str(), (self.seq, t.id))?;
         Ok(Ok(Done::Applied))
@@ -521,9 +532,10 @@ impl<'t> Tables<'t> {
                 r.6,
                 r.7,
                 r.9,
+                r.10,
             )
         });
-        if let Some((d, c, amount, kind, pending, timeout, code, at, seq)) = row {
+        if let Some((d, c, amount, kind, pending, timeout, code, at, seq, bytes)) = row {
             self.transfers.insert(
                 id,
                 (
@@ -537,6 +549,7 @@ impl<'t> Tables<'t> {
                     at,
                     state,
                     seq,
+                    bytes,
                 ),
             )?;
         }
@@ -597,6 +610,7 @@ impl Ledger {
         txn.open_table(TRANSFERS)?;
         txn.open_multimap_table(HISTORY)?;
         txn.open_table(TIMEOUTS)?;
+        txn.open_table(BY_SEQ)?;
         txn.open_table(META)?;
         txn.commit()?;
         Ok(Self { db })
@@ -673,6 +687,22 @@ impl Ledger {
         let mut out = Vec::new();
         for entry in history.get(account)?.rev().take(limit) {
             let (_, id) = entry?.value();
+            if let Some(v) = transfers.get(id)? {
+                out.push(Record::from_row(id, v.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` transfers after sequence `after`, in the ledger's order.
+    pub fn since(&self, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let by_seq = txn.open_table(BY_SEQ)?;
+        let transfers = txn.open_table(TRANSFERS)?;
+        let mut out = Vec::new();
+        for entry in by_seq.range(after.saturating_add(1)..)?.take(limit) {
+            let (_, id) = entry?;
+            let id = id.value();
             if let Some(v) = transfers.get(id)? {
                 out.push(Record::from_row(id, v.value()));
             }

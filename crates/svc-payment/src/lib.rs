@@ -20,7 +20,7 @@ use ron_proto::{ErrorKind, Failure, PaymentDue, PowChallenge};
 use serde::{Deserialize, Serialize};
 
 pub use metrics::PaymentMetrics;
-pub use service::{Payment, Reservation, Settlement, accounts};
+pub use service::{Payment, Reservation, Settlement, accounts, codes};
 
 /// Credits per operation (`{ get = 1, put = 2 }`; an operation left out costs nothing).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,8 +147,8 @@ impl Priced {
     /// The transfer code of a charge for it.
     fn code(self) -> u16 {
         match self {
-            Priced::Get => service::CODE_GET,
-            Priced::Put => service::CODE_PUT,
+            Priced::Get => service::codes::GET,
+            Priced::Put => service::codes::PUT,
         }
     }
 }

@@ -17,10 +17,24 @@ use crate::pow::{Puzzles, Verdict};
 use crate::{Anonymous, PaymentError, PaymentSection, Priced};
 
 /// Transfer codes: what a transfer paid for.
-pub(crate) const CODE_GET: u16 = 1;
-pub(crate) const CODE_PUT: u16 = 2;
-pub(crate) const CODE_FLAT: u16 = 3;
-pub(crate) const CODE_GRANT: u16 = 10;
+pub mod codes {
+    /// A read, charged (a usage event: one request, `bytes` out).
+    pub const GET: u16 = 1;
+    /// An upload's price (a usage event once posted: one request, `bytes` in).
+    pub const PUT: u16 = 2;
+    /// A flat period bought by a read (a usage event, as `GET`).
+    pub const FLAT: u16 = 3;
+    /// More of an upload's price, reserved as its bytes arrived (no event of its own).
+    pub const PUT_MORE: u16 = 4;
+    /// A flat period bought by an upload (the upload is metered by itself).
+    pub const FLAT_PUT: u16 = 5;
+    /// Credits granted by the owner.
+    pub const GRANT: u16 = 10;
+}
+use codes::{
+    FLAT as CODE_FLAT, FLAT_PUT as CODE_FLAT_PUT, GRANT as CODE_GRANT, PUT as CODE_PUT,
+    PUT_MORE as CODE_PUT_MORE,
+};
 
 /// The node's own accounts.
 pub mod accounts {
@@ -253,8 +267,13 @@ impl Payment {
                         credit: accounts::REVENUE.into(),
                         amount: flat.credits,
                         kind: Kind::Posted,
-                        code: CODE_FLAT,
+                        code: if op == Priced::Put {
+                            CODE_FLAT_PUT
+                        } else {
+                            CODE_FLAT
+                        },
                         paid_until_ms: Some(until),
+                        bytes,
                     },
                     flat.credits,
                 )
@@ -273,6 +292,7 @@ impl Payment {
                         kind: Kind::Posted,
                         code: op.code(),
                         paid_until_ms: None,
+                        bytes,
                     },
                     price,
                 )
@@ -353,6 +373,7 @@ impl Payment {
                     kind: Kind::Posted,
                     code: CODE_GRANT,
                     paid_until_ms: None,
+                    bytes: 0,
                 }),
             ])
             .await?;
@@ -463,8 +484,8 @@ pub struct Reservation {
     timeout_ms: u64,
     /// MiB covered so far.
     mib: u64,
-    /// The pending transfers: id and amount.
-    pending: Vec<(u128, u64)>,
+    /// The pending transfers: id, amount, code (the first is the request's, `PUT`).
+    pending: Vec<(u128, u64, u16)>,
     kept: bool,
 }
 
@@ -482,15 +503,16 @@ impl Reservation {
         }
     }
 
-    fn transfer(&self, id: u128, amount: u64, kind: Kind) -> Transfer {
+    fn transfer(&self, id: u128, amount: u64, kind: Kind, code: u16, bytes: u64) -> Transfer {
         Transfer {
             id,
             debit: self.account.clone(),
             credit: accounts::REVENUE.into(),
             amount,
             kind,
-            code: CODE_PUT,
+            code,
             paid_until_ms: None,
+            bytes,
         }
     }
 
@@ -502,16 +524,17 @@ impl Reservation {
             return Ok(());
         }
         let id = fastrand::u128(..);
-        let t = self.transfer(
-            id,
-            amount,
-            Kind::Pending {
-                timeout_ms: self.timeout_ms,
-            },
-        );
+        // The first hold is the request's; later ones cover more of its bytes.
+        let code = if self.pending.is_empty() {
+            CODE_PUT
+        } else {
+            CODE_PUT_MORE
+        };
+        let timeout_ms = self.timeout_ms;
+        let t = self.transfer(id, amount, Kind::Pending { timeout_ms }, code, 0);
         match payment.one(Change::Transfer(t)).await? {
             Ok(_) => {
-                self.pending.push((id, amount));
+                self.pending.push((id, amount, code));
                 Ok(())
             }
             Err(refusal) => Err(payment.required(amount, refusal)),
@@ -530,8 +553,9 @@ impl Reservation {
         Ok(())
     }
 
-    /// The upload was kept: the reserved credits are charged.
-    pub async fn post(mut self) -> Result<u64, PaymentError> {
+    /// The upload of `bytes` was kept: the reserved credits are charged. What was charged
+    /// (0: nothing was due, and the upload is no usage event of the ledger's).
+    pub async fn post(mut self, bytes: u64) -> Result<u64, PaymentError> {
         self.kept = true;
         let Some(payment) = self.payment.clone() else {
             return Ok(0);
@@ -539,12 +563,10 @@ impl Reservation {
         let changes: Vec<Change> = self
             .pending
             .iter()
-            .map(|&(id, amount)| {
-                Change::Transfer(self.transfer(
-                    fastrand::u128(..),
-                    amount,
-                    Kind::Post { pending: id },
-                ))
+            .map(|&(id, amount, code)| {
+                let bytes = if code == CODE_PUT { bytes } else { 0 };
+                let post = Kind::Post { pending: id };
+                Change::Transfer(self.transfer(fastrand::u128(..), amount, post, code, bytes))
             })
             .collect();
         let total: u64 = self.pending.iter().map(|p| p.1).sum();
@@ -567,12 +589,9 @@ impl Drop for Reservation {
         let changes: Vec<Change> = self
             .pending
             .iter()
-            .map(|&(id, amount)| {
-                Change::Transfer(self.transfer(
-                    fastrand::u128(..),
-                    amount,
-                    Kind::Void { pending: id },
-                ))
+            .map(|&(id, amount, code)| {
+                let void = Kind::Void { pending: id };
+                Change::Transfer(self.transfer(fastrand::u128(..), amount, void, code, 0))
             })
             .collect();
         // Given back now; if the queue is full, the reservation's timeout gives them back.

@@ -31,6 +31,7 @@ fn posted(id: u128, debit: &str, credit: &str, amount: u64) -> Change {
         kind: Kind::Posted,
         code: 1,
         paid_until_ms: None,
+        bytes: 0,
     })
 }
 
@@ -94,6 +95,7 @@ fn pending_is_resolved_once_and_expires() {
             kind: Kind::Pending { timeout_ms },
             code: 2,
             paid_until_ms: None,
+            bytes: 0,
         })
     };
     let resolve = |id, kind| {
@@ -105,6 +107,7 @@ fn pending_is_resolved_once_and_expires() {
             kind,
             code: 2,
             paid_until_ms: None,
+            bytes: 0,
         })
     };
     let r = l
@@ -188,9 +191,9 @@ proptest! {
         let accounts = |i: usize| if i < 3 { USERS[i] } else { "node/revenue" };
         for op in ops {
             let t = match op {
-                Op::Grant(u, a) => Some(Transfer { id: next_id, debit: "node/issuance".into(), credit: USERS[u].into(), amount: a, kind: Kind::Posted, code: 9, paid_until_ms: None }),
-                Op::Pay(u, v, a) => Some(Transfer { id: next_id, debit: USERS[u].into(), credit: accounts(v).into(), amount: a, kind: Kind::Posted, code: 1, paid_until_ms: None }),
-                Op::Pending(u, a, t) => Some(Transfer { id: next_id, debit: USERS[u].into(), credit: "node/revenue".into(), amount: a, kind: Kind::Pending { timeout_ms: now + t }, code: 2, paid_until_ms: None }),
+                Op::Grant(u, a) => Some(Transfer { id: next_id, debit: "node/issuance".into(), credit: USERS[u].into(), amount: a, kind: Kind::Posted, code: 9, paid_until_ms: None, bytes: 0 }),
+                Op::Pay(u, v, a) => Some(Transfer { id: next_id, debit: USERS[u].into(), credit: accounts(v).into(), amount: a, kind: Kind::Posted, code: 1, paid_until_ms: None, bytes: 0 }),
+                Op::Pending(u, a, t) => Some(Transfer { id: next_id, debit: USERS[u].into(), credit: "node/revenue".into(), amount: a, kind: Kind::Pending { timeout_ms: now + t }, code: 2, paid_until_ms: None, bytes: 0 }),
                 Op::Resolve(i, post) => pendings.get(i % pendings.len().max(1)).map(|p| Transfer {
                     id: next_id, kind: if post { Kind::Post { pending: p.id } } else { Kind::Void { pending: p.id } }, ..p.clone()
                 }),

@@ -126,7 +126,7 @@ async fn per_mib_prices_and_upload_reservations() {
             ),
             "{e}"
         );
-        assert_eq!(r.post().await.unwrap(), 5);
+        assert_eq!(r.post(4 << 20).await.unwrap(), 5);
     })
     .await;
     let a = p.balance(&ALICE.account()).unwrap().unwrap();
