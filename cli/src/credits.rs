@@ -104,11 +104,17 @@ pub(crate) async fn run(cmd: CreditsCommand, node: &crate::client::NodeUrl) -> a
                     std::time::UNIX_EPOCH + std::time::Duration::from_millis(at),
                 );
                 let state = tr["state"].as_str().filter(|s| !s.is_empty());
+                let count = tr["count"].as_u64().unwrap_or(0);
                 println!(
-                    "{when} {sign}{amount} {} {}{}",
+                    "{when} {sign}{amount} {} {}{}{}",
                     what(tr["code"].as_u64().unwrap_or(0)),
                     tr["kind"].as_str().unwrap_or(""),
-                    state.map(|s| format!(" ({s})")).unwrap_or_default()
+                    state.map(|s| format!(" ({s})")).unwrap_or_default(),
+                    if count > 1 {
+                        format!(" ({count} requests)")
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }
@@ -139,7 +145,8 @@ fn what(code: u64) -> &'static str {
     match code {
         1 => "get",
         2 => "put",
-        3 => "flat period",
+        3 | 5 => "flat period",
+        4 => "put",
         10 => "grant",
         _ => "other",
     }

@@ -28,6 +28,9 @@ pub const HOUR: u64 = 3_600_000;
 /// Minute rows are kept this long (hour rows are kept).
 const KEEP_MINUTES: u64 = 48 * HOUR;
 
+/// redb's page cache for this file at most.
+const CACHE_BYTES: usize = 32 << 20;
+
 /// Why the rollups' store failed.
 #[derive(Debug, thiserror::Error)]
 #[error("usage store: {0}")]
@@ -129,9 +132,16 @@ fn add(
 }
 
 impl Rollups {
-    /// Opens (or creates) the rollups at `path`.
+    /// Opens (or creates) the rollups at `path`, a file only this user may read.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::with(Database::create(path)?)
+        use std::os::unix::fs::PermissionsExt;
+        // A bounded page cache (redb's default grows to 1 GiB with the file).
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError(format!("chmod {}: {e}", path.display())))?;
+        Self::with(db)
     }
 
     /// Rollups in memory (amnesia mode, tests).

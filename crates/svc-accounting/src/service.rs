@@ -92,12 +92,12 @@ fn from_ledger(r: &svc_payment::ledger::Record) -> Option<Event> {
     }
     let usage = match r.code {
         codes::GET | codes::FLAT => Usage {
-            requests: 1,
+            requests: r.count,
             bytes_in: 0,
             bytes_out: r.bytes,
         },
         codes::PUT => Usage {
-            requests: 1,
+            requests: r.count,
             bytes_in: r.bytes,
             bytes_out: 0,
         },

@@ -31,8 +31,21 @@ pub const NO_OVERDRAFT: u8 = 1;
 type AccountRow = (u64, u64, u64, u64, u8, u64);
 const ACCOUNTS: TableDefinition<&str, AccountRow> = TableDefinition::new("accounts");
 /// Transfer id -> debit, credit, amount, kind, pending id, timeout (ms), code, at (ms), state,
-/// sequence, bytes.
-type TransferRow<'a> = (&'a str, &'a str, u64, u8, u128, u64, u16, u64, u8, u64, u64);
+/// sequence, bytes, requests.
+type TransferRow<'a> = (
+    &'a str,
+    &'a str,
+    u64,
+    u8,
+    u128,
+    u64,
+    u16,
+    u64,
+    u8,
+    u64,
+    u64,
+    u64,
+);
 const TRANSFERS: TableDefinition<u128, TransferRow> = TableDefinition::new("transfers");
 /// Account id -> (sequence, transfer id) of every transfer it took part in.
 const HISTORY: MultimapTableDefinition<&str, (u64, u128)> = MultimapTableDefinition::new("history");
@@ -50,6 +63,9 @@ const KIND_VOID: u8 = 3;
 
 /// Most changes applied in one transaction (the service batches up to this).
 pub const MAX_BATCH: usize = 4096;
+
+/// redb's page cache for this file at most.
+const CACHE_BYTES: usize = 32 << 20;
 
 /// Why the ledger's store failed.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +171,25 @@ pub struct Transfer {
     pub paid_until_ms: Option<u64>,
     /// The bytes the request it paid for moved (for usage; 0 when none).
     pub bytes: u64,
+    /// The requests it paid for (for usage; 0 for a grant).
+    pub count: u64,
+}
+
+/// Many charges of one account in one transfer: each item (amount, bytes) is one request,
+/// accepted in order while the account can pay, refused (`ExceedsCredits`) once it cannot.
+/// The transfer records the accepted items' sums and how many they were.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charges {
+    /// The transfer's id, used once.
+    pub id: u128,
+    /// The account debited.
+    pub debit: String,
+    /// The account credited.
+    pub credit: String,
+    /// What it pays for.
+    pub code: u16,
+    /// Each request's amount (at least 1) and bytes.
+    pub items: Vec<(u64, u64)>,
 }
 
 /// One change, applied with others in one transaction.
@@ -169,15 +204,19 @@ pub enum Change {
     },
     /// A transfer.
     Transfer(Transfer),
+    /// Many charges of one account, one posted transfer (answered [`Done::Charged`]).
+    Charges(Charges),
 }
 
 /// What a change did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Done {
     /// Applied now.
     Applied,
     /// The same change was applied before (an account, a transfer id): nothing changed.
     Exists,
+    /// [`Change::Charges`]: each item accepted or refused.
+    Charged(Vec<Result<(), Refusal>>),
 }
 
 /// Why a change was refused (the transaction goes on with the others).
@@ -248,6 +287,8 @@ pub struct Record {
     pub seq: u64,
     /// The bytes the request it paid for moved.
     pub bytes: u64,
+    /// The requests it paid for.
+    pub count: u64,
 }
 
 fn hex_id<S: serde::Serializer>(id: &u128, s: S) -> Result<S::Ok, S::Error> {
@@ -295,6 +336,7 @@ impl Record {
             },
             seq: r.9,
             bytes: r.10,
+            count: r.11,
         }
     }
 }
@@ -511,12 +553,82 @@ impl<'t> Tables<'t> {
                 state,
                 self.seq,
                 t.bytes,
+                t.count,
             ),
         )?;
         self.by_seq.insert(self.seq, t.id)?;
         self.history.insert(t.debit.as_str(), (self.seq, t.id))?;
         self.history.insert(t.credit.as_str(), (self.seq, t.id))?;
         Ok(Ok(Done::Applied))
+    }
+
+    fn charges(&mut self, c: &Charges, now_ms: u64) -> Result<Result<Done, Refusal>, StoreError> {
+        let refuse_all = |r: Refusal| Ok(Ok(Done::Charged(vec![Err(r); c.items.len()])));
+        if self.transfers.get(c.id)?.is_some() {
+            return refuse_all(Refusal::IdUsed);
+        }
+        if c.debit == c.credit {
+            return refuse_all(Refusal::SameAccount);
+        }
+        let Some(mut debit) = self.account(&c.debit)? else {
+            return refuse_all(Refusal::NoAccount(c.debit.clone()));
+        };
+        let Some(mut credit) = self.account(&c.credit)? else {
+            return refuse_all(Refusal::NoAccount(c.credit.clone()));
+        };
+        let (mut amount, mut bytes, mut count) = (0u64, 0u64, 0u64);
+        let mut results = Vec::with_capacity(c.items.len());
+        for &(a, b) in &c.items {
+            let available = debit.available() - i128::from(amount);
+            let fits = a > 0
+                && amount.checked_add(a).is_some()
+                && (debit.flags & NO_OVERDRAFT == 0 || i128::from(a) <= available);
+            if fits {
+                amount += a;
+                bytes = bytes.saturating_add(b);
+                count += 1;
+                results.push(Ok(()));
+            } else if a == 0 {
+                results.push(Err(Refusal::ZeroAmount));
+            } else {
+                results.push(Err(Refusal::ExceedsCredits {
+                    available: u64::try_from(available.max(0)).unwrap_or(0),
+                }));
+            }
+        }
+        if count == 0 {
+            return Ok(Ok(Done::Charged(results)));
+        }
+        let (Some(nd), Some(nc)) = (
+            debit.debits_posted.checked_add(amount),
+            credit.credits_posted.checked_add(amount),
+        ) else {
+            return refuse_all(Refusal::Overflow);
+        };
+        debit.debits_posted = nd;
+        credit.credits_posted = nc;
+        self.accounts.insert(c.debit.as_str(), debit.row())?;
+        self.accounts.insert(c.credit.as_str(), credit.row())?;
+        self.seq += 1;
+        let row = (
+            c.debit.as_str(),
+            c.credit.as_str(),
+            amount,
+            KIND_POSTED,
+            0,
+            0,
+            c.code,
+            now_ms,
+            0,
+            self.seq,
+            bytes,
+            count,
+        );
+        self.transfers.insert(c.id, row)?;
+        self.by_seq.insert(self.seq, c.id)?;
+        self.history.insert(c.debit.as_str(), (self.seq, c.id))?;
+        self.history.insert(c.credit.as_str(), (self.seq, c.id))?;
+        Ok(Ok(Done::Charged(results)))
     }
 
     fn set_state(&mut self, id: u128, state: u8) -> Result<(), StoreError> {
@@ -532,10 +644,10 @@ impl<'t> Tables<'t> {
                 r.6,
                 r.7,
                 r.9,
-                r.10,
+                (r.10, r.11),
             )
         });
-        if let Some((d, c, amount, kind, pending, timeout, code, at, seq, bytes)) = row {
+        if let Some((d, c, amount, kind, pending, timeout, code, at, seq, (bytes, count))) = row {
             self.transfers.insert(
                 id,
                 (
@@ -550,6 +662,7 @@ impl<'t> Tables<'t> {
                     state,
                     seq,
                     bytes,
+                    count,
                 ),
             )?;
         }
@@ -594,9 +707,16 @@ impl<'t> Tables<'t> {
 }
 
 impl Ledger {
-    /// Opens (or creates) the ledger at `path`.
+    /// Opens (or creates) the ledger at `path`, a file only this user may read.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::with(Database::create(path)?)
+        use std::os::unix::fs::PermissionsExt;
+        // A bounded page cache (redb's default grows to 1 GiB with the file).
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError(format!("chmod {}: {e}", path.display())))?;
+        Self::with(db)
     }
 
     /// A ledger in memory (amnesia mode, tests).
@@ -623,7 +743,23 @@ impl Ledger {
         changes: &[Change],
         now_ms: u64,
     ) -> Result<Vec<Result<Done, Refusal>>, StoreError> {
-        let txn = self.db.begin_write()?;
+        self.apply_with(changes, now_ms, true)
+    }
+
+    /// Like [`Ledger::apply`]; when `durable` is false the transaction is committed without
+    /// fsync: visible at once, made durable by the next durable commit, and rolled back as a
+    /// whole by a crash before it (the ledger stays balanced either way).
+    pub fn apply_with(
+        &self,
+        changes: &[Change],
+        now_ms: u64,
+        durable: bool,
+    ) -> Result<Vec<Result<Done, Refusal>>, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| StoreError(e.to_string()))?;
+        }
         let results = Self::stage(&txn, changes, now_ms)?;
         txn.commit()?;
         Ok(results)
@@ -651,6 +787,7 @@ impl Ledger {
             results.push(match change {
                 Change::Open { account, flags } => t.open_account(account, *flags)?,
                 Change::Transfer(transfer) => t.transfer(transfer, now_ms)?,
+                Change::Charges(charges) => t.charges(charges, now_ms)?,
             });
         }
         t.finish(txn)?;

@@ -53,7 +53,7 @@ pub enum Anonymous {
     Pow,
 }
 
-/// `[payment]`. Every field is live. With the defaults nothing is charged.
+/// `[payment]`. Every field is live but `sync_ms`. With the defaults nothing is charged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PaymentSection {
@@ -74,6 +74,14 @@ pub struct PaymentSection {
     pub pow_target_per_s: u32,
     /// How long an upload's credits stay reserved before they are given back (default 3600 s).
     pub reserve_s: u64,
+    /// Charges are fsynced before their request is served (default true). False: a batch of
+    /// charges is committed without waiting for the disk and fsynced within `sync_ms`; a
+    /// crash can then lose the charges of requests served in those last milliseconds (the
+    /// ledger stays balanced, and no account is ever overdrawn).
+    pub durable_charges: bool,
+    /// With `durable_charges = false`: charges reach the disk within this long (default 10 ms;
+    /// read when the service starts).
+    pub sync_ms: u64,
 }
 
 impl Default for PaymentSection {
@@ -87,6 +95,8 @@ impl Default for PaymentSection {
             pow_bits: 16,
             pow_target_per_s: 100,
             reserve_s: 3600,
+            durable_charges: true,
+            sync_ms: 10,
         }
     }
 }
@@ -126,6 +136,9 @@ impl Section for PaymentSection {
         }
         if self.pow_target_per_s == 0 {
             return Err(FieldError::new("pow_target_per_s", "must be above 0"));
+        }
+        if !(1..=1000).contains(&self.sync_ms) {
+            return Err(FieldError::new("sync_ms", "must be between 1 and 1000"));
         }
         if !(1..=86_400).contains(&self.reserve_s) {
             return Err(FieldError::new("reserve_s", "must be between 1 and 86400"));

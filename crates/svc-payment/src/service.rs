@@ -1,7 +1,9 @@
 //! The payment service: one committer applies every ledger change in batches (one fsynced
 //! transaction each); the edges ask it what a request costs and charge it before serving.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ron_auth::Holder;
@@ -10,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::ledger::{
-    self, Account, Change, Done, Kind, Ledger, NO_OVERDRAFT, Record, Refusal, Transfer,
+    self, Account, Change, Charges, Done, Kind, Ledger, NO_OVERDRAFT, Record, Refusal, Transfer,
 };
 use crate::metrics::PaymentMetrics;
 use crate::pow::{Puzzles, Verdict};
@@ -63,6 +65,8 @@ struct Inner {
     mailbox: supervisor::Mailbox<Job>,
     metrics: PaymentMetrics,
     puzzles: Puzzles,
+    /// Commits made without fsync since the last durable one.
+    unsynced: AtomicBool,
 }
 
 /// The payment service's handle (cheap to clone).
@@ -117,6 +121,7 @@ impl Payment {
                 mailbox,
                 metrics: PaymentMetrics::default(),
                 puzzles: Puzzles::default(),
+                unsynced: AtomicBool::new(false),
             }),
         }
     }
@@ -261,7 +266,7 @@ impl Payment {
                 let id = id_of(&[account.as_bytes(), b"flat", &paid_until.to_le_bytes()]);
                 let until = now.saturating_add(flat.period_s.saturating_mul(1000));
                 (
-                    Transfer {
+                    Change::Transfer(Transfer {
                         id,
                         debit: account.to_owned(),
                         credit: accounts::REVENUE.into(),
@@ -274,7 +279,8 @@ impl Payment {
                         },
                         paid_until_ms: Some(until),
                         bytes,
-                    },
+                        count: 1,
+                    }),
                     flat.credits,
                 )
             }
@@ -283,27 +289,23 @@ impl Payment {
                 if price == 0 {
                     return Ok(Settlement::Free);
                 }
-                (
-                    Transfer {
-                        id: fastrand::u128(..),
-                        debit: account.to_owned(),
-                        credit: accounts::REVENUE.into(),
-                        amount: price,
-                        kind: Kind::Posted,
-                        code: op.code(),
-                        paid_until_ms: None,
-                        bytes,
-                    },
-                    price,
-                )
+                // One item: the committer merges it with the holder's other charges.
+                let charge = Change::Charges(Charges {
+                    id: fastrand::u128(..),
+                    debit: account.to_owned(),
+                    credit: accounts::REVENUE.into(),
+                    code: op.code(),
+                    items: vec![(price, bytes)],
+                });
+                (charge, price)
             }
         };
-        match self.one(Change::Transfer(transfer)).await? {
+        match self.one(transfer).await? {
             Ok(Done::Applied) => {
                 self.inner.metrics.charged.inc_by(price);
                 Ok(Settlement::Charged(price))
             }
-            Ok(Done::Exists) => Ok(Settlement::Free),
+            Ok(_) => Ok(Settlement::Free),
             Err(refusal) => Err(self.required(price, refusal)),
         }
     }
@@ -374,6 +376,7 @@ impl Payment {
                     code: CODE_GRANT,
                     paid_until_ms: None,
                     bytes: 0,
+                    count: 0,
                 }),
             ])
             .await?;
@@ -403,9 +406,20 @@ impl Payment {
         });
         self.commit(opening.to_vec()).await?;
         let mut expire = tokio::time::interval(EXPIRE);
+        let mut sync = tokio::time::interval(Duration::from_millis(self.section().sync_ms));
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
+                () = shutdown.cancelled() => {
+                    if self.inner.unsynced.swap(false, Ordering::AcqRel) {
+                        self.commit(Vec::new()).await?;
+                    }
+                    return Ok(());
+                }
+                _ = sync.tick(), if self.inner.unsynced.load(Ordering::Acquire) => {
+                    self.inner.unsynced.store(false, Ordering::Release);
+                    self.commit(Vec::new()).await?;
+                }
                 first = jobs.recv() => {
                     let Some(first) = first else { return Ok(()) };
                     let mut batch = vec![first];
@@ -432,34 +446,55 @@ impl Payment {
         }
     }
 
+    /// A durable commit of `changes` (every change before it becomes durable too).
     async fn commit(&self, changes: Vec<Change>) -> Result<Vec<Result<Done, Refusal>>, String> {
+        self.commit_with(changes, true).await
+    }
+
+    async fn commit_with(
+        &self,
+        changes: Vec<Change>,
+        durable: bool,
+    ) -> Result<Vec<Result<Done, Refusal>>, String> {
         let ledger = self.inner.ledger.clone();
-        let result = tokio::task::spawn_blocking(move || ledger.apply(&changes, now_ms()))
-            .await
-            .map_err(|e| format!("the ledger committer failed: {e}"))?;
+        let result =
+            tokio::task::spawn_blocking(move || ledger.apply_with(&changes, now_ms(), durable))
+                .await
+                .map_err(|e| format!("the ledger committer failed: {e}"))?;
         self.inner.metrics.commits.inc();
         result.map_err(|e| e.to_string())
     }
 
     async fn apply(&self, batch: Vec<Job>) -> Result<(), String> {
-        let mut sizes = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut changes = Vec::new();
-        for job in batch {
-            sizes.push(job.changes.len());
-            replies.push(job.reply);
-            changes.extend(job.changes);
+        let (changes, routes, replies) = coalesce(batch);
+        // Charges alone may wait for the next sync when the config says so; anything else
+        // (grants, reservations) is durable before it is answered.
+        let durable = self.section().durable_charges
+            || changes.iter().any(|c| !matches!(c, Change::Charges(_)));
+        if !durable {
+            self.inner.unsynced.store(true, Ordering::Release);
         }
-        match self.commit(changes).await {
+        match self.commit_with(changes, durable).await {
             Ok(answers) => {
-                let applied = answers
+                let applied: usize = answers
                     .iter()
-                    .filter(|a| matches!(a, Ok(Done::Applied)))
-                    .count();
+                    .map(|a| match a {
+                        Ok(Done::Applied) => 1,
+                        Ok(Done::Charged(items)) => items.iter().filter(|i| i.is_ok()).count(),
+                        _ => 0,
+                    })
+                    .sum();
                 self.inner.metrics.transfers.inc_by(applied as u64);
-                let mut answers = answers.into_iter();
-                for (reply, n) in replies.into_iter().zip(sizes) {
-                    let _ = reply.send(Ok(answers.by_ref().take(n).collect()));
+                for (reply, route) in replies.into_iter().zip(routes) {
+                    let answer = match route {
+                        Route::Slice(start, n) => answers[start..start + n].to_vec(),
+                        Route::Item(change, item) => vec![match &answers[change] {
+                            Ok(Done::Charged(items)) => items[item].clone().map(|()| Done::Applied),
+                            Ok(_) => Err(Refusal::IdUsed),
+                            Err(r) => Err(r.clone()),
+                        }],
+                    };
+                    let _ = reply.send(Ok(answer));
                 }
                 Ok(())
             }
@@ -472,6 +507,49 @@ impl Payment {
             }
         }
     }
+}
+
+/// Where a job's answers are in a commit's: its own changes, or one item of charges merged.
+enum Route {
+    Slice(usize, usize),
+    Item(usize, usize),
+}
+
+/// The changes of a batch of jobs, charges of one request each merged per account and code
+/// into one transfer (many requests of one holder cost one transfer, not one each), with
+/// where each job's answer will be.
+fn coalesce(batch: Vec<Job>) -> (Vec<Change>, Vec<Route>, Vec<oneshot::Sender<Answers>>) {
+    let mut changes: Vec<Change> = Vec::new();
+    let mut routes = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut merged: HashMap<(String, u16), usize> = HashMap::new();
+    for job in batch {
+        replies.push(job.reply);
+        match <[Change; 1]>::try_from(job.changes) {
+            Ok([Change::Charges(c)]) if c.items.len() == 1 => {
+                let at = *merged.entry((c.debit.clone(), c.code)).or_insert_with(|| {
+                    changes.push(Change::Charges(Charges {
+                        items: Vec::new(),
+                        ..c.clone()
+                    }));
+                    changes.len() - 1
+                });
+                if let Some(Change::Charges(group)) = changes.get_mut(at) {
+                    routes.push(Route::Item(at, group.items.len()));
+                    group.items.extend(c.items);
+                }
+            }
+            Ok(one) => {
+                routes.push(Route::Slice(changes.len(), 1));
+                changes.extend(one);
+            }
+            Err(many) => {
+                routes.push(Route::Slice(changes.len(), many.len()));
+                changes.extend(many);
+            }
+        }
+    }
+    (changes, routes, replies)
 }
 
 /// Credits held for an upload: posted when it is kept, given back when it is dropped (or
@@ -513,6 +591,8 @@ impl Reservation {
             code,
             paid_until_ms: None,
             bytes,
+            // The upload is one request, carried by its first hold.
+            count: u64::from(code == CODE_PUT),
         }
     }
 

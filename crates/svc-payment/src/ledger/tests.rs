@@ -32,6 +32,7 @@ fn posted(id: u128, debit: &str, credit: &str, amount: u64) -> Change {
         code: 1,
         paid_until_ms: None,
         bytes: 0,
+        count: 0,
     })
 }
 
@@ -96,6 +97,7 @@ fn pending_is_resolved_once_and_expires() {
             code: 2,
             paid_until_ms: None,
             bytes: 0,
+            count: 0,
         })
     };
     let resolve = |id, kind| {
@@ -108,6 +110,7 @@ fn pending_is_resolved_once_and_expires() {
             code: 2,
             paid_until_ms: None,
             bytes: 0,
+            count: 0,
         })
     };
     let r = l
@@ -143,6 +146,40 @@ fn pending_is_resolved_once_and_expires() {
     assert!(l.audit(2_000).unwrap().holds());
 }
 
+#[test]
+fn charges_of_one_account_are_one_transfer_and_stop_at_the_credits() {
+    let l = Ledger::in_memory().unwrap();
+    l.apply(&open_all(), 0).unwrap();
+    l.apply(&[posted(1, "node/issuance", "ed25519/a", 5)], 0)
+        .unwrap();
+    let r = l
+        .apply(
+            &[Change::Charges(Charges {
+                id: 2,
+                debit: "ed25519/a".into(),
+                credit: "node/revenue".into(),
+                code: 1,
+                items: vec![(2, 100), (2, 100), (2, 100), (1, 10), (0, 0)],
+            })],
+            1,
+        )
+        .unwrap();
+    assert_eq!(
+        r[0],
+        Ok(Done::Charged(vec![
+            Ok(()),
+            Ok(()),
+            Err(Refusal::ExceedsCredits { available: 1 }),
+            Ok(()),
+            Err(Refusal::ZeroAmount),
+        ]))
+    );
+    let t = l.transfer(2).unwrap().unwrap();
+    assert_eq!((t.amount, t.bytes, t.count, t.kind), (5, 210, 3, "posted"));
+    assert_eq!(l.account("ed25519/a").unwrap().unwrap().balance(), 0);
+    assert!(l.audit(1).unwrap().holds());
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Grant(usize, u64),
@@ -150,6 +187,7 @@ enum Op {
     Pending(usize, u64, u64),
     Resolve(usize, bool),
     Repeat(usize),
+    Charges(usize, Vec<u64>),
     Tick(u64),
     Crash,
     Commit,
@@ -162,6 +200,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0..3usize, 1..10u64, 1..5_000u64).prop_map(|(u, a, t)| Op::Pending(u, a, t)),
         (0..64usize, any::<bool>()).prop_map(|(i, p)| Op::Resolve(i, p)),
         (0..64usize).prop_map(Op::Repeat),
+        (0..3usize, proptest::collection::vec(0..6u64, 1..8)).prop_map(|(u, a)| Op::Charges(u, a)),
         (1..3_000u64).prop_map(Op::Tick),
         Just(Op::Crash),
         Just(Op::Commit),
@@ -191,17 +230,22 @@ proptest! {
         let accounts = |i: usize| if i < 3 { USERS[i] } else { "node/revenue" };
         for op in ops {
             let t = match op {
-                Op::Grant(u, a) => Some(Transfer { id: next_id, debit: "node/issuance".into(), credit: USERS[u].into(), amount: a, kind: Kind::Posted, code: 9, paid_until_ms: None, bytes: 0 }),
-                Op::Pay(u, v, a) => Some(Transfer { id: next_id, debit: USERS[u].into(), credit: accounts(v).into(), amount: a, kind: Kind::Posted, code: 1, paid_until_ms: None, bytes: 0 }),
-                Op::Pending(u, a, t) => Some(Transfer { id: next_id, debit: USERS[u].into(), credit: "node/revenue".into(), amount: a, kind: Kind::Pending { timeout_ms: now + t }, code: 2, paid_until_ms: None, bytes: 0 }),
+                Op::Grant(u, a) => Some(Transfer { id: next_id, debit: "node/issuance".into(), credit: USERS[u].into(), amount: a, kind: Kind::Posted, code: 9, paid_until_ms: None, bytes: 0, count: 0 }),
+                Op::Pay(u, v, a) => Some(Transfer { id: next_id, debit: USERS[u].into(), credit: accounts(v).into(), amount: a, kind: Kind::Posted, code: 1, paid_until_ms: None, bytes: 0, count: 0 }),
+                Op::Pending(u, a, t) => Some(Transfer { id: next_id, debit: USERS[u].into(), credit: "node/revenue".into(), amount: a, kind: Kind::Pending { timeout_ms: now + t }, code: 2, paid_until_ms: None, bytes: 0, count: 0 }),
                 Op::Resolve(i, post) => pendings.get(i % pendings.len().max(1)).map(|p| Transfer {
                     id: next_id, kind: if post { Kind::Post { pending: p.id } } else { Kind::Void { pending: p.id } }, ..p.clone()
                 }),
                 Op::Repeat(i) => sent.get(i % sent.len().max(1)).cloned(),
+                Op::Charges(u, amounts) => {
+                    batch.push(Change::Charges(Charges { id: next_id, debit: USERS[u].into(), credit: "node/revenue".into(), code: 1, items: amounts.into_iter().map(|a| (a, 1)).collect() }));
+                    next_id += 1;
+                    None
+                }
                 Op::Tick(ms) => { now += ms; None }
                 Op::Crash => {
                     ledger.apply_uncommitted(&batch, now).unwrap();
-                    lost.extend(batch.drain(..).filter_map(|c| match c { Change::Transfer(t) => Some(t.id), Change::Open { .. } => None }));
+                    lost.extend(batch.drain(..).filter_map(|c| match c { Change::Transfer(t) => Some(t.id), Change::Charges(c) => Some(c.id), Change::Open { .. } => None }));
                     drop(ledger);
                     ledger = Ledger::open(&path).unwrap();
                     None
@@ -209,9 +253,16 @@ proptest! {
                 Op::Commit => {
                     let results = ledger.apply(&batch, now).unwrap();
                     for (c, r) in batch.drain(..).zip(results) {
-                        if let (Change::Transfer(t), Ok(Done::Applied)) = (c, r) {
-                            acknowledged.push(t.id);
-                            applied += 1;
+                        match (c, r) {
+                            (Change::Transfer(t), Ok(Done::Applied)) => {
+                                acknowledged.push(t.id);
+                                applied += 1;
+                            }
+                            (Change::Charges(c), Ok(Done::Charged(items))) if items.iter().any(Result::is_ok) => {
+                                acknowledged.push(c.id);
+                                applied += 1;
+                            }
+                            _ => {}
                         }
                     }
                     let audit = ledger.audit(now).unwrap();
