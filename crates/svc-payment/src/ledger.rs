@@ -743,23 +743,7 @@ impl Ledger {
         changes: &[Change],
         now_ms: u64,
     ) -> Result<Vec<Result<Done, Refusal>>, StoreError> {
-        self.apply_with(changes, now_ms, true)
-    }
-
-    /// Like [`Ledger::apply`]; when `durable` is false the transaction is committed without
-    /// fsync: visible at once, made durable by the next durable commit, and rolled back as a
-    /// whole by a crash before it (the ledger stays balanced either way).
-    pub fn apply_with(
-        &self,
-        changes: &[Change],
-        now_ms: u64,
-        durable: bool,
-    ) -> Result<Vec<Result<Done, Refusal>>, StoreError> {
-        let mut txn = self.db.begin_write()?;
-        if !durable {
-            txn.set_durability(redb::Durability::None)
-                .map_err(|e| StoreError(e.to_string()))?;
-        }
+        let txn = self.db.begin_write()?;
         let results = Self::stage(&txn, changes, now_ms)?;
         txn.commit()?;
         Ok(results)

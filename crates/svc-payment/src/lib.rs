@@ -74,13 +74,14 @@ pub struct PaymentSection {
     pub pow_target_per_s: u32,
     /// How long an upload's credits stay reserved before they are given back (default 3600 s).
     pub reserve_s: u64,
-    /// Charges are fsynced before their request is served (default true). False: a batch of
-    /// charges is committed without waiting for the disk and fsynced within `sync_ms`; a
-    /// crash can then lose the charges of requests served in those last milliseconds (the
-    /// ledger stays balanced, and no account is ever overdrawn).
+    /// Charges are fsynced before their request is served (default true). False: a charge
+    /// is admitted against the credits the ledger holds less the charges on their way to it,
+    /// its request is served at once, and the charges are committed (fsynced) every
+    /// `sync_ms`. A crash can then lose the charges of the requests served in those last
+    /// milliseconds; the ledger stays balanced and no account is overdrawn.
     pub durable_charges: bool,
-    /// With `durable_charges = false`: charges reach the disk within this long (default 10 ms;
-    /// read when the service starts).
+    /// With `durable_charges = false`: how often waiting charges are committed (default
+    /// 10 ms; read when the service starts).
     pub sync_ms: u64,
 }
 

@@ -13,6 +13,9 @@ pub struct PaymentMetrics {
     pub(crate) charged: Counter,
     /// Requests refused with 402 for lack of credits.
     pub(crate) refused: Counter,
+    /// Charges admitted ahead of the ledger that it then refused (served unpaid; only with
+    /// `durable_charges = false`, when credits were spent elsewhere at the same moment).
+    pub(crate) unpaid: Counter,
     /// Ledger commits (transfers per commit: the group commit).
     pub(crate) commits: Counter,
     /// Proof-of-work challenges handed out.
@@ -40,7 +43,12 @@ impl PaymentMetrics {
             "Requests refused with 402 for lack of credits",
             m.refused,
         );
-        metrics.register("payment_commits", "Ledger commits (fsynced)", m.commits);
+        metrics.register("payment_commits", "Ledger commits", m.commits);
+        metrics.register(
+            "payment_unpaid",
+            "Charges admitted ahead of the ledger that it refused (durable_charges = false)",
+            m.unpaid,
+        );
         metrics.register(
             "pow_challenges",
             "Proof-of-work challenges handed out",

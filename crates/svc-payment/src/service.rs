@@ -2,8 +2,7 @@
 //! transaction each); the edges ask it what a request costs and charge it before serving.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ron_auth::Holder;
@@ -46,6 +45,20 @@ pub mod accounts {
     pub const REVENUE: &str = "node/revenue";
 }
 
+/// An account's spending as the committer knows it between commits.
+#[derive(Debug, Default, Clone)]
+struct Ahead {
+    /// What the ledger said it could spend after the last commit that touched it.
+    available: i128,
+    /// Charges admitted since, not yet committed.
+    queued: u64,
+    /// Those not yet handed to the committer: code, amount, bytes of each request.
+    waiting: Vec<(u16, u64, u64)>,
+}
+
+/// Accounts whose spending is remembered between commits at most (idle ones are forgotten).
+const AHEAD: usize = 100_000;
+
 /// Jobs waiting for the committer at most.
 const JOBS: usize = 8192;
 /// How often overdue reservations are voided.
@@ -65,8 +78,9 @@ struct Inner {
     mailbox: supervisor::Mailbox<Job>,
     metrics: PaymentMetrics,
     puzzles: Puzzles,
-    /// Commits made without fsync since the last durable one.
-    unsynced: AtomicBool,
+    /// With `durable_charges = false`, per account: what the ledger last said it could
+    /// spend, and the charges admitted since that are still on their way to it.
+    ahead: Mutex<HashMap<String, Ahead>>,
 }
 
 /// The payment service's handle (cheap to clone).
@@ -121,7 +135,7 @@ impl Payment {
                 mailbox,
                 metrics: PaymentMetrics::default(),
                 puzzles: Puzzles::default(),
-                unsynced: AtomicBool::new(false),
+                ahead: Mutex::default(),
             }),
         }
     }
@@ -297,6 +311,9 @@ impl Payment {
                     code: op.code(),
                     items: vec![(price, bytes)],
                 });
+                if !s.durable_charges {
+                    return self.charge_ahead(account, price, charge);
+                }
                 (charge, price)
             }
         };
@@ -308,6 +325,81 @@ impl Payment {
             Ok(_) => Ok(Settlement::Free),
             Err(refusal) => Err(self.required(price, refusal)),
         }
+    }
+
+    /// With `durable_charges = false`: admits a charge against the account's committed
+    /// credits less the charges still on their way to the ledger, and answers at once; the
+    /// committer commits it with the next batch (the ledger checks the overdraft again).
+    fn charge_ahead(
+        &self,
+        account: &str,
+        price: u64,
+        charge: Change,
+    ) -> Result<Settlement, PaymentError> {
+        let known = lock(&self.inner.ahead).contains_key(account);
+        if !known {
+            // First charge since the account was last touched: ask the ledger once.
+            let Some(a) = self.inner.ledger.account(account)? else {
+                return Err(self.required(price, Refusal::NoAccount(account.to_owned())));
+            };
+            let mut ahead = lock(&self.inner.ahead);
+            if ahead.len() >= AHEAD {
+                ahead.retain(|_, a| a.queued > 0);
+            }
+            ahead.entry(account.to_owned()).or_insert(Ahead {
+                available: a.available(),
+                ..Ahead::default()
+            });
+        }
+        {
+            let mut ahead = lock(&self.inner.ahead);
+            let a = ahead.entry(account.to_owned()).or_default();
+            let left = a.available - i128::from(a.queued);
+            if left < i128::from(price) {
+                let available = u64::try_from(left.max(0)).unwrap_or(0);
+                drop(ahead);
+                return Err(self.required(price, Refusal::ExceedsCredits { available }));
+            }
+            a.queued += price;
+            // Waits here, not in the committer's queue: the committer takes every account's
+            // waiting charges at its next tick, one transfer per account and code.
+            let (code, bytes) = match &charge {
+                Change::Charges(c) => (c.code, c.items.first().map_or(0, |i| i.1)),
+                _ => (codes::GET, 0),
+            };
+            a.waiting.push((code, price, bytes));
+        }
+        self.inner.metrics.charged.inc_by(price);
+        Ok(Settlement::Charged(price))
+    }
+
+    /// The charges admitted ahead and not yet handed to the committer, as changes (one per
+    /// account and code).
+    fn take_waiting(&self) -> Vec<Change> {
+        let mut ahead = lock(&self.inner.ahead);
+        let mut changes: Vec<Change> = Vec::new();
+        for (account, a) in ahead.iter_mut() {
+            if a.waiting.is_empty() {
+                continue;
+            }
+            let mut by_code: Vec<(u16, Vec<(u64, u64)>)> = Vec::new();
+            for (code, amount, bytes) in a.waiting.drain(..) {
+                match by_code.iter_mut().find(|(c, _)| *c == code) {
+                    Some((_, items)) => items.push((amount, bytes)),
+                    None => by_code.push((code, vec![(amount, bytes)])),
+                }
+            }
+            for (code, items) in by_code {
+                changes.push(Change::Charges(Charges {
+                    id: fastrand::u128(..),
+                    debit: account.clone(),
+                    credit: accounts::REVENUE.into(),
+                    code,
+                    items,
+                }));
+            }
+        }
+        changes
     }
 
     fn required(&self, price: u64, refusal: Refusal) -> PaymentError {
@@ -409,18 +501,20 @@ impl Payment {
         let mut sync = tokio::time::interval(Duration::from_millis(self.section().sync_ms));
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // `durable_charges = false`: requests were answered already; what waits is
+            // committed every `sync_ms` in one batch (fewer, larger commits).
+            let gathering = !self.section().durable_charges;
             tokio::select! {
                 () = shutdown.cancelled() => {
-                    if self.inner.unsynced.swap(false, Ordering::AcqRel) {
-                        self.commit(Vec::new()).await?;
-                    }
+                    self.commit_waiting().await?;
+                    while self.next_batch(&mut jobs).await? {}
                     return Ok(());
                 }
-                _ = sync.tick(), if self.inner.unsynced.load(Ordering::Acquire) => {
-                    self.inner.unsynced.store(false, Ordering::Release);
-                    self.commit(Vec::new()).await?;
+                _ = sync.tick(), if gathering => {
+                    self.commit_waiting().await?;
+                    while self.next_batch(&mut jobs).await? {}
                 }
-                first = jobs.recv() => {
+                first = jobs.recv(), if !gathering => {
                     let Some(first) = first else { return Ok(()) };
                     let mut batch = vec![first];
                     let mut size = batch[0].changes.len();
@@ -436,45 +530,72 @@ impl Payment {
                     self.apply(batch).await?;
                 }
                 _ = expire.tick() => {
+                    // Charges admitted ahead before `durable_charges` was turned back on.
+                    self.commit_waiting().await?;
                     let ledger = self.inner.ledger.clone();
                     let now = now_ms();
                     if ledger.overdue(now).unwrap_or(false) {
                         self.commit(Vec::new()).await?;
+                        self.forget_idle();
                     }
                 }
             }
         }
     }
 
-    /// A durable commit of `changes` (every change before it becomes durable too).
-    async fn commit(&self, changes: Vec<Change>) -> Result<Vec<Result<Done, Refusal>>, String> {
-        self.commit_with(changes, true).await
+    /// Commits the charges admitted ahead and waiting (nobody waits for the answer).
+    async fn commit_waiting(&self) -> Result<(), String> {
+        let changes = self.take_waiting();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let (reply, _) = oneshot::channel();
+        self.apply(vec![Job { changes, reply }]).await
     }
 
-    async fn commit_with(
-        &self,
-        changes: Vec<Change>,
-        durable: bool,
-    ) -> Result<Vec<Result<Done, Refusal>>, String> {
+    /// Commits the jobs waiting now, up to a batch; whether there were any.
+    async fn next_batch(&self, jobs: &mut mpsc::Receiver<Job>) -> Result<bool, String> {
+        let mut batch = Vec::new();
+        let mut size = 0;
+        while size < ledger::MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    size += job.changes.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        self.apply(batch).await?;
+        Ok(true)
+    }
+
+    /// One fsynced commit of `changes`.
+    async fn commit(&self, changes: Vec<Change>) -> Result<Vec<Result<Done, Refusal>>, String> {
         let ledger = self.inner.ledger.clone();
-        let result =
-            tokio::task::spawn_blocking(move || ledger.apply_with(&changes, now_ms(), durable))
-                .await
-                .map_err(|e| format!("the ledger committer failed: {e}"))?;
+        let result = tokio::task::spawn_blocking(move || ledger.apply(&changes, now_ms()))
+            .await
+            .map_err(|e| format!("the ledger committer failed: {e}"))?;
         self.inner.metrics.commits.inc();
         result.map_err(|e| e.to_string())
     }
 
     async fn apply(&self, batch: Vec<Job>) -> Result<(), String> {
         let (changes, routes, replies) = coalesce(batch);
-        // Charges alone may wait for the next sync when the config says so; anything else
-        // (grants, reservations) is durable before it is answered.
-        let durable = self.section().durable_charges
-            || changes.iter().any(|c| !matches!(c, Change::Charges(_)));
-        if !durable {
-            self.inner.unsynced.store(true, Ordering::Release);
-        }
-        match self.commit_with(changes, durable).await {
+        // The accounts the batch touches, and what each merged charge asked: what the
+        // charges admitted ahead are settled with.
+        let touched: Vec<(String, u64)> = changes
+            .iter()
+            .flat_map(|c| match c {
+                Change::Charges(c) => vec![(c.debit.clone(), c.items.iter().map(|i| i.0).sum())],
+                Change::Transfer(t) => vec![(t.debit.clone(), 0), (t.credit.clone(), 0)],
+                Change::Open { account, .. } => vec![(account.clone(), 0)],
+            })
+            .collect();
+        match self.commit(changes).await {
             Ok(answers) => {
                 let applied: usize = answers
                     .iter()
@@ -485,6 +606,7 @@ impl Payment {
                     })
                     .sum();
                 self.inner.metrics.transfers.inc_by(applied as u64);
+                self.settle_ahead(&touched, &answers);
                 for (reply, route) in replies.into_iter().zip(routes) {
                     let answer = match route {
                         Route::Slice(start, n) => answers[start..start + n].to_vec(),
@@ -506,6 +628,53 @@ impl Payment {
                 Err(e)
             }
         }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Payment {
+    /// After a commit: the charges it carried are in the ledger now (or refused by it:
+    /// served unpaid, counted), and every account it touched is read again.
+    fn settle_ahead(&self, touched: &[(String, u64)], answers: &[Result<Done, Refusal>]) {
+        for answer in answers {
+            if let Ok(Done::Charged(items)) = answer {
+                let unpaid = items.iter().filter(|i| i.is_err()).count();
+                self.inner.metrics.unpaid.inc_by(unpaid as u64);
+            }
+        }
+        if lock(&self.inner.ahead).is_empty() {
+            return;
+        }
+        for (account, settled) in touched {
+            if !lock(&self.inner.ahead).contains_key(account) {
+                continue;
+            }
+            let available = self
+                .inner
+                .ledger
+                .account(account)
+                .ok()
+                .flatten()
+                .map(|a| a.available());
+            let mut ahead = lock(&self.inner.ahead);
+            if let Some(a) = ahead.get_mut(account) {
+                a.queued = a.queued.saturating_sub(*settled);
+                match available {
+                    Some(v) => a.available = v,
+                    None => {
+                        ahead.remove(account);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets what idle accounts could spend (after reservations expired in the ledger).
+    fn forget_idle(&self) {
+        lock(&self.inner.ahead).retain(|_, a| a.queued > 0);
     }
 }
 

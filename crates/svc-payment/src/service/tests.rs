@@ -212,3 +212,45 @@ async fn anonymous_reads_need_work_when_asked() {
         Settlement::Free
     );
 }
+
+#[tokio::test]
+async fn charges_admitted_ahead_of_the_ledger_never_overdraw() {
+    let mut b = Config::builder().register::<PaymentSection>();
+    b = b
+        .set("payment.per_request.get", 1)
+        .set("payment.durable_charges", false);
+    let p = Payment::new(Ledger::in_memory().unwrap(), b.build().unwrap());
+    with_service(&p, async {
+        p.grant(&ALICE.account(), 3).await.unwrap();
+        // Five reads at once: three admitted before any reaches the ledger, two refused.
+        let mut outcomes = Vec::new();
+        for _ in 0..5 {
+            outcomes.push(p.admit(Some(ALICE), None, Priced::Get, "/o/x", 10).await);
+        }
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| matches!(o, Ok(Settlement::Charged(1))))
+                .count(),
+            3
+        );
+        assert!(matches!(
+            outcomes[4],
+            Err(PaymentError::Required {
+                price: 1,
+                balance: 0
+            })
+        ));
+        for _ in 0..200 {
+            if p.balance(&ALICE.account()).unwrap().unwrap().balance() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let a = p.balance(&ALICE.account()).unwrap().unwrap();
+    assert_eq!(a.balance(), 0);
+    assert!(lock(&p.inner.ahead).values().all(|a| a.queued == 0));
+    assert!(p.ledger().audit(now_ms()).unwrap().holds());
+}
