@@ -516,17 +516,7 @@ impl Payment {
                 }
                 first = jobs.recv(), if !gathering => {
                     let Some(first) = first else { return Ok(()) };
-                    let mut batch = vec![first];
-                    let mut size = batch[0].changes.len();
-                    while size < ledger::MAX_BATCH {
-                        match jobs.try_recv() {
-                            Ok(job) => {
-                                size += job.changes.len();
-                                batch.push(job);
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                    let batch = gather(vec![first], &mut jobs);
                     self.apply(batch).await?;
                 }
                 _ = expire.tick() => {
@@ -555,17 +545,7 @@ impl Payment {
 
     /// Commits the jobs waiting now, up to a batch; whether there were any.
     async fn next_batch(&self, jobs: &mut mpsc::Receiver<Job>) -> Result<bool, String> {
-        let mut batch = Vec::new();
-        let mut size = 0;
-        while size < ledger::MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    size += job.changes.len();
-                    batch.push(job);
-                }
-                Err(_) => break,
-            }
-        }
+        let batch = gather(Vec::new(), jobs);
         if batch.is_empty() {
             return Ok(false);
         }
@@ -629,6 +609,21 @@ impl Payment {
             }
         }
     }
+}
+
+/// `batch` and the jobs waiting now, up to a batch's worth of changes.
+fn gather(mut batch: Vec<Job>, jobs: &mut mpsc::Receiver<Job>) -> Vec<Job> {
+    let mut size: usize = batch.iter().map(|j| j.changes.len()).sum();
+    while size < ledger::MAX_BATCH {
+        match jobs.try_recv() {
+            Ok(job) => {
+                size += job.changes.len();
+                batch.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
