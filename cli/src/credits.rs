@@ -153,7 +153,7 @@ fn what(code: u64) -> &'static str {
 }
 
 /// `ron usage`: usage rows per identity and window (`GET /usage`), one per line:
-/// `<window start> <identity> <requests> requests, <bytes in> B in, <bytes out> B out`.
+/// `<window start> <identity> <requests> requests, <in> B in, <out> B out, <n> messages`.
 pub(crate) async fn usage(
     t: &Target,
     of: Option<&str>,
@@ -181,11 +181,12 @@ pub(crate) async fn usage(
                 + std::time::Duration::from_millis(row["start_ms"].as_u64().unwrap_or(0)),
         );
         println!(
-            "{start} {} {} requests, {} B in, {} B out",
+            "{start} {} {} requests, {} B in, {} B out, {} messages",
             row["identity"].as_str().unwrap_or("?"),
             row["requests"],
             row["bytes_in"],
-            row["bytes_out"]
+            row["bytes_out"],
+            row["messages"]
         );
     }
     Ok(())

@@ -213,7 +213,9 @@ async fn three_credits_pay_for_three_reads_and_the_fourth_is_402() {
     let out = ron_as(&node, Some(&token), &["usage"]).await;
     let rows = ok_stdout(&out);
     assert!(
-        rows.contains(&format!("{public} 3 requests, 0 B in, 3072 B out")),
+        rows.contains(&format!(
+            "{public} 3 requests, 0 B in, 3072 B out, 0 messages"
+        )),
         "{rows}"
     );
     // Alice sees only her own.

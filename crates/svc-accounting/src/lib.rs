@@ -70,6 +70,14 @@ impl Who {
         }
     }
 
+    /// A mail sender: the key it proved, else its token's holder, else its address.
+    pub fn sender(key: Option<[u8; 32]>, holder: Option<Holder>, client: Option<IpAddr>) -> Who {
+        match key {
+            Some(k) => Who::Holder(Holder::Key(k)),
+            None => Who::of(holder, client),
+        }
+    }
+
     /// The identity's name: `owner`, `ed25519/<hex>`, `anon/<address>`.
     pub fn identity(&self) -> String {
         match self {

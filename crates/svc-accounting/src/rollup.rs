@@ -12,10 +12,10 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 
-/// (identity, minute start ms) -> requests, bytes in, bytes out.
-const MINUTES: TableDefinition<(&str, u64), (u64, u64, u64)> = TableDefinition::new("minutes");
-/// (identity, hour start ms) -> requests, bytes in, bytes out.
-const HOURS: TableDefinition<(&str, u64), (u64, u64, u64)> = TableDefinition::new("hours");
+/// (identity, minute start ms) -> requests, bytes in, bytes out, mail messages sent.
+const MINUTES: TableDefinition<(&str, u64), (u64, u64, u64, u64)> = TableDefinition::new("minutes");
+/// (identity, hour start ms) -> requests, bytes in, bytes out, mail messages sent.
+const HOURS: TableDefinition<(&str, u64), (u64, u64, u64, u64)> = TableDefinition::new("hours");
 /// Identity -> the start of the last minute it was active in.
 const ACTIVE: TableDefinition<&str, u64> = TableDefinition::new("active");
 /// `cursor`: the ledger sequence read up to; `closed`: the last minute given zero rows.
@@ -51,6 +51,8 @@ pub struct Usage {
     pub bytes_in: u64,
     /// Bytes sent (reads).
     pub bytes_out: u64,
+    /// Mail messages sent (each envelope accepted from this identity).
+    pub messages: u64,
 }
 
 impl Usage {
@@ -60,18 +62,20 @@ impl Usage {
             requests: self.requests.saturating_add(other.requests),
             bytes_in: self.bytes_in.saturating_add(other.bytes_in),
             bytes_out: self.bytes_out.saturating_add(other.bytes_out),
+            messages: self.messages.saturating_add(other.messages),
         }
     }
 
-    fn row(self) -> (u64, u64, u64) {
-        (self.requests, self.bytes_in, self.bytes_out)
+    fn row(self) -> (u64, u64, u64, u64) {
+        (self.requests, self.bytes_in, self.bytes_out, self.messages)
     }
 
-    fn of(r: (u64, u64, u64)) -> Usage {
+    fn of(r: (u64, u64, u64, u64)) -> Usage {
         Usage {
             requests: r.0,
             bytes_in: r.1,
             bytes_out: r.2,
+            messages: r.3,
         }
     }
 }
@@ -119,7 +123,7 @@ impl std::fmt::Debug for Rollups {
 }
 
 fn add(
-    table: &mut redb::Table<'_, (&'static str, u64), (u64, u64, u64)>,
+    table: &mut redb::Table<'_, (&'static str, u64), (u64, u64, u64, u64)>,
     id: &str,
     start: u64,
     usage: Usage,
@@ -316,6 +320,7 @@ mod tests {
                 requests,
                 bytes_in: 0,
                 bytes_out,
+                messages: 0,
             },
         }
     }

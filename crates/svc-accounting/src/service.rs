@@ -95,11 +95,13 @@ fn from_ledger(r: &svc_payment::ledger::Record) -> Option<Event> {
             requests: r.count,
             bytes_in: 0,
             bytes_out: r.bytes,
+            messages: 0,
         },
         codes::PUT => Usage {
             requests: r.count,
             bytes_in: r.bytes,
             bytes_out: 0,
+            messages: 0,
         },
         _ => return None,
     };
@@ -225,6 +227,17 @@ impl Accounting {
         *entry = entry.plus(usage);
     }
 
+    /// Meters a mail message of `bytes` accepted from `who` (mail has its own rate limits: no
+    /// quota applies).
+    pub fn record_mail(&self, who: &Who, bytes: u64) {
+        let usage = Usage {
+            messages: 1,
+            bytes_in: bytes,
+            ..Usage::default()
+        };
+        self.record(who, usage, false);
+    }
+
     /// Rows of `window` from `from_ms` on, for `identity` (`None`: everyone), at most `limit`.
     pub fn rows(
         &self,
@@ -348,6 +361,7 @@ mod tests {
                     requests: 1,
                     bytes_in: 0,
                     bytes_out: 100,
+                    messages: 0,
                 },
                 true,
             );
@@ -376,12 +390,14 @@ mod tests {
         // The owner has no quota; an anonymous reader is metered by address.
         acc.check(&Who::Holder(Holder::Owner), 1).unwrap();
         let anon = Who::Anonymous("10.0.0.7".parse().unwrap());
+        acc.record_mail(&Who::sender(Some([9; 32]), None, None), 2048);
         acc.record(
             &anon,
             Usage {
                 requests: 1,
                 bytes_in: 0,
                 bytes_out: 5,
+                messages: 0,
             },
             false,
         );
@@ -396,13 +412,18 @@ mod tests {
             Usage {
                 requests: 4,
                 bytes_in: 0,
-                bytes_out: 400
+                bytes_out: 400,
+                messages: 0
             }
         );
         let rows = acc
             .rows(Window::Minute, Some("anon/10.0.0.7"), 0, 10)
             .unwrap();
         assert_eq!(rows[0].usage.bytes_out, 5);
+        let mail = acc
+            .rows(Window::Hour, Some(&Holder::Key([9; 32]).account()), 0, 10)
+            .unwrap();
+        assert_eq!((mail[0].usage.messages, mail[0].usage.bytes_in), (1, 2048));
         // Rolling up again counts nothing twice.
         acc.flush().await.unwrap();
         let rows = acc.rows(Window::Hour, None, 0, 10).unwrap();
@@ -411,8 +432,9 @@ mod tests {
             total,
             Usage {
                 requests: 5,
-                bytes_in: 0,
-                bytes_out: 405
+                bytes_in: 2048,
+                bytes_out: 405,
+                messages: 1
             }
         );
         stop.cancel();

@@ -19,11 +19,13 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use base64::Engine as _;
+use ron_auth::Grant;
 use ron_auth::token::Op;
 use ron_proto::{Address, ErrorKind, Problem};
 use ron_transport::limits::Peer;
 use serde::Deserialize;
 use serde_json::json;
+use svc_accounting::Who;
 use svc_mailbox::envelope::{Lane, MAX_BUCKET};
 use svc_mailbox::record::{MAX_RECORD_BYTES, MailRecord, identity_bytes};
 use svc_mailbox::{Mailbox, Sender, Sent, proof};
@@ -154,8 +156,17 @@ pub(crate) async fn send(State(state): State<Shared>, req: Request) -> Result<Re
             _ => Sender::Local,
         },
     };
-    let relay = authorize(&state, &parts.headers, Op::Put, "/mail/send").is_ok();
-    let (status, body) = match mail.send(envelope, from, relay).await? {
+    let relay = authorize(&state, &parts.headers, Op::Put, "/mail/send").ok();
+    let who = Who::sender(
+        match from {
+            Sender::Key(k) => Some(k),
+            _ => None,
+        },
+        relay.as_ref().and_then(Grant::holder),
+        ip,
+    );
+    let size = envelope.len() as u64;
+    let (status, body) = match mail.send(envelope, from, relay.is_some()).await? {
         Sent::Stored { id, fresh } => (
             StatusCode::CREATED,
             json!({"id": id, "state": "stored", "duplicate": !fresh}),
@@ -166,6 +177,9 @@ pub(crate) async fn send(State(state): State<Shared>, req: Request) -> Result<Re
         ),
         Sent::Queued { id } => (StatusCode::ACCEPTED, json!({"id": id, "state": "queued"})),
     };
+    if let Some(accounting) = &state.accounting {
+        accounting.record_mail(&who, size);
+    }
     Ok((status, Json(body)).into_response())
 }
 

@@ -74,6 +74,7 @@ pub(crate) async fn pay_read(
             requests: 1,
             bytes_in: 0,
             bytes_out: bytes,
+            messages: 0,
         };
         accounting.record(&metered, usage, matches!(settled, Settlement::Charged(_)));
     }
@@ -99,6 +100,7 @@ pub(crate) fn record_upload(state: &AppState, holder: Option<Holder>, bytes: u64
             requests: 1,
             bytes_in: bytes,
             bytes_out: 0,
+            messages: 0,
         };
         accounting.record(&Who::of(holder, client()), usage, charged);
     }
@@ -286,6 +288,7 @@ pub(crate) async fn usage(
                 "requests": r.usage.requests,
                 "bytes_in": r.usage.bytes_in,
                 "bytes_out": r.usage.bytes_out,
+                "messages": r.usage.messages,
             })
         })
         .collect();

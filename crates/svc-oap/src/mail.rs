@@ -6,13 +6,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ron_auth::Request;
 use ron_auth::token::Op;
+use ron_auth::{Grant, Request};
 use ron_proto::oap::mail::{
     AckReply, FetchReply, Fetched, MAX_BATCH, MailRequest, SendReply, ack_body, fetch_target,
 };
 use ron_proto::oap::{APP_MAILBOX, Flags, Frame, HEADER_LEN};
 use ron_proto::{ErrorKind, Failure, Problem};
+use svc_accounting::Who;
 use svc_mailbox::envelope::Lane;
 use svc_mailbox::{MailSection, Mailbox, Sender, Sent};
 use tokio::sync::mpsc;
@@ -132,9 +133,15 @@ async fn send(
                 path: "/mail/send",
             },
         )
-        .is_ok();
+        .ok();
+    let key = match from {
+        Sender::Key(k) => Some(k),
+        _ => None,
+    };
+    let who = Who::sender(key, relay.as_ref().and_then(Grant::holder), Some(ip));
+    let size = bytes.len() as u64;
     let (code, id, how) = match mail
-        .send(Bytes::from(bytes), from, relay)
+        .send(Bytes::from(bytes), from, relay.is_some())
         .await
         .map_err(refusal)?
     {
@@ -142,6 +149,9 @@ async fn send(
         Sent::Delivered(d) => (201, d.id, "delivered"),
         Sent::Queued { id } => (202, id, "queued"),
     };
+    if let Some(accounting) = &state.accounting {
+        accounting.record_mail(&who, size);
+    }
     let answer = SendReply {
         id,
         state: how.into(),

@@ -149,6 +149,7 @@ async fn get(
             requests: 1,
             bytes_in: 0,
             bytes_out: size,
+            messages: 0,
         };
         accounting.record(&who, usage, charged);
     }
@@ -330,6 +331,7 @@ async fn put(
             requests: 1,
             bytes_in: stored.size,
             bytes_out: 0,
+            messages: 0,
         };
         accounting.record(&who, usage, charged);
     }
