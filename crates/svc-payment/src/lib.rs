@@ -173,7 +173,7 @@ impl Priced {
 pub enum PaymentError {
     /// The holder lacks the credits (402).
     #[error(
-        "this costs {price} credits and your balance is {balance}; ask the node's owner for credits"
+        "not enough credits: the price is {price} and the balance {balance}; ask the node's owner for credits"
     )]
     Required {
         /// What it costs.
