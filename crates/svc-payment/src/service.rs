@@ -2,6 +2,7 @@
 //! transaction each); the edges ask it what a request costs and charge it before serving.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -58,6 +59,9 @@ struct Ahead {
 
 /// Accounts whose spending is remembered between commits at most (idle ones are forgotten).
 const AHEAD: usize = 100_000;
+/// Charges admitted ahead and waiting for the committer at most (past it: 503, as when the
+/// committer's queue is full).
+const WAITING: usize = 262_144;
 
 /// Jobs waiting for the committer at most.
 const JOBS: usize = 8192;
@@ -81,6 +85,8 @@ struct Inner {
     /// With `durable_charges = false`, per account: what the ledger last said it could
     /// spend, and the charges admitted since that are still on their way to it.
     ahead: Mutex<HashMap<String, Ahead>>,
+    /// Charges in `ahead` waiting for the committer.
+    waiting: AtomicUsize,
 }
 
 /// The payment service's handle (cheap to clone).
@@ -136,6 +142,7 @@ impl Payment {
                 metrics: PaymentMetrics::default(),
                 puzzles: Puzzles::default(),
                 ahead: Mutex::default(),
+                waiting: AtomicUsize::new(0),
             }),
         }
     }
@@ -353,6 +360,9 @@ impl Payment {
         }
         {
             let mut ahead = lock(&self.inner.ahead);
+            if self.inner.waiting.load(Ordering::Relaxed) >= WAITING {
+                return Err(PaymentError::Busy);
+            }
             let a = ahead.entry(account.to_owned()).or_default();
             let left = a.available - i128::from(a.queued);
             if left < i128::from(price) {
@@ -368,6 +378,7 @@ impl Payment {
                 _ => (codes::GET, 0),
             };
             a.waiting.push((code, price, bytes));
+            self.inner.waiting.fetch_add(1, Ordering::Relaxed);
         }
         self.inner.metrics.charged.inc_by(price);
         Ok(Settlement::Charged(price))
@@ -377,6 +388,7 @@ impl Payment {
     /// account and code).
     fn take_waiting(&self) -> Vec<Change> {
         let mut ahead = lock(&self.inner.ahead);
+        self.inner.waiting.store(0, Ordering::Relaxed);
         let mut changes: Vec<Change> = Vec::new();
         for (account, a) in ahead.iter_mut() {
             if a.waiting.is_empty() {
