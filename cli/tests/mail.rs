@@ -282,7 +282,7 @@ async fn alice_mails_bob_across_nodes_and_gets_his_signed_receipt() {
 async fn the_outbox_delivers_when_the_mailbox_node_returns_and_a_full_mailbox_says_so() {
     let dir = tempfile::tempdir().unwrap();
     support::config(&dir.path().join("b"), "[mail]\nquota_messages = 2\n");
-    let (a, b) = two_nodes(dir.path(), &[]).await;
+    let (a, mut b) = two_nodes(dir.path(), &[]).await;
     let b_p2p = b.p2p_addr().await;
     let (alice_key, _) = key(&a, dir.path(), "alice").await;
     let (bob_key, bob) = key(&b, dir.path(), "bob").await;
@@ -299,6 +299,7 @@ async fn the_outbox_delivers_when_the_mailbox_node_returns_and_a_full_mailbox_sa
     // on the same address.
     let seed = a.p2p_addr().await;
     b.signal("-9");
+    let _ = b.child.wait().await;
     drop(b);
     let out = a
         .cli(&[
@@ -418,6 +419,9 @@ async fn kill_9_during_a_storm_of_sends_loses_no_acknowledged_message() {
         while let Some(ok) = storm.join_next().await {
             acknowledged.extend(ok.unwrap());
         }
+        // Restarted once it has exited, as a supervisor would: a client sees the listener
+        // close before the kernel has closed the dead process's other files (and their locks).
+        let _ = b.child.wait().await;
         drop(b);
         b = Node::start(&data, &[]).await;
         // Every acknowledged message is there, each id once.
