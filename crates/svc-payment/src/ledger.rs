@@ -831,20 +831,6 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Every account's id and totals, in id order, at most `limit`.
-    pub fn accounts(&self, limit: usize) -> Result<Vec<(String, Account)>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(ACCOUNTS)?;
-        table
-            .iter()?
-            .take(limit)
-            .map(|e| {
-                let (k, v) = e?;
-                Ok((k.value().to_owned(), Account::from_row(v.value())))
-            })
-            .collect()
-    }
-
     /// Checks every invariant over the whole ledger as of `now_ms`.
     pub fn audit(&self, now_ms: u64) -> Result<Audit, StoreError> {
         let txn = self.db.begin_read()?;

@@ -160,15 +160,6 @@ impl Puzzles {
         seen.answers.insert(c, expires_ms);
         Verdict::Accepted
     }
-
-    /// Answers remembered now.
-    pub fn remembered(&self) -> usize {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .answers
-            .len()
-    }
 }
 
 #[cfg(test)]

@@ -310,6 +310,9 @@ impl Payment {
                 if price == 0 {
                     return Ok(Settlement::Free);
                 }
+                if !s.durable_charges {
+                    return self.charge_ahead(account, price, op.code(), bytes);
+                }
                 // One item: the committer merges it with the holder's other charges.
                 let charge = Change::Charges(Charges {
                     id: fastrand::u128(..),
@@ -318,9 +321,6 @@ impl Payment {
                     code: op.code(),
                     items: vec![(price, bytes)],
                 });
-                if !s.durable_charges {
-                    return self.charge_ahead(account, price, charge);
-                }
                 (charge, price)
             }
         };
@@ -341,7 +341,8 @@ impl Payment {
         &self,
         account: &str,
         price: u64,
-        charge: Change,
+        code: u16,
+        bytes: u64,
     ) -> Result<Settlement, PaymentError> {
         let known = lock(&self.inner.ahead).contains_key(account);
         if !known {
@@ -373,10 +374,6 @@ impl Payment {
             a.queued += price;
             // Waits here, not in the committer's queue: the committer takes every account's
             // waiting charges at its next tick, one transfer per account and code.
-            let (code, bytes) = match &charge {
-                Change::Charges(c) => (c.code, c.items.first().map_or(0, |i| i.1)),
-                _ => (codes::GET, 0),
-            };
             a.waiting.push((code, price, bytes));
             self.inner.waiting.fetch_add(1, Ordering::Relaxed);
         }
