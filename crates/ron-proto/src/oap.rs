@@ -7,7 +7,8 @@
 //!   RESP before REQ, capability on a non-START frame, `max_inflight`), as plain code without I/O.
 //! - [`Hello`] is the negotiation payload of app 0; [`inflate`] and [`compress`] handle `COMP`.
 //! - [`objects`] and [`transfer`] are the messages of apps 0x0101 and 0x0102; [`verify`] checks
-//!   a 0x0102 range reply against the object's address, group by group.
+//!   a 0x0102 range reply against the object's address, group by group; [`settle`] is app
+//!   0x0401, the cheques nodes pay each other with (carried beside 0x0102).
 
 mod codec;
 mod comp;
@@ -15,6 +16,7 @@ mod frame;
 mod hello;
 pub mod mail;
 pub mod objects;
+pub mod settle;
 mod stream;
 pub mod transfer;
 pub mod verify;
@@ -49,3 +51,5 @@ pub const GROUP_CHUNK_LOG: u8 = 4;
 pub const APP_MAILBOX: u16 = 0x0201;
 /// `app_proto_id` of the index: name records, providers.
 pub const APP_INDEX: u16 = 0x0301;
+/// `app_proto_id` of settlement between nodes: signed cumulative cheques.
+pub const APP_SETTLE: u16 = 0x0401;

@@ -15,7 +15,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{APP_TRANSFER, DEFAULT_MAX_FRAME, Flags, Frame, HEADER_LEN};
+use super::settle::{self, Cashed, Cheque};
+use super::{APP_SETTLE, APP_TRANSFER, DEFAULT_MAX_FRAME, Flags, Frame, HEADER_LEN};
 use crate::manifest::CHUNK_MAX_BYTES;
 use crate::{Address, ErrorBody, ErrorKind};
 
@@ -110,6 +111,9 @@ pub enum TransferRequest {
         /// The lease asked for, in seconds.
         lease_s: u32,
     },
+    /// A cheque for ranges received (app 0x0401: [`settle`]).
+    #[serde(skip)]
+    Cheque(Cheque),
 }
 
 /// One provider named in a `providers` answer.
@@ -157,6 +161,16 @@ pub enum TransferReply {
         held: Vec<bool>,
         /// The lease granted to each one kept, in seconds.
         lease_s: u32,
+    },
+    /// A cheque was checked and recorded (app 0x0401).
+    Cashed(Cashed),
+    /// A cheque was refused (app 0x0401): forged (403), not above the one held (409),
+    /// malformed (400).
+    ChequeRefused {
+        /// Its kind.
+        kind: ErrorKind,
+        /// The shared error body.
+        body: ErrorBody,
     },
     /// A refusal: not here (404), busy (429/503), a bad request (400, 416), no room for a
     /// shard within the keeper's budget (413).
@@ -265,8 +279,17 @@ fn json<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, TransferError> {
     serde_json::from_slice(payload).map_err(|e| bad(e.to_string()))
 }
 
-/// Checks that a frame read from a transfer stream is of app 0x0102.
+/// Checks that a frame read from a transfer stream is of app 0x0102 or 0x0401 (cheques).
 pub fn check_app(frame: &Frame) -> Result<(), TransferError> {
+    if frame.app_proto_id == APP_TRANSFER || frame.app_proto_id == APP_SETTLE {
+        Ok(())
+    } else {
+        Err(bad(format!("app {:#06x}", frame.app_proto_id)))
+    }
+}
+
+/// Checks that a frame continuing a 0x0102 message (a keep's bytes, a range's) is of 0x0102.
+fn check_transfer(frame: &Frame) -> Result<(), TransferError> {
     if frame.app_proto_id == APP_TRANSFER {
         Ok(())
     } else {
@@ -274,11 +297,17 @@ pub fn check_app(frame: &Frame) -> Result<(), TransferError> {
     }
 }
 
+fn settle_error(e: settle::SettleError) -> TransferError {
+    bad(e.to_string())
+}
+
 /// The frames of a request: one, or for a `keep` its head and then its bytes in frames of
 /// at most [`MAX_RANGE`] (the last one `END`).
 pub fn request_frames(request: &TransferRequest) -> Vec<Frame> {
-    let TransferRequest::Keep(keep) = request else {
-        return vec![json_frame(Flags::REQ | Flags::START | Flags::END, request)];
+    let keep = match request {
+        TransferRequest::Keep(keep) => keep,
+        TransferRequest::Cheque(cheque) => return vec![settle::request_frame(cheque)],
+        _ => return vec![json_frame(Flags::REQ | Flags::START | Flags::END, request)],
     };
     let head = KeepHead {
         op: "keep".into(),
@@ -309,6 +338,10 @@ pub fn request_frames(request: &TransferRequest) -> Vec<Frame> {
 /// Reads a request's first frame.
 pub fn decode_request(frame: &Frame) -> Result<RequestStart, TransferError> {
     check_app(frame)?;
+    if frame.app_proto_id == APP_SETTLE {
+        let cheque = settle::decode_request(frame).map_err(settle_error)?;
+        return Ok(RequestStart::Whole(TransferRequest::Cheque(cheque)));
+    }
     if !frame.flags.contains(Flags::REQ | Flags::START) || frame.flags.contains(Flags::RESP) {
         return Err(bad("a request starts with REQ|START"));
     }
@@ -342,7 +375,7 @@ pub fn decode_request(frame: &Frame) -> Result<RequestStart, TransferError> {
 /// Adds one frame of a `keep`'s bytes to `bytes` (sized for the head's `size`, which it must
 /// not pass); `Ok(true)` when it was the last.
 pub fn keep_piece(size: u64, bytes: &mut Vec<u8>, frame: &Frame) -> Result<bool, TransferError> {
-    check_app(frame)?;
+    check_transfer(frame)?;
     if !frame.flags.contains(Flags::REQ)
         || frame.flags.intersects(Flags::START | Flags::RESP)
         || frame.code != 0
@@ -418,6 +451,10 @@ pub fn reply_frames(reply: TransferReply) -> Vec<Frame> {
             let head = HeldHead { held, lease_s };
             vec![json_frame(Flags::RESP | Flags::START | Flags::END, &head)]
         }
+        TransferReply::Cashed(cashed) => vec![settle::reply_frame(&Ok(cashed))],
+        TransferReply::ChequeRefused { kind, body } => {
+            vec![settle::reply_frame(&Err((kind, body)))]
+        }
         TransferReply::Error { kind, body } => {
             vec![Frame::error_reply(APP_TRANSFER, 0, kind, &body)]
         }
@@ -427,6 +464,14 @@ pub fn reply_frames(reply: TransferReply) -> Vec<Frame> {
 /// Reads a reply's first frame.
 pub fn decode_reply(first: &Frame) -> Result<ReplyStart, TransferError> {
     check_app(first)?;
+    if first.app_proto_id == APP_SETTLE {
+        return Ok(ReplyStart::Whole(
+            match settle::decode_reply(first).map_err(settle_error)? {
+                Ok(cashed) => TransferReply::Cashed(cashed),
+                Err((kind, body)) => TransferReply::ChequeRefused { kind, body },
+            },
+        ));
+    }
     if !first.flags.contains(Flags::RESP | Flags::START) {
         return Err(bad("a reply starts with RESP|START"));
     }
@@ -479,7 +524,7 @@ pub fn range_reply(
     (size, start, end): (u64, u64, u64),
     data: Frame,
 ) -> Result<TransferReply, TransferError> {
-    check_app(&data)?;
+    check_transfer(&data)?;
     if !data.flags.contains(Flags::RESP | Flags::END) || data.code != 0 {
         return Err(bad("a range's bytes come in one RESP|END frame"));
     }
@@ -529,6 +574,14 @@ mod tests {
                 kind: ErrorKind::NotFound,
                 body: ErrorBody::new(ErrorKind::NotFound, "no object"),
             },
+            TransferReply::Cashed(Cashed {
+                cumulative: 9,
+                credited: 4,
+            }),
+            TransferReply::ChequeRefused {
+                kind: ErrorKind::Forbidden,
+                body: ErrorBody::new(ErrorKind::Forbidden, "forged"),
+            },
         ];
         for reply in replies {
             assert_eq!(round_trip(reply.clone()), reply);
@@ -544,6 +597,22 @@ mod tests {
             decode_request(&frames[0]).unwrap(),
             RequestStart::Whole(request)
         );
+        let cheque = TransferRequest::Cheque(Cheque {
+            issuer: [1; 32],
+            beneficiary: [2; 32],
+            cumulative: 5,
+            signature: [3; 64],
+        });
+        let frames = request_frames(&cheque);
+        assert_eq!(frames[0].app_proto_id, APP_SETTLE);
+        assert_eq!(
+            decode_request(&frames[0]).unwrap(),
+            RequestStart::Whole(cheque)
+        );
+        // A cheque's app does not continue a keep or a range.
+        let mut piece = frames[0].clone();
+        piece.flags = Flags::REQ | Flags::END;
+        assert!(keep_piece(1, &mut Vec::new(), &piece).is_err());
     }
 
     fn read_request(frames: &[Frame]) -> Result<TransferRequest, TransferError> {
