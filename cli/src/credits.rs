@@ -1,4 +1,4 @@
-//! `ron credits grant|balance|history`: the node's credit ledger over HTTP.
+//! `ron credits grant|balance|history|peers`: the node's credit ledger over HTTP.
 
 use clap::Subcommand;
 use serde_json::json;
@@ -34,6 +34,18 @@ pub(crate) enum CreditsCommand {
         /// Another account (the owner only).
         #[arg(long, value_name = "ACCOUNT")]
         of: Option<String>,
+        /// How many (at most 1,000).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print the node's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        creds: Creds,
+    },
+    /// The peers this node settles ranges with (the owner only): what each owes or is owed,
+    /// and the highest cheques each way.
+    Peers {
         /// How many (at most 1,000).
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -118,6 +130,32 @@ pub(crate) async fn run(cmd: CreditsCommand, node: &crate::client::NodeUrl) -> a
                 );
             }
         }
+        CreditsCommand::Peers { limit, json, creds } => {
+            let t = Target::new(node, &creds)?;
+            let v = t.json(query(&t, "peers", None, Some(limit))?).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!(
+                "{} credits per MiB; a cheque at {} owed; peers refused at {} owed",
+                v["per_mib"], v["pay_at"], v["debt_limit"]
+            );
+            for p in v["peers"].as_array().into_iter().flatten() {
+                let now = p["balance_now"].as_i64().unwrap_or(0);
+                let standing = match now {
+                    0 => "settled".to_owned(),
+                    n if n > 0 => format!("this node owes {n}"),
+                    n => format!("owes this node {}", -n),
+                };
+                println!(
+                    "{}: {standing} (cheques: {} received, {} sent)",
+                    p["account"].as_str().unwrap_or("?"),
+                    p["cheque_in"],
+                    p["cheque_out"]
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -148,6 +186,10 @@ fn what(code: u64) -> &'static str {
         3 | 5 => "flat period",
         4 => "put",
         10 => "grant",
+        20 => "ranges served",
+        21 => "ranges received",
+        22 => "cheque received",
+        23 => "cheque sent",
         _ => "other",
     }
 }

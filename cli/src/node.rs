@@ -342,8 +342,14 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     );
     spawn_config_watch(&mut sup, &config, &bus, &log, &auth, &limiter);
     spawn_key_rotation(&mut sup, &args, &config, &auth, &limiter);
+    let payment = spawn_payment(&mut sup, &args, &config, &metrics)?;
+    payment.set_identity(auth.identity().keypair());
+    let settle: Arc<dyn svc_dht::Settle> = Arc::new(crate::p2p::NodeSettle {
+        payment: payment.clone(),
+    });
     let (dht_tx, dht_mailbox) = supervisor::mailbox(svc_dht::MAILBOX);
-    let dht = svc_dht::DhtHandle::new(dht_tx, auth.identity().keypair().public().to_peer_id());
+    let dht = svc_dht::DhtHandle::new(dht_tx, auth.identity().keypair().public().to_peer_id())
+        .settling(settle.clone());
     dht.metrics().register(&metrics);
     let names = svc_index::Names::new(store.clone(), Some(dht.clone()));
     spawn_name_upkeep(&mut sup, &names);
@@ -354,7 +360,6 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     spawn_guard(&mut sup, &overlay, &bus, &peer_events);
     spawn_storage_upkeep(&mut sup, &overlay, &config);
     let mail = spawn_mailbox(&mut sup, &args, &config, &dht, &metrics)?;
-    let payment = spawn_payment(&mut sup, &args, &config, &metrics)?;
     let accounting = spawn_accounting(&mut sup, &args, &config, &payment)?;
     let source: Arc<dyn svc_dht::Source> = Arc::new(crate::p2p::NodeSource {
         overlay: overlay.peer_source(),
@@ -367,7 +372,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         &auth,
         &dht,
         dht_mailbox,
-        source,
+        (source, settle),
         &metrics,
         peer_events,
     )?;
@@ -734,7 +739,7 @@ fn spawn_peer_network(
     auth: &ron_auth::Auth,
     dht: &svc_dht::DhtHandle,
     mailbox: supervisor::Mailbox<svc_dht::Command>,
-    source: Arc<dyn svc_dht::Source>,
+    (source, settle): (Arc<dyn svc_dht::Source>, Arc<dyn svc_dht::Settle>),
     metrics: &Metrics,
     events: tokio::sync::broadcast::Sender<svc_dht::PeerEvent>,
 ) -> anyhow::Result<svc_gateway::PeerStatus> {
@@ -771,6 +776,7 @@ fn spawn_peer_network(
         // Peers' records are kept only when they are valid names, layout pointers or mail
         // records, never older than held.
         records: Arc::new(crate::p2p::NodeRecords),
+        settle: Some(settle),
     };
     sup.spawn_actor("dht", Duty::Background, mailbox, move |ctx, mailbox| {
         svc_dht::run(ctx.shutdown, mailbox, setup.clone())

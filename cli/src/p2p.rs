@@ -106,6 +106,84 @@ impl svc_dht::Source for NodeSource {
     }
 }
 
+/// How this node settles ranges with its peers: the payment service's peer accounts and
+/// cheques ([`svc_payment::Payment::peer_cheque`], [`svc_payment::Payment::cash`]).
+pub(crate) struct NodeSettle {
+    pub(crate) payment: svc_payment::Payment,
+}
+
+impl svc_dht::Settle for NodeSettle {
+    fn may_serve(&self, peer: &svc_dht::PeerId) -> Result<(), u64> {
+        self.payment.peer_may_take(peer)
+    }
+
+    fn served(&self, peer: &svc_dht::PeerId, bytes: u64) {
+        self.payment.peer_served(peer, bytes);
+    }
+
+    fn received(&self, peer: &svc_dht::PeerId, bytes: u64) -> bool {
+        self.payment.peer_received(peer, bytes)
+    }
+
+    fn cheque(
+        &self,
+        peer: svc_dht::PeerId,
+    ) -> futures_util::future::BoxFuture<'static, Option<ron_proto::oap::settle::Cheque>> {
+        let payment = self.payment.clone();
+        async move {
+            match payment.peer_cheque(&peer).await {
+                Ok(cheque) => cheque,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot write a cheque to a peer");
+                    None
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn answered(
+        &self,
+        peer: svc_dht::PeerId,
+        reply: &Result<svc_dht::TransferReply, svc_dht::DhtError>,
+    ) {
+        match reply {
+            Ok(svc_dht::TransferReply::Cashed(cashed)) => {
+                tracing::debug!(%peer, cumulative = cashed.cumulative, credited = cashed.credited, "a peer cashed a cheque");
+            }
+            Ok(svc_dht::TransferReply::ChequeRefused { body, .. }) => {
+                tracing::warn!(%peer, reason = %body.message, "a peer refused this node's cheque");
+            }
+            Ok(_) => tracing::warn!(%peer, "a peer answered a cheque with something else"),
+            // Written already: the next cheque carries it (cheques are cumulative).
+            Err(e) => tracing::debug!(%peer, error = %e, "a cheque did not reach its peer"),
+        }
+        self.payment.peer_answered(&peer);
+    }
+
+    fn cash(
+        &self,
+        peer: svc_dht::PeerId,
+        cheque: ron_proto::oap::settle::Cheque,
+    ) -> futures_util::future::BoxFuture<'static, svc_dht::TransferReply> {
+        let payment = self.payment.clone();
+        async move {
+            match payment.cash(&peer, &cheque).await {
+                Ok(cashed) => svc_dht::TransferReply::Cashed(cashed),
+                Err(e) => {
+                    let (kind, message) = <(ron_proto::ErrorKind, String)>::from(&e);
+                    tracing::warn!(%peer, reason = %message, "refused a peer's cheque");
+                    svc_dht::TransferReply::ChequeRefused {
+                        kind,
+                        body: ron_proto::ErrorBody::new(kind, message),
+                    }
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
 /// The records this node keeps for peers: names and layout pointers
 /// ([`svc_index::NamePolicy`]), and mail records (valid, never older than held).
 #[derive(Debug, Clone, Copy, Default)]

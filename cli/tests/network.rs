@@ -459,6 +459,7 @@ async fn a_malicious_provider_is_caught_and_an_honest_node_serves_the_object() {
         metrics: evil.metrics().clone(),
         events: None,
         records: std::sync::Arc::new(svc_dht::NoRecords),
+        settle: None,
     };
     tokio::spawn(svc_dht::run(shutdown, mailbox, setup));
     reader

@@ -409,3 +409,259 @@ async fn anonymous_reads_need_a_proof_of_work_that_ron_get_solves() {
     assert!(node.metric("pow_accepted_total").await >= 2.0);
     assert!(node.metric("pow_refused_total").await >= 2.0);
 }
+
+/// A libp2p peer in this process that joins through `seed` and takes ranges without paying
+/// (it settles nothing), with its key to sign cheques by hand.
+async fn freeloader(
+    seed: &str,
+) -> (
+    svc_dht::DhtHandle,
+    svc_dht::identity::Keypair,
+    tokio_util::sync::DropGuard,
+) {
+    let keypair = svc_dht::identity::Keypair::generate_ed25519();
+    let (tx, mailbox) = supervisor::mailbox(64);
+    let handle = svc_dht::DhtHandle::new(tx, keypair.public().to_peer_id());
+    let config = ron_kernel::Config::builder()
+        .register::<svc_dht::P2pSection>()
+        .build()
+        .unwrap();
+    let section = svc_dht::P2pSection {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        ..svc_dht::P2pSection::default()
+    };
+    struct Nothing;
+    impl svc_dht::Source for Nothing {
+        fn size(
+            &self,
+            _: ron_proto::Address,
+        ) -> futures_util::future::BoxFuture<'static, Option<u64>> {
+            Box::pin(async { None })
+        }
+        fn encoded(
+            &self,
+            _: ron_proto::Address,
+            _: u64,
+            _: u64,
+        ) -> futures_util::future::BoxFuture<'static, Result<Option<(u64, bytes::Bytes)>, String>>
+        {
+            Box::pin(async { Ok(None) })
+        }
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let setup = svc_dht::Setup {
+        keypair: keypair.clone(),
+        config,
+        section,
+        bootstrap: vec![seed.parse().unwrap()],
+        source: Arc::new(Nothing),
+        metrics: handle.metrics().clone(),
+        events: None,
+        records: Arc::new(svc_dht::NoRecords),
+        settle: None,
+    };
+    tokio::spawn(svc_dht::run(shutdown.clone(), mailbox, setup));
+    (handle, keypair, shutdown.drop_guard())
+}
+
+/// `keypair`'s cheque of `cumulative` credits in all to `to`.
+fn cheque(
+    keypair: &svc_dht::identity::Keypair,
+    to: &svc_dht::PeerId,
+    cumulative: u64,
+) -> ron_proto::oap::settle::Cheque {
+    let issuer = svc_payment::peer_key(&keypair.public().to_peer_id()).unwrap();
+    let beneficiary = svc_payment::peer_key(to).unwrap();
+    let message = ron_proto::oap::settle::signed_bytes(&issuer, &beneficiary, cumulative);
+    let mut signature = [0u8; 64];
+    signature.copy_from_slice(&keypair.sign(&message).unwrap());
+    ron_proto::oap::settle::Cheque {
+        issuer,
+        beneficiary,
+        cumulative,
+        signature,
+    }
+}
+
+/// The node's ledger balance of `account`, once two ticks of the committer have passed (ranges
+/// reach the ledger each second).
+async fn settled_balance(node: &Node, account: &str) -> i64 {
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    balance(node, account).await
+}
+
+#[tokio::test]
+async fn peers_settle_ranges_with_cheques_and_forged_ones_are_refused() {
+    use svc_dht::{TransferReply, TransferRequest};
+    let dir = tempfile::tempdir().unwrap();
+    // The defaults: 1 credit per MiB, a cheque at 16 owed, refused at 64 owed.
+    let origin = Node::start(&dir.path().join("n1"), &[]).await;
+    let seed = origin.p2p_addr().await;
+    let origin_id: svc_dht::PeerId = seed.rsplit('/').next().unwrap().parse().unwrap();
+    let reader = Node::start(&dir.path().join("n2"), &["--bootstrap", &seed]).await;
+    let reader_id: String = reader.status().await["p2p"]["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    reader
+        .wait_status("a peer", |s| {
+            s["p2p"]["peers"].as_array().is_some_and(|p| !p.is_empty())
+        })
+        .await;
+
+    // Node 2 fetches 100 MiB from node 1, paying as it goes.
+    let bytes = support::data(100 << 20, 19);
+    let addr = origin.put_announced(bytes.clone()).await;
+    let got = reader
+        .anonymous()
+        .get(format!("{}/o/{addr}", reader.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got == bytes, "the 100 MiB arrived whole");
+    // The last cheque may still be on its way.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sent = loop {
+        let sent = reader.metric("payment_cheques_sent_total").await;
+        let cashed = origin.metric("payment_cheques_cashed_total").await;
+        if sent == cashed {
+            break sent;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 2 wrote {sent} cheques, node 1 cashed {cashed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        sent >= 5.0,
+        "100 MiB at a cheque per 16 owed: {sent} cheques"
+    );
+    assert_eq!(origin.metric("payment_peer_refused_total").await, 0.0);
+    // The two ledgers agree: what node 1 says node 2 owes, node 2 says it owes node 1.
+    let at_origin = settled_balance(&origin, &format!("peer/{reader_id}")).await;
+    let at_reader = balance(&reader, &format!("peer/{origin_id}")).await;
+    assert_eq!(
+        at_origin, -at_reader,
+        "both nodes count the same ranges and cheques"
+    );
+    assert!(
+        (0..16).contains(&at_reader),
+        "node 2 owes less than a cheque: {at_reader}"
+    );
+    let paid = -balance(&origin, "node/cheques-in").await;
+    assert_eq!(paid, balance(&reader, "node/cheques-out").await);
+    assert!(
+        (84..=100).contains(&paid),
+        "100 MiB paid but the last few: {paid}"
+    );
+    let (ranges, out) = usage_of(&origin, &format!("peer/{reader_id}"), 190).await;
+    assert!(
+        out >= 99 << 20,
+        "node 1's usage shows node 2's ranges: {ranges} ranges, {out} bytes"
+    );
+    let peers = ok_stdout(&origin.cli(&["credits", "peers"]).await);
+    assert!(peers.contains(&reader_id), "{peers}");
+
+    // A peer that takes ranges and never pays is refused once it owes 64.
+    let (thief, key, _stop) = freeloader(&seed).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !thief.connected().await.unwrap().contains(&origin_id) {
+        assert!(Instant::now() < deadline, "the freeloader never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addr: ron_proto::Address = addr.parse().unwrap();
+    let range = |i: u64| TransferRequest::Range {
+        addr,
+        start: i * (512 << 10),
+        end: (i + 1) * (512 << 10),
+    };
+    let mut served = 0;
+    let refusal = loop {
+        match thief.request(origin_id, range(served)).await.unwrap() {
+            TransferReply::Range { .. } => served += 1,
+            TransferReply::Error { kind, body } => break (kind, body),
+            other => panic!("{other:?}"),
+        }
+        assert!(served <= 200, "never refused");
+    };
+    assert_eq!(served, 128, "64 MiB served, then refused");
+    assert_eq!(refusal.0, ron_proto::ErrorKind::RateLimited);
+    assert_eq!(
+        refusal.1.payment.unwrap().price,
+        Some(64),
+        "{}",
+        refusal.1.message
+    );
+
+    // Its cheques: forged (a bad signature; another key's), then a good one, then replayed and lower.
+    let cash = |c: ron_proto::oap::settle::Cheque| {
+        let thief = thief.clone();
+        async move {
+            thief
+                .request(origin_id, TransferRequest::Cheque(c))
+                .await
+                .unwrap()
+        }
+    };
+    let mut bad = cheque(&key, &origin_id, 64);
+    bad.signature[0] ^= 1;
+    let other = svc_dht::identity::Keypair::generate_ed25519();
+    for forged in [bad, cheque(&other, &origin_id, 64)] {
+        let r = cash(forged).await;
+        assert!(
+            matches!(
+                r,
+                TransferReply::ChequeRefused {
+                    kind: ron_proto::ErrorKind::Forbidden,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
+    assert!(
+        matches!(
+            thief.request(origin_id, range(served)).await.unwrap(),
+            TransferReply::Error { .. }
+        ),
+        "still refused"
+    );
+    let good = cheque(&key, &origin_id, 64);
+    assert_eq!(
+        cash(good.clone()).await,
+        TransferReply::Cashed(ron_proto::oap::settle::Cashed {
+            cumulative: 64,
+            credited: 64
+        })
+    );
+    for stale in [good, cheque(&key, &origin_id, 10)] {
+        let r = cash(stale).await;
+        assert!(
+            matches!(
+                r,
+                TransferReply::ChequeRefused {
+                    kind: ron_proto::ErrorKind::Conflict,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
+    assert!(
+        matches!(
+            thief.request(origin_id, range(served)).await.unwrap(),
+            TransferReply::Range { .. }
+        ),
+        "settled: served again"
+    );
+    assert_eq!(origin.metric("payment_cheques_forged_total").await, 2.0);
+    assert_eq!(origin.metric("payment_cheques_stale_total").await, 2.0);
+    assert!(origin.metric("payment_peer_refused_total").await >= 2.0);
+    println!(
+        "100 MiB between two nodes settled with {sent} cheques ({paid} credits); a freeloader refused at 64 owed; 2 forged and 2 stale cheques refused"
+    );
+}

@@ -85,7 +85,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The usage a ledger transfer stands for: charged reads and uploads (posted), by their
-/// payer.
+/// payer, and ranges served to peers, by the peer.
 fn from_ledger(r: &svc_payment::ledger::Record) -> Option<Event> {
     if r.kind != "posted" && r.kind != "post" {
         return None;
@@ -101,6 +101,13 @@ fn from_ledger(r: &svc_payment::ledger::Record) -> Option<Event> {
             requests: r.count,
             bytes_in: r.bytes,
             bytes_out: 0,
+            messages: 0,
+        },
+        // A peer's ranges, by the peer (`peer/<PeerId>`).
+        codes::PEER_SERVED => Usage {
+            requests: r.count,
+            bytes_in: 0,
+            bytes_out: r.bytes,
             messages: 0,
         },
         _ => return None,

@@ -30,7 +30,9 @@ use crate::codec::{
 use crate::config::P2pSection;
 use crate::hedge::{Latencies, Parts};
 use crate::metrics::DhtMetrics;
-use crate::node::{Command, DhtError, Found, Inner, P2pStatus, PeerEvent, RecordPolicy, Source};
+use crate::node::{
+    Command, DhtError, Found, Inner, P2pStatus, PeerEvent, RecordPolicy, Settle, Source,
+};
 use crate::verify::GROUP_BYTES;
 
 mod connectivity;
@@ -100,6 +102,9 @@ pub struct Setup {
     pub events: Option<broadcast::Sender<PeerEvent>>,
     /// Which records peers may store here.
     pub records: Arc<dyn RecordPolicy>,
+    /// How ranges are settled with peers (the handle's too: [`crate::DhtHandle::settling`]);
+    /// `None`: not counted, cheques refused.
+    pub settle: Option<Arc<dyn Settle>>,
 }
 
 impl std::fmt::Debug for Setup {
@@ -151,6 +156,7 @@ pub async fn run(
         metrics,
         events,
         records,
+        settle,
     } = setup;
     let (swarm, mut bootstrap, relays) = swarm::build(keypair, &section)?;
     bootstrap.extend(extra);
@@ -184,6 +190,7 @@ pub async fn run(
         backoff: REDIAL_FIRST,
         answering: tokio::task::JoinSet::new(),
         records,
+        settle,
         puts: HashMap::new(),
         gets: HashMap::new(),
     };
@@ -219,6 +226,7 @@ type Served = (PeerId, ResponseChannel<TransferReply>, TransferReply);
 struct Actor {
     swarm: Swarm<Behaviour>,
     source: Arc<dyn Source>,
+    settle: Option<Arc<dyn Settle>>,
     metrics: DhtMetrics,
     events: Option<broadcast::Sender<PeerEvent>>,
     config: ron_kernel::Config,
@@ -285,6 +293,11 @@ impl Actor {
                 event = self.swarm.select_next_some() => self.event(event, &served_tx),
                 Some((peer, channel, reply)) = served_rx.recv() => {
                     self.served(peer);
+                    if let (Some(settle), TransferReply::Range { start, end, .. }) =
+                        (&self.settle, &reply)
+                    {
+                        settle.served(&peer, end.saturating_sub(*start));
+                    }
                     if self.swarm.behaviour_mut().transfer.send_response(channel, reply).is_err() {
                         tracing::debug!("peer went away before its answer");
                     }

@@ -392,7 +392,9 @@ impl DhtHandle {
                 TransferReply::Have { .. }
                 | TransferReply::Providers { .. }
                 | TransferReply::Kept { .. }
-                | TransferReply::Held { .. },
+                | TransferReply::Held { .. }
+                | TransferReply::Cashed(_)
+                | TransferReply::ChequeRefused { .. },
             ) => Err(Failed::Lie("answered a range with something else".into())),
             Ok(TransferReply::Error { kind, body }) => match kind {
                 ErrorKind::RateLimited | ErrorKind::Overloaded => Err(Failed::Busy(

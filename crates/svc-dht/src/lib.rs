@@ -32,6 +32,6 @@ pub use libp2p::{Multiaddr, PeerId, identity};
 pub use metrics::DhtMetrics;
 pub use node::{
     Command, DhtError, DhtHandle, Found, MAILBOX, NoRecords, P2pStatus, PeerEvent, RecordPolicy,
-    Source,
+    Settle, Source,
 };
 pub use verify::GROUP_BYTES;

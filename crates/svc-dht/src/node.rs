@@ -1,8 +1,11 @@
 //! The swarm's actor and its handle.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use libp2p::PeerId;
+use ron_proto::oap::settle::Cheque;
 use ron_proto::{Address, ErrorKind};
 use tokio::sync::{mpsc, oneshot};
 
@@ -70,6 +73,42 @@ impl DhtError {
 
 /// How long a caller waits for room in the actor's full mailbox before [`DhtError::Busy`].
 const ENQUEUE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How this node and its peers settle for the ranges they send each other (the node's
+/// payment service behind it): ranges served and received are counted per peer, a peer owing
+/// too much is refused, and what this node owes is paid with cheques (app 0x0401). Without
+/// one nothing is counted and cheques are refused.
+pub trait Settle: Send + Sync + 'static {
+    /// Whether `peer` may be sent a range now: `Err(owed)`, the credits it owes, while that
+    /// is past its limit.
+    fn may_serve(&self, peer: &PeerId) -> Result<(), u64>;
+    /// `bytes` of a range are being sent to `peer`.
+    fn served(&self, peer: &PeerId, bytes: u64);
+    /// `bytes` of a range came from `peer`: whether a cheque to it is due.
+    fn received(&self, peer: &PeerId, bytes: u64) -> bool;
+    /// A cheque for all this node owes `peer`, recorded before it is returned (`None`:
+    /// nothing owed, or one on its way already).
+    fn cheque(&self, peer: PeerId) -> BoxFuture<'static, Option<Cheque>>;
+    /// `peer`'s answer to the cheque (or why there was none).
+    fn answered(&self, peer: PeerId, reply: &Result<TransferReply, DhtError>);
+    /// A cheque `peer` sent: checked and recorded before the answer
+    /// ([`TransferReply::Cashed`] or [`TransferReply::ChequeRefused`]).
+    fn cash(&self, peer: PeerId, cheque: Cheque) -> BoxFuture<'static, TransferReply>;
+}
+
+/// The node's [`Settle`], if it has one.
+#[derive(Clone, Default)]
+pub(crate) struct Settler(pub(crate) Option<Arc<dyn Settle>>);
+
+impl std::fmt::Debug for Settler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Settler(on)"
+        } else {
+            "Settler(off)"
+        })
+    }
+}
 
 /// Reads objects for peers that ask.
 pub trait Source: Send + Sync + 'static {
@@ -206,6 +245,7 @@ pub struct DhtHandle {
     peer_id: PeerId,
     pub(crate) scores: Scores,
     pub(crate) metrics: DhtMetrics,
+    settle: Settler,
 }
 
 impl DhtHandle {
@@ -216,7 +256,15 @@ impl DhtHandle {
             peer_id,
             scores: Scores::default(),
             metrics: DhtMetrics::default(),
+            settle: Settler::default(),
         }
+    }
+
+    /// The same handle, counting the ranges it receives with `settle` and paying the peers
+    /// they came from (give the actor the same one: [`crate::Setup::settle`]).
+    pub fn settling(mut self, settle: Arc<dyn Settle>) -> Self {
+        self.settle = Settler(Some(settle));
+        self
     }
 
     /// The handle's metrics (add them to the node's registry with [`DhtMetrics::register`]).
@@ -291,7 +339,40 @@ impl DhtHandle {
     ) -> Result<TransferReply, DhtError> {
         let (tx, rx) = oneshot::channel();
         self.send(Inner::Request(peer, request, tx)).await?;
-        rx.await.map_err(|_| DhtError::Stopped)?
+        let reply = rx.await.map_err(|_| DhtError::Stopped)?;
+        if let (Some(settle), Ok(answer)) = (&self.settle.0, &reply) {
+            let due = match answer {
+                TransferReply::Range { start, end, .. } => {
+                    settle.received(&peer, end.saturating_sub(*start))
+                }
+                // Refused for a debt: pay it now.
+                TransferReply::Error {
+                    kind: ErrorKind::RateLimited,
+                    body,
+                } => body.payment.is_some(),
+                _ => false,
+            };
+            if due {
+                self.pay(peer);
+            }
+        }
+        reply
+    }
+
+    /// Sends `peer` a cheque for all this node owes it, on a task of its own (one at a time
+    /// per peer: the settlement says when one is on its way).
+    fn pay(&self, peer: PeerId) {
+        let Some(settle) = self.settle.0.clone() else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Some(cheque) = settle.cheque(peer).await else {
+                return;
+            };
+            let reply = this.request(peer, TransferRequest::Cheque(cheque)).await;
+            settle.answered(peer, &reply);
+        });
     }
 
     /// Asks `peer` to keep a blob (a shard or a layout): the lease it granted, in seconds.

@@ -132,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/credits/grant", post(crate::payment::grant))
         .route("/credits/balance", get(crate::payment::balance))
         .route("/credits/history", get(crate::payment::history))
+        .route("/credits/peers", get(crate::payment::peers))
         .route("/usage", get(crate::payment::usage))
         .route("/objects", get(crate::objects::list))
         .route("/gc", post(crate::objects::gc))

@@ -146,6 +146,15 @@ fn check_account(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Whether `id` reads as a peer's account: `peer/<PeerId>` (base58, as `ron peers` prints).
+fn is_peer_account(id: &str) -> bool {
+    id.strip_prefix("peer/").is_some_and(|p| {
+        (32..=64).contains(&p.len())
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() && !matches!(b, b'0' | b'O' | b'I' | b'l'))
+    })
+}
+
 /// `POST /credits/grant` `{"to":"ed25519/<hex>","credits":N}`: the owner grants credits.
 pub(crate) async fn grant(
     State(state): State<Shared>,
@@ -191,7 +200,7 @@ fn whose(
     let holder = account_holder(state, headers, path)?;
     match (of, holder) {
         (Some(of), Holder::Owner) => {
-            if of != svc_payment::accounts::ISSUANCE && of != svc_payment::accounts::REVENUE {
+            if !svc_payment::accounts::NODE.contains(&of.as_str()) && !is_peer_account(&of) {
                 check_account(&of)?;
             }
             Ok(of)
@@ -234,6 +243,34 @@ pub(crate) async fn history(
     let payment = payment(&state)?;
     let transfers = payment.history(&account, q.limit.unwrap_or(100).clamp(1, 1000))?;
     Ok(Json(json!({ "account": account, "transfers": transfers })).into_response())
+}
+
+/// `GET /credits/peers[?limit=N]` (the owner only): the peers this node settles with, largest
+/// balances first (100 unless `limit`, at most 1,000), each with its balance as the ledger
+/// holds it and the highest cheques held each way.
+pub(crate) async fn peers(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<Of>,
+) -> Result<Response, ApiError> {
+    if account_holder(&state, &headers, "/credits/peers")? != Holder::Owner {
+        return Err(
+            Denied::Forbidden("only the node's owner reads its peers' accounts".into()).into(),
+        );
+    }
+    if q.of.is_some() {
+        return Err(Problem::new(ErrorKind::BadInput, "peers takes no `of`").into());
+    }
+    let payment = payment(&state)?;
+    let peers = payment.peers(q.limit.unwrap_or(100).clamp(1, 1000))?;
+    let s = state.config.get::<svc_payment::PaymentSection>();
+    Ok(Json(json!({
+        "per_mib": s.peer_per_mib,
+        "pay_at": s.peer_pay_at,
+        "debt_limit": s.peer_debt_limit,
+        "peers": peers,
+    }))
+    .into_response())
 }
 
 /// `?of=ID&window=minute|hour&since_ms=N&limit=N` of `GET /usage`.

@@ -99,6 +99,7 @@ async fn start(n: usize, dir: PathBuf, bootstrap: Vec<Multiaddr>) -> Node {
         metrics: dht.metrics().clone(),
         events: Some(events.clone()),
         records: Arc::new(svc_index::NamePolicy),
+        settle: None,
     };
     // Each node's lines carry its number (`RON_SIM_LOG`).
     let span = tracing::info_span!("node", n);

@@ -53,6 +53,9 @@ const HISTORY: MultimapTableDefinition<&str, (u64, u128)> = MultimapTableDefinit
 const BY_SEQ: TableDefinition<u64, u128> = TableDefinition::new("by_seq");
 /// (timeout ms, transfer id) of every transfer still pending.
 const TIMEOUTS: TableDefinition<(u64, u128), ()> = TableDefinition::new("timeouts");
+/// (peer account, 1 inbound | 0 outbound) -> the highest cheque: its cumulative amount and
+/// signature (what an external settlement would cash).
+const CHEQUES: TableDefinition<(&str, u8), (u64, &[u8])> = TableDefinition::new("cheques");
 /// Counters: the next sequence number.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -192,6 +195,28 @@ pub struct Charges {
     pub items: Vec<(u64, u64)>,
 }
 
+/// A cheque between this node and a peer: kept if its cumulative amount is above the one
+/// held for the peer in that direction, and the increase posted as a transfer (inbound: from
+/// `counter` to the peer's account, which the peer's debt is then less; outbound: from the
+/// peer's account to `counter`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChequeEntry {
+    /// The transfer's id, used once.
+    pub id: u128,
+    /// The peer's account.
+    pub peer: String,
+    /// The node's account on the other side.
+    pub counter: String,
+    /// Received from the peer (true) or sent to it.
+    pub inbound: bool,
+    /// The cheque's cumulative amount.
+    pub cumulative: u64,
+    /// The issuer's signature.
+    pub signature: [u8; 64],
+    /// The transfer's code.
+    pub code: u16,
+}
+
 /// One change, applied with others in one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -206,6 +231,8 @@ pub enum Change {
     Transfer(Transfer),
     /// Many charges of one account, one posted transfer (answered [`Done::Charged`]).
     Charges(Charges),
+    /// A cheque (answered [`Done::Cheque`]).
+    Cheque(ChequeEntry),
 }
 
 /// What a change did.
@@ -217,6 +244,11 @@ pub enum Done {
     Exists,
     /// [`Change::Charges`]: each item accepted or refused.
     Charged(Vec<Result<(), Refusal>>),
+    /// [`Change::Cheque`]: kept; what it added to the one held before.
+    Cheque {
+        /// The increase posted.
+        credited: u64,
+    },
 }
 
 /// Why a change was refused (the transaction goes on with the others).
@@ -258,6 +290,12 @@ pub enum Refusal {
     /// The post or void names different accounts or amount than its pending transfer.
     #[error("the accounts or amount differ from the pending transfer's")]
     PendingMismatch,
+    /// A cheque whose cumulative amount is not above the one held (a replay, or an old one).
+    #[error("the cheque's cumulative amount is not above the {held} held")]
+    StaleCheque {
+        /// The cumulative amount held.
+        held: u64,
+    },
 }
 
 /// A transfer as kept.
@@ -389,6 +427,7 @@ struct Tables<'t> {
     history: redb::MultimapTable<'t, &'static str, (u64, u128)>,
     timeouts: redb::Table<'t, (u64, u128), ()>,
     by_seq: redb::Table<'t, u64, u128>,
+    cheques: redb::Table<'t, (&'static str, u8), (u64, &'static [u8])>,
     seq: u64,
 }
 
@@ -403,8 +442,46 @@ impl<'t> Tables<'t> {
             history: txn.open_multimap_table(HISTORY)?,
             timeouts: txn.open_table(TIMEOUTS)?,
             by_seq: txn.open_table(BY_SEQ)?,
+            cheques: txn.open_table(CHEQUES)?,
             seq,
         })
+    }
+
+    fn cheque(
+        &mut self,
+        c: &ChequeEntry,
+        now_ms: u64,
+    ) -> Result<Result<Done, Refusal>, StoreError> {
+        let key = (c.peer.as_str(), u8::from(c.inbound));
+        let held = self.cheques.get(key)?.map_or(0, |v| v.value().0);
+        if c.cumulative <= held {
+            return Ok(Err(Refusal::StaleCheque { held }));
+        }
+        let credited = c.cumulative - held;
+        let (debit, credit) = if c.inbound {
+            (c.counter.clone(), c.peer.clone())
+        } else {
+            (c.peer.clone(), c.counter.clone())
+        };
+        let transfer = Transfer {
+            id: c.id,
+            debit,
+            credit,
+            amount: credited,
+            kind: Kind::Posted,
+            code: c.code,
+            paid_until_ms: None,
+            bytes: 0,
+            count: 1,
+        };
+        match self.transfer(&transfer, now_ms)? {
+            Ok(Done::Applied) => {
+                self.cheques.insert(key, (c.cumulative, &c.signature[..]))?;
+                Ok(Ok(Done::Cheque { credited }))
+            }
+            Ok(_) => Ok(Err(Refusal::IdUsed)),
+            Err(refusal) => Ok(Err(refusal)),
+        }
     }
 
     fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
@@ -731,6 +808,7 @@ impl Ledger {
         txn.open_multimap_table(HISTORY)?;
         txn.open_table(TIMEOUTS)?;
         txn.open_table(BY_SEQ)?;
+        txn.open_table(CHEQUES)?;
         txn.open_table(META)?;
         txn.commit()?;
         Ok(Self { db })
@@ -772,6 +850,7 @@ impl Ledger {
                 Change::Open { account, flags } => t.open_account(account, *flags)?,
                 Change::Transfer(transfer) => t.transfer(transfer, now_ms)?,
                 Change::Charges(charges) => t.charges(charges, now_ms)?,
+                Change::Cheque(cheque) => t.cheque(cheque, now_ms)?,
             });
         }
         t.finish(txn)?;
@@ -791,6 +870,62 @@ impl Ledger {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(ACCOUNTS)?;
         Ok(table.get(id)?.map(|v| Account::from_row(v.value())))
+    }
+
+    /// The highest cheque held for `peer` (its account) in one direction: its cumulative
+    /// amount and signature.
+    pub fn cheque(&self, peer: &str, inbound: bool) -> Result<Option<(u64, [u8; 64])>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CHEQUES)?;
+        Ok(table.get((peer, u8::from(inbound)))?.map(|v| {
+            let (cumulative, sig) = v.value();
+            let mut signature = [0u8; 64];
+            if sig.len() == 64 {
+                signature.copy_from_slice(sig);
+            }
+            (cumulative, signature)
+        }))
+    }
+
+    /// Every highest cheque held in one direction, by peer account: what an external
+    /// settlement cashes (inbound) or honours (outbound).
+    pub fn cheques(&self, inbound: bool) -> Result<Vec<(String, u64, [u8; 64])>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CHEQUES)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let (peer, dir) = k.value();
+            if dir != u8::from(inbound) {
+                continue;
+            }
+            let (cumulative, sig) = v.value();
+            let mut signature = [0u8; 64];
+            if sig.len() == 64 {
+                signature.copy_from_slice(sig);
+            }
+            out.push((peer.to_owned(), cumulative, signature));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` accounts whose id starts with `prefix`, in id order, with their totals.
+    pub fn accounts_under(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Account)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ACCOUNTS)?;
+        let mut out = Vec::new();
+        for entry in table.range(prefix..)?.take(limit) {
+            let (k, v) = entry?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_owned(), Account::from_row(v.value())));
+        }
+        Ok(out)
     }
 
     /// A transfer by id.

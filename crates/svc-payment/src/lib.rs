@@ -12,6 +12,7 @@
 
 pub mod ledger;
 mod metrics;
+mod peers;
 pub mod pow;
 mod service;
 
@@ -20,6 +21,7 @@ use ron_proto::{ErrorKind, Failure, PaymentDue, PowChallenge};
 use serde::{Deserialize, Serialize};
 
 pub use metrics::PaymentMetrics;
+pub use peers::{ChequeError, PeerAccount, peer_account, peer_key};
 pub use service::{Payment, Reservation, Settlement, accounts, codes};
 
 /// Credits per operation (`{ get = 1, put = 2 }`; an operation left out costs nothing).
@@ -83,6 +85,14 @@ pub struct PaymentSection {
     /// With `durable_charges = false`: how often waiting charges are committed (default
     /// 10 ms; read when the service starts).
     pub sync_ms: u64,
+    /// Credits per MiB of ranges served to a peer, and owed for those received from one
+    /// (default 1; 0: peers do not settle).
+    pub peer_per_mib: u64,
+    /// A cheque is sent to a peer once this node owes it this many credits (default 16).
+    pub peer_pay_at: u64,
+    /// A peer owing this node this many credits is refused ranges (429) until it pays
+    /// (default 64).
+    pub peer_debt_limit: u64,
 }
 
 impl Default for PaymentSection {
@@ -98,6 +108,9 @@ impl Default for PaymentSection {
             reserve_s: 3600,
             durable_charges: true,
             sync_ms: 10,
+            peer_per_mib: 1,
+            peer_pay_at: 16,
+            peer_debt_limit: 64,
         }
     }
 }
@@ -140,6 +153,12 @@ impl Section for PaymentSection {
         }
         if !(1..=1000).contains(&self.sync_ms) {
             return Err(FieldError::new("sync_ms", "must be between 1 and 1000"));
+        }
+        if self.peer_pay_at == 0 {
+            return Err(FieldError::new("peer_pay_at", "must be above 0"));
+        }
+        if self.peer_debt_limit == 0 {
+            return Err(FieldError::new("peer_debt_limit", "must be above 0"));
         }
         if !(1..=86_400).contains(&self.reserve_s) {
             return Err(FieldError::new("reserve_s", "must be between 1 and 86400"));

@@ -26,6 +26,17 @@ pub struct PaymentMetrics {
     pub(crate) pow_refused: Counter,
     /// The difficulty of the last challenge, in bits.
     pub(crate) pow_bits: Gauge,
+    /// Cheques written to peers.
+    pub(crate) cheques_sent: Counter,
+    /// Cheques from peers kept and credited.
+    pub(crate) cheques_cashed: Counter,
+    /// Cheques from peers refused as forged (not for this node, not the sender's, a bad
+    /// signature).
+    pub(crate) cheques_forged: Counter,
+    /// Cheques from peers refused as replayed or not above the one held.
+    pub(crate) cheques_stale: Counter,
+    /// Ranges refused to peers over their debt limit.
+    pub(crate) peer_refused: Counter,
 }
 
 impl PaymentMetrics {
@@ -63,6 +74,31 @@ impl PaymentMetrics {
             "pow_refused",
             "Proof-of-work answers refused (forged, expired, short, replayed)",
             m.pow_refused,
+        );
+        metrics.register(
+            "payment_cheques_sent",
+            "Cheques written to peers",
+            m.cheques_sent,
+        );
+        metrics.register(
+            "payment_cheques_cashed",
+            "Cheques from peers kept and credited",
+            m.cheques_cashed,
+        );
+        metrics.register(
+            "payment_cheques_forged",
+            "Cheques from peers refused as forged (another node's, not the sender's, a bad signature)",
+            m.cheques_forged,
+        );
+        metrics.register(
+            "payment_cheques_stale",
+            "Cheques from peers refused as replayed or not above the one held",
+            m.cheques_stale,
+        );
+        metrics.register(
+            "payment_peer_refused",
+            "Ranges refused to peers owing their debt limit",
+            m.peer_refused,
         );
         metrics.register(
             "pow_bits",

@@ -32,6 +32,15 @@ pub mod codes {
     pub const FLAT_PUT: u16 = 5;
     /// Credits granted by the owner.
     pub const GRANT: u16 = 10;
+    /// Ranges served to a peer (debits the peer's account; a usage event of the peer: its
+    /// ranges as requests, their bytes out).
+    pub const PEER_SERVED: u16 = 20;
+    /// Ranges received from a peer (credits the peer's account).
+    pub const PEER_RECEIVED: u16 = 21;
+    /// A cheque received from a peer (credits the peer's account by its increase).
+    pub const CHEQUE_IN: u16 = 22;
+    /// A cheque sent to a peer (debits the peer's account by its increase).
+    pub const CHEQUE_OUT: u16 = 23;
 }
 use codes::{
     FLAT as CODE_FLAT, FLAT_PUT as CODE_FLAT_PUT, GRANT as CODE_GRANT, PUT as CODE_PUT,
@@ -44,6 +53,23 @@ pub mod accounts {
     pub const ISSUANCE: &str = "node/issuance";
     /// Where charges go.
     pub const REVENUE: &str = "node/revenue";
+    /// Where ranges served to peers are credited.
+    pub const PEER_REVENUE: &str = "node/peer-revenue";
+    /// Where ranges received from peers are debited.
+    pub const PEER_SPEND: &str = "node/peer-spend";
+    /// What peers' cheques paid this node (its balance is minus their sum: cheques to cash).
+    pub const CHEQUES_IN: &str = "node/cheques-in";
+    /// What this node's cheques paid peers (its balance is their sum: cheques to honour).
+    pub const CHEQUES_OUT: &str = "node/cheques-out";
+    /// Every account of the node's own.
+    pub const NODE: [&str; 6] = [
+        ISSUANCE,
+        REVENUE,
+        PEER_REVENUE,
+        PEER_SPEND,
+        CHEQUES_IN,
+        CHEQUES_OUT,
+    ];
 }
 
 /// An account's spending as the committer knows it between commits.
@@ -75,24 +101,28 @@ struct Job {
     reply: oneshot::Sender<Answers>,
 }
 
-struct Inner {
-    ledger: Arc<Ledger>,
+pub(crate) struct Inner {
+    pub(crate) ledger: Arc<Ledger>,
     config: Config,
     jobs: mpsc::Sender<Job>,
     mailbox: supervisor::Mailbox<Job>,
-    metrics: PaymentMetrics,
+    pub(crate) metrics: PaymentMetrics,
     puzzles: Puzzles,
     /// With `durable_charges = false`, per account: what the ledger last said it could
     /// spend, and the charges admitted since that are still on their way to it.
     ahead: Mutex<HashMap<String, Ahead>>,
     /// Charges in `ahead` waiting for the committer.
     waiting: AtomicUsize,
+    /// Peers' balances and the ranges moved since the last tick, by account.
+    pub(crate) peers: Mutex<HashMap<String, crate::peers::PeerBook>>,
+    /// The node's key, which signs its cheques.
+    pub(crate) identity: std::sync::OnceLock<libp2p_identity::ed25519::Keypair>,
 }
 
 /// The payment service's handle (cheap to clone).
 #[derive(Clone)]
 pub struct Payment {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Payment {
@@ -143,6 +173,8 @@ impl Payment {
                 puzzles: Puzzles::default(),
                 ahead: Mutex::default(),
                 waiting: AtomicUsize::new(0),
+                peers: Mutex::default(),
+                identity: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -157,7 +189,7 @@ impl Payment {
         &self.inner.ledger
     }
 
-    fn section(&self) -> Arc<PaymentSection> {
+    pub(crate) fn section(&self) -> Arc<PaymentSection> {
         self.inner.config.get::<PaymentSection>()
     }
 
@@ -173,7 +205,7 @@ impl Payment {
     }
 
     /// Applies `changes` in the committer's next batch, once durable.
-    async fn submit(
+    pub(crate) async fn submit(
         &self,
         changes: Vec<Change>,
     ) -> Result<Vec<Result<Done, Refusal>>, PaymentError> {
@@ -501,7 +533,7 @@ impl Payment {
     /// fsynced transaction, and voids overdue reservations every second.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), String> {
         let mut jobs = self.inner.mailbox.lock().await;
-        let opening = [accounts::ISSUANCE, accounts::REVENUE].map(|a| Change::Open {
+        let opening = accounts::NODE.map(|a| Change::Open {
             account: a.into(),
             flags: 0,
         });
@@ -516,6 +548,7 @@ impl Payment {
             tokio::select! {
                 () = shutdown.cancelled() => {
                     self.commit_waiting().await?;
+                    self.commit_moved().await?;
                     while self.next_batch(&mut jobs).await? {}
                     return Ok(());
                 }
@@ -531,6 +564,7 @@ impl Payment {
                 _ = expire.tick() => {
                     // Charges admitted ahead before `durable_charges` was turned back on.
                     self.commit_waiting().await?;
+                    self.commit_moved().await?;
                     let ledger = self.inner.ledger.clone();
                     let now = now_ms();
                     if ledger.overdue(now).unwrap_or(false) {
@@ -545,6 +579,16 @@ impl Payment {
     /// Commits the charges admitted ahead and waiting (nobody waits for the answer).
     async fn commit_waiting(&self) -> Result<(), String> {
         let changes = self.take_waiting();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let (reply, _) = oneshot::channel();
+        self.apply(vec![Job { changes, reply }]).await
+    }
+
+    /// Commits the ranges moved with peers since the last tick (nobody waits for the answer).
+    async fn commit_moved(&self) -> Result<(), String> {
+        let changes = self.take_moved();
         if changes.is_empty() {
             return Ok(());
         }
@@ -582,6 +626,7 @@ impl Payment {
                 Change::Charges(c) => vec![(c.debit.clone(), c.items.iter().map(|i| i.0).sum())],
                 Change::Transfer(t) => vec![(t.debit.clone(), 0), (t.credit.clone(), 0)],
                 Change::Open { account, .. } => vec![(account.clone(), 0)],
+                Change::Cheque(c) => vec![(c.peer.clone(), 0)],
             })
             .collect();
         match self.commit(changes).await {
@@ -589,7 +634,7 @@ impl Payment {
                 let applied: usize = answers
                     .iter()
                     .map(|a| match a {
-                        Ok(Done::Applied) => 1,
+                        Ok(Done::Applied | Done::Cheque { .. }) => 1,
                         Ok(Done::Charged(items)) => items.iter().filter(|i| i.is_ok()).count(),
                         _ => 0,
                     })
@@ -635,7 +680,7 @@ fn gather(mut batch: Vec<Job>, jobs: &mut mpsc::Receiver<Job>) -> Vec<Job> {
     batch
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

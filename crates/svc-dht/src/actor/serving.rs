@@ -90,6 +90,11 @@ impl Actor {
         } else {
             None
         };
+        let in_debt = match (&refused, &request, &self.settle) {
+            (None, TransferRequest::Range { .. }, Some(settle)) => settle.may_serve(&peer).err(),
+            _ => None,
+        };
+        let refused = refused.or_else(|| in_debt.map(debt_refusal));
         let pace = match (&refused, &request) {
             (None, TransferRequest::Range { start, end, .. }) => {
                 self.pace(peer, end.saturating_sub(*start))
@@ -113,8 +118,19 @@ impl Actor {
         self.serving += 1;
         *self.serving_by.entry(peer).or_default() += 1;
         let (source, served) = (self.source.clone(), served.clone());
+        let settle = self.settle.clone();
         self.answering.spawn(async move {
-            let reply = answer(source.as_ref(), peer, request).await;
+            let reply = match (request, settle) {
+                (TransferRequest::Cheque(cheque), Some(settle)) => settle.cash(peer, cheque).await,
+                (TransferRequest::Cheque(_), None) => {
+                    let kind = ErrorKind::Forbidden;
+                    TransferReply::ChequeRefused {
+                        kind,
+                        body: ErrorBody::new(kind, "this node takes no cheques"),
+                    }
+                }
+                (request, _) => answer(source.as_ref(), peer, request).await,
+            };
             // Paced after reading: the read overlaps the wait.
             tokio::time::sleep(pace).await;
             let _ = served.send((peer, channel, reply)).await;
@@ -187,6 +203,23 @@ pub(super) fn refusal(kind: ErrorKind, message: &str, retry: Duration) -> Transf
     }
 }
 
+/// A range refused to a peer owing `owed` credits, past its limit: 429 with what it owes,
+/// which its node pays with a cheque before it asks again.
+fn debt_refusal(owed: u64) -> TransferReply {
+    let kind = ErrorKind::RateLimited;
+    let mut body = ErrorBody::new(
+        kind,
+        format!("you owe this node {owed} credits, past its limit: send a cheque"),
+    )
+    .retry_after_ms(1000);
+    body.payment = Some(Box::new(ron_proto::PaymentDue {
+        price: Some(owed),
+        balance: Some(-i64::try_from(owed).unwrap_or(i64::MAX)),
+        pow: None,
+    }));
+    TransferReply::Error { kind, body }
+}
+
 pub(super) fn not_found(addr: &Address) -> TransferReply {
     let body = ErrorBody::new(ErrorKind::NotFound, format!("no object {addr}"));
     TransferReply::Error {
@@ -203,6 +236,14 @@ pub(super) async fn answer(
     match request {
         // Answered by the actor from its records, never here.
         TransferRequest::Providers { addr } => not_found(&addr),
+        // Answered by the settlement, never here.
+        TransferRequest::Cheque(_) => {
+            let kind = ErrorKind::Forbidden;
+            TransferReply::ChequeRefused {
+                kind,
+                body: ErrorBody::new(kind, "this node takes no cheques"),
+            }
+        }
         TransferRequest::Keep(keep) => match source.keep(peer, keep).await {
             Ok(lease_s) => TransferReply::Kept { lease_s },
             Err((kind, message)) => TransferReply::Error {

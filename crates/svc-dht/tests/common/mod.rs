@@ -136,6 +136,7 @@ pub fn node_with(
         metrics: handle.metrics().clone(),
         events: None,
         records: Arc::new(svc_dht::NoRecords),
+        settle: None,
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {

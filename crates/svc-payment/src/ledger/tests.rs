@@ -19,7 +19,56 @@ fn open_all() -> Vec<Change> {
         account: (*u).into(),
         flags: NO_OVERDRAFT,
     }));
+    v.extend(PEERS.iter().chain(&["node/cheques"]).map(|a| Change::Open {
+        account: (*a).into(),
+        flags: 0,
+    }));
     v
+}
+
+/// Peers' accounts (overdrawn freely: a peer owes or is owed).
+const PEERS: [&str; 2] = ["peer/x", "peer/y"];
+
+fn cheque(id: u128, peer: usize, inbound: bool, cumulative: u64) -> Change {
+    Change::Cheque(ChequeEntry {
+        id,
+        peer: PEERS[peer].into(),
+        counter: "node/cheques".into(),
+        inbound,
+        cumulative,
+        signature: [7; 64],
+        code: 22,
+    })
+}
+
+#[test]
+fn a_cheque_credits_its_increase_once_and_never_goes_back() {
+    let l = Ledger::in_memory().unwrap();
+    l.apply(&open_all(), 0).unwrap();
+    let r = l
+        .apply(&[cheque(1, 0, true, 10), cheque(2, 0, true, 25)], 0)
+        .unwrap();
+    assert_eq!(r[0], Ok(Done::Cheque { credited: 10 }));
+    assert_eq!(r[1], Ok(Done::Cheque { credited: 15 }));
+    // A replay, and an older one: refused, nothing moves.
+    let r = l
+        .apply(&[cheque(3, 0, true, 25), cheque(4, 0, true, 20)], 0)
+        .unwrap();
+    assert_eq!(r[0], Err(Refusal::StaleCheque { held: 25 }));
+    assert_eq!(r[1], Err(Refusal::StaleCheque { held: 25 }));
+    assert!(l.transfer(3).unwrap().is_none());
+    assert_eq!(l.account("peer/x").unwrap().unwrap().balance(), 25);
+    assert_eq!(l.cheque("peer/x", true).unwrap(), Some((25, [7; 64])));
+    // The other direction and the other peer are their own.
+    assert_eq!(l.cheque("peer/x", false).unwrap(), None);
+    let r = l.apply(&[cheque(5, 0, false, 3)], 0).unwrap();
+    assert_eq!(r[0], Ok(Done::Cheque { credited: 3 }));
+    assert_eq!(l.account("peer/x").unwrap().unwrap().balance(), 22);
+    assert_eq!(
+        l.cheques(true).unwrap(),
+        vec![("peer/x".into(), 25, [7; 64])]
+    );
+    assert!(l.audit(0).unwrap().holds());
 }
 
 fn posted(id: u128, debit: &str, credit: &str, amount: u64) -> Change {
@@ -188,6 +237,7 @@ enum Op {
     Resolve(usize, bool),
     Repeat(usize),
     Charges(usize, Vec<u64>),
+    Cheque(usize, bool, u64),
     Tick(u64),
     Crash,
     Commit,
@@ -201,6 +251,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0..64usize, any::<bool>()).prop_map(|(i, p)| Op::Resolve(i, p)),
         (0..64usize).prop_map(Op::Repeat),
         (0..3usize, proptest::collection::vec(0..6u64, 1..8)).prop_map(|(u, a)| Op::Charges(u, a)),
+        (0..2usize, any::<bool>(), 0..40u64).prop_map(|(p, i, c)| Op::Cheque(p, i, c)),
         (1..3_000u64).prop_map(Op::Tick),
         Just(Op::Crash),
         Just(Op::Commit),
@@ -227,6 +278,8 @@ proptest! {
         let mut acknowledged: Vec<u128> = Vec::new();
         let mut lost: Vec<u128> = Vec::new();
         let mut applied = 0u64;
+        // The highest cheque acknowledged, by peer and direction.
+        let mut held: std::collections::HashMap<(usize, bool), u64> = Default::default();
         let accounts = |i: usize| if i < 3 { USERS[i] } else { "node/revenue" };
         for op in ops {
             let t = match op {
@@ -242,10 +295,15 @@ proptest! {
                     next_id += 1;
                     None
                 }
+                Op::Cheque(p, inbound, cumulative) => {
+                    batch.push(cheque(next_id, p, inbound, cumulative));
+                    next_id += 1;
+                    None
+                }
                 Op::Tick(ms) => { now += ms; None }
                 Op::Crash => {
                     ledger.apply_uncommitted(&batch, now).unwrap();
-                    lost.extend(batch.drain(..).filter_map(|c| match c { Change::Transfer(t) => Some(t.id), Change::Charges(c) => Some(c.id), Change::Open { .. } => None }));
+                    lost.extend(batch.drain(..).filter_map(|c| match c { Change::Transfer(t) => Some(t.id), Change::Charges(c) => Some(c.id), Change::Cheque(c) => Some(c.id), Change::Open { .. } => None }));
                     drop(ledger);
                     ledger = Ledger::open(&path).unwrap();
                     None
@@ -262,12 +320,31 @@ proptest! {
                                 acknowledged.push(c.id);
                                 applied += 1;
                             }
+                            (Change::Cheque(c), r) => {
+                                let p = PEERS.iter().position(|x| *x == c.peer).unwrap();
+                                let before = held.get(&(p, c.inbound)).copied().unwrap_or(0);
+                                if c.cumulative > before {
+                                    // Above the one held: kept, the increase credited.
+                                    prop_assert_eq!(r, Ok(Done::Cheque { credited: c.cumulative - before }));
+                                    held.insert((p, c.inbound), c.cumulative);
+                                    acknowledged.push(c.id);
+                                    applied += 1;
+                                } else {
+                                    prop_assert_eq!(r, Err(Refusal::StaleCheque { held: before }));
+                                }
+                            }
                             _ => {}
                         }
                     }
                     let audit = ledger.audit(now).unwrap();
                     prop_assert!(audit.holds(), "{audit:?}");
                     prop_assert_eq!(audit.transfers, applied);
+                    for (p, peer) in PEERS.iter().enumerate() {
+                        for inbound in [true, false] {
+                            let kept = ledger.cheque(peer, inbound).unwrap().map(|c| c.0);
+                            prop_assert_eq!(kept, held.get(&(p, inbound)).copied());
+                        }
+                    }
                     None
                 }
             };

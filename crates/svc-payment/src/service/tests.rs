@@ -254,3 +254,128 @@ async fn charges_admitted_ahead_of_the_ledger_never_overdraw() {
     assert!(lock(&p.inner.ahead).values().all(|a| a.queued == 0));
     assert!(p.ledger().audit(now_ms()).unwrap().holds());
 }
+
+/// Two nodes' payment services: `b` receives ranges from `a`, pays with cheques once it owes
+/// 16 credits, and `a` cashes them; a forged, a replayed and a lower cheque are refused.
+#[tokio::test]
+async fn peers_pay_with_cheques_and_forged_or_stale_ones_are_refused() {
+    use ron_proto::oap::settle::{Cheque, signed_bytes};
+    let (a, b) = (payment(&[]), payment(&[]));
+    let (ka, kb) = (
+        libp2p_identity::Keypair::generate_ed25519(),
+        libp2p_identity::Keypair::generate_ed25519(),
+    );
+    a.set_identity(&ka);
+    b.set_identity(&kb);
+    let (pa, pb) = (ka.public().to_peer_id(), kb.public().to_peer_id());
+    let stop = CancellationToken::new();
+    let services = [
+        tokio::spawn(a.clone().run(stop.clone())),
+        tokio::spawn(b.clone().run(stop.clone())),
+    ];
+    const RANGE: u64 = 512 * 1024;
+    let mut cheques = Vec::new();
+    for _ in 0..80 {
+        assert_eq!(a.peer_may_take(&pb), Ok(()));
+        a.peer_served(&pb, RANGE);
+        if b.peer_received(&pa, RANGE) {
+            let cheque = b.peer_cheque(&pa).await.unwrap().unwrap();
+            let cashed = a.cash(&pb, &cheque).await.unwrap();
+            assert_eq!(cashed.cumulative, cheque.cumulative);
+            b.peer_answered(&pa);
+            cheques.push(cheque);
+        }
+    }
+    // 40 MiB at 1 credit per MiB, paid at 16 owed: two cheques, cumulative 16 and 32.
+    let sums: Vec<u64> = cheques.iter().map(|c| c.cumulative).collect();
+    assert_eq!(sums, [16, 32]);
+    assert_eq!(a.peer_balance(&pb), -8);
+    assert_eq!(b.peer_balance(&pa), 8);
+
+    // A peer owing the limit (64) is refused until it pays.
+    for _ in 0..112 {
+        a.peer_served(&pb, RANGE);
+    }
+    assert_eq!(a.peer_may_take(&pb), Err(64));
+
+    // Forged: the signature, the issuer (not the sender), the beneficiary.
+    let last = cheques[1].clone();
+    let mut bad_sig = Cheque {
+        cumulative: 100,
+        ..last.clone()
+    };
+    assert!(matches!(
+        a.cash(&pb, &bad_sig).await,
+        Err(crate::ChequeError::Forged(_))
+    ));
+    let other = libp2p_identity::Keypair::generate_ed25519();
+    let edo = other.clone().try_into_ed25519().unwrap();
+    let signed = signed_bytes(&edo.public().to_bytes(), &last.beneficiary, 100);
+    bad_sig.issuer = edo.public().to_bytes();
+    bad_sig.signature.copy_from_slice(&edo.sign(&signed));
+    assert!(matches!(
+        a.cash(&pb, &bad_sig).await,
+        Err(crate::ChequeError::Forged("it is not the sending peer's"))
+    ));
+    assert!(matches!(
+        b.cash(&other.public().to_peer_id(), &bad_sig).await,
+        Err(crate::ChequeError::Forged(
+            "it is not made out to this node"
+        ))
+    ));
+    // Replayed, and lower: refused, nothing credited.
+    for stale in [&cheques[1], &cheques[0]] {
+        assert!(matches!(
+            a.cash(&pb, stale).await,
+            Err(crate::ChequeError::Stale { held: 32, .. })
+        ));
+    }
+    assert_eq!(a.peer_may_take(&pb), Err(64));
+    // A good one settles it.
+    let cheque = {
+        // b owes what it received: 40 + 56 MiB, less 32 paid.
+        for _ in 0..112 {
+            b.peer_received(&pa, RANGE);
+        }
+        b.peer_cheque(&pa).await.unwrap().unwrap()
+    };
+    assert_eq!(cheque.cumulative, 96);
+    assert_eq!(a.cash(&pb, &cheque).await.unwrap().credited, 64);
+    assert_eq!(a.peer_may_take(&pb), Ok(()));
+    let m = a.metrics();
+    assert_eq!(
+        (
+            m.cheques_cashed.get(),
+            m.cheques_forged.get(),
+            m.cheques_stale.get()
+        ),
+        (3, 2, 2)
+    );
+
+    // Committed with the next tick: the ledgers agree and each is balanced.
+    stop.cancel();
+    for s in services {
+        s.await.unwrap().unwrap();
+    }
+    let la = a
+        .ledger()
+        .account(&crate::peer_account(&pb))
+        .unwrap()
+        .unwrap();
+    let lb = b
+        .ledger()
+        .account(&crate::peer_account(&pa))
+        .unwrap()
+        .unwrap();
+    assert_eq!((la.balance(), lb.balance()), (0, 0));
+    assert_eq!(
+        a.ledger()
+            .cheque(&crate::peer_account(&pb), true)
+            .unwrap()
+            .unwrap()
+            .0,
+        96
+    );
+    assert!(a.ledger().audit(now_ms()).unwrap().holds());
+    assert!(b.ledger().audit(now_ms()).unwrap().holds());
+}
