@@ -171,7 +171,13 @@ pub(crate) async fn grant(
         );
     }
     let payment = payment(&state)?;
-    let id = payment.grant(&body.to, body.credits).await?;
+    let id = payment
+        .deposit(
+            &body.to,
+            body.credits,
+            svc_payment::settlement::Proof::OwnerGrant,
+        )
+        .await?;
     let balance = payment.balance(&body.to)?.map_or(0, |a| a.balance());
     Ok(Json(json!({
         "transfer": format!("{id:032x}"),
@@ -265,6 +271,7 @@ pub(crate) async fn peers(
     let peers = payment.peers(q.limit.unwrap_or(100).clamp(1, 1000))?;
     let s = state.config.get::<svc_payment::PaymentSection>();
     Ok(Json(json!({
+        "settlement": payment.settlement(),
         "per_mib": s.peer_per_mib,
         "pay_at": s.peer_pay_at,
         "debt_limit": s.peer_debt_limit,

@@ -15,6 +15,7 @@ mod metrics;
 mod peers;
 pub mod pow;
 mod service;
+pub mod settlement;
 
 use ron_kernel::config::{FieldError, Section};
 use ron_proto::{ErrorKind, Failure, PaymentDue, PowChallenge};
@@ -213,6 +214,9 @@ pub enum PaymentError {
     /// A ledger change refused (grants: a bad account, zero credits).
     #[error("{0}")]
     Refused(#[from] ledger::Refusal),
+    /// A deposit whose proof the node's settlement cannot check (400).
+    #[error("{0}")]
+    Unsettled(&'static str),
     /// Too many answers to remember, or the committer's queue is full (503).
     #[error("the payment service is busy; retry later")]
     Busy,
@@ -228,7 +232,7 @@ impl Failure for PaymentError {
     fn kind(&self) -> ErrorKind {
         match self {
             Self::Required { .. } | Self::Pow { .. } => ErrorKind::PaymentRequired,
-            Self::Refused(_) => ErrorKind::BadInput,
+            Self::Refused(_) | Self::Unsettled(_) => ErrorKind::BadInput,
             Self::Busy | Self::Stopped => ErrorKind::Overloaded,
             Self::Store(_) => ErrorKind::Internal,
         }

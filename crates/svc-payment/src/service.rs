@@ -117,6 +117,8 @@ pub(crate) struct Inner {
     pub(crate) peers: Mutex<HashMap<String, crate::peers::PeerBook>>,
     /// The node's key, which signs its cheques.
     pub(crate) identity: std::sync::OnceLock<libp2p_identity::ed25519::Keypair>,
+    /// Where credits come from.
+    settlement: Box<dyn crate::settlement::Settlement>,
 }
 
 /// The payment service's handle (cheap to clone).
@@ -160,8 +162,18 @@ fn id_of(parts: &[&[u8]]) -> u128 {
 }
 
 impl Payment {
-    /// The service over `ledger`, its prices read live from `config`'s `[payment]`.
+    /// The service over `ledger`, its prices read live from `config`'s `[payment]`, credits
+    /// granted by the owner ([`crate::settlement::Internal`]).
     pub fn new(ledger: Ledger, config: Config) -> Self {
+        Self::with_settlement(ledger, config, Box::new(crate::settlement::Internal))
+    }
+
+    /// The service with credits deposited through `settlement`.
+    pub fn with_settlement(
+        ledger: Ledger,
+        config: Config,
+        settlement: Box<dyn crate::settlement::Settlement>,
+    ) -> Self {
         let (jobs, mailbox) = supervisor::mailbox(JOBS);
         Self {
             inner: Arc::new(Inner {
@@ -175,6 +187,7 @@ impl Payment {
                 waiting: AtomicUsize::new(0),
                 peers: Mutex::default(),
                 identity: std::sync::OnceLock::new(),
+                settlement,
             }),
         }
     }
@@ -488,6 +501,25 @@ impl Payment {
         r.mib = bytes.unwrap_or(0).div_ceil(1 << 20);
         r.hold(first).await?;
         Ok(r)
+    }
+
+    /// Credits `account` with `credits` through the node's settlement, once `proof` shows
+    /// they were paid for (internally: the owner's grant); the transfer's id.
+    pub async fn deposit(
+        &self,
+        account: &str,
+        credits: u64,
+        proof: crate::settlement::Proof,
+    ) -> Result<u128, PaymentError> {
+        self.inner
+            .settlement
+            .deposit(self, account, credits, proof)
+            .await
+    }
+
+    /// The node's settlement's name (`internal`).
+    pub fn settlement(&self) -> &'static str {
+        self.inner.settlement.name()
     }
 
     /// Grants `credits` to `account` (`ed25519/<hex>`, opened if new) from the node's

@@ -379,3 +379,22 @@ async fn peers_pay_with_cheques_and_forged_or_stale_ones_are_refused() {
     assert!(a.ledger().audit(now_ms()).unwrap().holds());
     assert!(b.ledger().audit(now_ms()).unwrap().holds());
 }
+
+#[tokio::test]
+async fn the_internal_settlement_takes_owner_grants_only() {
+    use crate::settlement::Proof;
+    let p = payment(&[]);
+    assert_eq!(p.settlement(), "internal");
+    with_service(&p, async {
+        p.deposit(&ALICE.account(), 5, Proof::OwnerGrant)
+            .await
+            .unwrap();
+        let e = p
+            .deposit(&ALICE.account(), 5, Proof::External(b"lnbc1...".to_vec()))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PaymentError::Unsettled(_)), "{e}");
+        assert_eq!(p.balance(&ALICE.account()).unwrap().unwrap().balance(), 5);
+    })
+    .await;
+}
