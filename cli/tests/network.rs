@@ -430,17 +430,6 @@ async fn a_malicious_provider_is_caught_and_an_honest_node_serves_the_object() {
 
     // The malicious node: a libp2p peer in this process that joins through node 2 and
     // announces the object.
-    let keypair = svc_dht::identity::Keypair::generate_ed25519();
-    let (tx, mailbox) = supervisor::mailbox(64);
-    let evil = svc_dht::DhtHandle::new(tx, keypair.public().to_peer_id());
-    let config = ron_kernel::Config::builder()
-        .register::<svc_dht::P2pSection>()
-        .build()
-        .unwrap();
-    let section = svc_dht::P2pSection {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        ..svc_dht::P2pSection::default()
-    };
     let liar = Liar {
         outboard: bao_tree::io::outboard::PreOrderMemOutboard::create(
             &bytes,
@@ -448,20 +437,7 @@ async fn a_malicious_provider_is_caught_and_an_honest_node_serves_the_object() {
         ),
         data: bytes::Bytes::from(bytes.clone()),
     };
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let _stop = shutdown.clone().drop_guard();
-    let setup = svc_dht::Setup {
-        keypair,
-        config,
-        section,
-        bootstrap: vec![reader_addr.parse().unwrap()],
-        source: std::sync::Arc::new(liar),
-        metrics: evil.metrics().clone(),
-        events: None,
-        records: std::sync::Arc::new(svc_dht::NoRecords),
-        settle: None,
-    };
-    tokio::spawn(svc_dht::run(shutdown, mailbox, setup));
+    let (evil, _, _stop) = support::in_process_peer(&reader_addr, std::sync::Arc::new(liar));
     reader
         .wait_status("the malicious peer", |s| {
             s["p2p"]["peers"].as_array().is_some_and(|p| p.len() >= 2)

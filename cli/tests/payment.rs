@@ -410,58 +410,22 @@ async fn anonymous_reads_need_a_proof_of_work_that_ron_get_solves() {
     assert!(node.metric("pow_refused_total").await >= 2.0);
 }
 
-/// A libp2p peer in this process that joins through `seed` and takes ranges without paying
-/// (it settles nothing), with its key to sign cheques by hand.
-async fn freeloader(
-    seed: &str,
-) -> (
-    svc_dht::DhtHandle,
-    svc_dht::identity::Keypair,
-    tokio_util::sync::DropGuard,
-) {
-    let keypair = svc_dht::identity::Keypair::generate_ed25519();
-    let (tx, mailbox) = supervisor::mailbox(64);
-    let handle = svc_dht::DhtHandle::new(tx, keypair.public().to_peer_id());
-    let config = ron_kernel::Config::builder()
-        .register::<svc_dht::P2pSection>()
-        .build()
-        .unwrap();
-    let section = svc_dht::P2pSection {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        ..svc_dht::P2pSection::default()
-    };
-    struct Nothing;
-    impl svc_dht::Source for Nothing {
-        fn size(
-            &self,
-            _: ron_proto::Address,
-        ) -> futures_util::future::BoxFuture<'static, Option<u64>> {
-            Box::pin(async { None })
-        }
-        fn encoded(
-            &self,
-            _: ron_proto::Address,
-            _: u64,
-            _: u64,
-        ) -> futures_util::future::BoxFuture<'static, Result<Option<(u64, bytes::Bytes)>, String>>
-        {
-            Box::pin(async { Ok(None) })
-        }
+/// Answers no peer: the freeloader only takes.
+struct Nothing;
+
+impl svc_dht::Source for Nothing {
+    fn size(&self, _: ron_proto::Address) -> futures_util::future::BoxFuture<'static, Option<u64>> {
+        Box::pin(async { None })
     }
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let setup = svc_dht::Setup {
-        keypair: keypair.clone(),
-        config,
-        section,
-        bootstrap: vec![seed.parse().unwrap()],
-        source: Arc::new(Nothing),
-        metrics: handle.metrics().clone(),
-        events: None,
-        records: Arc::new(svc_dht::NoRecords),
-        settle: None,
-    };
-    tokio::spawn(svc_dht::run(shutdown.clone(), mailbox, setup));
-    (handle, keypair, shutdown.drop_guard())
+
+    fn encoded(
+        &self,
+        _: ron_proto::Address,
+        _: u64,
+        _: u64,
+    ) -> futures_util::future::BoxFuture<'static, Result<Option<(u64, bytes::Bytes)>, String>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// `keypair`'s cheque of `cumulative` credits in all to `to`.
@@ -567,7 +531,8 @@ async fn peers_settle_ranges_with_cheques_and_forged_ones_are_refused() {
     assert!(peers.contains(&reader_id), "{peers}");
 
     // A peer that takes ranges and never pays is refused once it owes 64.
-    let (thief, key, _stop) = freeloader(&seed).await;
+    // A libp2p peer in this process: it takes ranges and settles nothing by itself.
+    let (thief, key, _stop) = support::in_process_peer(&seed, Arc::new(Nothing));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !thief.connected().await.unwrap().contains(&origin_id) {
         assert!(Instant::now() < deadline, "the freeloader never connected");

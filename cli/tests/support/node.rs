@@ -284,6 +284,43 @@ impl Node {
     }
 }
 
+/// A libp2p peer in this process (not a node): it joins through `seed`, answers peers from
+/// `source`, and settles nothing. Its handle, its key, and a guard that stops it.
+pub fn in_process_peer(
+    seed: &str,
+    source: std::sync::Arc<dyn svc_dht::Source>,
+) -> (
+    svc_dht::DhtHandle,
+    svc_dht::identity::Keypair,
+    tokio_util::sync::DropGuard,
+) {
+    let keypair = svc_dht::identity::Keypair::generate_ed25519();
+    let (tx, mailbox) = supervisor::mailbox(64);
+    let handle = svc_dht::DhtHandle::new(tx, keypair.public().to_peer_id());
+    let config = ron_kernel::Config::builder()
+        .register::<svc_dht::P2pSection>()
+        .build()
+        .expect("a config");
+    let section = svc_dht::P2pSection {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        ..svc_dht::P2pSection::default()
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let setup = svc_dht::Setup {
+        keypair: keypair.clone(),
+        config,
+        section,
+        bootstrap: vec![seed.parse().expect("a multiaddr")],
+        source,
+        metrics: handle.metrics().clone(),
+        events: None,
+        records: std::sync::Arc::new(svc_dht::NoRecords),
+        settle: None,
+    };
+    tokio::spawn(svc_dht::run(shutdown.clone(), mailbox, setup));
+    (handle, keypair, shutdown.drop_guard())
+}
+
 /// The node's next line on stdout, which must start with `prefix`; the rest of it.
 async fn next_line(
     lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
