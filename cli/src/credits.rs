@@ -223,12 +223,13 @@ pub(crate) async fn usage(
                 + std::time::Duration::from_millis(row["start_ms"].as_u64().unwrap_or(0)),
         );
         println!(
-            "{start} {} {} requests, {} B in, {} B out, {} messages",
+            "{start} {} {} requests, {} B in, {} B out, {} messages, {:.3} GiB-hours stored",
             row["identity"].as_str().unwrap_or("?"),
             row["requests"],
             row["bytes_in"],
             row["bytes_out"],
-            row["messages"]
+            row["messages"],
+            row["byte_hours"].as_f64().unwrap_or(0.0) / f64::from(1u32 << 30)
         );
     }
     Ok(())

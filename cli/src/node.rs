@@ -353,6 +353,8 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     dht.metrics().register(&metrics);
     let names = svc_index::Names::new(store.clone(), Some(dht.clone()));
     spawn_name_upkeep(&mut sup, &names);
+    // The storage tally asks the store which uploads it still holds.
+    let stored = store.clone();
     let overlay = spawn_overlay(&mut sup, store, &config, dht.clone(), &metrics, &auth);
     // The swarm's events: discovery keeps its peer table from them, the guard hears of
     // departures.
@@ -361,6 +363,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     spawn_storage_upkeep(&mut sup, &overlay, &config);
     let mail = spawn_mailbox(&mut sup, &args, &config, &dht, &metrics)?;
     let accounting = spawn_accounting(&mut sup, &args, &config, &payment)?;
+    accounting.set_stored(Arc::new(crate::p2p::NodeStored(stored)));
     let source: Arc<dyn svc_dht::Source> = Arc::new(crate::p2p::NodeSource {
         overlay: overlay.peer_source(),
         mail: mail.clone(),

@@ -106,6 +106,15 @@ impl svc_dht::Source for NodeSource {
     }
 }
 
+/// What the node stores, for the usage service's storage tally.
+pub(crate) struct NodeStored(pub(crate) svc_storage::Store);
+
+impl svc_accounting::rollup::Stored for NodeStored {
+    fn stored(&self, addrs: &[ron_proto::Address]) -> Vec<bool> {
+        self.0.held_now(addrs)
+    }
+}
+
 /// How this node settles ranges with its peers: the payment service's peer accounts and
 /// cheques ([`svc_payment::Payment::peer_cheque`], [`svc_payment::Payment::cash`]).
 pub(crate) struct NodeSettle {

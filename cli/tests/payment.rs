@@ -630,3 +630,90 @@ async fn peers_settle_ranges_with_cheques_and_forged_ones_are_refused() {
         "100 MiB between two nodes settled with {sent} cheques ({paid} credits); a freeloader refused at 64 owed; 2 forged and 2 stale cheques refused"
     );
 }
+
+/// Storage in usage: each minute the node stores an upload, its bytes count for the uploader
+/// (byte-hours: a sixtieth of a byte-minute). An object deleted before the tally counts
+/// nothing. Waits for a minute to end (up to about a minute).
+#[tokio::test]
+async fn storage_is_tallied_in_byte_hours_for_the_uploader() {
+    let dir = tempfile::tempdir().unwrap();
+    let (public, _) = alice(dir.path()).await;
+    let data_dir = dir.path().join("node");
+    support::config(
+        &data_dir,
+        &format!("[auth]\ntrusted_roots = [\"{public}\"]\n"),
+    );
+    let node = Node::start(&data_dir, &[]).await;
+    let key = dir.path().join("alice.key").display().to_string();
+    let out = tokio::process::Command::new(BIN)
+        .args(["cap", "mint", "--key", &key, "--method", "put"])
+        .output()
+        .await
+        .unwrap();
+    let put_token = ok_stdout(&out);
+    let upload = |len: usize, seed: u64| {
+        let (node, token) = (&node, put_token.clone());
+        async move {
+            let res = node
+                .anonymous()
+                .post(format!("{}/put", node.url))
+                .bearer_auth(token)
+                .body(support::data(len, seed))
+                .send()
+                .await
+                .unwrap();
+            assert!(res.status().is_success(), "{}", res.status());
+            let body: Value = res.json().await.unwrap();
+            body["address"].as_str().unwrap().to_owned()
+        }
+    };
+    // Uploaded and deleted well inside one minute, so no tally falls between them.
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if second >= 50 {
+        tokio::time::sleep(Duration::from_secs(61 - second)).await;
+    }
+    upload(1 << 20, 41).await;
+    let gone = upload(3 << 20, 42).await;
+    let res = node
+        .anonymous()
+        .delete(format!("{}/o/{gone}", node.url))
+        .bearer_auth(&node.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+
+    let deadline = Instant::now() + Duration::from_secs(130);
+    let row = loop {
+        let (status, body) = get_as(
+            &node,
+            Some(&node.token),
+            &format!("/usage?of={public}&window=minute"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let stored = body["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["byte_hours"].as_f64().unwrap() > 0.0)
+            .cloned();
+        if let Some(row) = stored {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "no storage tallied: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // One minute of the 1 MiB object; the deleted one counts nothing.
+    assert_eq!(
+        row["byte_hours"].as_f64().unwrap(),
+        f64::from(1u32 << 20) / 60.0
+    );
+    let out = node.cli(&["usage", "--of", &public, "--minute"]).await;
+    assert!(ok_stdout(&out).contains("GiB-hours stored"));
+}

@@ -14,7 +14,7 @@ use svc_payment::{Payment, codes};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::rollup::{Event, HOUR, MINUTE, Rollups, Row, Usage, Window};
+use crate::rollup::{Event, HOUR, MINUTE, Rollups, Row, Stored, Usage, Window};
 use crate::{AccountingError, AccountingSection, Who};
 
 /// How often the meter is rolled up.
@@ -29,6 +29,8 @@ const ACTIVE: u64 = 200_000;
 const LEDGER_BATCH: usize = 16_384;
 /// Events on the broadcast a slow subscriber may lag behind.
 const EVENTS: usize = 256;
+/// Uploads a second's roll-up takes as holdings at most (more are not tallied).
+const HOLDS: usize = 65_536;
 
 /// What the service announces on its broadcast.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,10 @@ struct Inner {
     events: broadcast::Sender<UsageEvent>,
     active: AtomicU64,
     minute: Mutex<(u64, HashMap<String, ()>, Usage)>,
+    /// Uploads since the last roll-up: who, which object, its size.
+    holds: Mutex<Vec<(String, ron_proto::Address, u64)>>,
+    /// What the node stores, for the storage tally.
+    stored: std::sync::OnceLock<Arc<dyn Stored>>,
 }
 
 /// The accounting service's handle (cheap to clone).
@@ -96,12 +102,14 @@ fn from_ledger(r: &svc_payment::ledger::Record) -> Option<Event> {
             bytes_in: 0,
             bytes_out: r.bytes,
             messages: 0,
+            byte_minutes: 0,
         },
         codes::PUT => Usage {
             requests: r.count,
             bytes_in: r.bytes,
             bytes_out: 0,
             messages: 0,
+            byte_minutes: 0,
         },
         // A peer's ranges, by the peer (`peer/<PeerId>`).
         codes::PEER_SERVED => Usage {
@@ -109,6 +117,7 @@ fn from_ledger(r: &svc_payment::ledger::Record) -> Option<Event> {
             bytes_in: 0,
             bytes_out: r.bytes,
             messages: 0,
+            byte_minutes: 0,
         },
         _ => return None,
     };
@@ -134,6 +143,8 @@ impl Accounting {
                 events: broadcast::channel(EVENTS).0,
                 active: AtomicU64::new(0),
                 minute: Mutex::default(),
+                holds: Mutex::default(),
+                stored: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -245,6 +256,30 @@ impl Accounting {
         self.record(who, usage, false);
     }
 
+    /// An upload of `who` stored as `addr`, `bytes` long: metered as a request with its
+    /// bytes in, and held by `who` (its storage tallied each minute the node stores it).
+    pub fn upload(&self, who: &Who, addr: ron_proto::Address, bytes: u64, charged: bool) {
+        let usage = Usage {
+            requests: 1,
+            bytes_in: bytes,
+            ..Usage::default()
+        };
+        self.record(who, usage, charged);
+        if !self.section().enabled {
+            return;
+        }
+        let mut holds = lock(&self.inner.holds);
+        if holds.len() < HOLDS {
+            holds.push((self.identity(who), addr, bytes));
+        }
+    }
+
+    /// What the node stores, asked by the storage tally each minute (set once, at start;
+    /// without it storage is not tallied).
+    pub fn set_stored(&self, stored: Arc<dyn Stored>) {
+        let _ = self.inner.stored.set(stored);
+    }
+
     /// Rows of `window` from `from_ms` on, for `identity` (`None`: everyone), at most `limit`.
     pub fn rows(
         &self,
@@ -281,6 +316,8 @@ impl Accounting {
             .collect();
         let rollups = self.inner.rollups.clone();
         let payment = self.inner.payment.clone();
+        let holds = std::mem::take(&mut *lock(&self.inner.holds));
+        let stored = self.inner.stored.get().cloned();
         let now = now_ms();
         let (events, active) = tokio::task::spawn_blocking(move || {
             let mut cursor = None;
@@ -294,7 +331,7 @@ impl Accounting {
                 events.extend(read.iter().filter_map(from_ledger));
             }
             rollups
-                .apply(&events, cursor, now)
+                .apply(&events, cursor, now, &holds, stored.as_deref())
                 .map_err(|e| e.to_string())?;
             let active = rollups.active().map_err(|e| e.to_string())?;
             Ok::<_, String>((events, active))
@@ -369,6 +406,7 @@ mod tests {
                     bytes_in: 0,
                     bytes_out: 100,
                     messages: 0,
+                    byte_minutes: 0,
                 },
                 true,
             );
@@ -405,6 +443,7 @@ mod tests {
                 bytes_in: 0,
                 bytes_out: 5,
                 messages: 0,
+                byte_minutes: 0,
             },
             false,
         );
@@ -420,7 +459,7 @@ mod tests {
                 requests: 4,
                 bytes_in: 0,
                 bytes_out: 400,
-                messages: 0
+                ..Usage::default()
             }
         );
         let rows = acc
@@ -441,7 +480,8 @@ mod tests {
                 requests: 5,
                 bytes_in: 2048,
                 bytes_out: 405,
-                messages: 1
+                messages: 1,
+                byte_minutes: 0,
             }
         );
         stop.cancel();

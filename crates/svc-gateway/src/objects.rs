@@ -172,7 +172,7 @@ pub(crate) async fn put(
             false
         }
     };
-    crate::payment::record_upload(&state, grant.holder(), stored.size, charged);
+    crate::payment::record_upload(&state, grant.holder(), stored.address, stored.size, charged);
     let status = if stored.created {
         StatusCode::CREATED
     } else {

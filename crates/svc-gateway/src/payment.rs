@@ -75,6 +75,7 @@ pub(crate) async fn pay_read(
             bytes_in: 0,
             bytes_out: bytes,
             messages: 0,
+            byte_minutes: 0,
         };
         accounting.record(&metered, usage, matches!(settled, Settlement::Charged(_)));
     }
@@ -94,15 +95,15 @@ pub(crate) fn check_upload(
 }
 
 /// Meters a stored upload of `bytes` (`charged`: the ledger holds it).
-pub(crate) fn record_upload(state: &AppState, holder: Option<Holder>, bytes: u64, charged: bool) {
+pub(crate) fn record_upload(
+    state: &AppState,
+    holder: Option<Holder>,
+    addr: ron_proto::Address,
+    bytes: u64,
+    charged: bool,
+) {
     if let Some(accounting) = &state.accounting {
-        let usage = Usage {
-            requests: 1,
-            bytes_in: bytes,
-            bytes_out: 0,
-            messages: 0,
-        };
-        accounting.record(&Who::of(holder, client()), usage, charged);
+        accounting.upload(&Who::of(holder, client()), addr, bytes, charged);
     }
 }
 
@@ -333,6 +334,7 @@ pub(crate) async fn usage(
                 "bytes_in": r.usage.bytes_in,
                 "bytes_out": r.usage.bytes_out,
                 "messages": r.usage.messages,
+                "byte_hours": r.usage.byte_minutes as f64 / 60.0,
             })
         })
         .collect();

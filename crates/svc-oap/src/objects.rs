@@ -150,6 +150,7 @@ async fn get(
             bytes_in: 0,
             bytes_out: size,
             messages: 0,
+            byte_minutes: 0,
         };
         accounting.record(&who, usage, charged);
     }
@@ -327,13 +328,7 @@ async fn put(
         }
     };
     if let Some(accounting) = &state.accounting {
-        let usage = Usage {
-            requests: 1,
-            bytes_in: stored.size,
-            bytes_out: 0,
-            messages: 0,
-        };
-        accounting.record(&who, usage, charged);
+        accounting.upload(&who, stored.address, stored.size, charged);
     }
     let code = if stored.created { 201 } else { 200 };
     let reply = PutReply {

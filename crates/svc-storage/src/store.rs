@@ -834,6 +834,24 @@ impl Store {
         self.inner.pool.run(move || this.stats_now()).await?
     }
 
+    /// For each address, whether the object is held now, in one read transaction (blocking:
+    /// call it off the async workers). A store that cannot be read answers every one held:
+    /// nothing is dropped on a read error.
+    pub fn held_now(&self, addrs: &[Address]) -> Vec<bool> {
+        let read = || -> Result<Vec<bool>, StoreError> {
+            let txn = self.inner.db.begin_read()?;
+            let objects = txn.open_table(OBJECTS)?;
+            addrs
+                .iter()
+                .map(|a| Ok(objects.get(a.as_bytes())?.is_some()))
+                .collect()
+        };
+        read().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read which objects are held");
+            vec![true; addrs.len()]
+        })
+    }
+
     /// Every object held, pinned or cached (blocking: call it off the async workers).
     pub fn addresses(&self) -> Result<Vec<Address>, StoreError> {
         let txn = self.inner.db.begin_read()?;
