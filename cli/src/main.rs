@@ -147,7 +147,7 @@ enum Command {
         #[command(flatten)]
         creds: client::Creds,
     },
-    /// Credits on a node that charges: grant (owner), balance, history.
+    /// Credits on a node that charges: grant (owner), balance, history, peers (owner).
     #[command(subcommand)]
     Credits(credits::CreditsCommand),
     /// The node's peer network: its PeerId, the addresses others bootstrap from, and the

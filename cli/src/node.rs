@@ -340,7 +340,8 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         health.clone(),
         Policy::default(),
     );
-    spawn_config_watch(&mut sup, &config, &bus, &log, &auth, &limiter);
+    store.set_min_free(config.get::<StorageSection>().min_free_bytes);
+    spawn_config_watch(&mut sup, &config, &bus, &log, &auth, (&limiter, &store));
     spawn_key_rotation(&mut sup, &args, &config, &auth, &limiter);
     let payment = spawn_payment(&mut sup, &args, &config, &metrics)?;
     payment.set_identity(auth.identity().keypair());
@@ -465,13 +466,13 @@ fn spawn_config_watch(
     bus: &Bus,
     log: &Arc<logging::LogControl>,
     auth: &Arc<ron_auth::Auth>,
-    limiter: &Arc<ron_transport::limits::Limiter>,
+    (limiter, store): (&Arc<ron_transport::limits::Limiter>, &Store),
 ) {
     let (config, bus, log, auth) = (config.clone(), bus.clone(), log.clone(), auth.clone());
-    let limiter = limiter.clone();
+    let (limiter, store) = (limiter.clone(), store.clone());
     sup.spawn("config", Duty::Background, move |ctx| {
         let (config, bus, log, auth) = (config.clone(), bus.clone(), log.clone(), auth.clone());
-        let limiter = limiter.clone();
+        let (limiter, store) = (limiter.clone(), store.clone());
         async move {
             let mut events = bus.subscribe();
             let apply_live_settings = async {
@@ -480,6 +481,7 @@ fn spawn_config_watch(
                         log.apply(&config.get::<LogSection>());
                         auth.apply(&config.get::<AuthSection>());
                         limiter.apply(&config.get::<ron_transport::limits::LimitsSection>());
+                        store.set_min_free(config.get::<StorageSection>().min_free_bytes);
                     }
                 }
             };

@@ -129,6 +129,9 @@ pub(crate) async fn put(
     if announced.is_some_and(|n| n > limit) {
         return Err(svc_overlay::OverlayError::TooLarge { limit }.into());
     }
+    if let Some(n) = announced {
+        state.overlay.room_for(n)?;
+    }
     // Bytes count against the token's budget as they arrive (all at once when the length is
     // announced); an upload that does not complete gives them back.
     let mut charge = grant.charging();

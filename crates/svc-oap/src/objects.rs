@@ -274,6 +274,9 @@ async fn put(
     if size.is_some_and(|s| s > limit) {
         return Err(refusal(OverlayError::TooLarge { limit }));
     }
+    if let Some(n) = size {
+        state.overlay.room_for(n).map_err(refusal)?;
+    }
     let mut charge = grant.charging();
     if let Some(n) = size {
         charge.add(n).map_err(refusal)?;

@@ -535,6 +535,13 @@ impl OverlayHandle {
         (self.max_object)()
     }
 
+    /// Whether an upload announcing `bytes` fits on the disk now, keeping
+    /// `storage.min_free_bytes` free (507 `insufficient_storage` when not): every edge checks
+    /// it before reading an announced body.
+    pub fn room_for(&self, bytes: u64) -> Result<(), OverlayError> {
+        Ok(self.store.room_for(bytes)?)
+    }
+
     /// Tells the peer network this node holds `address`.
     pub(crate) async fn announce(&self, address: Address) {
         if let Some(net) = &self.net {

@@ -142,6 +142,20 @@ impl Collector for OverlayCollector {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read storage figures for /metrics"),
         }
+        if let Some(free) = h.store.free_bytes() {
+            gauge(
+                &mut encoder,
+                "storage_free_bytes",
+                "Bytes free on the file system holding the data dir",
+                free,
+            )?;
+        }
+        counter(
+            &mut encoder,
+            "storage_writes_refused_full",
+            "Writes refused since start for leaving less than storage.min_free_bytes free",
+            h.store.refused_full(),
+        )?;
         counter(
             &mut encoder,
             "storage_chunks_repaired",

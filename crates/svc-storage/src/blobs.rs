@@ -10,6 +10,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use positioned_io::ReadAt;
@@ -42,7 +43,14 @@ impl Kind {
 
 #[derive(Debug)]
 pub(crate) enum Blobs {
-    Disk { root: PathBuf },
+    Disk {
+        root: PathBuf,
+        /// Bytes kept free on the file system: a write that would leave less is refused
+        /// (`storage.min_free_bytes`).
+        min_free: AtomicU64,
+        /// Writes refused for lack of room since start.
+        refused: AtomicU64,
+    },
     Memory(Mutex<HashMap<(Kind, Address), Bytes>>),
 }
 
@@ -142,7 +150,63 @@ impl Blobs {
         fsync_dir(root)?;
         Ok(Self::Disk {
             root: root.to_path_buf(),
+            min_free: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         })
+    }
+
+    /// Keeps `bytes` free on the file system from now on.
+    pub(crate) fn set_min_free(&self, bytes: u64) {
+        if let Self::Disk { min_free, .. } = self {
+            min_free.store(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes free to an unprivileged writer on the file system holding the store (`None`
+    /// in memory).
+    pub(crate) fn free_bytes(&self) -> Option<u64> {
+        let Self::Disk { root, .. } = self else {
+            return None;
+        };
+        match rustix::fs::statvfs(root) {
+            Ok(st) => Some(st.f_bavail.saturating_mul(st.f_frsize)),
+            Err(e) => {
+                tracing::warn!(root = %root.display(), error = %e, "cannot read the free space");
+                None
+            }
+        }
+    }
+
+    /// Whether `bytes` more may be written: refused ([`StoreError::Full`]) when that would
+    /// leave less than the reserve free.
+    pub(crate) fn room(&self, bytes: u64) -> Result<(), StoreError> {
+        let Self::Disk {
+            min_free, refused, ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let reserve = min_free.load(Ordering::Relaxed);
+        if reserve == 0 {
+            return Ok(());
+        }
+        match self.free_bytes() {
+            Some(free) if free < reserve.saturating_add(bytes) => {
+                refused.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Full(format!(
+                    "{free} bytes free, {bytes} to write and {reserve} kept free (storage.min_free_bytes)"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes refused for lack of room since start.
+    pub(crate) fn refused(&self) -> u64 {
+        match self {
+            Self::Disk { refused, .. } => refused.load(Ordering::Relaxed),
+            Self::Memory(_) => 0,
+        }
     }
 
     pub(crate) fn memory() -> Self {
@@ -220,8 +284,9 @@ impl Blobs {
         bytes: &[u8],
         around_cache: bool,
     ) -> Result<(), StoreError> {
+        self.room(bytes.len() as u64)?;
         match self {
-            Self::Disk { root } => {
+            Self::Disk { root, .. } => {
                 let tmp = root.join("tmp").join(format!("{:016x}", fastrand::u64(..)));
                 let write = || -> std::io::Result<()> {
                     if around_cache && direct::write(&tmp, bytes)? {
@@ -230,7 +295,11 @@ impl Blobs {
                     let mut f = private_file(&tmp)?;
                     f.write_all(bytes)
                 };
-                write().map_err(StoreError::io(format!("write {}", tmp.display())))?;
+                if let Err(e) = write() {
+                    // Nothing half-written stays (a full disk gets its room back).
+                    let _ = fs::remove_file(&tmp);
+                    return Err(StoreError::io(format!("write {}", tmp.display()))(e));
+                }
                 let dest = Self::path(root, kind, addr);
                 fs::rename(&tmp, &dest)
                     .map_err(StoreError::io(format!("rename into {}", dest.display())))
@@ -244,7 +313,7 @@ impl Blobs {
 
     /// Makes the blobs `addrs` durable: each file, then each directory holding them, fsynced.
     pub(crate) fn sync(&self, kind: Kind, addrs: &[Address]) -> Result<(), StoreError> {
-        let Self::Disk { root } = self else {
+        let Self::Disk { root, .. } = self else {
             return Ok(());
         };
         let mut dirs = std::collections::BTreeSet::new();
@@ -263,7 +332,7 @@ impl Blobs {
     /// A fresh temporary file for a blob whose address is not known yet (disk only).
     pub(crate) fn temp_file(&self) -> Result<Option<(PathBuf, File)>, StoreError> {
         match self {
-            Self::Disk { root } => {
+            Self::Disk { root, .. } => {
                 let path = root.join("tmp").join(format!("{:016x}", fastrand::u64(..)));
                 let file = private_file(&path)
                     .map_err(StoreError::io(format!("create {}", path.display())))?;
@@ -275,7 +344,7 @@ impl Blobs {
 
     /// Renames a fsynced temporary file into place under `addr` and fsyncs the directory.
     pub(crate) fn place(&self, kind: Kind, addr: &Address, tmp: &Path) -> Result<(), StoreError> {
-        let Self::Disk { root } = self else {
+        let Self::Disk { root, .. } = self else {
             return Err(StoreError::Internal(
                 "temporary files exist only on disk".into(),
             ));
@@ -291,7 +360,7 @@ impl Blobs {
 
     pub(crate) fn open(&self, kind: Kind, addr: &Address) -> Result<Option<BlobData>, StoreError> {
         match self {
-            Self::Disk { root } => {
+            Self::Disk { root, .. } => {
                 let path = Self::path(root, kind, addr);
                 match File::open(&path) {
                     Ok(f) => Ok(Some(BlobData::File(f))),
@@ -308,7 +377,7 @@ impl Blobs {
 
     pub(crate) fn remove(&self, kind: Kind, addr: &Address) -> Result<(), StoreError> {
         match self {
-            Self::Disk { root } => {
+            Self::Disk { root, .. } => {
                 let path = Self::path(root, kind, addr);
                 match fs::remove_file(&path) {
                     Ok(()) => Ok(()),
@@ -326,7 +395,7 @@ impl Blobs {
     /// Every stored address of `kind` (for sweeping orphans).
     pub(crate) fn list(&self, kind: Kind) -> Result<Vec<Address>, StoreError> {
         match self {
-            Self::Disk { root } => {
+            Self::Disk { root, .. } => {
                 let mut out = Vec::new();
                 let base = root.join(kind.dir());
                 for sub in fs::read_dir(&base)

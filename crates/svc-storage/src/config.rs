@@ -25,6 +25,12 @@ pub struct StorageSection {
     /// the node's own traffic on a thin link (default 0: no limit; else at least 1 MiB/s).
     /// Live.
     pub repair_bytes_per_s: u64,
+    /// Bytes kept free on the file system holding the data dir: a write that would leave less
+    /// is refused with 507 `insufficient_storage` (uploads, fetched copies, shards kept for
+    /// peers), reads go on, and writes resume by themselves once there is room (default
+    /// 256 MiB; 0: only a full file system refuses them). The reserve keeps the metadata
+    /// database's own commits from ever meeting a full disk. Live.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StorageSection {
@@ -35,6 +41,7 @@ impl Default for StorageSection {
             shard_budget_bytes: 8 << 30,
             repair_interval_s: 60,
             repair_bytes_per_s: 0,
+            min_free_bytes: 256 << 20,
         }
     }
 }

@@ -33,6 +33,10 @@ pub enum StoreError {
         /// The budget (`storage.shard_budget_bytes`).
         budget: u64,
     },
+    /// No room on the disk: the write would leave less than `storage.min_free_bytes` free,
+    /// or the file system is full (507; writes resume once there is room).
+    #[error("no room on the disk: {0}")]
+    Full(String),
     /// The pool is shutting down.
     #[error("storage is shutting down")]
     Shutdown,
@@ -47,13 +51,19 @@ impl StoreError {
         match self {
             Self::Shutdown => ErrorKind::Overloaded,
             Self::NoRoom { .. } => ErrorKind::TooLarge,
+            Self::Full(_) => ErrorKind::InsufficientStorage,
             _ => ErrorKind::Internal,
         }
     }
 
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let what = what.into();
-        move |source| Self::Io { what, source }
+        move |source| match source.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                Self::Full(format!("{what}: {source}"))
+            }
+            _ => Self::Io { what, source },
+        }
     }
 }
 
@@ -148,5 +158,24 @@ impl ReadError {
             Self::Store(e) => e.kind(),
             Self::Damaged { .. } | Self::MissingChunk { .. } => ErrorKind::Damaged,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_system_is_507_and_other_io_errors_are_internal() {
+        for kind in [
+            std::io::ErrorKind::StorageFull,
+            std::io::ErrorKind::QuotaExceeded,
+        ] {
+            let e = StoreError::io("write chunks/ab/x")(std::io::Error::from(kind));
+            assert!(matches!(e, StoreError::Full(_)), "{e}");
+            assert_eq!(e.kind(), ErrorKind::InsufficientStorage);
+        }
+        let e = StoreError::io("write")(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert_eq!(e.kind(), ErrorKind::Internal);
     }
 }

@@ -834,6 +834,30 @@ impl Store {
         self.inner.pool.run(move || this.stats_now()).await?
     }
 
+    /// Keeps `bytes` free on the file system holding the store: writes that would leave less
+    /// are refused ([`StoreError::Full`], 507) until there is room again
+    /// (`storage.min_free_bytes`; 0: only a full file system refuses them).
+    pub fn set_min_free(&self, bytes: u64) {
+        self.inner.blobs.set_min_free(bytes);
+    }
+
+    /// Whether an upload of `bytes` fits now ([`StoreError::Full`] when it would leave less
+    /// than the reserve free): checked before an announced upload reads its body.
+    pub fn room_for(&self, bytes: u64) -> Result<(), StoreError> {
+        self.inner.blobs.room(bytes)
+    }
+
+    /// Bytes free on the file system holding the store (`None` in memory).
+    pub fn free_bytes(&self) -> Option<u64> {
+        self.inner.blobs.free_bytes()
+    }
+
+    /// Writes refused since start because they would have left less than
+    /// `storage.min_free_bytes` free.
+    pub fn refused_full(&self) -> u64 {
+        self.inner.blobs.refused()
+    }
+
     /// For each address, whether the object is held now, in one read transaction (blocking:
     /// call it off the async workers). A store that cannot be read answers every one held:
     /// nothing is dropped on a read error.

@@ -168,22 +168,33 @@ fn compute_outboard(
         offset: 0,
     };
     let tree = BaoTree::new(size, BLOCK);
+    inner.blobs.room(tree.outboard_size())?;
     // 1 MiB of reads at a time from the chunk files (page cache, just written).
     let data = std::io::BufReader::with_capacity(1 << 20, data);
     match inner.blobs.temp_file()? {
         Some((path, file)) => {
-            let mut out = BufWriter::new(file);
-            let root = bao_tree::io::sync::outboard_post_order(data, tree, &mut out)
-                .map_err(StoreError::io("hash stored chunks"))?;
-            let file = out
-                .into_inner()
-                .map_err(|e| StoreError::io("write outboard")(e.into_error()))?;
-            file.sync_all()
-                .map_err(StoreError::io(format!("fsync {}", path.display())))?;
-            Ok((
-                Address::from_bytes(*root.as_bytes()),
-                PendingOutboard::File(path),
-            ))
+            let written = (|| {
+                let mut out = BufWriter::new(file);
+                let root = bao_tree::io::sync::outboard_post_order(data, tree, &mut out)
+                    .map_err(StoreError::io("hash stored chunks"))?;
+                let file = out
+                    .into_inner()
+                    .map_err(|e| StoreError::io("write outboard")(e.into_error()))?;
+                file.sync_all()
+                    .map_err(StoreError::io(format!("fsync {}", path.display())))?;
+                Ok(root)
+            })();
+            match written {
+                Ok(root) => Ok((
+                    Address::from_bytes(*root.as_bytes()),
+                    PendingOutboard::File(path),
+                )),
+                Err(e) => {
+                    // Nothing half-written stays.
+                    let _ = std::fs::remove_file(&path);
+                    Err(e)
+                }
+            }
         }
         None => {
             let mut out = Vec::new();
@@ -218,6 +229,7 @@ fn place_outboard(
     address: Address,
     outboard: Vec<u8>,
 ) -> Result<(Address, PendingOutboard), StoreError> {
+    inner.blobs.room(outboard.len() as u64)?;
     match inner.blobs.temp_file()? {
         Some((path, mut file)) => {
             let written = file.write_all(&outboard).and_then(|()| file.sync_all());
