@@ -173,14 +173,29 @@ fn build_config(args: &NodeArgs, metrics: &Metrics) -> anyhow::Result<Config> {
 type TlsListener = (
     std::net::TcpListener,
     Arc<ron_transport::rustls::ServerConfig>,
-    ron_transport::TlsMaterial,
+    Arc<ron_transport::LiveCert>,
+    CertFiles,
 );
+
+/// Where the served certificate and key are read from again when they change.
+#[derive(Debug, Clone)]
+enum CertFiles {
+    /// `gateway.tls_cert` and `tls_key`, as the configuration names them now.
+    Configured,
+    /// The development certificate in the data dir.
+    Dev(std::path::PathBuf, std::path::PathBuf),
+    /// A development certificate kept in memory (amnesia): never reloaded.
+    Memory,
+}
 
 /// The TLS listener, bound, with its configuration: from `gateway.tls_cert`/`tls_key`, or a
 /// self-signed development certificate; `None` when neither is asked for.
 fn tls_listener(args: &NodeArgs, section: &GatewaySection) -> anyhow::Result<Option<TlsListener>> {
-    let material = match (&section.tls_cert, &section.tls_key, args.tls_self_signed) {
-        (Some(cert), Some(key), false) => ron_transport::TlsMaterial::from_pem_files(cert, key)?,
+    let (material, files) = match (&section.tls_cert, &section.tls_key, args.tls_self_signed) {
+        (Some(cert), Some(key), false) => (
+            ron_transport::TlsMaterial::from_pem_files(cert, key)?,
+            CertFiles::Configured,
+        ),
         (Some(_), Some(_), true) => {
             anyhow::bail!("--tls-self-signed and gateway.tls_cert are exclusive")
         }
@@ -195,21 +210,105 @@ fn tls_listener(args: &NodeArgs, section: &GatewaySection) -> anyhow::Result<Opt
             }
             if args.amnesia {
                 tracing::info!("self-signed certificate kept in memory (amnesia)");
-                ron_transport::DevCertificate::generate(&names)?.material()
+                (
+                    ron_transport::DevCertificate::generate(&names)?.material(),
+                    CertFiles::Memory,
+                )
             } else {
-                let (material, path) = ron_transport::DevCertificate::load_or_create(
-                    &args.dir.data_dir.join("tls"),
-                    &names,
-                )?;
+                let dir = args.dir.data_dir.join("tls");
+                let (material, path) = ron_transport::DevCertificate::load_or_create(&dir, &names)?;
                 tracing::info!(cert = %path.display(), "TLS with a self-signed certificate");
-                material
+                (material, CertFiles::Dev(path, dir.join("key.pem")))
             }
         }
         _ => return Ok(None),
     };
-    let config = ron_transport::server_config(material.clone(), &svc_gateway::ALPN)?;
+    let cert = ron_transport::LiveCert::new(material)?;
+    let config = ron_transport::server_config(cert.clone(), &svc_gateway::ALPN)?;
     let listener = bind(section.tls_listen)?;
-    Ok(Some((listener, config, material)))
+    Ok(Some((listener, config, cert, files)))
+}
+
+/// How often the certificate files are looked at for a change.
+const CERT_POLL: Duration = Duration::from_secs(2);
+
+/// Serves a certificate and key changed on disk from the next handshake on, on every TLS
+/// listener (HTTPS, OAP/1, HTTP/3), connections already open keeping theirs. A pair that does
+/// not load (a certificate written before its key, a key that is not its key) leaves the one
+/// served, and is tried again when either file changes.
+fn spawn_cert_reload(
+    sup: &mut Supervisor,
+    config: &Config,
+    metrics: &Metrics,
+    (cert, files): (Arc<ron_transport::LiveCert>, CertFiles),
+) {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    if matches!(files, CertFiles::Memory) {
+        return;
+    }
+    let reloads: Family<[(&'static str, &'static str); 1], Counter> = metrics.register(
+        "tls_reloads",
+        "Certificate reloads, by outcome (ok, failed)",
+        Family::default(),
+    );
+    let expiry: Gauge = metrics.register(
+        "tls_cert_not_after_seconds",
+        "When the served certificate expires (unix seconds)",
+        Gauge::default(),
+    );
+    expiry.set(cert.not_after());
+    let config = config.clone();
+    sup.spawn("tls-reload", Duty::Background, move |ctx| {
+        let (cert, files, config) = (cert.clone(), files.clone(), config.clone());
+        let (reloads, expiry) = (reloads.clone(), expiry.clone());
+        async move {
+            let paths = || match &files {
+                CertFiles::Configured => {
+                    let s = config.get::<GatewaySection>();
+                    s.tls_cert.clone().zip(s.tls_key.clone())
+                }
+                CertFiles::Dev(c, k) => Some((c.clone(), k.clone())),
+                CertFiles::Memory => None,
+            };
+            // What the files looked like when last read: their paths, sizes and mtimes.
+            let look = |p: &Option<(std::path::PathBuf, std::path::PathBuf)>| {
+                p.as_ref().map(|(c, k)| {
+                    let meta = |f: &std::path::Path| {
+                        std::fs::metadata(f).ok().map(|m| (m.len(), m.modified().ok()))
+                    };
+                    (c.clone(), k.clone(), meta(c), meta(k))
+                })
+            };
+            let mut seen = look(&paths());
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(CERT_POLL) => {}
+                    () = ctx.shutdown.cancelled() => return Ok::<(), String>(()),
+                }
+                let now = look(&paths());
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                let Some((c, k)) = paths() else { continue };
+                let loaded = ron_transport::TlsMaterial::from_pem_files(&c, &k)
+                    .and_then(|material| cert.replace(material));
+                match loaded {
+                    Ok(()) => {
+                        reloads.get_or_create(&[("outcome", "ok")]).inc();
+                        expiry.set(cert.not_after());
+                        tracing::info!(cert = %c.display(), not_after = cert.not_after(), "serving a new TLS certificate");
+                    }
+                    Err(e) => {
+                        reloads.get_or_create(&[("outcome", "failed")]).inc();
+                        tracing::warn!(cert = %c.display(), error = %e, "the changed TLS certificate does not load; still serving the previous one");
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// The HTTP/3 listener's socket, bound, with its certificate: `None` when `h3_listen` is not
@@ -217,7 +316,7 @@ fn tls_listener(args: &NodeArgs, section: &GatewaySection) -> anyhow::Result<Opt
 fn h3_socket(
     section: &GatewaySection,
     tls: Option<&TlsListener>,
-) -> anyhow::Result<Option<(std::net::UdpSocket, ron_transport::TlsMaterial)>> {
+) -> anyhow::Result<Option<(std::net::UdpSocket, Arc<ron_transport::LiveCert>)>> {
     let Some(listen) = section.h3_listen else {
         return Ok(None);
     };
@@ -226,25 +325,25 @@ fn h3_socket(
             "this ron was built without HTTP/3: build it with `cargo build --features http3`"
         );
     }
-    let Some((_, _, material)) = tls else {
+    let Some((_, _, cert, _)) = tls else {
         anyhow::bail!(
             "HTTP/3 needs a certificate: set gateway.tls_cert and tls_key, or --tls-self-signed"
         );
     };
     let socket = std::net::UdpSocket::bind(listen)
         .with_context(|| format!("cannot listen on UDP {listen}"))?;
-    Ok(Some((socket, material.clone())))
+    Ok(Some((socket, cert.clone())))
 }
 
 /// Runs the HTTP/3 gateway under the supervisor; returns its address.
 #[cfg(feature = "http3")]
 fn spawn_h3(
     sup: &mut Supervisor,
-    (socket, material): (std::net::UdpSocket, ron_transport::TlsMaterial),
+    (socket, cert): (std::net::UdpSocket, Arc<ron_transport::LiveCert>),
     state: AppState,
 ) -> anyhow::Result<SocketAddr> {
     let addr = socket.local_addr()?;
-    let crypto = ron_transport::h3::quic_config(material)?;
+    let crypto = ron_transport::h3::quic_config(cert)?;
     sup.spawn("gateway-h3", Duty::ReadsAndWrites, move |ctx| {
         let (socket, crypto, state) = (socket.try_clone(), crypto.clone(), state.clone());
         async move {
@@ -260,7 +359,7 @@ fn spawn_h3(
 #[cfg(not(feature = "http3"))]
 fn spawn_h3(
     _sup: &mut Supervisor,
-    _h3: (std::net::UdpSocket, ron_transport::TlsMaterial),
+    _h3: (std::net::UdpSocket, Arc<ron_transport::LiveCert>),
     _state: AppState,
 ) -> anyhow::Result<SocketAddr> {
     anyhow::bail!("this ron was built without HTTP/3: build it with `cargo build --features http3`")
@@ -282,7 +381,7 @@ struct Listeners {
         std::net::TcpListener,
         Arc<ron_transport::rustls::ServerConfig>,
     )>,
-    h3: Option<(std::net::UdpSocket, ron_transport::TlsMaterial)>,
+    h3: Option<(std::net::UdpSocket, Arc<ron_transport::LiveCert>)>,
 }
 
 /// Where the node ended up listening, printed for scripts and tests.
@@ -399,6 +498,14 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         payment: Some(payment),
         accounting: Some(accounting),
     };
+    if let Some((_, _, cert, files)) = &listeners.tls {
+        spawn_cert_reload(
+            &mut sup,
+            &config,
+            &state.metrics,
+            (cert.clone(), files.clone()),
+        );
+    }
     let bound = spawn_edges(&mut sup, listeners, state)?;
     health.mark_started();
     announce_started(&args, &config, &bound);
@@ -427,9 +534,9 @@ fn bind_listeners(args: &NodeArgs, config: &Config) -> anyhow::Result<Listeners>
     let gateway = bind(config.get::<GatewaySection>().listen)?;
     let tls = tls_listener(args, &config.get::<GatewaySection>())?;
     let oap = match &tls {
-        Some((_, _, material)) => {
+        Some((_, _, cert, _)) => {
             let section = config.get::<OapSection>();
-            let tls = ron_transport::server_config(material.clone(), &[svc_oap::ALPN])?;
+            let tls = ron_transport::server_config(cert.clone(), &[svc_oap::ALPN])?;
             Some((bind(section.listen)?, tls))
         }
         None => None,
@@ -832,7 +939,7 @@ fn spawn_edges(
         None => None,
     };
     let tls = match tls {
-        Some((listener, tls_config, _)) => {
+        Some((listener, tls_config, _, _)) => {
             let addr = listener.local_addr()?;
             let state = state.clone();
             sup.spawn("gateway-tls", Duty::ReadsAndWrites, move |ctx| {

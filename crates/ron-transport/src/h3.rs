@@ -31,7 +31,7 @@ use tower::{Service, ServiceExt};
 
 use crate::deadline::Meter;
 use crate::limits::{Limiter, LimitsSection, Peer};
-use crate::{TlsError, TlsMaterial, provider};
+use crate::{TlsError, provider};
 
 /// The ALPN protocol id of HTTP/3.
 pub const ALPN: &[u8] = b"h3";
@@ -40,14 +40,14 @@ fn tls_error(e: impl ToString) -> TlsError {
     TlsError::Config(e.to_string())
 }
 
-/// QUIC's TLS configuration: TLS 1.3 only (QUIC has no other), ring, ALPN `h3`.
-pub fn quic_config(material: TlsMaterial) -> Result<Arc<QuicServerConfig>, TlsError> {
+/// QUIC's TLS configuration: TLS 1.3 only (QUIC has no other), ring, ALPN `h3`, serving
+/// whatever `cert` holds at each handshake.
+pub fn quic_config(cert: Arc<crate::LiveCert>) -> Result<Arc<QuicServerConfig>, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_error)?
         .with_no_client_auth()
-        .with_single_cert(material.chain, material.key)
-        .map_err(tls_error)?;
+        .with_cert_resolver(cert);
     tls.alpn_protocols = vec![ALPN.to_vec()];
     QuicServerConfig::try_from(tls)
         .map(Arc::new)

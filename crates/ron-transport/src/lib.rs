@@ -4,7 +4,8 @@
 //!
 //! ```
 //! let dev = ron_transport::DevCertificate::generate(&["localhost".into()]).unwrap();
-//! let config = ron_transport::server_config(dev.material(), &[b"h2", b"http/1.1"]).unwrap();
+//! let cert = ron_transport::LiveCert::new(dev.material()).unwrap();
+//! let config = ron_transport::server_config(cert, &[b"h2", b"http/1.1"]).unwrap();
 //! assert_eq!(config.alpn_protocols.len(), 2);
 //! ```
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@ pub mod deadline;
 #[cfg(feature = "http3")]
 pub mod h3;
 pub mod limits;
+mod live;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
+pub use live::LiveCert;
 pub use tokio_rustls::TlsAcceptor;
 pub use tokio_rustls::rustls;
 pub use tokio_rustls::server::TlsStream;
@@ -180,14 +183,13 @@ pub async fn accept(
 }
 
 /// A TLS server configuration (TLS 1.2 and 1.3, ring) offering `alpn` in order of
-/// preference.
-pub fn server_config(material: TlsMaterial, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+/// preference, serving whatever `cert` holds at each handshake.
+pub fn server_config(cert: Arc<LiveCert>, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(material.chain, material.key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
@@ -211,7 +213,7 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        server_config(again, &[b"h2"]).unwrap();
+        server_config(LiveCert::new(again).unwrap(), &[b"h2"]).unwrap();
     }
 
     #[test]

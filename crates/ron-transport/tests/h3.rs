@@ -59,7 +59,7 @@ async fn requests_bodies_peers_rates_and_trust_over_http3() {
     limiter.apply(&limits);
     let listener = H3Listener::new(
         UdpSocket::bind("127.0.0.1:0").unwrap(),
-        quic_config(dev.material()).unwrap(),
+        quic_config(ron_transport::LiveCert::new(dev.material()).unwrap()).unwrap(),
         &limits,
     )
     .unwrap();
