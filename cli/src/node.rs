@@ -344,7 +344,7 @@ fn spawn_h3(
 ) -> anyhow::Result<SocketAddr> {
     let addr = socket.local_addr()?;
     let crypto = ron_transport::h3::quic_config(cert)?;
-    sup.spawn("gateway-h3", Duty::ReadsAndWrites, move |ctx| {
+    sup.spawn_edge("gateway-h3", Duty::ReadsAndWrites, move |ctx| {
         let (socket, crypto, state) = (socket.try_clone(), crypto.clone(), state.clone());
         async move {
             let limits = state.config.get::<ron_transport::limits::LimitsSection>();
@@ -513,9 +513,11 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     wait_for_ctrl_c().await;
     tracing::info!("shutting down: no new requests, draining");
     health.mark_stopping();
+    // Told while every subscriber still listens; then the edges drain what they are
+    // answering, and only then do the services behind them stop.
+    bus.publish(KernelEvent::Shutdown);
     let deadline = Duration::from_millis(config.get::<NodeSection>().shutdown_deadline_ms);
     let drained = sup.shutdown(deadline).await;
-    bus.publish(KernelEvent::Shutdown);
     tracing::info!(drained, "node stopped");
     Ok(())
 }
@@ -926,7 +928,7 @@ fn spawn_edges(
     let bound = gateway.local_addr()?;
     {
         let state = state.clone();
-        sup.spawn("gateway", Duty::ReadsAndWrites, move |ctx| {
+        sup.spawn_edge("gateway", Duty::ReadsAndWrites, move |ctx| {
             let (listener, state) = (gateway.try_clone(), state.clone());
             async move {
                 let listener = tokio::net::TcpListener::from_std(listener?)?;
@@ -942,7 +944,7 @@ fn spawn_edges(
         Some((listener, tls_config, _, _)) => {
             let addr = listener.local_addr()?;
             let state = state.clone();
-            sup.spawn("gateway-tls", Duty::ReadsAndWrites, move |ctx| {
+            sup.spawn_edge("gateway-tls", Duty::ReadsAndWrites, move |ctx| {
                 let (listener, state, tls_config) =
                     (listener.try_clone(), state.clone(), tls_config.clone());
                 async move {
@@ -987,7 +989,7 @@ fn spawn_oap(
         payment: state.payment.clone(),
         accounting: state.accounting.clone(),
     };
-    sup.spawn("oap", Duty::ReadsAndWrites, move |ctx| {
+    sup.spawn_edge("oap", Duty::ReadsAndWrites, move |ctx| {
         let (listener, state, tls_config) =
             (listener.try_clone(), oap_state.clone(), tls_config.clone());
         async move {

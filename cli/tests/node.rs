@@ -241,3 +241,100 @@ async fn version_and_help() {
         assert!(help.contains(flag), "{help}");
     }
 }
+
+/// SIGTERM while uploads stream in: the node stops accepting, the uploads in flight go on
+/// until the drain's deadline, and each one either completed (answered 201, and there after a
+/// restart, byte for byte) or was refused (an error, or its connection cut at the deadline,
+/// and never answered 201): nothing is acknowledged that is not stored.
+#[tokio::test]
+async fn uploads_in_flight_at_sigterm_complete_or_are_refused_never_half_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    // A short drain, so the slowest uploads outlast it.
+    support::config(&data_dir, "[node]\nshutdown_deadline_ms = 1500\n");
+    let mut node = Node::start(&data_dir, &[]).await;
+    const PIECE: usize = 64 << 10;
+    let mut uploads = Vec::new();
+    for i in 0..8u64 {
+        let bytes = bytes::Bytes::from(support::data(4 << 20, 100 + i));
+        let addr = format!("b3:{}", blake3::hash(&bytes).to_hex());
+        // 64 pieces, 5 ms apart for the first upload up to 40 ms for the last: 0.3 to 2.6 s.
+        let pause = Duration::from_millis(5 * (i + 1));
+        let pieces = futures_util::stream::unfold(0usize, {
+            let bytes = bytes.clone();
+            move |at| {
+                let bytes = bytes.clone();
+                async move {
+                    if at >= bytes.len() {
+                        return None;
+                    }
+                    sleep(pause).await;
+                    let end = (at + PIECE).min(bytes.len());
+                    Some((Ok::<_, std::io::Error>(bytes.slice(at..end)), end))
+                }
+            }
+        });
+        let request = node
+            .http
+            .post(format!("{}/put", node.url))
+            .body(reqwest::Body::wrap_stream(pieces));
+        uploads.push((
+            addr,
+            bytes,
+            tokio::spawn(async move {
+                let res = request.send().await?;
+                let status = res.status().as_u16();
+                Ok::<_, reqwest::Error>((status, res.text().await.unwrap_or_default()))
+            }),
+        ));
+    }
+    sleep(Duration::from_millis(150)).await;
+    node.signal("-TERM");
+    let exit = timeout(Duration::from_secs(30), node.child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+
+    let node = Node::start(&data_dir, &[]).await;
+    let (mut completed, mut refused) = (0, 0);
+    for (addr, bytes, upload) in uploads {
+        let stored = node
+            .http
+            .get(format!("{}/o/{addr}", node.url))
+            .send()
+            .await
+            .unwrap();
+        let status = stored.status().as_u16();
+        let got = stored.bytes().await.unwrap();
+        match upload.await.unwrap() {
+            Ok((201, body)) => {
+                completed += 1;
+                assert!(body.contains(&addr), "{body}");
+                assert_eq!(status, 200, "{addr} was acknowledged: it is stored");
+                assert!(got == bytes, "{addr} reads back byte for byte");
+            }
+            outcome => {
+                refused += 1;
+                if let Ok((code, body)) = &outcome {
+                    assert!(*code >= 400, "{code} {body}");
+                    assert!(
+                        body.contains("\"code\""),
+                        "a refusal in the shared shape: {body}"
+                    );
+                }
+                // Never acknowledged: not there, or (cut after its commit) there whole.
+                assert!(status == 404 || got == bytes, "{addr}: {status}");
+            }
+        }
+    }
+    assert!(completed >= 1, "the quick uploads finish within the drain");
+    assert!(refused >= 1, "the slow ones are cut at the deadline");
+    assert_eq!(
+        std::fs::read_dir(data_dir.join("store").join("tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    println!("SIGTERM during 8 uploads: {completed} completed, {refused} refused");
+}

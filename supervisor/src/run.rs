@@ -41,6 +41,9 @@ pub struct Supervisor {
     policy: Policy,
     shutdown: CancellationToken,
     monitors: JoinSet<()>,
+    /// The edges' stop: cancelled first, so they drain while the services they call run.
+    edges: CancellationToken,
+    edge_monitors: JoinSet<()>,
 }
 
 /// What one incarnation's end means.
@@ -76,6 +79,8 @@ impl Supervisor {
             policy,
             shutdown: CancellationToken::new(),
             monitors: JoinSet::new(),
+            edges: CancellationToken::new(),
+            edge_monitors: JoinSet::new(),
         }
     }
 
@@ -92,7 +97,19 @@ impl Supervisor {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Display + Send + 'static,
     {
-        self.spawn_inner(name, duty, factory, None);
+        self.spawn_inner(name, duty, factory, None, false);
+    }
+
+    /// Runs an edge: a service that takes requests from outside (a listener). At shutdown
+    /// the edges are stopped first and drain what they are answering while every other
+    /// service still runs; only then are the others stopped.
+    pub fn spawn_edge<F, Fut, E>(&mut self, name: &str, duty: Duty, factory: F)
+    where
+        F: FnMut(ServiceCtx) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display + Send + 'static,
+    {
+        self.spawn_inner(name, duty, factory, None, true);
     }
 
     /// Runs a service that takes commands from `mailbox` (see [`crate::mailbox`]). After a
@@ -116,6 +133,7 @@ impl Supervisor {
             duty,
             move |ctx| factory(ctx, for_factory.clone()),
             Some(closer),
+            false,
         );
     }
 
@@ -125,6 +143,7 @@ impl Supervisor {
         duty: Duty,
         mut factory: F,
         closer: Option<Closer>,
+        edge: bool,
     ) where
         F: FnMut(ServiceCtx) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
@@ -133,7 +152,11 @@ impl Supervisor {
         let name: Arc<str> = Arc::from(name);
         self.health.register(&name, duty);
         let (bus, metrics, health) = (self.bus.clone(), self.metrics.clone(), self.health.clone());
-        let shutdown = self.shutdown.clone();
+        let shutdown = if edge {
+            self.edges.clone()
+        } else {
+            self.shutdown.clone()
+        };
         let mut backoff = Backoff::new(self.policy.clone());
         let restarts_metric = metrics
             .service_restarts()
@@ -141,7 +164,12 @@ impl Supervisor {
                 service: name.to_string(),
             })
             .clone();
-        self.monitors.spawn(async move {
+        let monitors = if edge {
+            &mut self.edge_monitors
+        } else {
+            &mut self.monitors
+        };
+        monitors.spawn(async move {
             let mut restarts = 0u64;
             let set_state = |state: ServiceState| {
                 if health.set_state(&name, state) {
@@ -211,11 +239,28 @@ impl Supervisor {
         });
     }
 
-    /// Asks every service to stop, waits up to `deadline` for them, then aborts the rest.
-    /// Returns whether all stopped in time.
+    /// Stops the node's services within `deadline`, in two stages: the edges first (they stop
+    /// accepting and finish what they are answering, while the services they call still run),
+    /// then every other service. What has not stopped by the deadline is aborted. Returns
+    /// whether all stopped in time.
     pub async fn shutdown(mut self, deadline: Duration) -> bool {
+        let end = tokio::time::Instant::now() + deadline;
+        self.edges.cancel();
+        let edges_drained = tokio::time::timeout_at(end, async {
+            while self.edge_monitors.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !edges_drained {
+            tracing::warn!(
+                ?deadline,
+                "edges still answering at the shutdown deadline; aborting them"
+            );
+            self.edge_monitors.abort_all();
+            while self.edge_monitors.join_next().await.is_some() {}
+        }
         self.shutdown.cancel();
-        let drained = tokio::time::timeout(deadline, async {
+        let drained = tokio::time::timeout_at(end, async {
             while self.monitors.join_next().await.is_some() {}
         })
         .await
@@ -228,6 +273,6 @@ impl Supervisor {
             self.monitors.abort_all();
             while self.monitors.join_next().await.is_some() {}
         }
-        drained
+        edges_drained && drained
     }
 }

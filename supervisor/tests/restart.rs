@@ -280,3 +280,60 @@ async fn shutdown_drains_cooperative_services_and_aborts_stubborn_ones() {
     assert!(!r.sup.shutdown(Duration::from_secs(5)).await);
     assert_eq!(t.elapsed(), Duration::from_secs(5));
 }
+
+/// At shutdown the edges stop first and drain while the services they call still run; then
+/// those stop.
+#[tokio::test(start_paused = true)]
+async fn edges_drain_before_the_services_they_call() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Rig { mut sup, .. } = rig();
+    let backend_running = Arc::new(AtomicBool::new(false));
+    let seen_while_draining = Arc::new(Mutex::new(None));
+    {
+        let running = backend_running.clone();
+        sup.spawn("backend", Duty::Background, move |ctx| {
+            let running = running.clone();
+            async move {
+                running.store(true, Ordering::SeqCst);
+                ctx.shutdown.cancelled().await;
+                running.store(false, Ordering::SeqCst);
+                Ok::<(), String>(())
+            }
+        });
+    }
+    {
+        let (running, seen) = (backend_running.clone(), seen_while_draining.clone());
+        sup.spawn_edge("edge", Duty::ReadsAndWrites, move |ctx| {
+            let (running, seen) = (running.clone(), seen.clone());
+            async move {
+                ctx.shutdown.cancelled().await;
+                // Draining: a request in flight still calls the backend.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                *seen.lock().unwrap() = Some(running.load(Ordering::SeqCst));
+                Ok::<(), String>(())
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(sup.shutdown(Duration::from_secs(5)).await);
+    assert_eq!(*seen_while_draining.lock().unwrap(), Some(true));
+    assert!(!backend_running.load(std::sync::atomic::Ordering::SeqCst));
+}
+
+/// An edge that does not drain by the deadline is aborted, and the rest still stop.
+#[tokio::test(start_paused = true)]
+async fn an_edge_stuck_past_the_deadline_is_aborted() {
+    let Rig { mut sup, .. } = rig();
+    sup.spawn_edge("stuck", Duty::ReadsAndWrites, |_ctx| async {
+        std::future::pending::<()>().await;
+        Ok::<(), String>(())
+    });
+    sup.spawn("backend", Duty::Background, |ctx| async move {
+        ctx.shutdown.cancelled().await;
+        Ok::<(), String>(())
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let started = Instant::now();
+    assert!(!sup.shutdown(Duration::from_secs(2)).await);
+    assert!(started.elapsed() <= Duration::from_secs(3));
+}
