@@ -137,7 +137,7 @@ pub(crate) struct CaveatArgs {
     /// Valid for this long (`90s`, `5m`, `1h`, `30d`).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     ttl: Option<Duration>,
-    /// Allow only this operation: get, stat, put, pin, unpin, delete, list, account
+    /// Allow only this operation: get, stat, put, pin, unpin, delete, list, account, profile
     /// (repeatable).
     #[arg(long = "method", value_name = "OP")]
     methods: Vec<Op>,

@@ -265,6 +265,24 @@ impl Target {
     }
 }
 
+/// `ron profile`: the node's CPU profile over `seconds`, written to `out`.
+pub(crate) async fn profile(t: &Target, seconds: u64, out: &Path) -> anyhow::Result<()> {
+    let req = t
+        .http()?
+        .get(format!("{}/debug/pprof/profile", base(t)))
+        .query(&[("seconds", seconds)])
+        .timeout(Duration::from_secs(seconds + 60));
+    let bytes = t.send(req).await?.bytes().await?;
+    std::fs::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "{}: a CPU profile of {seconds} s ({} bytes); read it with `go tool pprof {}`",
+        out.display(),
+        bytes.len(),
+        out.display()
+    );
+    Ok(())
+}
+
 /// Solves a node's proof-of-work challenge on a blocking thread: the `ron-pow` header's value.
 pub(crate) async fn solve_pow(challenge: &ron_proto::PowChallenge) -> anyhow::Result<String> {
     let mut c = [0u8; 32];

@@ -153,6 +153,18 @@ enum Command {
     /// The node's peer network: its PeerId, the addresses others bootstrap from, and the
     /// peers connected now.
     Peers,
+    /// A CPU profile of the node over the next SECONDS, in pprof's format (`go tool pprof
+    /// FILE`); needs a token allowing `profile` (the owner's does).
+    Profile {
+        /// How long to sample (1 to 60).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Where to write it.
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        creds: client::Creds,
+    },
     /// Ed25519 keys: create, show, rotate the node's signing key.
     #[command(subcommand)]
     Key(auth::KeyCommand),
@@ -291,6 +303,11 @@ fn main() -> ExitCode {
             } => credits::usage(&target(&creds)?, of.as_deref(), minute, limit, json).await,
             Command::Console { no_open, creds } => client::console(&target(&creds)?, !no_open),
             Command::Peers => client::peers(node).await,
+            Command::Profile {
+                seconds,
+                out,
+                creds,
+            } => client::profile(&target(&creds)?, seconds, &out).await,
             Command::Key(cmd) => auth::key(cmd, node).await,
             Command::Cap(cmd) => auth::cap(cmd),
         }

@@ -525,3 +525,84 @@ async fn key_and_cap_commands_refuse_bad_input_with_one_line() {
     let secret = ok_stdout(&out);
     assert!(secret.starts_with("ed25519-private/"));
 }
+
+/// A CPU profile of the node, only for a token that allows `profile`: pprof's protobuf, one
+/// at a time, the length bounded.
+#[tokio::test]
+async fn a_cpu_profile_needs_a_token_that_allows_it() {
+    use pprof::protos::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]).await;
+    let mint = |method: &'static str| {
+        let node = &node;
+        async move {
+            ok_stdout(
+                &node
+                    .cli(&[
+                        "cap",
+                        "mint",
+                        "--method",
+                        method,
+                        "--data-dir",
+                        node.data_dir.to_str().unwrap(),
+                    ])
+                    .await,
+            )
+        }
+    };
+    let (profiler, reader) = (mint("profile").await, mint("get").await);
+    let url = |seconds: u64| format!("{}/debug/pprof/profile?seconds={seconds}", node.url);
+    let status = |token: Option<String>, seconds: u64| {
+        let (client, url) = (node.anonymous(), url(seconds));
+        async move {
+            let mut req = client.get(url);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            req.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(status(None, 1).await, 401);
+    assert_eq!(status(Some(reader.clone()), 1).await, 403);
+    assert_eq!(status(Some(profiler.clone()), 0).await, 400);
+    assert_eq!(status(Some(profiler.clone()), 61).await, 400);
+
+    // While one is taken, another is refused; the node keeps serving meanwhile.
+    let taking = tokio::spawn({
+        let (client, url, token) = (node.anonymous(), url(2), profiler.clone());
+        async move {
+            let res = client.get(url).bearer_auth(token).send().await.unwrap();
+            (res.status().as_u16(), res.bytes().await.unwrap())
+        }
+    });
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(status(Some(profiler.clone()), 1).await, 409);
+    for i in 0..20 {
+        node.put(data(64 << 10, 300 + i)).await;
+    }
+    let (code, body) = taking.await.unwrap();
+    assert_eq!(code, 200);
+    let profile = pprof::protos::Profile::decode(&body[..]).expect("a pprof protobuf");
+    assert!(!profile.sample_type.is_empty(), "{profile:?}");
+    assert!(
+        profile
+            .string_table
+            .iter()
+            .any(|s| s == "cpu" || s == "samples"),
+        "{:?}",
+        &profile.string_table[..profile.string_table.len().min(10)]
+    );
+    assert!(
+        profile.duration_nanos >= 2_000_000_000,
+        "{}",
+        profile.duration_nanos
+    );
+
+    // `ron profile` writes one with the owner's token.
+    let out = dir.path().join("ron.pprof");
+    let run = node
+        .cli(&["profile", "--seconds", "1", "-o", out.to_str().unwrap()])
+        .await;
+    assert!(ok_stdout(&run).contains("go tool pprof"));
+    assert!(pprof::protos::Profile::decode(&std::fs::read(&out).unwrap()[..]).is_ok());
+}

@@ -48,11 +48,13 @@ pub enum Op {
     /// Read one's own account: credits, transfers, usage (`GET /credits/…`, `GET /usage`).
     /// Always needs a token.
     Account,
+    /// Take a CPU profile of the node (`GET /debug/pprof/profile`). Always needs a token.
+    Profile,
 }
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 9] = [
         Op::Get,
         Op::Stat,
         Op::Put,
@@ -61,6 +63,7 @@ impl Op {
         Op::Delete,
         Op::List,
         Op::Account,
+        Op::Profile,
     ];
 
     /// The name used in tokens and on the command line.
@@ -74,6 +77,7 @@ impl Op {
             Op::Delete => "delete",
             Op::List => "list",
             Op::Account => "account",
+            Op::Profile => "profile",
         }
     }
 
@@ -85,7 +89,7 @@ impl Op {
     /// Whether the operation needs a token whatever the config says (`auth.anonymous_put`
     /// and `auth.protect_reads` do not open it): removing objects and listing them.
     pub const fn owner_only(self) -> bool {
-        matches!(self, Op::Delete | Op::List | Op::Account)
+        matches!(self, Op::Delete | Op::List | Op::Account | Op::Profile)
     }
 }
 
@@ -104,7 +108,7 @@ impl FromStr for Op {
             .find(|op| op.as_str() == s)
             .ok_or_else(|| {
                 TokenError::Caveat(format!(
-                    "unknown method {s:?} (one of get, stat, put, pin, unpin, delete, list, account)"
+                    "unknown method {s:?} (one of get, stat, put, pin, unpin, delete, list, account, profile)"
                 ))
             })
     }

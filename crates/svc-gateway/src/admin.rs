@@ -133,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .route("/credits/balance", get(crate::payment::balance))
         .route("/credits/history", get(crate::payment::history))
         .route("/credits/peers", get(crate::payment::peers))
+        .route("/debug/pprof/profile", get(crate::profile::profile))
         .route("/usage", get(crate::payment::usage))
         .route("/objects", get(crate::objects::list))
         .route("/gc", post(crate::objects::gc))

@@ -29,6 +29,7 @@ mod middleware;
 mod names;
 mod objects;
 mod payment;
+mod profile;
 mod tls;
 
 pub use admin::{AppState, PeerStatus, StatusExtra, Traffic, router};
