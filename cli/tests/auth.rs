@@ -606,3 +606,92 @@ async fn a_cpu_profile_needs_a_token_that_allows_it() {
     assert!(ok_stdout(&run).contains("go tool pprof"));
     assert!(pprof::protos::Profile::decode(&std::fs::read(&out).unwrap()[..]).is_ok());
 }
+
+/// Secrets never reach the log: at trace level for the node's own crates (debug for the
+/// libraries), a node given good, forged and refused
+/// tokens, asked to grant credits and to take uploads and reads, logs none of its tokens
+/// (nor their first 24 characters) and neither of its secret keys.
+#[tokio::test]
+async fn secrets_never_appear_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("node");
+    let filter = "debug,ron=trace,ron_auth=trace,ron_transport=trace,ron_kernel=trace,\
+                  svc_gateway=trace,svc_overlay=trace,svc_payment=trace,svc_accounting=trace";
+    let node = Node::start_logged(&data_dir, &[], filter).await;
+    let reader = ok_stdout(
+        &node
+            .cli(&[
+                "cap",
+                "mint",
+                "--method",
+                "get",
+                "--data-dir",
+                node.data_dir.to_str().unwrap(),
+            ])
+            .await,
+    );
+    let mut forged = node.token.clone();
+    forged.replace_range(40..44, "AAAA");
+    let addr = node.put(data(256 << 10, 77)).await;
+    for token in [&node.token, &reader, &forged] {
+        for path in [
+            format!("/o/{addr}"),
+            "/status".to_owned(),
+            "/objects".to_owned(),
+        ] {
+            let _ = node
+                .anonymous()
+                .get(format!("{}{path}", node.url))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+        }
+        let _ = node
+            .anonymous()
+            .post(format!("{}/put", node.url))
+            .bearer_auth(token)
+            .body(data(1024, 78))
+            .send()
+            .await
+            .unwrap();
+    }
+    let out = node
+        .cli(&[
+            "credits",
+            "grant",
+            "--to",
+            &format!("ed25519/{}", "ab".repeat(32)),
+            "5",
+        ])
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    sleep(Duration::from_millis(500)).await;
+
+    let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap();
+    assert!(
+        log.contains("node started") && log.lines().count() > 10,
+        "the log was written: {log:.2000}"
+    );
+    let key_hex = |path: &Path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.trim().rsplit('/').next().unwrap().to_owned()
+    };
+    let mut secrets = vec![
+        ("the owner token", node.token.clone()),
+        ("a minted token", reader),
+        ("a forged token", forged),
+        ("the identity key", key_hex(&data_dir.join("identity.key"))),
+    ];
+    for entry in std::fs::read_dir(data_dir.join("keys")).unwrap() {
+        secrets.push(("a signing key", key_hex(&entry.unwrap().path())));
+    }
+    for (what, secret) in secrets {
+        assert!(secret.len() >= 32, "{what}: {secret}");
+        assert!(!log.contains(&secret), "{what} is in the log");
+        assert!(
+            !log.contains(&secret[..24]),
+            "the start of {what} is in the log"
+        );
+    }
+}

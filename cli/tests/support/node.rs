@@ -34,6 +34,14 @@ impl Node {
         Self::start_with(data_dir, extra, |_| {}).await
     }
 
+    /// Like [`Node::start`], with the node's log at `filter` (a `RUST_LOG` filter) written to
+    /// `<data dir>.log`, whatever `RON_TEST_LOG` says.
+    pub async fn start_logged(data_dir: &Path, extra: &[&str], filter: &str) -> Node {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["node", "--gateway", "127.0.0.1:0"]);
+        Self::launch_logging(cmd, data_dir, extra, |_| {}, Some(filter)).await
+    }
+
     /// Like [`Node::start`], letting the caller adjust the command (environment, cwd).
     pub async fn start_with(
         data_dir: &Path,
@@ -59,11 +67,24 @@ impl Node {
     }
 
     async fn launch(
-        mut cmd: Command,
+        cmd: Command,
         data_dir: &Path,
         extra: &[&str],
         adjust: impl FnOnce(&mut Command),
     ) -> Node {
+        Self::launch_logging(cmd, data_dir, extra, adjust, None).await
+    }
+
+    async fn launch_logging(
+        mut cmd: Command,
+        data_dir: &Path,
+        extra: &[&str],
+        adjust: impl FnOnce(&mut Command),
+        filter: Option<&str>,
+    ) -> Node {
+        let filter = filter
+            .map(str::to_owned)
+            .or_else(|| std::env::var("RON_TEST_LOG").ok());
         // The test's HTTP clients speak TLS too: one rustls provider for the process.
         ron_transport::install_default_provider();
         cmd.arg("--data-dir")
@@ -76,7 +97,7 @@ impl Node {
                 &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"][..]
             })
             .env_remove("RUST_LOG")
-            .envs(std::env::var("RON_TEST_LOG").map(|f| ("RUST_LOG", f)))
+            .envs(filter.clone().map(|f| ("RUST_LOG", f)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -87,7 +108,8 @@ impl Node {
         let stderr = child.stderr.take().expect("piped stderr");
         let (token_tx, token_rx) = tokio::sync::oneshot::channel();
         // RON_TEST_LOG=<filter>: each node's log goes to <data dir>.log, for debugging.
-        let mut log = std::env::var_os("RON_TEST_LOG")
+        let mut log = filter
+            .as_ref()
             .map(|_| std::fs::File::create(data_dir.with_extension("log")).expect("log file"));
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
