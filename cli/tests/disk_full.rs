@@ -171,17 +171,8 @@ async fn a_full_disk_refuses_writes_with_507_keeps_reads_and_recovers() {
     assert!(node.metric("storage_writes_refused_full_total").await >= 1.0);
 
     // Reads go on.
-    let (status, _) = node.get(&format!("/o/{addr}")).await;
+    let (status, got) = node.get_bytes(&format!("/o/{addr}")).await;
     assert_eq!(status, 200);
-    let got = node
-        .http
-        .get(format!("{}/o/{addr}", node.url))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
     assert!(got == kept, "the stored object reads back whole");
 
     // Room again: uploads resume by themselves.
@@ -190,15 +181,8 @@ async fn a_full_disk_refuses_writes_with_507_keeps_reads_and_recovers() {
     let (status, body) = put_status(&node, big.clone()).await;
     assert_eq!(status, 201, "{body}");
     let again = body["address"].as_str().unwrap();
-    let got = node
-        .http
-        .get(format!("{}/o/{again}", node.url))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let (status, got) = node.get_bytes(&format!("/o/{again}")).await;
+    assert_eq!(status, 200);
     assert!(got == big);
     println!("a 64 MiB tmpfs: 507 at the 8 MiB reserve, reads served, uploads resumed");
 }

@@ -299,14 +299,7 @@ async fn uploads_in_flight_at_sigterm_complete_or_are_refused_never_half_acknowl
     let node = Node::start(&data_dir, &[]).await;
     let (mut completed, mut refused) = (0, 0);
     for (addr, bytes, upload) in uploads {
-        let stored = node
-            .http
-            .get(format!("{}/o/{addr}", node.url))
-            .send()
-            .await
-            .unwrap();
-        let status = stored.status().as_u16();
-        let got = stored.bytes().await.unwrap();
+        let (status, got) = node.get_bytes(&format!("/o/{addr}")).await;
         match upload.await.unwrap() {
             Ok((201, body)) => {
                 completed += 1;

@@ -476,15 +476,8 @@ async fn peers_settle_ranges_with_cheques_and_forged_ones_are_refused() {
     // Node 2 fetches 100 MiB from node 1, paying as it goes.
     let bytes = support::data(100 << 20, 19);
     let addr = origin.put_announced(bytes.clone()).await;
-    let got = reader
-        .anonymous()
-        .get(format!("{}/o/{addr}", reader.url))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let (status, got) = reader.get_bytes(&format!("/o/{addr}")).await;
+    assert_eq!(status, 200);
     assert!(got == bytes, "the 100 MiB arrived whole");
     // The last cheque may still be on its way.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -101,6 +101,35 @@ async fn http2_and_http1_over_tls_with_a_self_signed_certificate() {
     assert_eq!(node.get("/healthz").await.0, 200);
 }
 
+/// A node in `data_dir` serving the certificate `cert` and key `key` from its config, on
+/// HTTPS and OAP/1.
+async fn serving(
+    data_dir: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Node {
+    std::fs::create_dir_all(data_dir).unwrap();
+    std::fs::write(
+        data_dir.join("ron.toml"),
+        format!(
+            "[gateway]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    Node::start(
+        data_dir,
+        &[
+            "--gateway-tls",
+            "127.0.0.1:0",
+            "--oap-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_configured_certificate_is_served_and_half_a_pair_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -122,27 +151,7 @@ async fn a_configured_certificate_is_served_and_half_a_pair_is_refused() {
         first_dir.join("tls/cert.pem"),
         first_dir.join("tls/key.pem"),
     );
-    let data_dir = dir.path().join("second");
-    std::fs::create_dir_all(&data_dir).unwrap();
-    std::fs::write(
-        data_dir.join("ron.toml"),
-        format!(
-            "[gateway]\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    let node = Node::start(
-        &data_dir,
-        &[
-            "--gateway-tls",
-            "127.0.0.1:0",
-            "--oap-listen",
-            "127.0.0.1:0",
-        ],
-    )
-    .await;
+    let node = serving(&dir.path().join("second"), &cert, &key).await;
     let https = node.tls_url.clone().unwrap();
     let (ok, body) = curl(&[
         "--http2",
@@ -152,7 +161,10 @@ async fn a_configured_certificate_is_served_and_half_a_pair_is_refused() {
     ]);
     assert!(ok, "served the configured certificate");
     assert_eq!(body.trim(), "ok");
-    assert!(!data_dir.join("tls").exists(), "no certificate generated");
+    assert!(
+        !node.data_dir.join("tls").exists(),
+        "no certificate generated"
+    );
 
     // Half a pair: one line, non-zero exit.
     let bad = dir.path().join("bad.toml");
@@ -318,27 +330,7 @@ async fn a_certificate_swapped_on_disk_is_served_to_the_next_handshake() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let first = new_pair(&cert, &key);
-    let data_dir = dir.path().join("node");
-    std::fs::create_dir_all(&data_dir).unwrap();
-    std::fs::write(
-        data_dir.join("ron.toml"),
-        format!(
-            "[gateway]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    let node = Node::start(
-        &data_dir,
-        &[
-            "--gateway-tls",
-            "127.0.0.1:0",
-            "--oap-listen",
-            "127.0.0.1:0",
-        ],
-    )
-    .await;
+    let node = serving(&dir.path().join("node"), &cert, &key).await;
     let https = node.tls_url.clone().unwrap();
     let tls_addr = https.strip_prefix("https://").unwrap().to_owned();
     let oap_addr = node.oap_addr.clone().unwrap();

@@ -233,6 +233,17 @@ impl Node {
         (res.status().as_u16(), res.text().await.expect("body"))
     }
 
+    /// `GET path` with the owner's token: the status and the body's bytes.
+    pub async fn get_bytes(&self, path: &str) -> (u16, bytes::Bytes) {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("request");
+        (res.status().as_u16(), res.bytes().await.expect("body"))
+    }
+
     /// `POST /put` of `bytes`; asserts success and returns the address.
     pub async fn put(&self, bytes: Vec<u8>) -> String {
         let res = self

@@ -193,9 +193,16 @@ impl Blobs {
         match self.free_bytes() {
             Some(free) if free < reserve.saturating_add(bytes) => {
                 refused.fetch_add(1, Ordering::Relaxed);
-                Err(StoreError::Full(format!(
-                    "{free} bytes free, {bytes} to write and {reserve} kept free (storage.min_free_bytes)"
-                )))
+                // The figures go to the log; the client is told no more than the reason.
+                tracing::info!(
+                    free,
+                    bytes,
+                    reserve,
+                    "write refused: it would leave less than storage.min_free_bytes free"
+                );
+                Err(StoreError::Full(
+                    "the node keeps storage.min_free_bytes free".into(),
+                ))
             }
             _ => Ok(()),
         }

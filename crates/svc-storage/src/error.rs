@@ -60,7 +60,9 @@ impl StoreError {
         let what = what.into();
         move |source| match source.kind() {
             std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
-                Self::Full(format!("{what}: {source}"))
+                // Paths go to the log, not to the client.
+                tracing::warn!(%what, error = %source, "the file system is full");
+                Self::Full("the file system is full".into())
             }
             _ => Self::Io { what, source },
         }
