@@ -245,34 +245,32 @@ impl Supervisor {
     /// whether all stopped in time.
     pub async fn shutdown(mut self, deadline: Duration) -> bool {
         let end = tokio::time::Instant::now() + deadline;
-        self.edges.cancel();
-        let edges_drained = tokio::time::timeout_at(end, async {
-            while self.edge_monitors.join_next().await.is_some() {}
-        })
-        .await
-        .is_ok();
-        if !edges_drained {
-            tracing::warn!(
-                ?deadline,
-                "edges still answering at the shutdown deadline; aborting them"
-            );
-            self.edge_monitors.abort_all();
-            while self.edge_monitors.join_next().await.is_some() {}
-        }
-        self.shutdown.cancel();
-        let drained = tokio::time::timeout_at(end, async {
-            while self.monitors.join_next().await.is_some() {}
-        })
-        .await
-        .is_ok();
-        if !drained {
-            tracing::warn!(
-                ?deadline,
-                "services still running at the shutdown deadline; aborting them"
-            );
-            self.monitors.abort_all();
-            while self.monitors.join_next().await.is_some() {}
-        }
-        edges_drained && drained
+        let edges = stop(&self.edges, &mut self.edge_monitors, end, "edges").await;
+        let services = stop(&self.shutdown, &mut self.monitors, end, "services").await;
+        edges && services
     }
+}
+
+/// Cancels `token` and waits for `monitors` until `end`, aborting what is still running
+/// then; whether all stopped in time.
+async fn stop(
+    token: &CancellationToken,
+    monitors: &mut JoinSet<()>,
+    end: tokio::time::Instant,
+    what: &str,
+) -> bool {
+    token.cancel();
+    let stopped =
+        tokio::time::timeout_at(end, async { while monitors.join_next().await.is_some() {} })
+            .await
+            .is_ok();
+    if !stopped {
+        tracing::warn!(
+            what,
+            "still running at the shutdown deadline; aborting them"
+        );
+        monitors.abort_all();
+        while monitors.join_next().await.is_some() {}
+    }
+    stopped
 }
