@@ -223,14 +223,10 @@ impl Node {
         reqwest::Client::new()
     }
 
+    /// `GET path` with the owner's token: the status and the body as text.
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let res = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("request");
-        (res.status().as_u16(), res.text().await.expect("body"))
+        let (status, body) = self.get_bytes(path).await;
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
     /// `GET path` with the owner's token: the status and the body's bytes.
