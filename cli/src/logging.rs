@@ -1,5 +1,6 @@
 //! Structured logs on stderr: text on a terminal, JSON otherwise. The level follows
-//! `[log] level` live, unless `RUST_LOG` is set, which wins.
+//! `[log] level` live, unless `RUST_LOG` is set, which wins. Sampled traces go to
+//! `log.otlp_endpoint` over OTLP in a `ron` built with the `otlp` feature.
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
@@ -28,13 +29,23 @@ pub(crate) enum Format {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct LogSection {
     /// Filter directives, `tracing` syntax (default `"info"`). Live.
     pub(crate) level: String,
     /// `auto`, `json` or `text` (default `auto`). Fixed at start.
     pub(crate) format: Format,
+    /// Where sampled traces go, over OTLP/HTTP: `http://host:port` (spans are posted to
+    /// `/v1/traces`), or `""` (default) for none. Needs a `ron` built with the `otlp`
+    /// feature. Fixed at start.
+    pub(crate) otlp_endpoint: String,
+    /// The share of new traces recorded (default 0.001). A request carrying a
+    /// `traceparent` keeps its own sampled flag. Live.
+    pub(crate) trace_sample: f64,
+    /// The share recorded while an incident is open: the node degraded by an SLO burning
+    /// (default 0.05). Live.
+    pub(crate) trace_sample_incident: f64,
 }
 
 impl Default for LogSection {
@@ -42,6 +53,9 @@ impl Default for LogSection {
         Self {
             level: "info".to_owned(),
             format: Format::Auto,
+            otlp_endpoint: String::new(),
+            trace_sample: 0.001,
+            trace_sample_incident: 0.05,
         }
     }
 }
@@ -52,23 +66,58 @@ impl Section for LogSection {
     fn validate(&self) -> Result<(), FieldError> {
         EnvFilter::try_new(&self.level)
             .map(drop)
-            .map_err(|e| FieldError::new("level", e.to_string()))
+            .map_err(|e| FieldError::new("level", e.to_string()))?;
+        for (field, ratio) in [
+            ("trace_sample", self.trace_sample),
+            ("trace_sample_incident", self.trace_sample_incident),
+        ] {
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(FieldError::new(field, "must be between 0 and 1"));
+            }
+        }
+        if self.otlp_endpoint.is_empty() {
+            return Ok(());
+        }
+        if !cfg!(feature = "otlp") {
+            return Err(FieldError::new(
+                "otlp_endpoint",
+                "this ron was built without the otlp feature (cargo build --features otlp)",
+            ));
+        }
+        let rest = self.otlp_endpoint.strip_prefix("http://").unwrap_or("");
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return Err(FieldError::new(
+                "otlp_endpoint",
+                "must be http://host:port (OTLP over HTTP)",
+            ));
+        }
+        Ok(())
     }
 
     fn check_live(&self, next: &Self) -> Result<(), FieldError> {
-        ron_kernel::config::unchanged("format", &self.format, &next.format)
+        ron_kernel::config::unchanged("format", &self.format, &next.format)?;
+        ron_kernel::config::unchanged("otlp_endpoint", &self.otlp_endpoint, &next.otlp_endpoint)
     }
 }
 
-/// Changes the log level of the running process.
+/// The export of sampled traces, when there is one.
+#[cfg(feature = "otlp")]
+type Export = crate::otlp::Export;
+/// No export in a `ron` built without the `otlp` feature.
+#[cfg(not(feature = "otlp"))]
+type Export = std::convert::Infallible;
+
+/// Changes the log level of the running process, and the sampling of traces.
 pub(crate) struct LogControl {
     handle: reload::Handle<EnvFilter, Registry>,
     env_wins: bool,
+    export: std::sync::Mutex<Option<Export>>,
 }
 
 impl LogControl {
-    /// Applies `section.level`, unless `RUST_LOG` governs.
+    /// Applies `section.level` (unless `RUST_LOG` governs) and the trace sampling ratios.
     pub(crate) fn apply(&self, section: &LogSection) {
+        supervisor::trace::set_sampling(section.trace_sample, section.trace_sample_incident);
         if self.env_wins {
             return;
         }
@@ -83,6 +132,42 @@ impl LogControl {
             Err(e) => tracing::warn!(error = %e, "invalid log level"),
         }
     }
+
+    /// Sends the traces still batched (at shutdown; at most 5 s).
+    pub(crate) async fn flush(&self) {
+        let export = self
+            .export
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(export) = export {
+            // Dropping the export flushes it, waiting on its batch task: not on a worker.
+            let flushed = tokio::task::spawn_blocking(move || {
+                let _flushing = export;
+            });
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), flushed).await;
+        }
+    }
+}
+
+/// Log lines as JSON, one object per line, with the span's fields (the request id).
+fn json_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fmt::layer()
+        .json()
+        .with_current_span(true)
+        .fmt_fields(SpanFields)
+        .with_writer(std::io::stderr)
+}
+
+/// Log lines as text, for a terminal.
+fn text_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fmt::layer().with_writer(std::io::stderr)
 }
 
 /// Installs the global subscriber.
@@ -100,26 +185,40 @@ pub(crate) fn init(section: &LogSection) -> anyhow::Result<LogControl> {
         Format::Text => false,
         Format::Auto => !std::io::stderr().is_terminal(),
     };
+    supervisor::trace::set_sampling(section.trace_sample, section.trace_sample_incident);
+    let mut export = None;
+    #[cfg(feature = "otlp")]
+    if !section.otlp_endpoint.is_empty() {
+        // The log filter lets spans of sampled traces through too: they reach the exporter
+        // whatever the log level.
+        let started = crate::otlp::Export::start(&section.otlp_endpoint)?;
+        let registry = tracing_subscriber::registry().with(crate::otlp::LogsOrSampled(filter));
+        let installed = if json {
+            let registry = registry.with(json_layer());
+            registry.with(started.layer()).try_init()
+        } else {
+            let registry = registry.with(text_layer());
+            registry.with(started.layer()).try_init()
+        };
+        installed.context("cannot install the logger")?;
+        tracing::info!(endpoint = %section.otlp_endpoint, "exporting sampled traces over OTLP");
+        return Ok(LogControl {
+            handle,
+            env_wins: env.is_some(),
+            export: std::sync::Mutex::new(Some(started)),
+        });
+    }
     let registry = tracing_subscriber::registry().with(filter);
     let installed = if json {
-        registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .fmt_fields(SpanFields)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init()
+        registry.with(json_layer()).try_init()
     } else {
-        registry
-            .with(fmt::layer().with_writer(std::io::stderr))
-            .try_init()
+        registry.with(text_layer()).try_init()
     };
     installed.context("cannot install the logger")?;
     Ok(LogControl {
         handle,
         env_wins: env.is_some(),
+        export: std::sync::Mutex::new(export.take()),
     })
 }
 
@@ -377,5 +476,26 @@ mod tests {
             lines[1]["span"],
             serde_json::json!({"name": "late", "id": 5})
         );
+    }
+
+    #[test]
+    fn trace_settings_are_checked() {
+        let with = |endpoint: &str, sample: f64| LogSection {
+            otlp_endpoint: endpoint.to_owned(),
+            trace_sample: sample,
+            ..LogSection::default()
+        };
+        assert!(with("", 0.001).validate().is_ok());
+        let err = with("", 1.5).validate().unwrap_err();
+        assert!(err.to_string().contains("trace_sample"), "{err}");
+        let endpoint = with("http://127.0.0.1:4318", 0.001).validate();
+        if cfg!(feature = "otlp") {
+            assert!(endpoint.is_ok());
+            assert!(with("https://collector:4318", 0.001).validate().is_err());
+            assert!(with("http://", 0.001).validate().is_err());
+        } else {
+            let err = endpoint.unwrap_err();
+            assert!(err.to_string().contains("otlp feature"), "{err}");
+        }
     }
 }

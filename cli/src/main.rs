@@ -4,9 +4,12 @@
 mod auth;
 mod client;
 mod credits;
+mod degrade;
 mod logging;
 mod mail;
 mod node;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod p2p;
 mod tree;
 

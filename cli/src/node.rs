@@ -146,6 +146,7 @@ fn config_builder(data_dir: &Path, file: Option<&Path>) -> ron_kernel::config::B
         .register::<svc_mailbox::MailSection>()
         .register::<svc_payment::PaymentSection>()
         .register::<svc_accounting::AccountingSection>()
+        .register::<supervisor::slo::SloSection>()
 }
 
 /// A node's config read by a command that works on its data dir without running it.
@@ -448,14 +449,25 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         payment: payment.clone(),
     });
     let (dht_tx, dht_mailbox) = supervisor::mailbox(svc_dht::MAILBOX);
+    // The node's circuit breakers: the disk's (the overlay's), the DHT's and each peer's.
+    let circuits = supervisor::Board::default();
+    circuits.register_metrics(&metrics);
     let dht = svc_dht::DhtHandle::new(dht_tx, auth.identity().keypair().public().to_peer_id())
-        .settling(settle.clone());
+        .settling(settle.clone())
+        .guarded_by(&circuits);
     dht.metrics().register(&metrics);
     let names = svc_index::Names::new(store.clone(), Some(dht.clone()));
     spawn_name_upkeep(&mut sup, &names);
     // The storage tally asks the store which uploads it still holds.
     let stored = store.clone();
-    let overlay = spawn_overlay(&mut sup, store, &config, dht.clone(), &metrics, &auth);
+    let overlay = spawn_overlay(
+        &mut sup,
+        store,
+        (&config, &circuits),
+        dht.clone(),
+        &metrics,
+        &auth,
+    );
     // The swarm's events: discovery keeps its peer table from them, the guard hears of
     // departures.
     let (peer_events, _) = tokio::sync::broadcast::channel(1024);
@@ -479,8 +491,26 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         &metrics,
         peer_events,
     )?;
+    // The SLOs, measured by the edges; the watch degrades the node while one burns.
+    let slo = supervisor::slo::Meter::default();
+    slo.register_metrics(&metrics);
+    crate::degrade::spawn(
+        &mut sup,
+        crate::degrade::Watched {
+            config: config.clone(),
+            meter: slo.clone(),
+            limiter: limiter.clone(),
+            dht: dht.clone(),
+            overlay: overlay.clone(),
+            overlay_queue: OVERLAY_QUEUE,
+            health: health.clone(),
+            bus: bus.clone(),
+        },
+    );
     let state = AppState {
         p2p_status: Some(p2p_status),
+        circuits,
+        slo,
         limiter,
         auth,
         traffic: svc_gateway::Traffic::new(&metrics),
@@ -519,6 +549,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let deadline = Duration::from_millis(config.get::<NodeSection>().shutdown_deadline_ms);
     let drained = sup.shutdown(deadline).await;
     tracing::info!(drained, "node stopped");
+    log.flush().await;
     Ok(())
 }
 
@@ -652,7 +683,7 @@ fn spawn_key_rotation(
 fn spawn_overlay(
     sup: &mut Supervisor,
     store: Store,
-    config: &Config,
+    (config, circuits): (&Config, &supervisor::Board),
     dht: svc_dht::DhtHandle,
     metrics: &Metrics,
     auth: &Arc<ron_auth::Auth>,
@@ -673,6 +704,8 @@ fn spawn_overlay(
             let auth = auth.clone();
             Arc::new(move || !auth.requires_token(ron_auth::token::Op::Get))
         },
+        circuits: circuits.clone(),
+        disk_circuit: OverlaySetup::DISK_CIRCUIT,
     });
     overlay.register_metrics(metrics);
     sup.spawn_actor(

@@ -1,5 +1,6 @@
 //! Hard limits against a live node: slowloris, a header bomb, a flood from one client, a
-//! global flood with writes shed before reads; `/healthz` answers throughout.
+//! global flood with writes shed before reads, a flood that burns the latency SLO (the node
+//! degrades, then recovers by itself); `/healthz` answers throughout.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failure with a message
 
 #[path = "support/node.rs"]
@@ -554,4 +555,103 @@ async fn one_address_holds_at_most_its_streams_of_unsent_answers() {
     let ok = statuses.iter().filter(|s| **s == 200).count();
     let refused = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((ok, refused), (8, 12), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_that_burns_the_latency_slo_sheds_writes_first_and_recovers() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    // The SLO at 2 ms, over windows of 2 s and 4 s. The object (256 KiB) is too large for the
+    // cache of small objects: each read opens it on disk, and 128 readers at once queue for
+    // the store, while a lone reader does not.
+    let slo =
+        "[slo]\nobject_latency_ms = 2\nshort_window_s = 2\nlong_window_s = 4\nmin_requests = 50\n";
+    let (_dir, node) = start(slo).await;
+    let addr = node.put(data(256 << 10, 5)).await;
+    let url = format!("{}/o/{addr}", node.url);
+    assert_eq!(node.get("/readyz?writes=1").await.0, 200);
+    let (stop, served) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let started = Instant::now();
+    let flood: Vec<_> = (0..128)
+        .map(|_| {
+            let (http, url) = (node.http.clone(), url.clone());
+            let (stop, served) = (stop.clone(), served.clone());
+            tokio::spawn(async move {
+                // Bounded: at most 60 s, whatever happens.
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                    let res = http.get(&url).send().await.unwrap();
+                    assert_eq!(res.status(), 200, "reads are served throughout");
+                    res.bytes().await.unwrap();
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let degraded = node
+        .wait_status("the node degraded by the flood", |s| {
+            s["slo"]["degraded"] == true
+        })
+        .await;
+    let burn = degraded["slo"]["object_latency"].clone();
+    // Writes are shed first: 503 with a retry hint, on a node far from its concurrency limit.
+    let res = node
+        .http
+        .post(format!("{}/put", node.url))
+        .body("a write during the burn")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "overloaded", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("SLO"), "{body}");
+    // Reads go on; readiness says reads yes, writes no, degraded.
+    assert_eq!(node.http.get(&url).send().await.unwrap().status(), 200);
+    let (status, ready) = node.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    let (status, ready) = node.get("/readyz?writes=1").await;
+    assert_eq!(status, 503, "{ready}");
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(
+        (ready["reads"].as_bool(), ready["degraded"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(node.metric("slo_degraded").await, 1.0);
+    assert_eq!(healthz(&node).await, 200);
+
+    stop.store(true, Ordering::Relaxed);
+    for reader in flood {
+        reader.await.unwrap();
+    }
+    let flooded = served.load(Ordering::Relaxed);
+    // The flood is over: one reader at a time, and the node recovers by itself.
+    let calm = Instant::now();
+    loop {
+        let res = node.http.get(&url).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+        if node.get("/readyz?writes=1").await.0 == 200 {
+            break;
+        }
+        assert!(
+            calm.elapsed() < Duration::from_secs(30),
+            "still degraded 30 s after the flood: {}",
+            node.status().await["slo"]
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+    let recovered_after = calm.elapsed();
+    node.put(b"a write after the burn".to_vec()).await;
+    let status = node.status().await;
+    assert_eq!(status["slo"]["degraded"], false, "{status}");
+    assert_eq!(status["slo"]["degradations"], 1, "{status}");
+    assert_eq!(node.metric("slo_degradations_total").await, 1.0);
+    println!(
+        "a flood of 128 readers ({flooded} reads) burned the 2 ms latency SLO ({burn}): writes 503, \
+         reads 200; recovered {recovered_after:?} after it stopped"
+    );
 }

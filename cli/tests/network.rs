@@ -67,6 +67,30 @@ async fn five_nodes_find_and_verify_each_others_objects() {
         "{out}"
     );
 
+    // Every dependency's circuit is shown, closed, in /status and /metrics.
+    let status = nodes[0].status().await;
+    let circuits: Vec<(&str, &str)> = status["circuits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["dependency"].as_str().unwrap(),
+                c["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        circuits,
+        [("dht", "closed"), ("peer", "closed"), ("storage", "closed")],
+        "{status}"
+    );
+    let metrics = nodes[0].get("/metrics").await.1;
+    for dependency in ["storage", "dht", "peer"] {
+        let line = format!("circuit_state{{dependency=\"{dependency}\"}} 0");
+        assert!(metrics.contains(&line), "{line} missing");
+    }
+
     // PUT on node 2, GET on node 5: found through the DHT, fetched, verified, identical.
     let bytes = data(3 << 20, 11);
     let addr = nodes[1].put(bytes.clone()).await;

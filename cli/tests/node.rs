@@ -30,7 +30,10 @@ async fn admin_endpoints_answer() {
 
     assert_eq!(
         node.get("/readyz").await,
-        (200, r#"{"reads":true,"writes":true}"#.to_owned())
+        (
+            200,
+            r#"{"degraded":false,"reads":true,"writes":true}"#.to_owned()
+        )
     );
     assert_eq!(node.get("/readyz?writes=1").await.0, 200);
 

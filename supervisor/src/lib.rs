@@ -4,6 +4,11 @@
 //! `ServiceCrashed { service, reason }` and every restart counted in
 //! `service_restarts_total{service}`.
 //!
+//! Circuit breakers ([`circuit`]) guard the node's dependencies (its disk, the DHT, each
+//! peer): a failing or stalled dependency is failed fast instead of waited on.
+//!
+//! The node's SLOs are tracked inside it ([`slo`]): while one burns, the node degrades.
+//!
 //! A service that takes commands gets a [`Mailbox`]: its queue outlives restarts, so the
 //! handles callers hold stay valid. A command being handled when the service crashes is
 //! dropped with it, so its caller's reply channel fails at once instead of hanging; after a
@@ -26,10 +31,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod circuit;
 mod mailbox;
 mod policy;
 mod run;
+pub mod slo;
+pub mod trace;
 
+pub use circuit::{Board, Breaker, CircuitPolicy, Open};
 pub use mailbox::{Mailbox, MailboxGuard, mailbox};
 pub use policy::{Backoff, Policy};
 pub use run::{ServiceCtx, Supervisor};

@@ -22,6 +22,7 @@ mod manifest;
 pub mod oap;
 pub mod pow;
 pub mod ranges;
+pub mod trace;
 
 pub use address::{Address, AddressError, AddressPrefix};
 pub use error::{ErrorBody, ErrorKind, Failure, PaymentDue, PowChallenge, Problem, retry_policy};

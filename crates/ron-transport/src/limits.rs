@@ -12,7 +12,7 @@
 use std::borrow::Borrow;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -183,6 +183,8 @@ pub struct Limiter {
     streams: AtomicU32,
     max_body: AtomicU64,
     exempt: std::sync::RwLock<Arc<[ipnet::IpNet]>>,
+    /// The node is degraded (an SLO burning): writes are shed whatever the load.
+    degraded: AtomicBool,
 }
 
 impl Default for Limiter {
@@ -199,6 +201,7 @@ impl Default for Limiter {
             streams: AtomicU32::new(0),
             max_body: AtomicU64::new(0),
             exempt: std::sync::RwLock::new(Arc::from(Vec::new())),
+            degraded: AtomicBool::new(false),
         };
         limiter.apply(&LimitsSection::default());
         limiter
@@ -332,9 +335,21 @@ impl Limiter {
         shed_at(self.global.load(Ordering::Relaxed))
     }
 
-    /// Whether writes are being shed now.
+    /// Whether writes are being shed now: past three quarters of `global_concurrency`, or
+    /// while the node is degraded.
     pub fn shedding(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) >= self.shed_at()
+        self.degraded() || self.in_flight.load(Ordering::Acquire) >= self.shed_at()
+    }
+
+    /// Degrades the node (an SLO burning: writes are refused on every plane, reads go on),
+    /// or ends it.
+    pub fn set_degraded(&self, degraded: bool) {
+        self.degraded.store(degraded, Ordering::Relaxed);
+    }
+
+    /// Whether the node is degraded now.
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
     }
 
     /// Requests in progress.
@@ -399,6 +414,7 @@ fn admit<L: Borrow<Limiter>>(
     write: bool,
 ) -> Result<Ticket<L>, Refused> {
     let this = limiter.borrow();
+    let degraded = this.degraded();
     let global = this.global.load(Ordering::Relaxed);
     let now_in_flight = this.in_flight.fetch_add(1, Ordering::AcqRel);
     let rps = this.rps.load(Ordering::Relaxed);
@@ -416,6 +432,11 @@ fn admit<L: Borrow<Limiter>>(
     }
     if write && now_in_flight >= shed_at(global) {
         return Err(Refused::Global("the node is shedding writes"));
+    }
+    if write && degraded {
+        return Err(Refused::Global(
+            "the node is shedding writes while its SLOs burn",
+        ));
     }
     if let Some(ip) = peer {
         let this = ticket.limiter.borrow();
@@ -480,6 +501,20 @@ mod tests {
         drop(held);
         assert_eq!(limiter.in_flight(), 0);
         assert!(!limiter.shedding());
+        assert!(limiter.admit(None, true).is_ok());
+    }
+
+    #[test]
+    fn a_degraded_node_sheds_writes_at_any_load_and_serves_reads() {
+        let limiter = limiter(4, 0, 0, 0);
+        limiter.set_degraded(true);
+        assert!(limiter.shedding());
+        let Err(refused) = limiter.admit(None, true) else {
+            panic!("a write admitted while degraded");
+        };
+        assert_eq!(refused.kind(), ErrorKind::Overloaded);
+        assert!(limiter.admit(None, false).is_ok());
+        limiter.set_degraded(false);
         assert!(limiter.admit(None, true).is_ok());
     }
 

@@ -24,8 +24,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{
-    MAX_ADDRS, MAX_PROVIDERS, MAX_RANGE, PROTOCOL, ProviderEntry, TransferCodec, TransferReply,
-    TransferRequest,
+    MAX_ADDRS, MAX_PROVIDERS, MAX_RANGE, PROTOCOL, ProviderEntry, Traced, TransferCodec,
+    TransferReply, TransferRequest,
 };
 use crate::config::P2pSection;
 use crate::hedge::{Latencies, Parts};
@@ -34,6 +34,8 @@ use crate::node::{
     Command, DhtError, Found, Inner, P2pStatus, PeerEvent, RecordPolicy, Settle, Source,
 };
 use crate::verify::GROUP_BYTES;
+use ron_proto::trace::TraceParent;
+use tracing::Instrument;
 
 mod connectivity;
 mod lookups;
@@ -340,7 +342,7 @@ impl Actor {
                 self.unheard.remove(&key);
                 self.swarm.behaviour_mut().kad.stop_providing(&key);
             }
-            Inner::Providers(addr, whole, reply) => {
+            Inner::Providers(addr, whole, frugal, reply) => {
                 let query = self.swarm.behaviour_mut().kad.get_providers(key(&addr));
                 let id = self.next_lookup;
                 self.next_lookup += 1;
@@ -358,16 +360,19 @@ impl Actor {
                         whole: whole.then(|| (HashSet::new(), None)),
                     },
                 );
-                // A whole lookup is not hedged: its timer ends its wait instead.
+                // A whole lookup is not hedged: its timer ends its wait instead. A frugal
+                // one is not hedged either: the query alone answers it.
                 let delay = if whole {
-                    WHOLE_WAIT
+                    Some(WHOLE_WAIT)
                 } else {
-                    self.latencies.hedge_delay()
+                    (!frugal.0).then(|| self.latencies.hedge_delay())
                 };
-                timers.push(Box::pin(async move {
-                    tokio::time::sleep(delay).await;
-                    id
-                }));
+                if let Some(delay) = delay {
+                    timers.push(Box::pin(async move {
+                        tokio::time::sleep(delay).await;
+                        id
+                    }));
+                }
             }
             Inner::Dial(addrs) => {
                 for addr in addrs {
@@ -394,7 +399,7 @@ impl Actor {
                     .swarm
                     .behaviour_mut()
                     .transfer
-                    .send_request(&peer, request);
+                    .send_request(&peer, *request);
                 self.requests.insert(id, reply);
             }
             Inner::PutRecord(key, value, reply) => self.put_record(key, value, reply),

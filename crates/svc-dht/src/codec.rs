@@ -18,6 +18,25 @@ use ron_proto::oap::{DEFAULT_MAX_FRAME, Frame, HEADER_LEN};
 /// The stream protocol node-to-node transfers run on.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ron/oap/1");
 
+/// A request and the trace it is part of (carried in its START frame: see
+/// [`transfer::trace_frame`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Traced {
+    /// The request.
+    pub request: TransferRequest,
+    /// The sender's trace context, if its work is traced.
+    pub trace: Option<ron_proto::trace::TraceParent>,
+}
+
+impl From<TransferRequest> for Traced {
+    fn from(request: TransferRequest) -> Self {
+        Self {
+            request,
+            trace: None,
+        }
+    }
+}
+
 /// Reads and writes 0x0102 messages as OAP/1 frames.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TransferCodec;
@@ -60,7 +79,7 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, frame: &Frame) ->
 
 impl libp2p::request_response::Codec for TransferCodec {
     type Protocol = StreamProtocol;
-    type Request = TransferRequest;
+    type Request = Traced;
     type Response = TransferReply;
 
     async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Self::Request>
@@ -68,19 +87,21 @@ impl libp2p::request_response::Codec for TransferCodec {
         T: AsyncRead + Unpin + Send,
     {
         let frame = read_frame(io).await?;
+        let trace = transfer::trace_of(&frame);
         let start = transfer::decode_request(&frame).map_err(invalid)?;
         let RequestStart::Keep { size, .. } = start else {
             let RequestStart::Whole(request) = start else {
                 return Err(bad("unreadable request"));
             };
-            return Ok(request);
+            return Ok(Traced { request, trace });
         };
         // The size was checked against MAX_KEEP by the head's decoder: bounded.
         let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         loop {
             let piece = read_frame(io).await?;
             if transfer::keep_piece(size, &mut bytes, &piece).map_err(invalid)? {
-                return transfer::keep_request(start, bytes).map_err(invalid);
+                let request = transfer::keep_request(start, bytes).map_err(invalid)?;
+                return Ok(Traced { request, trace });
             }
         }
     }
@@ -112,8 +133,12 @@ impl libp2p::request_response::Codec for TransferCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        for frame in transfer::request_frames(&req) {
-            write_frame(io, &frame).await?;
+        let mut frames = transfer::request_frames(&req.request);
+        if let (Some(trace), Some(first)) = (req.trace, frames.first_mut()) {
+            transfer::trace_frame(first, trace);
+        }
+        for frame in &frames {
+            write_frame(io, frame).await?;
         }
         io.close().await
     }
@@ -150,7 +175,8 @@ mod tests {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    async fn request_bytes(req: TransferRequest) -> Vec<u8> {
+    async fn request_bytes(req: impl Into<Traced>) -> Vec<u8> {
+        let req = req.into();
         let mut out = Cursor::new(Vec::new());
         TransferCodec
             .write_request(&PROTOCOL, &mut out, req.clone())
@@ -163,6 +189,25 @@ mod tests {
             .unwrap();
         assert_eq!(back, req);
         bytes
+    }
+
+    #[tokio::test]
+    async fn a_traced_request_keeps_its_trace_on_the_wire() {
+        let trace: ron_proto::trace::TraceParent =
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap();
+        let traced = Traced {
+            request: TransferRequest::Have {
+                addr: HELLO.parse().unwrap(),
+            },
+            trace: Some(trace),
+        };
+        let bytes = request_bytes(traced).await;
+        // flags 0x0119, then tenant_id (the trace id) and corr_id (the parent) little-endian.
+        assert_eq!(hex(&bytes[5..7]), "1901");
+        assert_eq!(hex(&bytes[11..27]), "36470e0e9d92cea3a64db377352ff94b");
+        assert_eq!(hex(&bytes[29..37]), "b702a90baa67f000");
     }
 
     async fn reply_bytes(res: TransferReply) -> Vec<u8> {

@@ -145,6 +145,10 @@ impl DhtHandle {
         order.sort_by_key(|p| -self.scores.get(p));
         let mut failures = Vec::new();
         for peer in order {
+            if !self.circuits.peers.allows(&peer) {
+                failures.push(format!("{peer}: failing lately (its circuit is open)"));
+                continue;
+            }
             if self.scores.lied(addr, peer) {
                 failures.push(format!("{peer}: lied about this object before"));
                 continue;
@@ -166,6 +170,10 @@ impl DhtHandle {
                     continue;
                 }
                 Err(e @ (DhtError::Stopped | DhtError::Busy)) => return Err(e),
+                Err(e @ DhtError::CircuitOpen(_)) => {
+                    failures.push(format!("{peer}: {e}"));
+                    continue;
+                }
                 Err(e) => {
                     self.fault(addr, peer, "dead", &mut failures, e.to_string());
                     continue;
@@ -282,11 +290,15 @@ impl DhtHandle {
             .iter()
             .copied()
             .filter(|p| *p != peer && *p != self.peer_id())
-            .filter(|p| !self.scores.lied(addr, *p))
+            .filter(|p| !self.scores.lied(addr, *p) && self.circuits.peers.allows(p))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
         rest.sort_by_key(|p| -self.scores.get(p));
+        if self.frugal() {
+            // Degraded: the best spare only.
+            rest.truncate(1);
+        }
         peers.extend(rest);
         let tree = BaoTree::new(size, BLOCK);
         // The size was proven and bounded by the probe: this is 64 bytes per 16 KiB group.
@@ -408,6 +420,9 @@ impl DhtHandle {
             Err(DhtError::Stopped) => Err(Failed::Stopped),
             // This node's own network actor was saturated: ask again shortly, blame nobody.
             Err(DhtError::Busy) => Err(Failed::Busy(Duration::from_millis(100))),
+            // The peer's circuit opened (its requests kept failing, as when a connection
+            // resets under many ranges): ask it again once a probe may go, blamed already.
+            Err(DhtError::CircuitOpen(open)) => Err(Failed::Busy(open.retry_after)),
             Err(e) => Err(Failed::Dead(e.to_string())),
         }
     }

@@ -24,7 +24,7 @@ mod verify;
 pub use actor::{Setup, run};
 pub use codec::{
     Keep, MAX_ADDRS, MAX_HOLD, MAX_KEEP, MAX_PROVIDERS, MAX_RANGE, PROTOCOL, ProviderEntry, Role,
-    TransferCodec, TransferReply, TransferRequest,
+    Traced, TransferCodec, TransferReply, TransferRequest,
 };
 pub use config::{P2pSection, check_listen_free};
 pub use fetch::{INFLIGHT, PER_PEER, Probe, Transferred};

@@ -1,6 +1,7 @@
 //! The swarm's actor and its handle.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -9,9 +10,10 @@ use ron_proto::oap::settle::Cheque;
 use ron_proto::{Address, ErrorKind};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::{TransferReply, TransferRequest};
+use crate::codec::{Traced, TransferReply, TransferRequest};
 use crate::fetch::Scores;
 use crate::metrics::DhtMetrics;
+use tracing::Instrument;
 
 /// Commands the actor's mailbox should hold.
 pub const MAILBOX: usize = 256;
@@ -52,6 +54,10 @@ pub enum DhtError {
     /// Providers were found, and none delivered (each one's failure, joined).
     #[error("no provider delivered: {0}")]
     Unavailable(String),
+    /// Lookups keep failing (the `dht` circuit), or this peer does (its `peer` circuit):
+    /// not asked until a probe succeeds.
+    #[error(transparent)]
+    CircuitOpen(#[from] supervisor::Open),
 }
 
 impl DhtError {
@@ -60,9 +66,11 @@ impl DhtError {
     /// sink failing `Internal`; an object past the caller's limit `TooLarge`.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Stopped | Self::Busy | Self::NoPeers | Self::Unavailable(_) => {
-                ErrorKind::Overloaded
-            }
+            Self::Stopped
+            | Self::Busy
+            | Self::NoPeers
+            | Self::Unavailable(_)
+            | Self::CircuitOpen(_) => ErrorKind::Overloaded,
             Self::Timeout => ErrorKind::Timeout,
             Self::Refused(kind, _) => *kind,
             Self::TooLarge { .. } => ErrorKind::TooLarge,
@@ -224,11 +232,17 @@ pub struct Command(pub(crate) Inner);
 pub(crate) enum Inner {
     Provide(Address),
     Unprovide(Address),
-    /// A lookup; `true`: every provider it finds (see [`DhtHandle::holders`]).
-    Providers(Address, bool, oneshot::Sender<Result<Found, DhtError>>),
+    /// A provider lookup: to its end (`true`) or the first answer, hedged unless frugal.
+    Providers(
+        Address,
+        bool,
+        Frugal,
+        oneshot::Sender<Result<Found, DhtError>>,
+    ),
+    /// A request to a peer, with the trace it is part of.
     Request(
         PeerId,
-        TransferRequest,
+        Box<Traced>,
         oneshot::Sender<Result<TransferReply, DhtError>>,
     ),
     Status(oneshot::Sender<P2pStatus>),
@@ -246,6 +260,50 @@ pub struct DhtHandle {
     pub(crate) scores: Scores,
     pub(crate) metrics: DhtMetrics,
     settle: Settler,
+    pub(crate) circuits: Circuits,
+    frugal: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Whether a lookup may be hedged: not while the node is frugal (degraded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Frugal(pub(crate) bool);
+
+/// The peer network's circuit breakers: lookups (`dht`) and each peer (`peer`).
+#[derive(Clone, Debug)]
+pub(crate) struct Circuits {
+    lookups: supervisor::Breaker,
+    pub(crate) peers: supervisor::circuit::Circuits<PeerId>,
+}
+
+/// Peers whose circuits are kept (past it, closed ones are forgotten first).
+const PEER_CIRCUITS: usize = 4096;
+
+impl Circuits {
+    /// Lookups: 5 timeouts in a row open the circuit (a lookup has its own deadline, so a
+    /// stall is one still running after a minute). Peers: 5 failed requests in a row, or
+    /// answers slower than 10 s. Either is probed after 1 s, then up to 10 s: a healed
+    /// partition is used again within seconds.
+    const LOOKUPS: supervisor::CircuitPolicy = supervisor::CircuitPolicy {
+        failures: 5,
+        slow: Duration::from_secs(60),
+        stall: Duration::from_secs(60),
+        open_for: Duration::from_secs(1),
+        max_open_for: Duration::from_secs(10),
+    };
+    const PEERS: supervisor::CircuitPolicy = supervisor::CircuitPolicy {
+        failures: 5,
+        slow: Duration::from_secs(10),
+        stall: Duration::from_secs(60),
+        open_for: Duration::from_secs(1),
+        max_open_for: Duration::from_secs(10),
+    };
+
+    fn on(board: &supervisor::Board) -> Self {
+        Self {
+            lookups: board.breaker("dht", Self::LOOKUPS),
+            peers: board.keyed("peer", Self::PEERS, PEER_CIRCUITS),
+        }
+    }
 }
 
 impl DhtHandle {
@@ -257,7 +315,29 @@ impl DhtHandle {
             scores: Scores::default(),
             metrics: DhtMetrics::default(),
             settle: Settler::default(),
+            circuits: Circuits::on(&supervisor::Board::default()),
+            frugal: Arc::default(),
         }
+    }
+
+    /// Lowers this node's fan-out to peers while it is degraded (`true`): lookups are not
+    /// hedged, and a transfer asks the provider that proved the size and one spare, not
+    /// every provider. Shared by the handle's clones.
+    pub fn set_frugal(&self, frugal: bool) {
+        self.frugal
+            .store(frugal, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the fan-out is lowered now.
+    pub fn frugal(&self) -> bool {
+        self.frugal.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The same handle, its lookups and each peer guarded by circuit breakers listed on
+    /// `board` (the node's, shown in `/metrics` and `/status`).
+    pub fn guarded_by(mut self, board: &supervisor::Board) -> Self {
+        self.circuits = Circuits::on(board);
+        self
     }
 
     /// The same handle, counting the ranges it receives with `settle` and paying the peers
@@ -314,10 +394,21 @@ impl DhtHandle {
     }
 
     /// Like [`DhtHandle::providers`], with how the lookup went.
+    /// Refused at once with [`DhtError::CircuitOpen`] while lookups keep timing out.
     pub async fn lookup(&self, addr: Address) -> Result<Found, DhtError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Inner::Providers(addr, false, tx)).await?;
-        rx.await.map_err(|_| DhtError::Stopped)?
+        let lookup = async {
+            let (tx, rx) = oneshot::channel();
+            let frugal = Frugal(self.frugal());
+            self.send(Inner::Providers(addr, false, frugal, tx)).await?;
+            rx.await.map_err(|_| DhtError::Stopped)?
+        };
+        let timed_out = |e: &DhtError| matches!(e, DhtError::Timeout);
+        let span = tracing::debug_span!("dht.lookup", %addr);
+        self.circuits
+            .lookups
+            .run(lookup, timed_out)
+            .instrument(span)
+            .await?
     }
 
     /// Every provider of `addr` the lookup finds, not only the first to answer: the query
@@ -325,21 +416,43 @@ impl DhtHandle {
     /// who holds something, where a stale record answering first would hide a live one.
     pub async fn holders(&self, addr: Address) -> Result<Vec<PeerId>, DhtError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Inner::Providers(addr, true, tx)).await?;
+        self.send(Inner::Providers(addr, true, Frugal(true), tx))
+            .await?;
         rx.await
             .map_err(|_| DhtError::Stopped)?
             .map(|found| found.providers)
     }
 
-    /// Sends one transfer request to `peer`.
+    /// Sends one transfer request to `peer`: refused at once with [`DhtError::CircuitOpen`]
+    /// while its requests keep failing.
     pub async fn request(
         &self,
         peer: PeerId,
         request: TransferRequest,
     ) -> Result<TransferReply, DhtError> {
+        let ticket = self.circuits.peers.admit(&peer)?;
         let (tx, rx) = oneshot::channel();
-        self.send(Inner::Request(peer, request, tx)).await?;
-        let reply = rx.await.map_err(|_| DhtError::Stopped)?;
+        // A span of its own (recorded when the trace is sampled): the peer's work hangs
+        // off it.
+        let span = tracing::debug_span!("peer.request", %peer);
+        let reply = async {
+            let traced = Traced {
+                request,
+                trace: supervisor::trace::outgoing(),
+            };
+            self.send(Inner::Request(peer, Box::new(traced), tx))
+                .await?;
+            rx.await.map_err(|_| DhtError::Stopped)
+        }
+        .instrument(span)
+        .await?;
+        match &reply {
+            // Any answer, a refusal too, is the peer alive.
+            Ok(_) => ticket.succeeded(),
+            Err(DhtError::Timeout | DhtError::Peer(_)) => ticket.failed(),
+            // This node's own state: nothing said of the peer.
+            Err(_) => drop(ticket),
+        }
         if let (Some(settle), Ok(answer)) = (&self.settle.0, &reply) {
             let due = match answer {
                 TransferReply::Range { start, end, .. } => {

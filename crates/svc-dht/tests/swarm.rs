@@ -288,3 +288,45 @@ async fn a_stalled_lookup_is_hedged_and_the_hedge_answers() {
     let (got, _) = fetch(&c.handle, &providers, addr).await.unwrap();
     assert!(got == object);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_peer_opens_its_circuit_and_is_skipped() {
+    let object = pattern(100_000, 5);
+    let addr = Address::of(&object);
+    let a = node(std::slice::from_ref(&object), None, 0, &[]);
+    let b = node(std::slice::from_ref(&object), None, 0, &[]);
+    let c = node(
+        &[],
+        None,
+        0,
+        &[address_of(&a.handle).await, address_of(&b.handle).await],
+    );
+    let board = supervisor::Board::default();
+    let guarded = c.handle.clone().guarded_by(&board);
+    wait_for_peers(&guarded, 2).await;
+    let (dead, alive) = (a.handle.peer_id(), b.handle.peer_id());
+    let have = || svc_dht::TransferRequest::Have { addr };
+    assert!(guarded.request(dead, have()).await.is_ok());
+    a.shutdown.cancel();
+    // Its requests fail (connection refused) until the fifth in a row opens its circuit.
+    let mut failed = 0;
+    let open = loop {
+        match guarded.request(dead, have()).await {
+            Err(DhtError::CircuitOpen(open)) => break open,
+            Err(_) => failed += 1,
+            Ok(reply) => panic!("a stopped node answered {reply:?}"),
+        }
+        assert!(failed <= 5, "still asked after {failed} failures");
+    };
+    assert_eq!((failed, open.dependency), (5, "peer"));
+    let status = board.status();
+    let peers = status.iter().find(|s| s.dependency == "peer").unwrap();
+    assert_eq!((peers.open, peers.opened), (1, 1));
+    // A fetch naming both providers goes to the live one, without asking the dead one.
+    let (got, report) = fetch(&guarded, &[dead, alive], addr).await.unwrap();
+    assert!(got == object);
+    assert!(report.faults.is_empty(), "{:?}", report.faults);
+    assert_eq!(report.delivered, [(alive, 100_000)]);
+    // The other peer's circuit never opened.
+    assert!(guarded.request(alive, have()).await.is_ok());
+}

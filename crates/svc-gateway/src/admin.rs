@@ -81,6 +81,10 @@ pub struct AppState {
     pub limiter: std::sync::Arc<ron_transport::limits::Limiter>,
     /// The peer network's part of `/status` (addresses, peers), when the node runs one.
     pub p2p_status: Option<PeerStatus>,
+    /// The node's circuit breakers, for `/status`.
+    pub circuits: supervisor::Board,
+    /// The SLOs: every request is observed here; `/status` shows their burn.
+    pub slo: supervisor::slo::Meter,
 }
 
 /// Reads the peer network's part of `/status`; supplied by the node.
@@ -168,8 +172,9 @@ struct ReadyQuery {
     writes: Option<String>,
 }
 
-/// 200 while reads can be served; with `?writes=1`, 200 only while writes are accepted too.
-/// The body is `{"reads":bool,"writes":bool}` either way.
+/// 200 while reads can be served; with `?writes=1`, 200 only while writes are accepted too
+/// (not while they are shed: under load, or while the node is degraded by an SLO burning).
+/// The body is `{"reads":bool,"writes":bool,"degraded":bool}` either way.
 async fn readyz(State(state): State<Shared>, Query(q): Query<ReadyQuery>) -> Response {
     let mut ready = state.health.readiness();
     if state.limiter.shedding() {
@@ -185,7 +190,12 @@ async fn readyz(State(state): State<Shared>, Query(q): Query<ReadyQuery>) -> Res
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(ready)).into_response()
+    let body = json!({
+        "reads": ready.reads,
+        "writes": ready.writes,
+        "degraded": state.limiter.degraded(),
+    });
+    (status, Json(body)).into_response()
 }
 
 /// Prometheus / OpenMetrics text.
@@ -205,7 +215,7 @@ async fn status(State(state): State<Shared>) -> Response {
     let config = &state.config;
     let storage = match state.overlay.stats().await {
         Ok(stats) => json!(stats),
-        Err(e) => json!({"error": e.to_string()}),
+        Err(e) => json!({"error": ron_proto::Failure::public_message(&e)}),
     };
     let index = state.overlay.index().stats();
     let p2p = match &state.p2p_status {
@@ -235,6 +245,13 @@ async fn status(State(state): State<Shared>) -> Response {
             "last_error": config.last_error(),
         },
         "ready": state.health.readiness(),
+        "slo": state.slo.burn(),
+        "circuits": state.circuits.status().iter().map(|c| json!({
+            "dependency": c.dependency,
+            "state": c.state.as_str(),
+            "open": c.open,
+            "opened": c.opened,
+        })).collect::<Vec<_>>(),
         "services": state.health.services(),
     }))
     .into_response()
@@ -292,6 +309,8 @@ pub(crate) mod tests {
             accounting: None,
             limiter: std::sync::Arc::default(),
             p2p_status: None,
+            circuits: supervisor::Board::default(),
+            slo: supervisor::slo::Meter::default(),
             auth: std::sync::Arc::new(
                 ron_auth::Auth::new(
                     ron_auth::NodeIdentity::ephemeral(),
@@ -331,7 +350,7 @@ pub(crate) mod tests {
             (code, body.as_str()),
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                r#"{"reads":false,"writes":false}"#
+                r#"{"degraded":false,"reads":false,"writes":false}"#
             )
         );
 
@@ -343,11 +362,25 @@ pub(crate) mod tests {
         let (code, body, _) = get(&app, "/readyz").await;
         assert_eq!(
             (code, body.as_str()),
-            (StatusCode::OK, r#"{"reads":true,"writes":false}"#)
+            (
+                StatusCode::OK,
+                r#"{"degraded":false,"reads":true,"writes":false}"#
+            )
         );
         assert_eq!(
             get(&app, "/readyz?writes=1").await.0,
             StatusCode::SERVICE_UNAVAILABLE
+        );
+        // Degraded by an SLO burning: writes shed whatever the load, and it says so.
+        st.health.shed_writes(false);
+        st.limiter.set_degraded(true);
+        let (code, body, _) = get(&app, "/readyz?writes=1").await;
+        assert_eq!(
+            (code, body.as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"degraded":true,"reads":true,"writes":false}"#
+            )
         );
     }
 
@@ -430,7 +463,26 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let id = res.headers()["x-request-id"].to_str().unwrap();
-        assert_eq!(id.len(), 16);
+        assert_eq!(id.len(), 32, "a trace id instead");
+        // With a traceparent (and no request id), the request id is its trace id.
+        let res = app
+            .clone()
+            .oneshot(
+                Request::get("/healthz")
+                    .header("host", "node.test")
+                    .header(
+                        "traceparent",
+                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+                    )
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            res.headers()["x-request-id"],
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,6 +19,7 @@ use crate::admin::Shared;
 use crate::error::Rejected;
 use crate::held::{self, Sends};
 use crate::{ApiError, AppState, GatewaySection};
+use supervisor::slo::Answered;
 
 const REQUEST_ID: &str = "x-request-id";
 /// Every route pattern the router has, so labels can borrow them.
@@ -64,9 +65,20 @@ fn label_method(method: &Method) -> Cow<'static, str> {
     )
 }
 
-/// The client's `x-request-id` when sane (1-64 visible ASCII characters), else 16 fresh hex
-/// digits, as the header value it is echoed as.
-fn request_id(req: &Request) -> HeaderValue {
+/// The trace the request is part of: the client's `traceparent` continued, or a new one
+/// (sampled at the node's ratio).
+fn trace_of(req: &Request) -> supervisor::trace::Context {
+    let incoming = req
+        .headers()
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    supervisor::trace::start(incoming)
+}
+
+/// The client's `x-request-id` when sane (1-64 visible ASCII characters), else the trace id
+/// (32 hex digits: logs and traces tell the same id), as the header value it is echoed as.
+fn request_id(req: &Request, trace: &supervisor::trace::Context) -> HeaderValue {
     let sane = |v: &&HeaderValue| {
         let b = v.as_bytes();
         !b.is_empty() && b.len() <= 64 && b.iter().all(u8::is_ascii_graphic)
@@ -74,18 +86,22 @@ fn request_id(req: &Request) -> HeaderValue {
     match req.headers().get(REQUEST_ID).filter(sane) {
         Some(id) => id.clone(),
         None => {
-            let mut hex = [0u8; 16];
-            // Cannot fail: 16 digits for 8 bytes.
-            let _ = hex::encode_to_slice(fastrand::u64(..).to_be_bytes(), &mut hex);
+            let mut hex = [0u8; 32];
+            // Cannot fail: 32 digits for 16 bytes.
+            let _ = hex::encode_to_slice(trace.parent.trace_id.to_be_bytes(), &mut hex);
             // Hex digits are always a valid header value; the fallback is never taken.
             HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"))
         }
     }
 }
 
+/// The W3C trace context header.
+const TRACEPARENT: &str = "traceparent";
+
 pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let id = request_id(&req);
+    let trace = trace_of(&req);
+    let id = request_id(&req, &trace);
     // Label by route pattern, never by raw path: bounded cardinality.
     let route = label_route(
         req.extensions()
@@ -99,7 +115,12 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
     let streaming = matches!(route.as_ref(), "/put" | "/o/{addr}" | "/pin/{addr}");
     // One field: the JSON log layer formats span fields when the span is created, on every
     // request (three fields cost ~10% of a small GET's instructions; decision 0008).
-    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
+    // Made in the trace's context: the exporter (if any) sees whether it is sampled.
+    let span = supervisor::trace::sync_scope(trace, || {
+        tracing::info_span!("request", request_id = id.to_str().unwrap_or_default())
+    });
+    // A child of the client's span when it sent one and traces are recorded.
+    supervisor::trace::adopt(&span, &trace);
     // RFC 9112 3.2: an HTTP/1.1 request without exactly one Host header is answered 400.
     if req.version() == Version::HTTP_11 && req.headers().get_all(header::HOST).iter().count() != 1
     {
@@ -130,9 +151,12 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
         .extensions()
         .get::<ron_transport::limits::Peer>()
         .map(|p| p.0);
-    let run = crate::payment::CLIENT
-        .scope(client, next.run(req))
-        .instrument(span.clone());
+    let run = supervisor::trace::scope(
+        trace,
+        crate::payment::CLIENT
+            .scope(client, next.run(req))
+            .instrument(span.clone()),
+    );
     let response = if streaming {
         // No whole-request deadline (and no timer) for transfers that go on as long as they
         // move.
@@ -161,6 +185,23 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
     finish(&state, response, route, method, started, id)
 }
 
+/// Marks the answer to a whole read of an object held here: what the object-latency SLO
+/// measures (a read fetched from peers waits on them, not on this node).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LocalRead;
+
+/// Failures the SLOs do not count: the node's own refusals (shedding them must not feed the
+/// burn that made it shed), and failures that shedding load cannot help: peers failing,
+/// damaged data, a full disk (its own alert pages).
+const SHEDDING_CANNOT_HELP: [&str; 6] = [
+    "rate_limited",
+    "overloaded",
+    "providers_unavailable",
+    "damaged",
+    "lost",
+    "insufficient_storage",
+];
+
 /// Records the latency by route and echoes the request id.
 fn finish(
     state: &AppState,
@@ -170,7 +211,8 @@ fn finish(
     started: Instant,
     id: HeaderValue,
 ) -> Response {
-    if let Some(Rejected(reason)) = response.extensions().get::<Rejected>().copied() {
+    let rejected = response.extensions().get::<Rejected>().copied();
+    if let Some(Rejected(reason)) = rejected {
         state
             .metrics
             .rejected()
@@ -180,6 +222,21 @@ fn finish(
             .inc();
     }
     let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    // The SLOs see every request but the node's own refusals (shedding them must not feed
+    // the burn that made the node shed).
+    let answered = match rejected {
+        // A 503 from /readyz is the answer asked for, not a failure.
+        _ if route == "/readyz" => Answered::Excluded,
+        Some(Rejected(code)) if SHEDDING_CANNOT_HELP.contains(&code) => Answered::Excluded,
+        _ if response.extensions().get::<LocalRead>().is_some()
+            && matches!(status, 200..=299 | 304) =>
+        {
+            Answered::Object
+        }
+        _ => Answered::Other,
+    };
+    state.slo.observe(answered, status, elapsed);
     state
         .metrics
         .request_latency()
@@ -193,7 +250,7 @@ fn finish(
                     .unwrap_or("other"),
             ),
         })
-        .observe(started.elapsed().as_secs_f64());
+        .observe(elapsed.as_secs_f64());
     response.headers_mut().insert(REQUEST_ID, id);
     response
 }

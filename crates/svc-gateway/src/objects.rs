@@ -349,7 +349,14 @@ pub(crate) async fn serve(
         !headers.contains_key(header::RANGE) && !headers.contains_key(header::IF_NONE_MATCH);
     let object = if whole {
         match state.overlay.get(addr).await? {
-            Got::Stored(object) => object,
+            Got::Stored(object) => {
+                let mut response = answer(state, method, headers, addr, object, media_type).await?;
+                // What the object-latency SLO measures: whole reads of objects held here.
+                response
+                    .extensions_mut()
+                    .insert(crate::middleware::LocalRead);
+                return Ok(response);
+            }
             Got::Arriving(incoming) => {
                 if method != Method::HEAD {
                     crate::payment::pay_read(state, headers, &addr, incoming.size).await?;

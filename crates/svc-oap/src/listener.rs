@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::budget::{Addresses, Budget};
 use crate::objects::{Piece, handle};
@@ -429,10 +430,20 @@ async fn open_object_stream(
     // An upload's client is sending: its reads stay under the idle limit.
     let answering = (!write).then(|| Answering::new(&conn.answering));
     let (state, out, ip) = (state.clone(), out.clone(), conn.ip);
-    streams.spawn(async move {
-        handle(&state, &out, corr, ip, request, token.as_deref(), body).await;
-        drop((ticket, answering));
-    });
+    // Each stream is a trace of its own (sampled at the node's ratio), logged under its id.
+    let trace = supervisor::trace::start(None);
+    let span = supervisor::trace::sync_scope(
+        trace,
+        || tracing::info_span!("oap.request", request_id = %trace.parent.trace_hex()),
+    );
+    streams.spawn(supervisor::trace::scope(
+        trace,
+        async move {
+            handle(&state, &out, corr, ip, request, token.as_deref(), body).await;
+            drop((ticket, answering));
+        }
+        .instrument(span),
+    ));
     sender
 }
 

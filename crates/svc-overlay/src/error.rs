@@ -73,6 +73,10 @@ pub enum OverlayError {
         /// Which chunk lacks shards, and how many it has of those it needs.
         why: String,
     },
+    /// A dependency is failing (the disk, the DHT, every provider's peer): its circuit is
+    /// open and calls fail fast until a probe succeeds.
+    #[error(transparent)]
+    CircuitOpen(#[from] supervisor::Open),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -81,7 +85,9 @@ pub enum OverlayError {
 impl Failure for OverlayError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::Unavailable | Self::Busy | Self::FetchFailed(_) => ErrorKind::Overloaded,
+            Self::Unavailable | Self::Busy | Self::FetchFailed(_) | Self::CircuitOpen(_) => {
+                ErrorKind::Overloaded
+            }
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Damaged(_) | Self::Lost { .. } => ErrorKind::Damaged,
             Self::TooLarge { .. } => ErrorKind::TooLarge,
@@ -104,7 +110,20 @@ impl Failure for OverlayError {
             Self::NotACollection(..) => "not_a_collection",
             Self::BadPath(_) => "invalid_path",
             Self::Lost { .. } => "lost",
+            Self::CircuitOpen(_) => "circuit_open",
             other => other.kind().code(),
+        }
+    }
+
+    fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            // When the next probe may go through, at least a second away.
+            Self::CircuitOpen(open) => Some(
+                u64::try_from(open.retry_after.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1000),
+            ),
+            other => ron_proto::retry_policy(other.kind()),
         }
     }
 }
@@ -113,6 +132,11 @@ impl OverlayError {
     /// The shared error kind (see [`Failure::kind`]).
     pub fn kind(&self) -> ErrorKind {
         Failure::kind(self)
+    }
+
+    /// Whether the disk is to blame: an I/O or database error (a full disk is not a fault).
+    pub(crate) fn is_disk_fault(&self) -> bool {
+        matches!(self, Self::Store(StoreError::Io { .. } | StoreError::Db(_)))
     }
 }
 
@@ -147,6 +171,7 @@ pub(crate) enum FetchError {
     NotFound(Address),
     Timeout,
     Failed(String),
+    CircuitOpen(supervisor::Open),
 }
 
 impl FetchError {
@@ -156,6 +181,7 @@ impl FetchError {
             Self::NotFound(_) => "not_found",
             Self::Timeout => "timeout",
             Self::Failed(_) => "failed",
+            Self::CircuitOpen(_) => "circuit_open",
         }
     }
 }
@@ -166,6 +192,7 @@ impl std::fmt::Display for FetchError {
             Self::NotFound(addr) => write!(f, "no node provides {addr}"),
             Self::Timeout => f.write_str("no provider answered in time"),
             Self::Failed(why) => f.write_str(why),
+            Self::CircuitOpen(open) => open.fmt(f),
         }
     }
 }
@@ -176,6 +203,7 @@ impl From<FetchError> for OverlayError {
             FetchError::NotFound(addr) => Self::NotFound(addr),
             FetchError::Timeout => Self::FetchTimeout,
             FetchError::Failed(why) => Self::FetchFailed(why),
+            FetchError::CircuitOpen(open) => Self::CircuitOpen(open),
         }
     }
 }

@@ -17,6 +17,7 @@ use ron_proto::Address;
 use svc_dht::{DhtError, DhtHandle, P2pSection};
 use svc_storage::PutOptions;
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 
 use crate::error::FetchError;
 use crate::{OverlayError, OverlayHandle};
@@ -258,10 +259,18 @@ impl Net {
             budget: p2p.cache_bytes,
         };
         let (dht, overlay) = (self.dht.clone(), overlay.clone());
-        self.spawn(async move {
+        // The flight is the object's, but it runs in the trace (and under the request id) of
+        // the request that started it.
+        let span = tracing::info_span!("peer.transfer", %addr);
+        let flying = async move {
             fly(&dht, &overlay, addr, limits, repair, &state, tee).await;
             drop(landing);
-        });
+        }
+        .instrument(span);
+        match supervisor::trace::current() {
+            Some(context) => self.spawn(supervisor::trace::scope(context, flying)),
+            None => self.spawn(flying),
+        }
         (flight, Some(bytes))
     }
 
@@ -388,6 +397,7 @@ async fn prepare(
     let providers = match dht.providers(addr).await {
         Ok(providers) => providers,
         Err(DhtError::Timeout) => return Err(FetchError::Timeout),
+        Err(DhtError::CircuitOpen(open)) => return Err(FetchError::CircuitOpen(open)),
         Err(e) => return Err(FetchError::Failed(e.to_string())),
     };
     let me = dht.peer_id();

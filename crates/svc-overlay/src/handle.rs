@@ -8,13 +8,14 @@ use ron_kernel::Config;
 use ron_proto::Address;
 use ron_proto::collection::{self, Collection};
 use ron_proto::layout::Scheme;
+use supervisor::circuit::{Board, Breaker, CircuitPolicy};
 use svc_dht::DhtHandle;
 use svc_index::Index;
 use svc_storage::{
-    GcReport, ObjectReader, ObjectStat, ObjectWriter, PutOptions, ReadError, Store, StoreError,
-    StoreStats, Stored,
+    GcReport, ObjectReader, ObjectStat, ObjectWriter, PutOptions, Store, StoreStats, Stored,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::OverlayError;
 use crate::cache::{SMALL_OBJECT, SmallCache};
@@ -99,7 +100,10 @@ impl Upload {
             }
             held.extend_from_slice(data);
         }
-        Ok(self.writer.write(data).await?)
+        let writer = &mut self.writer;
+        self.overlay
+            .on_disk(async move { Ok(writer.write(data).await?) })
+            .await
     }
 
     /// Bytes received so far.
@@ -118,7 +122,11 @@ impl Upload {
         if let Some(held) = &self.collection {
             Collection::decode(held).map_err(OverlayError::InvalidCollection)?;
         }
-        let stored = self.writer.finish().await?;
+        let overlay = self.overlay.clone();
+        let stored = overlay
+            .on_disk_untimed(async { Ok(self.writer.finish().await?) })
+            .instrument(tracing::debug_span!("storage.commit"))
+            .await?;
         if !stored.created && self.typed {
             // Its manifest may have a new media type: read it afresh.
             self.overlay.small().remove(&stored.address);
@@ -183,14 +191,13 @@ impl Object {
     /// bytes read again; without a verified copy anywhere, [`OverlayError::Damaged`].
     pub async fn read_verified(&self, start: u64, end: u64) -> Result<Bytes, OverlayError> {
         let reader = self.reader();
-        match reader.read_verified(start, end).await {
-            Ok(bytes) => Ok(bytes),
-            Err(ReadError::Damaged { address, .. } | ReadError::MissingChunk { address, .. }) => {
+        match self.overlay.read(&reader, start, end).await {
+            Err(OverlayError::Damaged(address)) => {
                 let fresh = self.overlay.repaired(address).await?;
                 *self.reader.lock().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
-                Ok(fresh.read_verified(start, end).await?)
+                self.overlay.read(&fresh, start, end).await
             }
-            Err(e) => Err(e.into()),
+            read => read,
         }
     }
 }
@@ -225,6 +232,23 @@ pub struct OverlaySetup {
     /// node's reads need a capability, `auth.protect_reads`), no object is served to a peer
     /// and none is announced: a read refused over HTTP is refused on the peer network too.
     pub peers_may_read: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The node's circuit breakers: the overlay adds the disk's (`storage`).
+    pub circuits: Board,
+    /// When the disk's circuit opens ([`OverlaySetup::DISK_CIRCUIT`] in a node).
+    pub disk_circuit: CircuitPolicy,
+}
+
+impl OverlaySetup {
+    /// The disk's circuit in a node: 5 failures in a row (I/O errors, or operations slower
+    /// than 5 s), or one operation still running after 15 s, open it; it is probed after
+    /// 1 s, then up to 30 s.
+    pub const DISK_CIRCUIT: CircuitPolicy = CircuitPolicy {
+        failures: 5,
+        slow: Duration::from_secs(5),
+        stall: Duration::from_secs(15),
+        open_for: Duration::from_secs(1),
+        max_open_for: Duration::from_secs(30),
+    };
 }
 
 impl std::fmt::Debug for OverlaySetup {
@@ -248,6 +272,9 @@ pub struct OverlayHandle {
     max_object: Arc<dyn Fn() -> u64 + Send + Sync>,
     pub(crate) net: Option<Arc<Net>>,
     pub(crate) guard: Arc<crate::durability::Guard>,
+    /// The disk's circuit breaker: what reads, writes and opens go through (cached small
+    /// objects do not touch it).
+    disk: Breaker,
 }
 
 impl std::fmt::Debug for OverlayHandle {
@@ -276,7 +303,49 @@ impl OverlayHandle {
                 .dht
                 .map(|dht| Arc::new(Net::new(dht, setup.config, setup.peers_may_read))),
             guard: Arc::default(),
+            disk: setup.circuits.breaker("storage", setup.disk_circuit),
         }
+    }
+
+    /// Runs `call` on the disk through its circuit: refused at once while it is open, cut
+    /// short when the disk stalls. I/O and database errors count against the disk.
+    pub(crate) async fn on_disk<T>(
+        &self,
+        call: impl Future<Output = Result<T, OverlayError>>,
+    ) -> Result<T, OverlayError> {
+        self.disk.run(call, OverlayError::is_disk_fault).await?
+    }
+
+    /// Like [`OverlayHandle::on_disk`], for work whose length grows with the object (a
+    /// commit, a stat that hashes every byte, a collection): refused while the circuit is
+    /// open and its I/O errors counted, but neither timed nor cut short.
+    pub(crate) async fn on_disk_untimed<T>(
+        &self,
+        call: impl Future<Output = Result<T, OverlayError>>,
+    ) -> Result<T, OverlayError> {
+        let ticket = self.disk.admit()?;
+        let result = call.await;
+        if let Err(e) = &result
+            && e.is_disk_fault()
+        {
+            ticket.failed();
+        }
+        result
+    }
+
+    /// Bytes `start..end` of `reader`, verified: from memory for a cached small object,
+    /// else from the disk through its circuit.
+    pub(crate) async fn read(
+        &self,
+        reader: &ObjectReader,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, OverlayError> {
+        if reader.inline_len() > 0 {
+            return Ok(reader.read_verified(start, end).await?);
+        }
+        self.on_disk(async { Ok(reader.read_verified(start, end).await?) })
+            .await
     }
 
     fn small(&self) -> MutexGuard<'_, SmallCache> {
@@ -305,14 +374,21 @@ impl OverlayHandle {
         if let Some(hit) = self.small().get(&address) {
             return Ok(Some(hit));
         }
-        let Some(reader) = self.ask(|reply| Command::Open { address, reply }).await? else {
+        let opened = self.on_disk(async {
+            let Some(reader) = self.ask(|reply| Command::Open { address, reply }).await? else {
+                return Ok(None);
+            };
+            if reader.size() > SMALL_OBJECT {
+                return Ok(Some(reader));
+            }
+            Ok(Some(reader.into_inline().await?))
+        });
+        let Some(reader) = opened.await? else {
             return Ok(None);
         };
-        if reader.size() > SMALL_OBJECT {
-            return Ok(Some(reader));
+        if reader.size() <= SMALL_OBJECT {
+            self.small().insert(address, reader.clone());
         }
-        let reader = reader.into_inline().await?;
-        self.small().insert(address, reader.clone());
         Ok(Some(reader))
     }
 
@@ -339,6 +415,11 @@ impl OverlayHandle {
     /// peers (one flight per object, stored unpinned as it verifies), its bytes handed on as
     /// they arrive.
     pub async fn get(&self, address: Address) -> Result<Got, OverlayError> {
+        let span = tracing::debug_span!("overlay.get", %address);
+        self.get_here_or_from_peers(address).instrument(span).await
+    }
+
+    async fn get_here_or_from_peers(&self, address: Address) -> Result<Got, OverlayError> {
         if let Some(object) = self.open(address).await? {
             return Ok(Got::Stored(object));
         }
@@ -436,7 +517,9 @@ impl OverlayHandle {
     /// Size, media type, chunks, pin and damage of `address` (every stored byte verified). A
     /// damaged copy is repaired from peers when it can be, and the answer is the state after.
     pub async fn stat(&self, address: Address) -> Result<Option<ObjectStat>, OverlayError> {
-        let stat = self.ask(|reply| Command::Stat { address, reply }).await?;
+        let stat = self
+            .on_disk_untimed(self.ask(|reply| Command::Stat { address, reply }))
+            .await?;
         if stat.as_ref().is_some_and(|s| s.damaged) {
             // Served from memory no longer: GET and stat tell the same story.
             self.small().remove(&address);
@@ -451,11 +534,11 @@ impl OverlayHandle {
     /// it.
     pub async fn pin(&self, address: Address) -> Result<(), OverlayError> {
         let set = |pinned| {
-            self.ask(move |reply| Command::SetPinned {
+            self.on_disk(self.ask(move |reply| Command::SetPinned {
                 address,
                 pinned,
                 reply,
-            })
+            }))
         };
         if !set(true).await? {
             self.get_stored(address).await?;
@@ -472,11 +555,11 @@ impl OverlayHandle {
     /// Unpins `address` (garbage collection may then remove it) and stops announcing it.
     pub async fn unpin(&self, address: Address) -> Result<(), OverlayError> {
         let unset = self
-            .ask(|reply| Command::SetPinned {
+            .on_disk(self.ask(|reply| Command::SetPinned {
                 address,
                 pinned: false,
                 reply,
-            })
+            }))
             .await?;
         if !unset {
             return Err(OverlayError::NotFound(address));
@@ -490,6 +573,9 @@ impl OverlayHandle {
     /// Starts an upload if fewer than the maximum are running, else [`OverlayError::Busy`].
     /// The object is pinned when it commits; bytes past the largest object are refused.
     pub fn put(&self, request: PutRequest) -> Result<Upload, OverlayError> {
+        if let Some(open) = self.disk.refuses() {
+            return Err(open.into());
+        }
         let options = PutOptions {
             media_type: request.media_type,
             expect: request.expect,
@@ -557,7 +643,9 @@ impl OverlayHandle {
     /// Removes unpinned objects, those cached or unpinned longest ago first, until the rest
     /// take at most `budget` bytes, and unreferenced chunks; stops announcing what it removed.
     pub async fn evict(&self, budget: u64) -> Result<(GcReport, Vec<Address>), OverlayError> {
-        let report = self.ask(|reply| Command::Gc { budget, reply }).await;
+        let report = self
+            .on_disk_untimed(self.ask(|reply| Command::Gc { budget, reply }))
+            .await;
         if report
             .as_ref()
             .map_or(true, |(_, removed)| !removed.is_empty())
@@ -577,7 +665,8 @@ impl OverlayHandle {
     /// are freed and the node stops announcing it. [`OverlayError::NotFound`] when it is not
     /// stored.
     pub async fn delete(&self, address: Address) -> Result<(), OverlayError> {
-        if !self.store.remove(&address).await? {
+        let removed = self.on_disk_untimed(async { Ok(self.store.remove(&address).await?) });
+        if !removed.await? {
             return Err(OverlayError::NotFound(address));
         }
         // No longer protected from here: the shards' leases run out.
@@ -619,7 +708,8 @@ impl OverlayHandle {
         after: Option<Address>,
         limit: usize,
     ) -> Result<Vec<svc_storage::Listed>, OverlayError> {
-        Ok(self.store.list(after, limit).await?)
+        self.on_disk(async { Ok(self.store.list(after, limit).await?) })
+            .await
     }
 
     /// Announces every object the store holds (a restarted node must say it again: provider
@@ -648,9 +738,15 @@ impl OverlayHandle {
         Arc::new(crate::source::PeerSource::new(self.clone()))
     }
 
-    /// Store-wide figures.
-    pub async fn stats(&self) -> Result<StoreStats, StoreError> {
-        self.store.stats().await
+    /// Store-wide figures (through the disk's circuit: `/status` does not hang on a
+    /// stalled disk).
+    pub async fn stats(&self) -> Result<StoreStats, OverlayError> {
+        self.on_disk(async { Ok(self.store.stats().await?) }).await
+    }
+
+    /// The disk's circuit breaker.
+    pub fn disk_circuit(&self) -> &Breaker {
+        &self.disk
     }
 
     /// The resolver's cache counters.

@@ -76,6 +76,8 @@ pub fn in_memory(
         max_object: std::sync::Arc::new(|| u64::MAX),
         dht: None,
         peers_may_read: std::sync::Arc::new(|| true),
+        circuits: supervisor::Board::default(),
+        disk_circuit: OverlaySetup::DISK_CIRCUIT,
     });
     let actor = run(
         tokio_util::sync::CancellationToken::new(),

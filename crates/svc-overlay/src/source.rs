@@ -14,7 +14,7 @@ use lru::LruCache;
 use ron_proto::Address;
 use svc_storage::ObjectReader;
 
-use crate::OverlayHandle;
+use crate::{OverlayError, OverlayHandle};
 
 /// Objects whose readers stay open for the ranges peers ask next.
 const OPEN_READERS: NonZeroUsize = NonZeroUsize::new(16).unwrap();
@@ -105,7 +105,16 @@ impl svc_dht::Source for PeerSource {
                     reader
                 }
             };
-            match reader.encode_range(start, end).await {
+            let encoded = if reader.inline_len() > 0 {
+                reader
+                    .encode_range(start, end)
+                    .await
+                    .map_err(OverlayError::from)
+            } else {
+                let read = async { Ok(reader.encode_range(start, end).await?) };
+                overlay.on_disk(read).await
+            };
+            match encoded {
                 Ok(encoded) => Ok(Some((reader.size(), encoded))),
                 Err(e) => {
                     // Looked up afresh next time (the object may have been removed or

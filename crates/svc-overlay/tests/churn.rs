@@ -83,6 +83,8 @@ async fn start(n: usize, dir: PathBuf, bootstrap: Vec<Multiaddr>) -> Node {
         max_object: Arc::new(|| 64 << 20),
         dht: Some(dht.clone()),
         peers_may_read: Arc::new(|| true),
+        circuits: supervisor::Board::default(),
+        disk_circuit: OverlaySetup::DISK_CIRCUIT,
     });
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let section = P2pSection {

@@ -42,7 +42,7 @@ mod writer;
 pub use chunker::Chunker;
 pub use config::StorageSection;
 pub use error::{PutError, ReadError, StoreError};
-pub use pool::CpuPool;
+pub use pool::{CpuPool, Faults};
 pub use reader::{GROUP_BYTES, MAX_WINDOW, ObjectReader};
 pub use store::{GcReport, Intent, KeptRecord, Listed, ObjectStat, Store, StoreStats};
 pub use writer::{Lease, ObjectWriter, PutOptions, Stored};

@@ -356,6 +356,7 @@ impl ObjectWriter {
             // Waiting for the disk, not computing: outside the CPU pool, whose permits the
             // chunk jobs need; one per upload at a time.
             self.syncing = Some(tokio::task::spawn_blocking(move || {
+                inner.pool.gate()?;
                 inner.blobs.sync(Kind::Chunk, &batch)
             }));
         }
@@ -400,9 +401,12 @@ impl ObjectWriter {
             if rest.is_empty() {
                 return Ok(Ok(()));
             }
-            tokio::task::spawn_blocking(move || inner.blobs.sync(Kind::Chunk, &rest))
-                .await
-                .map_err(|e| StoreError::Internal(format!("chunk sync failed: {e}")))
+            tokio::task::spawn_blocking(move || {
+                inner.pool.gate()?;
+                inner.blobs.sync(Kind::Chunk, &rest)
+            })
+            .await
+            .map_err(|e| StoreError::Internal(format!("chunk sync failed: {e}")))
         };
         let inner = self.inner.clone();
         let (chunks, size) = (self.chunks.clone(), self.size);

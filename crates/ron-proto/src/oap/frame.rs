@@ -9,7 +9,8 @@ use crate::{ErrorBody, ErrorKind};
 const FIXED_AFTER_LEN: usize = HEADER_LEN - 4;
 
 bitflags::bitflags! {
-    /// The `flags` field. Bits 8..15 are reserved: decoding drops them, encoding sends 0.
+    /// The `flags` field. Bit 8 is [`Flags::TRACE_SAMPLED`] (node-to-node requests); bits
+    /// 9..15 are reserved: decoding drops them, encoding sends 0.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub struct Flags: u16 {
         /// A request frame.
@@ -28,6 +29,9 @@ bitflags::bitflags! {
         const COMP = 1 << 6;
         /// The payload is end-to-end encrypted: never log, sample or decrypt it.
         const APP_E2E = 1 << 7;
+        /// On a node-to-node request carrying a trace context (`tenant_id`, `corr_id`): the
+        /// trace is sampled ([`crate::trace`]).
+        const TRACE_SAMPLED = 1 << 8;
     }
 }
 
@@ -383,11 +387,17 @@ mod tests {
     #[test]
     fn reserved_flag_bits_are_ignored() {
         let mut bytes = BytesMut::from(&hex::decode(vectors()[0].hex).unwrap()[..]);
-        bytes[6] = 0xff; // bits 8..15
+        bytes[6] = 0xfe; // bits 9..15
         let frame = Frame::decode(&mut bytes, DEFAULT_MAX_FRAME)
             .unwrap()
             .unwrap();
         assert_eq!(frame.flags, Flags::REQ | Flags::START | Flags::END);
+        let mut bytes = BytesMut::from(&hex::decode(vectors()[0].hex).unwrap()[..]);
+        bytes[6] = 0x01; // bit 8
+        let frame = Frame::decode(&mut bytes, DEFAULT_MAX_FRAME)
+            .unwrap()
+            .unwrap();
+        assert!(frame.flags.contains(Flags::TRACE_SAMPLED));
     }
 
     #[test]

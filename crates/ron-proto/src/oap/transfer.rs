@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::settle::{self, Cashed, Cheque};
 use super::{APP_SETTLE, APP_TRANSFER, DEFAULT_MAX_FRAME, Flags, Frame, HEADER_LEN};
 use crate::manifest::CHUNK_MAX_BYTES;
+use crate::trace::TraceParent;
 use crate::{Address, ErrorBody, ErrorKind};
 
 /// Largest range one request may ask for: its encoding (the bytes plus 64 bytes per tree node
@@ -301,6 +302,24 @@ fn settle_error(e: settle::SettleError) -> TransferError {
     bad(e.to_string())
 }
 
+/// Puts `trace` on a request's START frame (see [`crate::trace`]): `tenant_id` the trace id,
+/// `corr_id` the parent span, flag bit 8 the sampled bit.
+pub fn trace_frame(frame: &mut Frame, trace: TraceParent) {
+    let (trace_id, parent, sampled) = trace.to_frame();
+    frame.tenant_id = trace_id;
+    frame.corr_id = parent;
+    frame.flags.set(Flags::TRACE_SAMPLED, sampled);
+}
+
+/// The trace context a request's START frame carries, if any.
+pub fn trace_of(frame: &Frame) -> Option<TraceParent> {
+    TraceParent::from_frame(
+        frame.tenant_id,
+        frame.corr_id,
+        frame.flags.contains(Flags::TRACE_SAMPLED),
+    )
+}
+
 /// The frames of a request: one, or for a `keep` its head and then its bytes in frames of
 /// at most [`MAX_RANGE`] (the last one `END`).
 pub fn request_frames(request: &TransferRequest) -> Vec<Frame> {
@@ -552,6 +571,33 @@ mod tests {
                 range_reply((size, start, end), frames.next().unwrap()).unwrap()
             }
         }
+    }
+
+    #[test]
+    fn a_traced_request_carries_its_context_in_the_start_frame_as_the_spec_says() {
+        let request = TransferRequest::Have {
+            addr: Address::of(b"hello world"),
+        };
+        let mut frames = request_frames(&request);
+        assert_eq!(trace_of(&frames[0]), None, "untraced: both ids 0");
+        let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap();
+        trace_frame(&mut frames[0], tp);
+        // The spec's field values.
+        assert_eq!(
+            frames[0].tenant_id,
+            0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736
+        );
+        assert_eq!(frames[0].corr_id, 0x00f0_67aa_0ba9_02b7);
+        assert_eq!(frames[0].flags.bits(), 0x0119);
+        let mut wire = bytes::BytesMut::new();
+        frames[0].encode(&mut wire, DEFAULT_MAX_FRAME).unwrap();
+        let back = Frame::decode(&mut wire, DEFAULT_MAX_FRAME)
+            .unwrap()
+            .unwrap();
+        assert_eq!(trace_of(&back), Some(tp));
+        assert!(matches!(decode_request(&back), Ok(RequestStart::Whole(r)) if r == request));
     }
 
     #[test]

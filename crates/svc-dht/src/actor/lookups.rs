@@ -70,7 +70,7 @@ impl Actor {
                 .swarm
                 .behaviour_mut()
                 .transfer
-                .send_request(&peer, request);
+                .send_request(&peer, request.into());
             self.by_hedge.insert(req, id);
             if let Some(lookup) = self.lookups.get_mut(&id) {
                 lookup.parts.hedged(1);

@@ -16,7 +16,7 @@ impl Actor {
 
     pub(super) fn transfer(
         &mut self,
-        event: request_response::Event<TransferRequest, TransferReply>,
+        event: request_response::Event<Traced, TransferReply>,
         served: &mpsc::Sender<Served>,
     ) {
         use request_response::{Event, Message};
@@ -52,10 +52,12 @@ impl Actor {
                 peer,
                 message:
                     Message::Request {
-                        request, channel, ..
+                        request: Traced { request, trace },
+                        channel,
+                        ..
                     },
                 ..
-            } => self.request(peer, request, channel, served),
+            } => self.request(peer, request, trace, channel, served),
             _ => {}
         }
     }
@@ -64,6 +66,7 @@ impl Actor {
         &mut self,
         peer: PeerId,
         request: TransferRequest,
+        trace: Option<TraceParent>,
         channel: ResponseChannel<TransferReply>,
         served: &mpsc::Sender<Served>,
     ) {
@@ -119,7 +122,7 @@ impl Actor {
         *self.serving_by.entry(peer).or_default() += 1;
         let (source, served) = (self.source.clone(), served.clone());
         let settle = self.settle.clone();
-        self.answering.spawn(async move {
+        let answer_it = async move {
             let reply = match (request, settle) {
                 (TransferRequest::Cheque(cheque), Some(settle)) => settle.cash(peer, cheque).await,
                 (TransferRequest::Cheque(_), None) => {
@@ -134,7 +137,24 @@ impl Actor {
             // Paced after reading: the read overlaps the wait.
             tokio::time::sleep(pace).await;
             let _ = served.send((peer, channel, reply)).await;
-        });
+        };
+        match trace {
+            // Part of the sender's trace: served (and logged) under its trace id, as a child
+            // of the sender's span when traces are recorded.
+            Some(parent) => {
+                let context = supervisor::trace::start(Some(parent));
+                let span = supervisor::trace::sync_scope(
+                    context,
+                    || tracing::info_span!(parent: None, "peer.serve", request_id = %parent.trace_hex()),
+                );
+                supervisor::trace::adopt(&span, &context);
+                self.answering.spawn(supervisor::trace::scope(
+                    context,
+                    answer_it.instrument(span),
+                ));
+            }
+            None => drop(self.answering.spawn(answer_it)),
+        }
     }
 
     /// The provider records held here for `addr`, with the addresses known for each.
