@@ -213,12 +213,15 @@ impl Shared {
         false
     }
 
-    /// Lets a call through (its number), or refuses it.
+    /// Lets a call through (its number, and whether it is the probe), or refuses it. A timed
+    /// call is watched for a stall and its answer for slowness; an untimed one (work whose
+    /// length grows with its input) only for its outcome.
     fn admit(
         &self,
         circuit: &mut Circuit,
         now: Instant,
         key: &dyn std::fmt::Display,
+        timed: bool,
     ) -> Result<(u64, bool), Open> {
         self.stalled(circuit, now, key);
         let probe = match circuit.phase {
@@ -242,7 +245,9 @@ impl Shared {
         };
         let call = circuit.next_call;
         circuit.next_call += 1;
-        circuit.running.insert(call, now);
+        if timed {
+            circuit.running.insert(call, now);
+        }
         Ok((call, probe))
     }
 
@@ -250,18 +255,22 @@ impl Shared {
     fn settle(
         &self,
         circuit: &mut Circuit,
-        call: u64,
-        probe: bool,
+        (call, probe, timed): (u64, bool, bool),
         outcome: Outcome,
         now: Instant,
         key: &dyn std::fmt::Display,
     ) {
-        let Some(start) = circuit.running.remove(&call) else {
-            // Released by a stall: already counted.
-            return;
+        let slow = if timed {
+            let Some(start) = circuit.running.remove(&call) else {
+                // Released by a stall: already counted.
+                return;
+            };
+            now.duration_since(start) > self.policy.slow
+        } else {
+            false
         };
         let outcome = match outcome {
-            Outcome::Success if now.duration_since(start) > self.policy.slow => Outcome::Failure,
+            Outcome::Success if slow => Outcome::Failure,
             other => other,
         };
         match (outcome, probe) {
@@ -358,7 +367,7 @@ impl Breaker {
         call: impl Future<Output = Result<T, E>>,
         fault: impl FnOnce(&E) -> bool,
     ) -> Result<Result<T, E>, Open> {
-        let mut ticket = self.admit()?;
+        let mut ticket = self.ticket(true)?;
         let mut stalls = self.stalls.subscribe();
         let stall = tokio::time::sleep(self.shared.policy.stall);
         tokio::select! {
@@ -381,21 +390,26 @@ impl Breaker {
     }
 
     /// Lets one call through, or refuses it: the [`Ticket`] says how it went (dropped
-    /// unsettled, it counts for nothing). For calls [`Breaker::run`] cannot wrap, such as
-    /// an upload spread over many writes.
+    /// unsettled, it counts for nothing). For work [`Breaker::run`] should not time, whose
+    /// length grows with its input (a commit of a large upload): it is neither watched for a
+    /// stall nor counted slow, only its outcome counts.
     pub fn admit(&self) -> Result<Ticket, Open> {
+        self.ticket(false)
+    }
+
+    fn ticket(&self, timed: bool) -> Result<Ticket, Open> {
         let mut circuit = lock(&self.circuit);
         let before = matches!(circuit.phase, Phase::Open { .. });
         let admitted = self
             .shared
-            .admit(&mut circuit, Instant::now(), &self.shared.name);
+            .admit(&mut circuit, Instant::now(), &self.shared.name, timed);
         if !before && matches!(circuit.phase, Phase::Open { .. }) {
             self.stalls.send_modify(|n| *n += 1);
         }
         let (call, probe) = admitted?;
         let breaker = self.clone();
         Ok(Ticket::new(move |outcome| {
-            breaker.settle(call, probe, outcome);
+            breaker.settle((call, probe, timed), outcome);
         }))
     }
 
@@ -406,12 +420,11 @@ impl Breaker {
         })
     }
 
-    fn settle(&self, call: u64, probe: bool, outcome: Outcome) {
+    fn settle(&self, call: (u64, bool, bool), outcome: Outcome) {
         let mut circuit = lock(&self.circuit);
         self.shared.settle(
             &mut circuit,
             call,
-            probe,
             outcome,
             Instant::now(),
             &self.shared.name,
@@ -442,7 +455,7 @@ impl Ticket {
         }
     }
 
-    /// The dependency answered (a failure if only after `slow`).
+    /// The dependency answered (a failure if a timed call answered only after `slow`).
     pub fn succeeded(mut self) {
         self.finish(Outcome::Success);
     }
@@ -504,7 +517,7 @@ impl<K: Hash + Eq + Clone + std::fmt::Display + Send + Sync + 'static> Circuits<
         let circuit = circuits
             .entry(key.clone())
             .or_insert_with(|| Circuit::new(&self.shared.policy));
-        let (call, probe) = self.shared.admit(circuit, now, key)?;
+        let (call, probe) = self.shared.admit(circuit, now, key, true)?;
         let (circuits, key) = (self.clone(), key.clone());
         Ok(Ticket::new(move |outcome| {
             circuits.settle(&key, call, probe, outcome);
@@ -534,7 +547,7 @@ impl<K: Hash + Eq + Clone + std::fmt::Display + Send + Sync + 'static> Circuits<
         let mut circuits = lock(&self.circuits);
         if let Some(circuit) = circuits.get_mut(key) {
             self.shared
-                .settle(circuit, call, probe, outcome, Instant::now(), key);
+                .settle(circuit, (call, probe, true), outcome, Instant::now(), key);
         }
     }
 }
@@ -837,6 +850,22 @@ mod tests {
         assert!(second.is_err(), "the later call is released with the first");
         assert_eq!(b.state(), State::Open);
         assert!(ok(&b).await.is_err(), "and new calls fail fast");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn untimed_work_is_never_a_stall_but_its_failures_count() {
+        let b = Breaker::new("storage", policy());
+        // A commit longer than the stall threshold: the circuit stays closed.
+        let long = b.admit().unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.state(), State::Closed);
+        assert_eq!(ok(&b).await, Ok(Ok(())));
+        long.succeeded();
+        assert_eq!(b.state(), State::Closed);
+        for _ in 0..3 {
+            b.admit().unwrap().failed();
+        }
+        assert_eq!(b.state(), State::Open);
     }
 
     #[tokio::test(start_paused = true)]

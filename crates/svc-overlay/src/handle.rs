@@ -325,10 +325,11 @@ impl OverlayHandle {
     ) -> Result<T, OverlayError> {
         let ticket = self.disk.admit()?;
         let result = call.await;
-        if let Err(e) = &result
-            && e.is_disk_fault()
-        {
-            ticket.failed();
+        match &result {
+            Ok(_) => ticket.succeeded(),
+            Err(e) if e.is_disk_fault() => ticket.failed(),
+            // Not the disk's doing: counts for nothing.
+            Err(_) => drop(ticket),
         }
         result
     }
