@@ -679,6 +679,25 @@ impl Board {
     }
 }
 
+/// One gauge family labelled by dependency.
+fn gauges<'a>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: impl Iterator<Item = (&'a str, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (dependency, value) in values {
+        ConstGauge::new(value).encode(family.encode_family(&[("dependency", dependency)])?)?;
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 struct BoardCollector {
     board: Board,
@@ -687,30 +706,24 @@ struct BoardCollector {
 impl Collector for BoardCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let status = self.board.status();
-        {
-            let mut family = encoder.encode_descriptor(
-                "circuit_state",
-                "A dependency's circuit: 0 closed, 1 half-open, 2 open (keyed: 2 if any is not closed)",
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            for s in &status {
-                let g = ConstGauge::new(s.state.index() as i64);
-                g.encode(family.encode_family(&[("dependency", s.dependency)])?)?;
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
-                "circuits_open",
-                "A dependency's circuits not closed (per peer for peer)",
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            for s in &status {
-                let g = ConstGauge::new(i64::try_from(s.open).unwrap_or(i64::MAX));
-                g.encode(family.encode_family(&[("dependency", s.dependency)])?)?;
-            }
-        }
+        let states = status
+            .iter()
+            .map(|s| (s.dependency, s.state.index() as i64));
+        gauges(
+            &mut encoder,
+            "circuit_state",
+            "A dependency's circuit: 0 closed, 1 half-open, 2 open (keyed: 2 if any is not closed)",
+            states,
+        )?;
+        let open = status
+            .iter()
+            .map(|s| (s.dependency, i64::try_from(s.open).unwrap_or(i64::MAX)));
+        gauges(
+            &mut encoder,
+            "circuits_open",
+            "A dependency's circuits not closed (per peer for peer)",
+            open,
+        )?;
         let mut family = encoder.encode_descriptor(
             "circuit_transitions",
             "A dependency's circuit transitions, by the state entered",
