@@ -186,7 +186,6 @@ pub(crate) fn init(section: &LogSection) -> anyhow::Result<LogControl> {
         Format::Auto => !std::io::stderr().is_terminal(),
     };
     supervisor::trace::set_sampling(section.trace_sample, section.trace_sample_incident);
-    let mut export = None;
     #[cfg(feature = "otlp")]
     if !section.otlp_endpoint.is_empty() {
         // The log filter lets spans of sampled traces through too: they reach the exporter
@@ -218,7 +217,7 @@ pub(crate) fn init(section: &LogSection) -> anyhow::Result<LogControl> {
     Ok(LogControl {
         handle,
         env_wins: env.is_some(),
-        export: std::sync::Mutex::new(export.take()),
+        export: std::sync::Mutex::new(None),
     })
 }
 

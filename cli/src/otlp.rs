@@ -7,7 +7,7 @@
 //!
 //! The trace ids are the node's own. A trace started here gets the trace id the request's
 //! logs carry as `request_id` ([`IdGenerator`]), and a request from a peer or a client that
-//! carried a `traceparent` becomes a child of the span that sent it ([`supervisor::trace::adopt`]).
+//! carried a `traceparent` becomes a child of the span that sent it ([`supervisor::trace::edge_span`]).
 //! Requests sent to peers carry the span in hand as their parent
 //! ([`supervisor::trace::outgoing`]).
 

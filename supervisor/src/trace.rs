@@ -89,9 +89,15 @@ pub async fn scope<F: Future>(context: Context, work: F) -> F::Output {
     CURRENT.scope(context, work).await
 }
 
-/// Runs `f` (say, creating the request's span) in `context`, synchronously.
-pub fn sync_scope<R>(context: Context, f: impl FnOnce() -> R) -> R {
-    CURRENT.sync_scope(context, f)
+/// An edge's span for the work in `context`, made by `make`: made in the context (so an
+/// exporter sees whether the trace is sampled), and a child of the remote span that sent the
+/// work, if any, when traces are recorded.
+pub fn edge_span(context: Context, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    let span = CURRENT.sync_scope(context, make);
+    if let (Some(exporter), false) = (EXPORTER.get(), context.root) {
+        exporter.adopt(&span, &context.parent);
+    }
+    span
 }
 
 /// The context of the work in hand, if it is part of a trace.
@@ -127,14 +133,6 @@ pub fn outgoing() -> Option<TraceParent> {
     let context = current()?;
     let span = EXPORTER.get().and_then(|e| e.span_id());
     Some(context.parent.child(span))
-}
-
-/// Makes `span` (an edge's span for a request that came with a trace) a child of the
-/// remote span that sent it, when an exporter records traces.
-pub fn adopt(span: &tracing::Span, context: &Context) {
-    if let (Some(exporter), false) = (EXPORTER.get(), context.root) {
-        exporter.adopt(span, &context.parent);
-    }
 }
 
 #[cfg(test)]

@@ -115,12 +115,10 @@ pub(crate) async fn observe(State(state): State<Shared>, req: Request, next: Nex
     let streaming = matches!(route.as_ref(), "/put" | "/o/{addr}" | "/pin/{addr}");
     // One field: the JSON log layer formats span fields when the span is created, on every
     // request (three fields cost ~10% of a small GET's instructions; decision 0008).
-    // Made in the trace's context: the exporter (if any) sees whether it is sampled.
-    let span = supervisor::trace::sync_scope(trace, || {
+    // A child of the client's span when it sent one and traces are recorded.
+    let span = supervisor::trace::edge_span(trace, || {
         tracing::info_span!("request", request_id = id.to_str().unwrap_or_default())
     });
-    // A child of the client's span when it sent one and traces are recorded.
-    supervisor::trace::adopt(&span, &trace);
     // RFC 9112 3.2: an HTTP/1.1 request without exactly one Host header is answered 400.
     if req.version() == Version::HTTP_11 && req.headers().get_all(header::HOST).iter().count() != 1
     {

@@ -432,7 +432,7 @@ async fn open_object_stream(
     let (state, out, ip) = (state.clone(), out.clone(), conn.ip);
     // Each stream is a trace of its own (sampled at the node's ratio), logged under its id.
     let trace = supervisor::trace::start(None);
-    let span = supervisor::trace::sync_scope(
+    let span = supervisor::trace::edge_span(
         trace,
         || tracing::info_span!("oap.request", request_id = %trace.parent.trace_hex()),
     );

@@ -143,11 +143,10 @@ impl Actor {
             // of the sender's span when traces are recorded.
             Some(parent) => {
                 let context = supervisor::trace::start(Some(parent));
-                let span = supervisor::trace::sync_scope(
+                let span = supervisor::trace::edge_span(
                     context,
                     || tracing::info_span!(parent: None, "peer.serve", request_id = %parent.trace_hex()),
                 );
-                supervisor::trace::adopt(&span, &context);
                 self.answering.spawn(supervisor::trace::scope(
                     context,
                     answer_it.instrument(span),
